@@ -1,0 +1,251 @@
+"""GeoPlonk wire protocol, version 1: the single definition shared by server and clients.
+
+A message is a ZeroMQ multipart message: one UTF-8 JSON header frame followed
+by zero or more raw binary frames ("blobs": image bytes, GeoTIFF bytes,
+GeoPackage bytes).  Nothing is ever pickled.  A ROUTER socket sees the peer's
+identity frame(s) before the header; `split_envelope` separates them.
+
+This module imports only the standard library so that it runs in QGIS's Python,
+in the torch-side server and in `geoplonk locate` alike.  docs/protocol.md
+documents it for people writing their own clients.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# Limits a server enforces and reports in `info`; clients use them to fail early.
+MAX_HEADER_BYTES = 256 * 1024
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+MAX_IMAGES_PER_REQUEST = 256
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+
+# Client -> server
+INFO = "info"
+GEOLOCATE = "geolocate"
+CANCEL = "cancel"
+# Server -> client
+PROGRESS = "progress"
+RESULT = "result"
+DONE = "done"
+ERROR = "error"
+# `info` is also the reply type to an `info` request.
+
+CLIENT_TYPES = frozenset({INFO, GEOLOCATE, CANCEL})
+SERVER_TYPES = frozenset({INFO, PROGRESS, RESULT, DONE, ERROR})
+
+# Per-photo outcome in a `result` message.
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_CANCELLED = "cancelled"
+
+# Error codes carried by `error` messages and failed results.
+E_MALFORMED = "malformed"
+E_VERSION = "version_mismatch"
+E_UNKNOWN_TYPE = "unknown_type"
+E_TOO_LARGE = "too_large"
+E_BAD_OPTION = "bad_option"
+E_BAD_IMAGE = "bad_image"
+E_MODEL = "model_unavailable"
+E_INTERNAL = "internal"
+E_CANCELLED = "cancelled"
+E_TIMEOUT = "timeout"
+
+# Options a `geolocate` request may carry, with their defaults.
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "model": None,  # None: the server's default model
+    "samples": 1024,  # samples drawn from the distribution (cfg = `cfg`)
+    "steps": 32,  # ODE solver steps
+    "solver": "euler",
+    "cfg": 0.0,  # guidance for the distribution; the best guess always uses 2.0
+    "resolution": 0.25,  # raster cell size, degrees
+    "levels": [0.5, 0.9, 0.99],  # credible region levels
+    "top_k": 5,  # top places reported
+    "crop": False,  # crop the raster to the 99.9 % mass area
+    "seed": 0,
+}
+
+# Blob order in a successful `result` message.
+RESULT_BLOBS = ("geotiff", "gpkg")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this protocol; `code` is one of the E_* codes."""
+
+    def __init__(self, message: str, code: str = E_MALFORMED):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Message:
+    """One protocol message: header fields plus binary blobs."""
+
+    type: str
+    id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    blobs: list[bytes] = field(default_factory=list)
+
+    def header(self) -> dict[str, Any]:
+        return {"v": PROTOCOL_VERSION, "type": self.type, "id": self.id, **self.fields}
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def encode(message: Message) -> list[bytes]:
+    """Frames for `message`; the header is compact JSON."""
+    header = json.dumps(message.header(), separators=(",", ":"), allow_nan=False)
+    return [header.encode("utf-8"), *[bytes(b) for b in message.blobs]]
+
+
+def decode(frames: list[bytes], allowed_types: frozenset[str] | None = None) -> Message:
+    """Parse frames (without envelope) into a Message, or raise ProtocolError naming the problem."""
+    if not frames:
+        raise ProtocolError("empty message: expected a JSON header frame")
+    raw = bytes(frames[0])
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(
+            f"header frame is {len(raw)} bytes, over the {MAX_HEADER_BYTES} byte limit", E_TOO_LARGE
+        )
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"header frame is not UTF-8 JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header must be a JSON object")
+    version = header.pop("v", None)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {version!r} is not supported (this side speaks {PROTOCOL_VERSION})",
+            E_VERSION,
+        )
+    msg_type = header.pop("type", None)
+    msg_id = header.pop("id", None)
+    if not isinstance(msg_type, str):
+        raise ProtocolError("header lacks a string 'type'")
+    if not isinstance(msg_id, str) or not msg_id or len(msg_id) > 128:
+        raise ProtocolError("header lacks a request 'id' (a non-empty string of at most 128 characters)")
+    if allowed_types is not None and msg_type not in allowed_types:
+        raise ProtocolError(f"unknown message type {msg_type!r}", E_UNKNOWN_TYPE)
+    return Message(msg_type, msg_id, header, [bytes(f) for f in frames[1:]])
+
+
+def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Split a ROUTER-received message into (identity envelope, message frames).
+
+    DEALER clients send no empty delimiter, so the envelope is the single identity
+    frame; REQ clients add an empty delimiter, which is kept in the envelope so the
+    reply routes back correctly.
+    """
+    if len(frames) < 2:
+        return list(frames), []
+    if len(frames) >= 3 and frames[1] == b"":
+        return list(frames[:2]), list(frames[2:])
+    return list(frames[:1]), list(frames[1:])
+
+
+def validate_options(options: Any) -> dict[str, Any]:
+    """Merge `options` over DEFAULT_OPTIONS, checking types and ranges; raise ProtocolError(E_BAD_OPTION)."""
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ProtocolError("'options' must be an object", E_BAD_OPTION)
+    unknown = set(options) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise ProtocolError(f"unknown option(s): {', '.join(sorted(unknown))}", E_BAD_OPTION)
+    merged = {**DEFAULT_OPTIONS, **options}
+
+    def check(name: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise ProtocolError(f"option '{name}' must be {what}, got {merged[name]!r}", E_BAD_OPTION)
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    check("model", merged["model"] is None or isinstance(merged["model"], str), "a model name or null")
+    check("samples", is_int(merged["samples"]) and 16 <= merged["samples"] <= 65536, "an integer in [16, 65536]")
+    check("steps", is_int(merged["steps"]) and 1 <= merged["steps"] <= 1000, "an integer in [1, 1000]")
+    check("solver", isinstance(merged["solver"], str), "a solver name")
+    check("cfg", is_num(merged["cfg"]) and 0 <= merged["cfg"] <= 20, "a number in [0, 20]")
+    check(
+        "resolution",
+        is_num(merged["resolution"]) and 0.05 <= merged["resolution"] <= 10,
+        "a cell size in degrees in [0.05, 10]",
+    )
+    check(
+        "levels",
+        isinstance(merged["levels"], list)
+        and 0 < len(merged["levels"]) <= 8
+        and all(is_num(v) and 0 < v < 1 for v in merged["levels"]),
+        "a list of 1 to 8 probabilities in (0, 1)",
+    )
+    check("top_k", is_int(merged["top_k"]) and 1 <= merged["top_k"] <= 50, "an integer in [1, 50]")
+    check("crop", isinstance(merged["crop"], bool), "true or false")
+    check("seed", is_int(merged["seed"]) and 0 <= merged["seed"] < 2**63, "a non-negative integer")
+    merged["levels"] = sorted(float(v) for v in merged["levels"])
+    return merged
+
+
+# Constructors: the one place each message's shape is spelled out.
+
+
+def info_request(request_id: str | None = None) -> Message:
+    return Message(INFO, request_id or new_request_id())
+
+
+def geolocate_request(
+    images: list[tuple[str, bytes]], options: dict[str, Any] | None = None, request_id: str | None = None
+) -> Message:
+    """`images` is a list of (display name, file bytes)."""
+    return Message(
+        GEOLOCATE,
+        request_id or new_request_id(),
+        {"images": [{"name": name} for name, _ in images], "options": options or {}},
+        [data for _, data in images],
+    )
+
+
+def cancel_request(request_id: str) -> Message:
+    return Message(CANCEL, request_id)
+
+
+def progress_message(
+    request_id: str, stage: str, done: int, total: int, index: int | None = None, name: str | None = None
+) -> Message:
+    return Message(PROGRESS, request_id, {"stage": stage, "done": done, "total": total, "index": index, "name": name})
+
+
+def result_message(
+    request_id: str,
+    index: int,
+    name: str,
+    status: str,
+    summary: dict[str, Any] | None = None,
+    error: dict[str, str] | None = None,
+    blobs: list[bytes] | None = None,
+) -> Message:
+    fields: dict[str, Any] = {"index": index, "name": name, "status": status}
+    if summary is not None:
+        fields["summary"] = summary
+        fields["blobs"] = list(RESULT_BLOBS)
+    if error is not None:
+        fields["error"] = error
+    return Message(RESULT, request_id, fields, blobs or [])
+
+
+def done_message(request_id: str, ok: int, failed: int, cancelled: int) -> Message:
+    return Message(DONE, request_id, {"ok": ok, "failed": failed, "cancelled": cancelled})
+
+
+def error_message(request_id: str, code: str, message: str) -> Message:
+    return Message(ERROR, request_id, {"code": code, "message": message})
