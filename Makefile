@@ -49,7 +49,7 @@ test-server: $(SERVER_STAMP)
 	$(SERVER_PY) -m pytest tests/engine tests/server tests/common -p no:cacheprovider
 
 test-plugin: $(SERVER_STAMP) $(QGIS_STAMP) plugin
-	QT_QPA_PLATFORM=offscreen $(QGIS_PY) -m pytest tests/plugin -p no:cacheprovider
+	QT_QPA_PLATFORM=offscreen $(QGIS_PY) -m pytest tests/plugin -p no:cacheprovider -o qgis_gui_enabled=false
 
 test: lint test-server test-plugin
 

@@ -1,0 +1,40 @@
+"""Make CURVE key pairs for a server reachable beyond loopback (`geoplonk serve --curve-keys DIR`)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the keys into")
+    parser.add_argument("--clients", type=int, default=1, help="client key pairs to make (default %(default)s)")
+
+
+def make_keys(out: Path, clients: int = 1) -> dict[str, Path]:
+    """server.key(+_secret), client-N.key(+_secret), and authorized_clients/ holding the clients' public keys."""
+    import zmq.auth
+
+    out.mkdir(parents=True, exist_ok=True)
+    allowed = out / "authorized_clients"
+    allowed.mkdir(exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(out), "server")
+    paths = {"server_public": Path(public), "server_secret": Path(secret)}
+    for i in range(1, clients + 1):
+        c_public, c_secret = zmq.auth.create_certificates(str(out), f"client-{i}")
+        shutil.copy2(c_public, allowed / Path(c_public).name)
+        paths[f"client-{i}_public"] = Path(c_public)
+        paths[f"client-{i}_secret"] = Path(c_secret)
+    for path in out.glob("*.key_secret"):
+        path.chmod(0o600)
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = make_keys(args.out, args.clients)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    print(f"serve with: geoplonk serve --bind tcp://0.0.0.0:5555 --curve-keys {args.out}")
+    print("give each client the server's public key (server.key) and its own client-N.key_secret")
+    return 0

@@ -1,0 +1,51 @@
+"""Run the GeoPlonk model server (ZeroMQ ROUTER) that the QGIS plugin and `geoplonk locate` talk to."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint to bind (default %(default)s)")
+    parser.add_argument("--port", type=int, help="shortcut for --bind tcp://127.0.0.1:PORT (0 = any free port)")
+    parser.add_argument("--model", help="default model: a name or a folder (default: the embedded earth-tiles)")
+    parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process dies")
+    parser.add_argument("--idle-timeout", type=float, help="exit after this many seconds without requests")
+    parser.add_argument("--curve-keys", type=Path, help="folder made by `geoplonk keys`: encrypt with CURVE")
+    parser.add_argument("--batch-size", type=int, default=8, help="photos processed together (default %(default)s)")
+    parser.add_argument("--no-preload", action="store_true", help="load the model on the first request only")
+    parser.add_argument("--log-level", default="INFO")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pyogrio").setLevel(logging.WARNING)
+    from ..engine.checkpoint import ModelNotFoundError
+    from ..server.app import Server, ServerConfig, install_signal_handlers
+
+    bind = f"tcp://127.0.0.1:{args.port}" if args.port is not None else args.bind
+    if args.port == 0:
+        bind = "tcp://127.0.0.1:*"
+    config = ServerConfig(bind=bind, model=args.model, device=args.device, parent_pid=args.parent_pid,
+                          idle_timeout=args.idle_timeout, curve_keys=args.curve_keys,
+                          batch_size=max(1, args.batch_size), preload=not args.no_preload)
+    server = Server(config)
+    try:
+        server.models.check_default()
+    except ModelNotFoundError as exc:
+        print(f"geoplonk serve: {exc}", file=sys.stderr)
+        return 2
+    install_signal_handlers(server)
+    try:
+        endpoint = server.bind()
+    except Exception as exc:  # noqa: BLE001 - e.g. address in use: say so plainly
+        print(f"geoplonk serve: cannot bind {bind}: {exc}", file=sys.stderr)
+        return 2
+    print(f"GEOPLONK READY {endpoint}", flush=True)
+    logging.getLogger("geoplonk.server").info("serving on %s (device %s)", endpoint, server.models.device)
+    return server.serve()

@@ -1,0 +1,1 @@
+"""Dataset builders (Earth tiles from Blue Marble)."""

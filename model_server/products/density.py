@@ -1,0 +1,163 @@
+"""Density raster from samples: a von Mises-Fisher kernel density estimate on the lat/lon grid.
+
+p(x) = (1 - eps) * mean_i vMF(x; mu_i, kappa) + eps / (4 pi), per steradian, with
+vMF(x; mu, kappa) = kappa / (2 pi (1 - exp(-2 kappa))) * exp(kappa (mu . x - 1)).
+kappa is chosen by leave-one-out likelihood cross-validation on the samples themselves
+(the bandwidth that best predicts held-out samples of the same distribution), capped so
+that the kernel is never narrower than a grid cell.  The probability of a cell is the
+density at its centre times its exact solid angle, renormalised to sum to 1 (the
+renormalisation only corrects the midpoint quadrature; it is within a fraction of a
+percent of 1 at the default bandwidths).  `eps` keeps every cell strictly positive so
+the log-likelihood of any location stays finite.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .grid import Grid
+
+KAPPA_GRID = np.geomspace(2.0, 2.0e5, 41)
+# exp(-CUTOFF) is negligible next to the kernel's peak: contributions beyond are skipped.
+CUTOFF = 30.0
+DEFAULT_UNIFORM_WEIGHT = 1e-4
+
+
+def vmf_log_norm(kappa: float) -> float:
+    """log of kappa / (2 pi (1 - exp(-2 kappa))), the vMF constant in the exp(kappa (mu.x - 1)) form."""
+    return math.log(kappa) - math.log(2 * math.pi) - math.log(-math.expm1(-2.0 * kappa))
+
+
+def max_kappa_for(resolution_deg: float) -> float:
+    """The sharpest kernel a grid can carry: standard deviation about one cell."""
+    return 1.0 / math.radians(resolution_deg) ** 2
+
+
+def loo_log_likelihood(samples: np.ndarray, kappas: np.ndarray) -> np.ndarray:
+    """Mean leave-one-out log-likelihood of the samples under the KDE of the others, per kappa."""
+    x = np.asarray(samples, dtype=np.float64)
+    n = len(x)
+    if n < 2:
+        return np.zeros(len(kappas))
+    d = np.clip(x @ x.T, -1.0, 1.0) - 1.0  # (n, n), <= 0
+    np.fill_diagonal(d, -np.inf)
+    out = np.empty(len(kappas))
+    for i, kappa in enumerate(kappas):
+        a = kappa * d
+        m = a.max(axis=1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(a - m).sum(axis=1))
+        out[i] = float(np.mean(lse - math.log(n - 1) + vmf_log_norm(kappa)))
+    return out
+
+
+def select_kappa(samples: np.ndarray, max_kappa: float | None = None, max_points: int = 2048) -> float:
+    """Bandwidth by leave-one-out likelihood over KAPPA_GRID (on at most max_points samples)."""
+    x = np.asarray(samples, dtype=np.float64)
+    if len(x) > max_points:
+        x = x[np.linspace(0, len(x) - 1, max_points).astype(int)]
+    kappas = KAPPA_GRID if max_kappa is None else KAPPA_GRID[KAPPA_GRID <= max_kappa]
+    if len(kappas) == 0:
+        return float(max_kappa)
+    scores = loo_log_likelihood(x, kappas)
+    return float(kappas[int(np.argmax(scores))])
+
+
+def kde_log_density(points: np.ndarray, samples: np.ndarray, kappa: float, uniform_weight: float) -> np.ndarray:
+    """log p(points) per steradian under the KDE (same formula as the raster, without gridding)."""
+    p = np.asarray(points, dtype=np.float64)
+    s = np.asarray(samples, dtype=np.float64)
+    a = kappa * (np.clip(p @ s.T, -1.0, 1.0) - 1.0)
+    m = a.max(axis=1, keepdims=True)
+    log_kde = m[:, 0] + np.log(np.exp(a - m).mean(axis=1)) + vmf_log_norm(kappa)
+    log_u = -math.log(4 * math.pi)
+    return np.logaddexp(np.log1p(-uniform_weight) + log_kde, math.log(uniform_weight) + log_u)
+
+
+@dataclass
+class DensityRaster:
+    """Probability per cell (sums to 1 over the globe) on `grid`, and how it was made."""
+
+    grid: Grid
+    prob: np.ndarray  # (height, width) float64
+    kappa: float
+    uniform_weight: float
+
+    def density_sr(self) -> np.ndarray:
+        """Probability per steradian of each cell (what the highest-density regions rank by)."""
+        return self.prob / self.grid.cell_areas_sr()[:, None]
+
+    def log_density_at(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """log density per steradian of the cells holding these points (the raster's likelihood)."""
+        rows, cols = self.grid.cell_of(lat, lon)
+        return np.log(self.density_sr()[rows, cols])
+
+
+def kde_raster(
+    samples: np.ndarray,
+    grid: Grid,
+    kappa: float | None = None,
+    uniform_weight: float = DEFAULT_UNIFORM_WEIGHT,
+) -> DensityRaster:
+    """The KDE of unit-vector samples (n, 3) integrated over the cells of a global `grid`."""
+    s = np.asarray(samples, dtype=np.float64)
+    s = s / np.linalg.norm(s, axis=1, keepdims=True)
+    if kappa is None:
+        kappa = select_kappa(s, max_kappa_for(grid.resolution))
+    lat_s = np.arcsin(np.clip(s[:, 2], -1.0, 1.0))
+    order = np.argsort(lat_s)
+    lat_sorted = lat_s[order]
+    s_sorted = s[order].astype(np.float32)
+    reach = math.acos(max(-1.0, 1.0 - CUTOFF / kappa))  # beyond this angle a kernel is negligible
+    lats = np.deg2rad(grid.lat_centers())
+    density = np.zeros((grid.height, grid.width))
+    log_c = vmf_log_norm(kappa)
+    for row in range(grid.height):
+        lo, hi = np.searchsorted(lat_sorted, [lats[row] - reach, lats[row] + reach])
+        if hi <= lo:
+            continue
+        a = grid.row_xyz(row).astype(np.float32) @ s_sorted[lo:hi].T  # (width, k)
+        a -= 1.0
+        a *= np.float32(kappa)
+        np.exp(a, out=a)
+        density[row] = a.sum(axis=1, dtype=np.float64)
+    density *= math.exp(log_c) / len(s)
+    density = (1.0 - uniform_weight) * density + uniform_weight / (4 * math.pi)
+    prob = density * grid.cell_areas_sr()[:, None]
+    prob /= prob.sum()
+    return DensityRaster(grid, prob, float(kappa), uniform_weight)
+
+
+def crop_window(prob: np.ndarray, mass: float = 0.999) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1) of the smallest lat band x lon span holding the top-`mass` cells.
+
+    Columns are chosen circularly (the largest empty gap of columns is cut away); when the
+    kept columns would wrap across the antimeridian the full longitude range is kept, since
+    a GeoTIFF cannot wrap.
+    """
+    flat = prob.ravel()
+    order = np.argsort(flat)[::-1]
+    csum = np.cumsum(flat[order])
+    keep = order[: int(np.searchsorted(csum, mass * csum[-1])) + 1]
+    rows, cols = np.unravel_index(keep, prob.shape)
+    row0, row1 = int(rows.min()), int(rows.max()) + 1
+    used = np.zeros(prob.shape[1], dtype=bool)
+    used[cols] = True
+    if used.all():
+        return row0, row1, 0, prob.shape[1]
+    col0, col1 = int(cols.min()), int(cols.max()) + 1
+    # Largest circular run of unused columns; if it does not touch the edges the data wraps.
+    unused = ~used
+    doubled = np.concatenate([unused, unused])
+    best_len, best_start, run = 0, 0, 0
+    for i, free in enumerate(doubled):
+        run = run + 1 if free else 0
+        if run > best_len and run <= len(unused):
+            best_len, best_start = run, i - run + 1
+    gap_start = best_start % len(unused)
+    gap_end = gap_start + best_len
+    if gap_end <= len(unused) and gap_start > 0 and gap_end < len(unused):
+        return row0, row1, 0, prob.shape[1]  # the kept columns wrap round the antimeridian
+    return row0, row1, col0, col1

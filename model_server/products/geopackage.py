@@ -1,0 +1,66 @@
+"""GeoPackage bytes with the contract's layers, written with pyogrio (temp file, then read back)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import shapely
+from pyogrio.raw import write as ogr_write
+from shapely.geometry import MultiPolygon, Point
+
+CRS = "EPSG:4326"
+
+
+@dataclass
+class Layer:
+    """One layer: geometries plus columns (name -> list of values, same length)."""
+
+    name: str
+    geometry_type: str
+    geometries: list = field(default_factory=list)
+    columns: dict[str, list] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)  # for empty layers: column -> numpy dtype
+
+
+def _write_layer(path: str, layer: Layer, append: bool) -> None:
+    n = len(layer.geometries)
+    fields = {}
+    for name, values in layer.columns.items():
+        dtype = layer.dtypes.get(name)
+        fields[name] = np.asarray(values, dtype=dtype if dtype else (object if n == 0 else None))
+        if fields[name].dtype.kind in "UO":
+            fields[name] = np.asarray(values, dtype=object) if n else np.asarray([], dtype=object)
+    geometry = shapely.to_wkb(np.asarray(layer.geometries, dtype=object)) if n else np.asarray([], dtype=object)
+    ogr_write(
+        path,
+        geometry,
+        field_data=list(fields.values()),
+        fields=list(fields.keys()),
+        layer=layer.name,
+        driver="GPKG",
+        geometry_type=layer.geometry_type,
+        crs=CRS,
+        append=append,
+    )
+
+
+def geopackage_bytes(layers: list[Layer]) -> bytes:
+    """All layers in one GeoPackage, returned as bytes."""
+    with tempfile.TemporaryDirectory(prefix="geoplonk-gpkg-") as tmp:
+        path = os.path.join(tmp, "result.gpkg")
+        for i, layer in enumerate(layers):
+            _write_layer(path, layer, append=i > 0)
+        with open(path, "rb") as fh:
+            return fh.read()
+
+
+def points_layer(name: str, lats, lons, columns: dict[str, list] | None = None, dtypes=None) -> Layer:
+    geoms = [Point(float(lon), float(lat)) for lat, lon in zip(lats, lons, strict=True)]
+    return Layer(name, "Point", geoms, dict(columns or {}), dict(dtypes or {}))
+
+
+def regions_layer(name: str, geometries: list[MultiPolygon], columns: dict[str, list]) -> Layer:
+    return Layer(name, "MultiPolygon", list(geometries), columns)

@@ -1,0 +1,58 @@
+"""GeoTIFF bytes for a probability raster (rasterio MemoryFile: nothing touches the disk)."""
+
+from __future__ import annotations
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.io import MemoryFile
+
+from .grid import Grid
+
+NODATA = -1.0  # probabilities are >= 0, so -1 can never be a real value
+OVERVIEW_FACTORS = (2, 4, 8, 16)
+
+
+def geotiff_bytes(prob: np.ndarray, grid: Grid, tags: dict[str, object] | None = None) -> bytes:
+    """float32 band 1 = probability per cell, EPSG:4326, nodata -1, deflate, tiled, with overviews and tags."""
+    data = np.asarray(prob, dtype=np.float32)
+    if data.shape != (grid.height, grid.width):
+        raise ValueError(f"raster shape {data.shape} does not match the grid {(grid.height, grid.width)}")
+    profile = {
+        "driver": "GTiff",
+        "dtype": "float32",
+        "count": 1,
+        "height": grid.height,
+        "width": grid.width,
+        "crs": "EPSG:4326",
+        "transform": grid.transform(),
+        "nodata": NODATA,
+        "compress": "deflate",
+        "predictor": 3,
+    }
+    if grid.width >= 256 and grid.height >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    factors = [f for f in OVERVIEW_FACTORS if min(grid.height, grid.width) // f >= 16]
+    with MemoryFile() as memfile:
+        with memfile.open(**profile) as dst:
+            dst.write(data, 1)
+            dst.update_tags(**{k: str(v) for k, v in (tags or {}).items()})
+            dst.update_tags(1, units="probability per cell")
+            dst.set_band_description(1, "probability")
+            if factors:
+                dst.build_overviews(factors, Resampling.average)
+                dst.update_tags(ns="rio_overview", resampling="average")
+        return memfile.read()
+
+
+def read_geotiff(data: bytes) -> tuple[np.ndarray, dict]:
+    """(band 1, profile + tags) from GeoTIFF bytes, for tests and tools."""
+    with MemoryFile(data) as memfile, memfile.open() as src:
+        meta = dict(src.profile)
+        meta["tags"] = src.tags()
+        meta["bounds"] = tuple(src.bounds)
+        meta["overviews"] = src.overviews(1)
+        return src.read(1), meta
+
+
+__all__ = ["geotiff_bytes", "read_geotiff", "NODATA", "rasterio"]

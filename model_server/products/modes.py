@@ -1,0 +1,80 @@
+"""Main modes of the density raster and the probability mass each one holds.
+
+Every cell points to its densest neighbour (8-neighbourhood, longitude wrapping round the
+antimeridian, the top and bottom rows also seeing the densest cell of their row, i.e. the
+neighbours across the pole).  Following the pointers to their fixed points (pointer
+jumping) is a steepest-ascent watershed: fixed points are the local maxima (the modes),
+and the mass of a mode is the probability of all the cells that climb to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .density import DensityRaster
+
+
+@dataclass
+class Mode:
+    lat: float
+    lon: float
+    probability: float
+    row: int
+    col: int
+
+
+def ascent_roots(density: np.ndarray) -> np.ndarray:
+    """For each cell (flat index), the flat index of the local maximum it climbs to."""
+    h, w = density.shape
+    idx = np.arange(h * w).reshape(h, w)
+    best_val = density.copy()
+    best_idx = idx.copy()
+    padded_val = np.pad(density, ((1, 1), (0, 0)), constant_values=-np.inf)
+    padded_idx = np.pad(idx, ((1, 1), (0, 0)), constant_values=-1)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            if dr == 0 and dc == 0:
+                continue
+            val = np.roll(padded_val, -dc, axis=1)[1 + dr : 1 + dr + h]
+            nid = np.roll(padded_idx, -dc, axis=1)[1 + dr : 1 + dr + h]
+            better = val > best_val
+            best_val = np.where(better, val, best_val)
+            best_idx = np.where(better, nid, best_idx)
+    for row in (0, h - 1):  # across the pole: every cell of a polar row neighbours the others
+        top = int(np.argmax(density[row]))
+        better = density[row, top] > best_val[row]
+        best_val[row] = np.where(better, density[row, top], best_val[row])
+        best_idx[row] = np.where(better, idx[row, top], best_idx[row])
+    parent = best_idx.ravel()
+    while True:
+        grand = parent[parent]
+        if np.array_equal(grand, parent):
+            return parent
+        parent = grand
+
+
+def find_modes(raster: DensityRaster, top_k: int, min_probability: float = 1e-3) -> list[Mode]:
+    """The top_k modes by probability mass (each holding at least min_probability)."""
+    density = raster.density_sr()
+    roots = ascent_roots(density)
+    mass = np.bincount(roots, weights=raster.prob.ravel(), minlength=roots.size)
+    candidates = np.flatnonzero(mass >= min_probability)
+    candidates = candidates[np.argsort(mass[candidates])[::-1]][:top_k]
+    lats = raster.grid.lat_centers()
+    lons = raster.grid.lon_centers()
+    modes = []
+    for flat in candidates:
+        row, col = divmod(int(flat), raster.grid.width)
+        modes.append(Mode(float(lats[row]), float(lons[col]), float(mass[flat]), row, col))
+    return modes
+
+
+def best_of_samples(samples: np.ndarray, kappa: float) -> int:
+    """Index of the sample of highest KDE density among the samples themselves (their mode)."""
+    x = np.asarray(samples, dtype=np.float64)
+    a = kappa * (np.clip(x @ x.T, -1.0, 1.0) - 1.0)
+    m = a.max(axis=1, keepdims=True)
+    score = m[:, 0] + np.log(np.exp(a - m).sum(axis=1))
+    return int(np.argmax(score))

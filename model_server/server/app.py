@@ -1,0 +1,383 @@
+"""The ZeroMQ model server: one ROUTER socket owned by the main thread, inference in a worker thread.
+
+Only the main thread touches the ROUTER.  The worker hands its events to a queue and
+pokes an inproc PAIR socket so the main thread's zmq.Poller wakes up and forwards them
+(the pattern of pyzmq's examples).  The main thread also answers `info` and `cancel`
+while a job runs, sends a heartbeat `progress` for every open request at least every
+HEARTBEAT_S seconds, and watches the parent process, the idle timeout and signals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from qgis_plugin.service import protocol as P
+
+from .. import __version__
+from ..engine.solvers import SOLVERS
+from .models import ModelRegistry, available_models
+from .pipeline import run_unit
+from .scheduler import FairQueue, Request, Unit
+
+log = logging.getLogger("geoplonk.server")
+
+HEARTBEAT_S = 1.0
+POLL_MS = 200
+STAGES = ("queued", "load", "decode", "embed", "sample", "localizability", "density", "regions", "places", "write")
+
+
+@dataclass
+class ServerConfig:
+    bind: str = "tcp://127.0.0.1:5555"
+    model: str | None = None
+    device: str | None = None
+    parent_pid: int | None = None
+    idle_timeout: float | None = None
+    curve_keys: Path | None = None
+    batch_size: int = 8
+    preload: bool = True
+
+
+def is_loopback(endpoint: str) -> bool:
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def parent_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Server:
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.models = ModelRegistry(config.model, config.device)
+        self.queue = FairQueue()
+        self.events: queue.Queue = queue.Queue()
+        self.requests: dict[tuple[bytes, str], Request] = {}
+        self.ctx = zmq.Context()
+        self._stop = threading.Event()
+        self._auth = None
+        self.endpoint = ""
+        self.router: zmq.Socket | None = None
+        self._wake_addr = f"inproc://geoplonk-wake-{id(self)}"
+        self._last_activity = time.monotonic()
+
+    # ------------------------------------------------------------ setup
+
+    def bind(self) -> str:
+        """Bind the ROUTER (CURVE when keys are given); returns the endpoint actually bound."""
+        router = self.ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        router.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
+        if self.config.curve_keys is not None:
+            self._setup_curve(router, Path(self.config.curve_keys))
+        elif not is_loopback(self.config.bind):
+            raise SystemExit(
+                f"refusing to bind {self.config.bind} without encryption: binding beyond loopback needs "
+                "CURVE keys (make them with `geoplonk keys --out DIR`, then `geoplonk serve --curve-keys DIR`)"
+            )
+        router.bind(self.config.bind)
+        self.router = router
+        self.endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        return self.endpoint
+
+    def _setup_curve(self, router: zmq.Socket, keys: Path) -> None:
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
+        public, secret = zmq.auth.load_certificate(keys / "server.key_secret")
+        self._auth = ThreadAuthenticator(self.ctx)
+        self._auth.start()
+        clients = keys / "authorized_clients"
+        if clients.is_dir():
+            self._auth.configure_curve(domain="*", location=str(clients))
+        else:
+            self._auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+        router.curve_publickey = public
+        router.curve_secretkey = secret
+        router.curve_server = True
+
+    # ------------------------------------------------------------ worker thread
+
+    def _worker(self) -> None:
+        wake = self.ctx.socket(zmq.PAIR)
+        wake.connect(self._wake_addr)
+
+        def post(event: tuple) -> None:
+            self.events.put(event)
+            wake.send(b"", zmq.NOBLOCK)
+
+        if self.config.preload:
+            try:
+                self.models.get(self.models.resolve(None))
+                from ..products.naming import _geocoder
+
+                _geocoder()
+            except Exception:  # noqa: BLE001 - reported again, per photo, when a request needs it
+                log.error("preloading the default model failed:\n%s", traceback.format_exc())
+        while not self._stop.is_set():
+            unit = self.queue.get(timeout=0.5)
+            if unit is None:
+                continue
+            self._run_unit(unit, post)
+            self.queue.unit_finished(unit.request)
+            post(("unit_done", unit.request))
+        wake.close(linger=0)
+
+    def _run_unit(self, unit: Unit, post) -> None:
+        req = unit.request
+
+        def emit(kind: str, *args: Any) -> None:
+            if kind == "progress":
+                stage, index, name = args
+                req.stage = {"stage": stage, "index": index, "name": name}
+            post((kind, req, *args))
+
+        try:
+            emit("progress", "load", None, None)
+            model = self.models.get(self.models.resolve(req.options["model"]))
+        except Exception as exc:  # noqa: BLE001
+            log.error("model load failed:\n%s", traceback.format_exc())
+            for i in unit.indices:
+                post(("result", req, i, P.STATUS_FAILED, None, {"code": P.E_MODEL, "message": str(exc)}, None))
+            return
+        run_unit(model, self.models.device, req.names, req.blobs, unit.indices, req.options, emit,
+                 req.cancelled.is_set)
+
+    # ------------------------------------------------------------ socket thread
+
+    def send(self, envelope: list[bytes], msg: P.Message) -> None:
+        assert self.router is not None
+        try:
+            self.router.send_multipart([*envelope, *P.encode(msg)], copy=False)
+        except zmq.ZMQError as exc:  # peer gone: nothing to do
+            log.warning("could not send to a client: %s", exc)
+
+    def _progress(self, req: Request) -> None:
+        st = req.stage
+        self.send(req.envelope, P.progress_message(req.id, st["stage"], len(req.answered), req.total,
+                                                   st.get("index"), st.get("name")))
+        req.last_sent = time.monotonic()
+
+    def _result(self, req: Request, index: int, status: str, summary, error, blobs) -> None:
+        if index in req.answered:
+            return
+        req.answered.add(index)
+        req.counts[status] = req.counts.get(status, 0) + 1
+        msg = P.result_message(req.id, index, req.names[index], status, summary, error, blobs)
+        self.send(req.envelope, msg)
+        req.last_sent = time.monotonic()
+        self._finish_if_done(req)
+
+    def _finish_if_done(self, req: Request) -> None:
+        if req.finished and req.key in self.requests:
+            del self.requests[req.key]
+            c = req.counts
+            self.send(req.envelope, P.done_message(req.id, c["ok"], c["failed"], c["cancelled"]))
+            req.blobs = []  # free the photos
+
+    def _handle_event(self, event: tuple) -> None:
+        kind, req, *args = event
+        if req.key not in self.requests:
+            return
+        if kind == "progress":
+            self._progress(req)
+        elif kind == "result":
+            self._result(req, *args)
+        elif kind == "unit_done":
+            self._finish_if_done(req)
+
+    def handle_frames(self, frames: list[bytes]) -> None:
+        envelope, body = P.split_envelope(frames)
+        request_id = "-"
+        try:
+            size = sum(len(f) for f in body)
+            if size > P.MAX_MESSAGE_BYTES:
+                raise P.ProtocolError(f"message is {size} bytes, over the {P.MAX_MESSAGE_BYTES} limit",
+                                      P.E_TOO_LARGE)
+            msg = P.decode(body, P.CLIENT_TYPES)
+            request_id = msg.id
+            if msg.type == P.INFO:
+                self._expect_blobs(msg, 0)
+                self.send(envelope, P.Message(P.INFO, msg.id, self.info_fields()))
+            elif msg.type == P.CANCEL:
+                self._expect_blobs(msg, 0)
+                self.cancel(envelope, msg.id)
+            elif msg.type == P.GEOLOCATE:
+                self.accept(envelope, msg)
+        except P.ProtocolError as exc:
+            if request_id == "-":
+                request_id = _salvage_id(body)
+            self.send(envelope, P.error_message(request_id, exc.code, str(exc)))
+
+    @staticmethod
+    def _expect_blobs(msg: P.Message, n: int) -> None:
+        if len(msg.blobs) != n:
+            raise P.ProtocolError(f"a {msg.type!r} message carries {n} binary frames, got {len(msg.blobs)}")
+
+    def accept(self, envelope: list[bytes], msg: P.Message) -> None:
+        images = msg.fields.get("images")
+        if not isinstance(images, list) or not images:
+            raise P.ProtocolError("'images' must be a non-empty list of {\"name\": ...} objects")
+        if len(images) > P.MAX_IMAGES_PER_REQUEST:
+            raise P.ProtocolError(f"{len(images)} images, over the {P.MAX_IMAGES_PER_REQUEST} per request limit",
+                                  P.E_TOO_LARGE)
+        self._expect_blobs(msg, len(images))
+        names = []
+        for i, item in enumerate(images):
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str):
+                raise P.ProtocolError(f"images[{i}] lacks a string 'name'")
+            names.append(name[:1024])
+        options = P.validate_options(msg.fields.get("options"))
+        if options["solver"] not in SOLVERS:
+            raise P.ProtocolError(f"option 'solver' must be one of {', '.join(SOLVERS)}", P.E_BAD_OPTION)
+        if abs(180.0 / options["resolution"] - round(180.0 / options["resolution"])) > 1e-6:
+            raise P.ProtocolError("option 'resolution' must divide 180 degrees (e.g. 0.1, 0.25, 0.5, 1)",
+                                  P.E_BAD_OPTION)
+        if self.models.resolve(options["model"]) is None:
+            raise P.ProtocolError(
+                f"model {options['model']!r} is not available here; available: "
+                f"{', '.join(available_models(self.config.model))}", P.E_MODEL)
+        req = Request(envelope, msg.id, names, msg.blobs, options)
+        if req.key in self.requests:
+            raise P.ProtocolError(f"request id {msg.id!r} is already in progress")
+        self.requests[req.key] = req
+        self._progress(req)  # "queued": the client knows it was received
+        self.queue.put(req, self.config.batch_size)
+
+    def cancel(self, envelope: list[bytes], request_id: str) -> None:
+        req = self.requests.get((b"\0".join(envelope), request_id))
+        if req is None:
+            self.send(envelope, P.error_message(request_id, P.E_MALFORMED, "no request with this id is in progress"))
+            return
+        req.cancelled.set()
+        for i in self.queue.remove(req):
+            self._result(req, i, P.STATUS_CANCELLED, None, {"code": P.E_CANCELLED, "message": "cancelled"}, None)
+        self._finish_if_done(req)
+
+    def info_fields(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "protocol": P.PROTOCOL_VERSION,
+            "models": available_models(self.config.model),
+            "default_model": self.models.default_name,
+            "loaded_models": self.models.loaded(),
+            "device": self.models.device,
+            "stages": list(STAGES),
+            "heartbeat_s": HEARTBEAT_S,
+            "limits": {
+                "max_header_bytes": P.MAX_HEADER_BYTES,
+                "max_image_bytes": P.MAX_IMAGE_BYTES,
+                "max_images_per_request": P.MAX_IMAGES_PER_REQUEST,
+                "max_message_bytes": P.MAX_MESSAGE_BYTES,
+            },
+            "default_options": P.DEFAULT_OPTIONS,
+            "queued_units": self.queue.queued(),
+            "open_requests": len(self.requests),
+        }
+
+    # ------------------------------------------------------------ main loop
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def serve(self) -> int:
+        """Run until SIGTERM/SIGINT, the parent's death or the idle timeout; returns the exit code."""
+        assert self.router is not None
+        wake = self.ctx.socket(zmq.PAIR)
+        wake.bind(self._wake_addr)
+        worker = threading.Thread(target=self._worker, name="geoplonk-worker", daemon=True)
+        worker.start()
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        next_parent_check = 0.0
+        # When the watched process is our real parent, being re-parented also means it died
+        # (os.kill(pid, 0) still succeeds on a dead parent that nobody has reaped yet).
+        real_parent = self.config.parent_pid if self.config.parent_pid == os.getppid() else None
+        reason = "stopped"
+        try:
+            while not self._stop.is_set():
+                ready = dict(poller.poll(POLL_MS))
+                if wake in ready:
+                    while wake.poll(0):
+                        wake.recv()
+                while True:
+                    try:
+                        event = self.events.get_nowait()
+                    except queue.Empty:
+                        break
+                    self._handle_event(event)
+                if self.router in ready:
+                    for _ in range(64):  # bounded, so events and heartbeats are never starved
+                        try:
+                            frames = self.router.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._last_activity = time.monotonic()
+                        self.handle_frames(frames)
+                now = time.monotonic()
+                for req in list(self.requests.values()):
+                    if now - req.last_sent >= HEARTBEAT_S:
+                        self._progress(req)
+                if self.requests:
+                    self._last_activity = now
+                if self.config.parent_pid and now >= next_parent_check:
+                    next_parent_check = now + 1.0
+                    if not parent_alive(self.config.parent_pid) or (real_parent and os.getppid() != real_parent):
+                        reason = f"parent process {self.config.parent_pid} is gone"
+                        break
+                if self.config.idle_timeout and now - self._last_activity > self.config.idle_timeout:
+                    reason = f"idle for {self.config.idle_timeout:g} s"
+                    break
+        finally:
+            self._stop.set()
+            self.queue.close()
+            for req in list(self.requests.values()):
+                req.cancelled.set()
+            worker.join(timeout=5)
+            wake.close(linger=0)
+            self.router.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            if not worker.is_alive():  # a worker stuck in a long torch call keeps its socket: skip term
+                self.ctx.term()
+        log.info("server stopping: %s", reason)
+        return 0
+
+
+def _salvage_id(body: list[bytes]) -> str:
+    """The request id of a message that failed validation, when its header is readable JSON."""
+    import json
+
+    try:
+        rid = json.loads(bytes(body[0]).decode("utf-8")).get("id")
+        return rid if isinstance(rid, str) and 0 < len(rid) <= 128 else "-"
+    except Exception:  # noqa: BLE001
+        return "-"
+
+
+def install_signal_handlers(server: Server) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, server.request_stop)

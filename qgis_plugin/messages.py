@@ -1,0 +1,73 @@
+"""Plain-language messages for the message bar; details go to the log panel (tag "GeoPlonk").
+
+Pure functions returning (title, text, details) so they can be tested without QGIS.
+"""
+
+from __future__ import annotations
+
+import sys
+
+LOG_TAG = "GeoPlonk"
+
+PYZMQ_HELP = {
+    "linux": "Debian/Ubuntu: sudo apt install python3-zmq   (other distributions: the python3 'zmq'/'pyzmq' package)",
+    "win32": "Windows: open the 'OSGeo4W Shell' as administrator and run:  python -m pip install pyzmq",
+    "darwin": "macOS: in a terminal run:  /Applications/QGIS.app/Contents/MacOS/bin/python3 -m pip install pyzmq",
+}
+
+
+def pyzmq_missing(platform: str | None = None) -> tuple[str, str, str]:
+    """pyzmq is not importable in QGIS's Python: tell the user how to install it on their system."""
+    platform = platform or sys.platform
+    key = "linux" if platform.startswith("linux") else platform
+    first = PYZMQ_HELP.get(key, PYZMQ_HELP["linux"])
+    others = "\n".join(v for k, v in PYZMQ_HELP.items() if k != key)
+    text = f"GeoPlonk needs the 'pyzmq' Python package in QGIS's Python. {first}. Then restart QGIS."
+    return ("GeoPlonk: pyzmq is missing", text, f"{first}\n{others}")
+
+
+def server_unreachable(endpoint: str, auto_start: bool, detail: str = "") -> tuple[str, str, str]:
+    hint = (
+        "Start it with 'geoplonk serve', or turn on 'start a local server automatically' in GeoPlonk settings."
+        if not auto_start
+        else "Check the server endpoint and start command in GeoPlonk settings."
+    )
+    return ("GeoPlonk: no server", f"No GeoPlonk server answers at {endpoint}. {hint}", detail)
+
+
+def server_start_failed(command: str, error: str) -> tuple[str, str, str]:
+    first = next((ln for ln in reversed(error.strip().splitlines()) if ln.strip()), "no output")
+    return (
+        "GeoPlonk: the local server did not start",
+        f"'{command}' failed: {first}",
+        f"command: {command}\n{error}",
+    )
+
+
+def model_missing(message: str) -> tuple[str, str, str]:
+    return (
+        "GeoPlonk: model missing",
+        f"The server cannot load the model: {message}. Pick an installed model in GeoPlonk settings.",
+        message,
+    )
+
+
+def photo_failed(name: str, message: str) -> tuple[str, str, str]:
+    return ("GeoPlonk", f"{name}: could not geolocate this photo ({message}). The other photos go on.", message)
+
+
+def no_photos() -> tuple[str, str, str]:
+    return (
+        "GeoPlonk",
+        "No photos selected: select photo features, image files in the Browser panel, or pick files.",
+        "",
+    )
+
+
+def summary(ok: int, failed: int, cancelled: int, seconds: float) -> str:
+    parts = [f"{ok} photo{'s' if ok != 1 else ''} geolocated"]
+    if failed:
+        parts.append(f"{failed} failed")
+    if cancelled:
+        parts.append(f"{cancelled} cancelled")
+    return ", ".join(parts) + f" in {seconds:.1f} s"

@@ -1,0 +1,304 @@
+"""The QGIS plugin object: actions, photo selection, the background task, the local server.
+
+The model never runs in QGIS's process: photos go to a `geoplonk serve` process over
+ZeroMQ (started on demand with the configured command, stopped when QGIS closes).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsMessageLog, QgsProject
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction, QFileDialog, QInputDialog
+
+from . import layers, messages, sources
+from .settings import Settings
+
+MENU = "&GeoPlonk"
+ICON_PATH = os.path.join(os.path.dirname(__file__), "icon.svg")
+
+
+class GeoPlonkPlugin:
+    """Entry object created by classFactory.
+
+    The dialog hooks (`choose_files`, `choose_folder`, `choose_field`) are attributes so
+    tests and scripts can replace them; each returns what the user picked (empty = cancel).
+    """
+
+    def __init__(self, iface):
+        self.iface = iface
+        self.actions: list[QAction] = []
+        self.toolbar = None
+        self.provider = None
+        self.task = None
+        self.local_server = None
+        self._server_lock = threading.Lock()
+        self.last_report = None
+        self.last_groups: list = []
+        self.choose_files: Callable[[], list[str]] = self._dialog_files
+        self.choose_folder: Callable[[], str] = self._dialog_folder
+        self.choose_field: Callable[[list[str]], str | None] = self._dialog_field
+        self._quit_connected = False
+
+    # -- QGIS hooks -------------------------------------------------------------------
+
+    def initProcessing(self) -> None:  # noqa: N802 - QGIS's name
+        """Called by qgis_process (startProcessingPlugin) and by initGui in desktop QGIS; registers once."""
+        if self.provider is not None:
+            return
+        from .processing.provider import GeoPlonkProvider
+
+        self.provider = GeoPlonkProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
+
+    def initGui(self) -> None:  # noqa: N802 - QGIS's name
+        self.initProcessing()
+        icon = QIcon(ICON_PATH)
+        main = self.iface.mainWindow()
+        self.action_geolocate = QAction(icon, "Geolocate photos", main)
+        self.action_geolocate.setObjectName("geoplonkGeolocate")
+        self.action_geolocate.setToolTip("Geolocate selected photos")
+        self.action_geolocate.setStatusTip(
+            "Geolocate the photos selected in the Browser panel or the active layer, or pick photo files"
+        )
+        self.action_geolocate.triggered.connect(self.geolocate_selected)
+        self.action_folder = QAction(icon, "Geolocate a folder of photos…", main)
+        self.action_folder.setObjectName("geoplonkGeolocateFolder")
+        self.action_folder.triggered.connect(self.geolocate_folder)
+        self.action_zoom = QAction("Zoom to result", main)
+        self.action_zoom.setObjectName("geoplonkZoom")
+        self.action_zoom.setToolTip("Zoom the map to the selected GeoPlonk result group")
+        self.action_zoom.triggered.connect(self.zoom_to_result)
+        self.action_settings = QAction("GeoPlonk settings…", main)
+        self.action_settings.setObjectName("geoplonkSettings")
+        self.action_settings.triggered.connect(self.show_settings)
+        self.actions = [self.action_geolocate, self.action_folder, self.action_zoom, self.action_settings]
+
+        self.toolbar = self.iface.addToolBar("GeoPlonk")
+        if self.toolbar is not None:
+            self.toolbar.setObjectName("GeoPlonkToolbar")
+            self.toolbar.addAction(self.action_geolocate)
+            self.toolbar.addAction(self.action_zoom)
+        for action in self.actions:
+            self.iface.addPluginToMenu(MENU, action)
+        app = QgsApplication.instance()
+        if app is not None and not self._quit_connected:
+            app.aboutToQuit.connect(self.stop_local_server)
+            self._quit_connected = True
+
+    def unload(self) -> None:
+        if self.task is not None:
+            try:
+                self.task.cancel()
+            except RuntimeError:  # already deleted by the task manager
+                pass
+        for action in self.actions:
+            self.iface.removePluginMenu(MENU, action)
+            self.iface.removeToolBarIcon(action)
+        if self.toolbar is not None:
+            self.toolbar.deleteLater()
+            self.toolbar = None
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+        if self._quit_connected:
+            try:
+                QgsApplication.instance().aboutToQuit.disconnect(self.stop_local_server)
+            except (TypeError, RuntimeError):
+                pass
+            self._quit_connected = False
+        self.stop_local_server()
+
+    # -- photo selection ----------------------------------------------------------------
+
+    def selected_photos(self) -> list[str]:
+        """Browser selection first, then selected features of the active layer, then the file dialog."""
+        paths = sources.browser_selected_paths(self.iface.mainWindow())
+        if paths:
+            return paths
+        layer = self.iface.activeLayer()
+        if layer is not None and layer.type() == QgsMapLayerType.VectorLayer and layer.selectedFeatureCount() > 0:
+            names = sources.layer_field_names(layer)
+            field = sources.detect_photo_field(names)
+            if field is None and names:
+                field = self.choose_field(names)
+            if field:
+                paths = sources.photos_from_layer(layer, field)
+                if paths:
+                    return paths
+        return sources.unique(self.choose_files() or [])
+
+    def _dialog_files(self) -> list[str]:
+        files, _ = QFileDialog.getOpenFileNames(
+            self.iface.mainWindow(), "Geolocate photos", "", sources.FILE_DIALOG_FILTER
+        )
+        return list(files)
+
+    def _dialog_folder(self) -> str:
+        return QFileDialog.getExistingDirectory(self.iface.mainWindow(), "Geolocate all photos in a folder")
+
+    def _dialog_field(self, names: list[str]) -> str | None:
+        name, ok = QInputDialog.getItem(
+            self.iface.mainWindow(), "GeoPlonk", "Which field holds the photo file path?", names, 0, False
+        )
+        return name if ok and name else None
+
+    # -- running ------------------------------------------------------------------------
+
+    def geolocate_selected(self) -> None:
+        self.geolocate(self.selected_photos())
+
+    def geolocate_folder(self) -> None:
+        folder = self.choose_folder()
+        if folder:
+            self.geolocate(sources.photos_in_folder(folder))
+
+    def geolocate(self, paths: list[str]):
+        """Start a background task for `paths`; returns the task (None when nothing was started)."""
+        try:
+            import zmq  # noqa: F401 - only to check that QGIS's Python has it
+        except ImportError:
+            self._show(*messages.pyzmq_missing(), level=Qgis.Critical)
+            return None
+        if not paths:
+            self._show(*messages.no_photos(), level=Qgis.Warning)
+            return None
+        if self.task is not None and self._task_running():
+            self._show("GeoPlonk", "A geolocation is already running; cancel it in the task manager first.", "",
+                       level=Qgis.Warning)
+            return None
+        from .task import GeolocateTask
+
+        settings = Settings.load()
+        out_dir = layers.output_folder(settings.output_folder)
+        if not settings.output_folder and not QgsProject.instance().fileName():
+            QgsMessageLog.logMessage(
+                f"The project is not saved and no output folder is set: results go to {out_dir}",
+                messages.LOG_TAG,
+                Qgis.Info,
+            )
+        self.last_groups = []
+        self.last_report = None
+        task = GeolocateTask(paths, settings, out_dir, lambda: self.connect(settings))
+        task.photoDone.connect(self._on_photo_done)
+        task.jobDone.connect(self._on_job_done)
+        self.task = task
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _task_running(self) -> bool:
+        try:
+            return self.task.status() in (self.task.Queued, self.task.OnHold, self.task.Running)
+        except RuntimeError:
+            return False
+
+    def connect(self, settings: Settings):
+        """A client to a server that answers: the configured endpoint, else our local server (started on demand).
+
+        Called from the task thread; raises ServerUnavailable or ServerStartError.
+        """
+        from .service.client import GeoPlonkClient, ServerUnavailable
+        from .service.launcher import start_local_server
+
+        with self._server_lock:
+            endpoints = []
+            if self.local_server is not None and self.local_server.running:
+                endpoints.append(self.local_server.endpoint)
+            endpoints.append(settings.endpoint)
+            probe_timeout = min(settings.timeout_s, 2.0)
+            last: Exception | None = None
+            for endpoint in endpoints:
+                client = GeoPlonkClient(endpoint, timeout_s=probe_timeout, retries=0)
+                try:
+                    client.info()
+                except ServerUnavailable as exc:
+                    client.close()
+                    last = exc
+                    continue
+                client.timeout_s = settings.timeout_s
+                client.retries = 2
+                return client
+            if not settings.auto_start:
+                raise last or ServerUnavailable(f"no server at {settings.endpoint}")
+            QgsMessageLog.logMessage(f"starting a local server: {settings.start_command}", messages.LOG_TAG, Qgis.Info)
+            self.local_server = start_local_server(settings.start_command, idle_timeout=3600)
+            QgsMessageLog.logMessage(f"local server ready at {self.local_server.endpoint}", messages.LOG_TAG, Qgis.Info)
+            return GeoPlonkClient(self.local_server.endpoint, timeout_s=settings.timeout_s)
+
+    def stop_local_server(self) -> None:
+        server, self.local_server = self.local_server, None
+        if server is not None:
+            server.stop()
+
+    # -- main-thread slots ------------------------------------------------------------------
+
+    def _on_photo_done(self, outcome) -> None:
+        if outcome.status == "ok":
+            try:
+                group = layers.add_result_group(Path(outcome.path).name, outcome.files, outcome.summary or {},
+                                                outcome.path)
+            except Exception as exc:  # noqa: BLE001 - one bad result must not stop the others
+                self._show("GeoPlonk", f"{outcome.name}: the result could not be loaded ({exc})", repr(exc),
+                           level=Qgis.Warning)
+                return
+            self.last_groups.append(group)
+            view = self._layer_tree_view()
+            if view is not None and len(self.last_groups) == 1:
+                view.setCurrentIndex(view.layerTreeModel().node2index(group))  # "Zoom to result" acts on it
+        elif outcome.status == "failed":
+            self._show(*messages.photo_failed(outcome.name, outcome.error), level=Qgis.Warning)
+
+    def _on_job_done(self, report) -> None:
+        self.last_report = report
+        if report.error_title:
+            self._show(report.error_title, report.error_text, report.error_details, level=Qgis.Critical)
+            return
+        text = messages.summary(report.ok, report.failed, report.cancelled, report.seconds)
+        self._show("GeoPlonk", text, "", level=Qgis.Success if report.failed == 0 else Qgis.Warning)
+
+    def _show(self, title: str, text: str, details: str = "", level=Qgis.Info) -> None:
+        """Message bar text in plain language; details go to the log panel."""
+        bar = self.iface.messageBar()
+        if bar is not None:
+            bar.pushMessage(title, text, level=level, duration=10 if level != Qgis.Critical else 0)
+        QgsMessageLog.logMessage(f"{title}: {text}" + (f"\n{details}" if details else ""), messages.LOG_TAG, level)
+
+    # -- other actions -----------------------------------------------------------------------
+
+    def zoom_to_result(self) -> None:
+        view = self._layer_tree_view()
+        node = view.currentNode() if view is not None else None
+        group = layers.find_result_group(node)
+        if group is None and self.last_groups:
+            group = self.last_groups[-1]
+        if group is None:
+            self._show("GeoPlonk", "Select a GeoPlonk result group in the Layers panel first.", level=Qgis.Info)
+            return
+        canvas = self.iface.mapCanvas()
+        extent = layers.group_extent(group)
+        dest = canvas.mapSettings().destinationCrs()
+        if dest.authid() != "EPSG:4326":
+            from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
+
+            tr = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), dest, QgsProject.instance())
+            extent = tr.transformBoundingBox(extent)
+        canvas.setExtent(extent)
+        canvas.refresh()
+
+    def _layer_tree_view(self):
+        """The Layers panel's view, or None (test stand-ins of iface may not have a real one)."""
+        from qgis.gui import QgsLayerTreeView
+
+        view = self.iface.layerTreeView()
+        return view if isinstance(view, QgsLayerTreeView) else None
+
+    def show_settings(self) -> None:
+        from .settings_dialog import SettingsDialog
+
+        dialog = SettingsDialog(Settings.load(), self.iface.mainWindow(), connect=self.connect)
+        if dialog.exec_():
+            dialog.settings().save()

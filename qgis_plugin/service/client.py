@@ -1,0 +1,378 @@
+"""GeoPlonkClient: the one client shared by the QGIS plugin and `geoplonk locate`.
+
+Standard library + pyzmq only (runs in QGIS's Python).  A DEALER socket talks to the
+server's ROUTER.  Short requests (`info`) use the Lazy Pirate pattern: poll with a
+timeout, and on silence close the socket with LINGER 0, reopen it and resend, a bounded
+number of times.  A `geolocate` job is long, so it is never resent once the server has
+answered: the server's `progress` messages are heartbeats, and a silence longer than
+`timeout_s` means the server is gone (ServerUnavailable).
+
+A client object owns one socket and must be used from one thread only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import protocol as P
+
+# How often the geolocate loop wakes up to look at is_cancelled(), in seconds.
+CANCEL_POLL_S = 0.1
+
+
+class ServerUnavailable(ConnectionError):
+    """No answer from the server within the timeout, after the allowed retries."""
+
+
+class ServerError(RuntimeError):
+    """The server answered with an `error` message."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class PhotoResult:
+    """The outcome for one photo of a geolocate request (see docs/protocol.md, `result`)."""
+
+    index: int
+    name: str
+    status: str
+    summary: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    geotiff: bytes | None = field(default=None, repr=False)
+    gpkg: bytes | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == P.STATUS_OK
+
+    def default_stem(self) -> str:
+        """A file-name-safe stem from the photo's name (its base name without extension)."""
+        base = Path(self.name.replace("\\", "/")).stem or f"photo-{self.index}"
+        return re.sub(r"[^\w.\-]+", "_", base).strip("._") or f"photo-{self.index}"
+
+    def save(self, out_dir: str | os.PathLike, stem: str | None = None) -> dict[str, Path]:
+        """Write `<stem>.tif`, `<stem>.gpkg` and `<stem>.json` atomically; returns the paths by kind.
+
+        A failed or cancelled photo writes only `<stem>.json` with its status and error.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = stem or self.default_stem()
+        paths: dict[str, Path] = {}
+        if self.ok:
+            if self.geotiff is None or self.gpkg is None:
+                raise ValueError(f"result for {self.name!r} is ok but lacks its GeoTIFF/GeoPackage blobs")
+            paths["geotiff"] = _atomic_write(out / f"{stem}.tif", self.geotiff)
+            paths["gpkg"] = _atomic_write(out / f"{stem}.gpkg", self.gpkg)
+            doc: dict[str, Any] = {"name": self.name, "status": self.status, **(self.summary or {})}
+        else:
+            doc = {"name": self.name, "status": self.status, "error": self.error}
+        text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
+        paths["json"] = _atomic_write(out / f"{stem}.json", text.encode("utf-8"))
+        return paths
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def _failed(index: int, name: str, code: str, message: str, status: str = P.STATUS_FAILED) -> PhotoResult:
+    return PhotoResult(index, name, status, error={"code": code, "message": message})
+
+
+def _result_from_message(msg: P.Message, index_offset: int) -> PhotoResult:
+    f = msg.fields
+    blobs = msg.blobs
+    ok = f.get("status") == P.STATUS_OK
+    return PhotoResult(
+        index=int(f.get("index", -1)) + index_offset,
+        name=str(f.get("name", "")),
+        status=str(f.get("status", P.STATUS_FAILED)),
+        summary=f.get("summary"),
+        error=f.get("error"),
+        geotiff=blobs[0] if ok and len(blobs) > 0 else None,
+        gpkg=blobs[1] if ok and len(blobs) > 1 else None,
+    )
+
+
+def plan_batches(
+    sizes: list[int], max_images: int = P.MAX_IMAGES_PER_REQUEST, max_bytes: int = P.MAX_MESSAGE_BYTES
+) -> list[list[int]]:
+    """Group image indices into consecutive requests that respect the per-request count and size limits."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    budget = max_bytes - P.MAX_HEADER_BYTES
+    for i, size in enumerate(sizes):
+        if current and (len(current) >= max_images or total + size > budget):
+            batches.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+class GeoPlonkClient:
+    """Talks to `geoplonk serve`.  Use as a context manager, or call close()."""
+
+    def __init__(
+        self,
+        endpoint: str = "tcp://127.0.0.1:5555",
+        timeout_s: float = 30.0,
+        retries: int = 2,
+        server_public_key: bytes | None = None,
+        client_keys: tuple[bytes, bytes] | None = None,
+    ):
+        """`server_public_key` (Z85) turns on CURVE; `client_keys` = (public, secret), generated if omitted."""
+        self.endpoint = endpoint
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self._server_key = server_public_key
+        self._client_keys = client_keys
+        if server_public_key is not None and client_keys is None:
+            self._client_keys = zmq.curve_keypair()
+        self._context = zmq.Context()
+        self._socket: zmq.Socket | None = None
+        self._limits: dict[str, int] = {
+            "max_image_bytes": P.MAX_IMAGE_BYTES,
+            "max_images_per_request": P.MAX_IMAGES_PER_REQUEST,
+            "max_message_bytes": P.MAX_MESSAGE_BYTES,
+        }
+
+    # -- socket lifecycle -------------------------------------------------
+
+    def _open(self) -> zmq.Socket:
+        if self._socket is None:
+            sock = self._context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            if self._server_key is not None and self._client_keys is not None:
+                sock.curve_serverkey = self._server_key
+                sock.curve_publickey, sock.curve_secretkey = self._client_keys
+            sock.connect(self.endpoint)
+            self._socket = sock
+        return self._socket
+
+    def _reset(self, linger_ms: int = 0) -> None:
+        """Drop the socket (LINGER 0 discards queued messages): the Lazy Pirate reconnect."""
+        if self._socket is not None:
+            self._socket.close(linger=linger_ms)
+            self._socket = None
+
+    def close(self) -> None:
+        self._reset()
+        self._context.term()
+
+    def __enter__(self) -> GeoPlonkClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, msg: P.Message) -> None:
+        self._open().send_multipart(P.encode(msg), copy=False)
+
+    def _recv(self, timeout_s: float) -> P.Message | None:
+        """The next well-formed server message within timeout_s, or None on silence."""
+        sock = self._open()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                return None
+            frames = sock.recv_multipart()
+            try:
+                return P.decode(frames, P.SERVER_TYPES)
+            except P.ProtocolError:
+                continue  # a garbled frame from a misbehaving peer: ignore it, keep waiting
+
+    # -- requests -----------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Server version, protocol version, models, device and limits (Lazy Pirate: retried on silence)."""
+        request = P.info_request()
+        for _attempt in range(self.retries + 1):
+            self._send(request)
+            deadline = time.monotonic() + self.timeout_s
+            while (remaining := deadline - time.monotonic()) > 0:
+                msg = self._recv(remaining)
+                if msg is None:
+                    break
+                if msg.id != request.id:
+                    continue  # a stale reply to an earlier request
+                if msg.type == P.ERROR:
+                    raise ServerError(msg.fields.get("code", P.E_INTERNAL), msg.fields.get("message", ""))
+                if msg.type == P.INFO:
+                    limits = msg.fields.get("limits") or {}
+                    self._limits.update({k: int(v) for k, v in limits.items() if k in self._limits})
+                    return msg.fields
+            self._reset()
+        raise ServerUnavailable(
+            f"no answer from the GeoPlonk server at {self.endpoint} within {self.timeout_s:g} s "
+            f"({self.retries + 1} attempts)"
+        )
+
+    def geolocate(
+        self,
+        images: list[tuple[str, bytes]],
+        options: dict[str, Any] | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        on_result: Callable[[PhotoResult], None] | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+    ) -> list[PhotoResult]:
+        """Geolocate (name, bytes) photos; one PhotoResult per photo, in input order.
+
+        Photos over the image size limit fail here without being sent.  Large batches are
+        split into several requests within the protocol limits; indices stay those of `images`.
+        Raises ServerError when the server rejects a whole request (e.g. a bad option) and
+        ServerUnavailable when it stops answering.
+        """
+        results: dict[int, PhotoResult] = {}
+
+        def deliver(result: PhotoResult) -> None:
+            results[result.index] = result
+            if on_result is not None:
+                on_result(result)
+
+        sendable: list[int] = []
+        for i, (name, data) in enumerate(images):
+            if len(data) > self._limits["max_image_bytes"]:
+                deliver(
+                    _failed(
+                        i,
+                        name,
+                        P.E_TOO_LARGE,
+                        f"the file is {len(data) / 1e6:.1f} MB, over the "
+                        f"{self._limits['max_image_bytes'] / 1e6:.0f} MB limit",
+                    )
+                )
+            else:
+                sendable.append(i)
+        batches = plan_batches(
+            [len(images[i][1]) for i in sendable],
+            self._limits["max_images_per_request"],
+            self._limits["max_message_bytes"],
+        )
+        cancelled = False
+        for batch in batches:
+            indices = [sendable[j] for j in batch]
+            if cancelled or (is_cancelled is not None and is_cancelled()):
+                cancelled = True
+                for i in indices:
+                    deliver(_failed(i, images[i][0], P.E_CANCELLED, "cancelled before sending", P.STATUS_CANCELLED))
+                continue
+            cancelled = self._geolocate_batch(images, indices, options, on_progress, deliver, is_cancelled)
+        return [results[i] for i in range(len(images))]
+
+    def _geolocate_batch(
+        self,
+        images: list[tuple[str, bytes]],
+        indices: list[int],
+        options: dict[str, Any] | None,
+        on_progress: Callable[[dict[str, Any]], None] | None,
+        deliver: Callable[[PhotoResult], None],
+        is_cancelled: Callable[[], bool] | None,
+    ) -> bool:
+        """Run one request; returns True when it was cancelled."""
+        request = P.geolocate_request([images[i] for i in indices], options)
+        pending = set(range(len(indices)))
+        cancel_sent = False
+        answered = False
+        attempts = 0
+
+        def to_global(result: PhotoResult) -> PhotoResult:
+            result.index = indices[result.index]
+            return result
+
+        self._send(request)
+        last_heard = time.monotonic()
+        while True:
+            if not cancel_sent and is_cancelled is not None and is_cancelled():
+                self._send(P.cancel_request(request.id))
+                cancel_sent = True
+                last_heard = time.monotonic()
+            msg = self._recv(CANCEL_POLL_S)
+            if msg is None:
+                if time.monotonic() - last_heard < self.timeout_s:
+                    continue
+                if not answered and not cancel_sent and attempts < self.retries:
+                    attempts += 1  # nothing heard yet: the request may be lost, so resend it (Lazy Pirate)
+                    self._reset()
+                    self._send(request)
+                    last_heard = time.monotonic()
+                    continue
+                self._give_up(request.id)
+                if cancel_sent:
+                    for j in sorted(pending):
+                        deliver(to_global(_failed(j, images[indices[j]][0], P.E_CANCELLED, "cancelled",
+                                                  P.STATUS_CANCELLED)))
+                    return True
+                raise ServerUnavailable(
+                    f"the GeoPlonk server at {self.endpoint} went silent for {self.timeout_s:g} s "
+                    f"({len(pending)} of {len(indices)} photos unfinished)"
+                )
+            if msg.id != request.id:
+                continue
+            answered = True
+            last_heard = time.monotonic()
+            if msg.type == P.PROGRESS:
+                if on_progress is not None:
+                    on_progress(self._global_progress(msg.fields, indices))
+            elif msg.type == P.RESULT:
+                j = int(msg.fields.get("index", -1))
+                if j in pending:
+                    pending.discard(j)
+                    deliver(to_global(_result_from_message(msg, 0)))
+            elif msg.type == P.DONE:
+                for j in sorted(pending):  # a server that ends early: never leave a photo without an answer
+                    status = P.STATUS_CANCELLED if cancel_sent else P.STATUS_FAILED
+                    code = P.E_CANCELLED if cancel_sent else P.E_INTERNAL
+                    deliver(to_global(_failed(j, images[indices[j]][0], code, "no result from the server", status)))
+                return cancel_sent
+            elif msg.type == P.ERROR:
+                raise ServerError(msg.fields.get("code", P.E_INTERNAL), msg.fields.get("message", ""))
+
+    @staticmethod
+    def _global_progress(fields: dict[str, Any], indices: list[int]) -> dict[str, Any]:
+        out = dict(fields)
+        index = out.get("index")
+        if isinstance(index, int) and 0 <= index < len(indices):
+            out["index"] = indices[index]
+        return out
+
+    def _give_up(self, request_id: str) -> None:
+        """Best-effort cancel so a server that comes back does not keep working for nobody."""
+        try:
+            self._send(P.cancel_request(request_id))
+        except zmq.ZMQError:
+            pass
+        self._reset(linger_ms=200)

@@ -1,0 +1,100 @@
+"""The plugin's settings: one dataclass, stored with QgsSettings under "geoplonk/"."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .service.protocol import DEFAULT_OPTIONS
+
+PREFIX = "geoplonk/"
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_START_COMMAND = "geoplonk serve"
+
+
+@dataclass
+class Settings:
+    """What the user can configure; `options()` maps it onto the protocol's geolocate options."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    start_command: str = DEFAULT_START_COMMAND
+    auto_start: bool = True
+    model: str = ""  # empty: the server's default model
+    samples: int = int(DEFAULT_OPTIONS["samples"])
+    steps: int = int(DEFAULT_OPTIONS["steps"])
+    guidance: float = float(DEFAULT_OPTIONS["cfg"])
+    resolution: float = float(DEFAULT_OPTIONS["resolution"])
+    levels: list[float] = field(default_factory=lambda: list(DEFAULT_OPTIONS["levels"]))
+    output_folder: str = ""  # empty: the project's folder, else a temporary folder
+    timeout_s: float = 30.0
+
+    def options(self) -> dict[str, Any]:
+        """The geolocate options sent to the server."""
+        opts: dict[str, Any] = {
+            "samples": int(self.samples),
+            "steps": int(self.steps),
+            "cfg": float(self.guidance),
+            "resolution": float(self.resolution),
+            "levels": [float(v) for v in self.levels],
+        }
+        if self.model:
+            opts["model"] = self.model
+        return opts
+
+    @classmethod
+    def load(cls, qsettings=None) -> Settings:
+        """Read from QgsSettings (or any QSettings-like object), falling back to defaults per key."""
+        qs = qsettings if qsettings is not None else _qgs_settings()
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            default = getattr(defaults, f.name)
+            raw = qs.value(PREFIX + f.name, None)
+            values[f.name] = default if raw is None else _coerce(raw, default)
+        return cls(**values)
+
+    def save(self, qsettings=None) -> None:
+        qs = qsettings if qsettings is not None else _qgs_settings()
+        for name, value in asdict(self).items():
+            if isinstance(value, list):
+                value = ",".join(f"{v:g}" for v in value)
+            qs.setValue(PREFIX + name, value)
+
+
+def parse_levels(text: str) -> list[float]:
+    """'50, 90, 99' or '0.5,0.9,0.99' -> [0.5, 0.9, 0.99]; raises ValueError on anything else."""
+    out = []
+    for part in str(text).replace(";", ",").split(","):
+        part = part.strip().rstrip("%").strip()
+        if not part:
+            continue
+        value = float(part)
+        value = value / 100.0 if value >= 1 else value
+        if not 0 < value < 1:
+            raise ValueError(f"credible level {part!r} is not between 0 and 100 %")
+        out.append(value)
+    if not out:
+        raise ValueError("give at least one credible level, e.g. 50, 90, 99")
+    return sorted(set(out))
+
+
+def _coerce(raw: Any, default: Any) -> Any:
+    """QSettings hands back strings on some platforms: convert to the default's type."""
+    try:
+        if isinstance(default, bool):
+            return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(float(raw))
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, list):
+            return parse_levels(",".join(map(str, raw)) if isinstance(raw, (list, tuple)) else raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        return default
+
+
+def _qgs_settings():
+    from qgis.core import QgsSettings
+
+    return QgsSettings()

@@ -1,0 +1,180 @@
+"""The background job: read photos, talk to the server, save each result as it arrives.
+
+Runs in a QgsTask thread so QGIS never freezes.  It touches no layers: each saved
+result is emitted (`photoDone`) and the plugin adds the layers on the main thread.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qgis.core import Qgis, QgsMessageLog, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
+
+from . import messages
+from .layers import unique_stem
+from .settings import Settings
+
+
+@dataclass
+class PhotoOutcome:
+    """What the main thread needs for one photo: where its files are, or why it failed."""
+
+    path: str
+    name: str
+    status: str  # "ok" | "failed" | "cancelled"
+    files: dict[str, str] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+    error: str = ""
+    code: str = ""
+
+
+@dataclass
+class TaskReport:
+    ok: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    seconds: float = 0.0
+    error_title: str = ""  # set when the whole job failed (server down, start failed, model missing)
+    error_text: str = ""
+    error_details: str = ""
+
+
+def read_photos(paths: list[str]) -> tuple[list[tuple[int, str, bytes]], list[tuple[int, str]]]:
+    """(index, name, bytes) for readable photos and (index, reason) for unreadable ones."""
+    readable, unreadable = [], []
+    for i, path in enumerate(paths):
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            unreadable.append((i, f"cannot read the file: {exc.strerror or exc}"))
+            continue
+        if not data:
+            unreadable.append((i, "the file is empty"))
+            continue
+        readable.append((i, Path(path).name, data))
+    return readable, unreadable
+
+
+class GeolocateTask(QgsTask):
+    """Geolocate `paths` and save results under `out_dir`.
+
+    `connect` returns a ready GeoPlonkClient (it may start a local server; it raises
+    ServerUnavailable / ServerStartError): injected so the plugin owns the server.
+    """
+
+    photoDone = pyqtSignal(object)  # PhotoOutcome, emitted from the task thread, delivered queued
+    jobDone = pyqtSignal(object)  # TaskReport, emitted on the main thread from finished()
+
+    def __init__(self, paths: list[str], settings: Settings, out_dir: Path, connect: Callable[[], Any]):
+        super().__init__(f"GeoPlonk: geolocating {len(paths)} photo{'s' if len(paths) != 1 else ''}", QgsTask.CanCancel)
+        self.paths = list(paths)
+        self.settings = settings
+        self.out_dir = Path(out_dir)
+        self._connect = connect
+        self.report = TaskReport()
+        self.outcomes: list[PhotoOutcome] = []
+        self._stems: set[str] = set()
+        self._finished_count = 0
+        self.last_stage: str | None = None  # the server's latest progress stage (e.g. "embed", "sample")
+
+    # -- task thread ----------------------------------------------------------------
+
+    def run(self) -> bool:
+        start = time.monotonic()
+        try:
+            self._run()
+        except Exception as exc:  # noqa: BLE001 - reported in plain language, never raised into QGIS
+            self._fail_job(exc)
+        self.report.seconds = time.monotonic() - start
+        return not self.report.error_title
+
+    def _run(self) -> None:
+        readable, unreadable = read_photos(self.paths)
+        for i, reason in unreadable:
+            self._emit(PhotoOutcome(self.paths[i], Path(self.paths[i]).name, "failed", error=reason, code="unreadable"))
+        if not readable or self.isCanceled():
+            return
+        client = self._connect()
+        try:
+            n = len(self.paths)
+
+            def on_progress(p: dict) -> None:
+                self.last_stage = str(p.get("stage") or "")
+                total = max(int(p.get("total") or 1), 1)
+                frac = min(max(float(p.get("done") or 0) / total, 0.0), 1.0)
+                self.setProgress(100.0 * min((self._finished_count + frac) / n, 1.0))
+
+            def on_result(r) -> None:
+                self._save(r, readable)
+
+            client.geolocate(
+                [(name, data) for _, name, data in readable],
+                self.settings.options(),
+                on_progress=on_progress,
+                on_result=on_result,
+                is_cancelled=self.isCanceled,
+            )
+        finally:
+            client.close()
+
+    def _save(self, result, readable: list[tuple[int, str, bytes]]) -> None:
+        path = self.paths[readable[result.index][0]]
+        outcome = PhotoOutcome(path, result.name, result.status, summary=result.summary)
+        if result.ok:
+            try:
+                stem = unique_stem(self.out_dir, result.default_stem(), self._stems)
+                self._stems.add(stem)
+                outcome.files = {k: str(v) for k, v in result.save(self.out_dir, stem).items()}
+            except OSError as exc:
+                outcome.status, outcome.code = "failed", "write"
+                outcome.error = f"cannot write the result to {self.out_dir}: {exc.strerror or exc}"
+        else:
+            err = result.error or {}
+            outcome.code = str(err.get("code", ""))
+            outcome.error = str(err.get("message", "")) or outcome.status
+        self._emit(outcome)
+
+    def _emit(self, outcome: PhotoOutcome) -> None:
+        self._finished_count += 1
+        if outcome.status == "ok":
+            self.report.ok += 1
+        elif outcome.status == "cancelled":
+            self.report.cancelled += 1
+        else:
+            self.report.failed += 1
+        self.outcomes.append(outcome)
+        self.setProgress(100.0 * self._finished_count / max(len(self.paths), 1))
+        self.photoDone.emit(outcome)
+
+    def _fail_job(self, exc: Exception) -> None:
+        from .service.client import ServerError, ServerUnavailable
+        from .service.launcher import ServerStartError
+
+        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if isinstance(exc, ServerStartError):
+            title, text, more = messages.server_start_failed(self.settings.start_command, exc.stderr or exc.summary)
+        elif isinstance(exc, ServerUnavailable):
+            title, text, more = messages.server_unreachable(self.settings.endpoint, self.settings.auto_start, str(exc))
+        elif isinstance(exc, ServerError) and exc.code == "model_unavailable":
+            title, text, more = messages.model_missing(exc.message)
+        elif isinstance(exc, ServerError):
+            title, text, more = "GeoPlonk: the server refused the job", f"{exc.message} ({exc.code})", ""
+        else:
+            title, text, more = "GeoPlonk: unexpected error", f"{type(exc).__name__}: {exc}", ""
+        self.report.error_title, self.report.error_text = title, text
+        self.report.error_details = f"{more}\n{details}".strip()
+        pending = len(self.paths) - self._finished_count
+        self.report.failed += max(pending, 0)
+
+    # -- main thread ------------------------------------------------------------------
+
+    def finished(self, result: bool) -> None:  # noqa: ARG002 - QgsTask's signature
+        if self.report.error_details:
+            QgsMessageLog.logMessage(self.report.error_details, messages.LOG_TAG, Qgis.Critical)
+        self.jobDone.emit(self.report)

@@ -1,0 +1,145 @@
+"""How well the density raster matches the exact likelihood: NLL of held-out true locations.
+
+Trains a small conditional flow on a synthetic task (photo codes -> locations drawn from
+vMF clusters of different spreads, some bimodal) unless --model and --data are given, then,
+for held-out (embedding, true location) pairs, compares
+  exact : -log p(x_true) from engine.likelihood.log_density (probability-flow ODE, dopri5)
+  kde   : -log of the samples' vMF kernel density at x_true (the raster's formula, no grid)
+  raster: -log of the raster cell's density (probability / cell solid angle)
+all in nats per steradian (uniform = log 4 pi = 2.531).  Prints the figures; asserts nothing.
+
+  .venv/server/bin/python scripts/bench_raster_nll.py [--model DIR --data held_out.npz]
+  (held_out.npz: `emb` (N, cond_dim) float32 as the flow expects, `latlon` (N, 2) degrees)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model_server.engine.likelihood import log_density  # noqa: E402
+from model_server.engine.network import FlowConfig, GeoAdaLNMLP  # noqa: E402
+from model_server.engine.sampling import sample  # noqa: E402
+from model_server.engine.schedule import gamma  # noqa: E402
+from model_server.engine.sphere import geodesic_interpolant, log_map, normalize, uniform_sphere  # noqa: E402
+from model_server.products.density import kde_log_density, kde_raster  # noqa: E402
+from model_server.products.geodesy import latlon_to_xyz  # noqa: E402
+from model_server.products.grid import Grid  # noqa: E402
+
+
+def synthetic_task(n_codes: int, cond_dim: int, seed: int):
+    """Each code: 1 or 2 cluster centres and a spread; returns a sampler of (emb, xyz)."""
+    rng = np.random.default_rng(seed)
+    codes = rng.normal(size=(n_codes, cond_dim)).astype(np.float32)
+    centres = [latlon_to_xyz(rng.uniform(-60, 70, 1 + (k % 3 == 0)), rng.uniform(-180, 180, 1 + (k % 3 == 0)))
+               for k in range(n_codes)]
+    spreads = np.deg2rad(rng.uniform(2, 12, n_codes))
+
+    def draw(n: int, rng: np.random.Generator):
+        k = rng.integers(0, n_codes, n)
+        out = np.empty((n, 3))
+        for i, code in enumerate(k):
+            c = centres[code][rng.integers(0, len(centres[code]))]
+            v = rng.normal(size=3) * spreads[code]
+            v -= v.dot(c) * c  # tangent Gaussian, then exp map
+            norm = np.linalg.norm(v)
+            out[i] = np.cos(norm) * c + np.sin(norm) * v / max(norm, 1e-12)
+        emb = codes[k] + 0.05 * rng.normal(size=(n, cond_dim)).astype(np.float32)
+        return torch.from_numpy(emb.astype(np.float32)), torch.from_numpy(out.astype(np.float32))
+
+    return draw
+
+
+def train(draw, cond_dim: int, steps: int, seed: int) -> GeoAdaLNMLP:
+    """Riemannian flow matching as in the reference (geodesic interpolant, 10 % embedding dropout)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed + 1)
+    net = GeoAdaLNMLP(FlowConfig(cond_dim=cond_dim, depth=3, dim=128))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    for step in range(steps):
+        emb, x1 = draw(512, rng)
+        x0 = uniform_sphere(len(x1))
+        g = gamma(torch.rand(len(x1))).clamp(max=0.999)
+        xg = geodesic_interpolant(x0, x1, g[:, None])
+        target = log_map(xg, x1) / (1 - g[:, None])
+        drop = torch.rand(len(x1)) < 0.1
+        emb = torch.where(drop[:, None], torch.zeros_like(emb), emb)
+        loss = ((net(xg, g, emb) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 500 == 0 or step == steps - 1:
+            print(f"  train step {step}: loss {loss.item():.4f}", flush=True)
+    return net.eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="a model folder (else a synthetic task is trained)")
+    ap.add_argument("--data", help="held-out .npz with emb and latlon (with --model)")
+    ap.add_argument("--n", type=int, default=100, help="held-out photos")
+    ap.add_argument("--samples", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=32, help="sampling steps")
+    ap.add_argument("--train-steps", type=int, default=3000)
+    ap.add_argument("--resolution", type=float, default=0.25)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    if args.model:
+        from model_server.engine.checkpoint import load_flow
+
+        net = load_flow(args.model)
+        data = np.load(args.data)
+        emb = torch.from_numpy(data["emb"][: args.n].astype(np.float32))
+        latlon = data["latlon"][: args.n]
+        truth = torch.from_numpy(latlon_to_xyz(latlon[:, 0], latlon[:, 1]).astype(np.float32))
+    else:
+        draw = synthetic_task(24, 16, seed=0)
+        t = time.perf_counter()
+        net = train(draw, 16, args.train_steps, seed=0)
+        print(f"trained a dim-128 depth-3 flow in {time.perf_counter() - t:.0f} s")
+        emb, truth = draw(args.n, np.random.default_rng(123))
+    grid = Grid.global_grid(args.resolution)
+    nll = {"exact": [], "kde": [], "raster": []}
+    t_exact = t_raster = 0.0
+    for i in range(len(emb)):
+        e = emb[i : i + 1]
+        x = truth[i : i + 1]
+        t = time.perf_counter()
+        nll["exact"].append(-log_density(net, e, x[None], method="dopri5", atol=1e-5, rtol=1e-5).item())
+        t_exact += time.perf_counter() - t
+        t = time.perf_counter()
+        s = sample(net, e, args.samples, steps=args.steps, generator=torch.Generator().manual_seed(i))[0].numpy()
+        raster = kde_raster(s, grid)
+        t_raster += time.perf_counter() - t
+        xn = normalize(x).numpy().astype(np.float64)
+        nll["kde"].append(-kde_log_density(xn, s, raster.kappa, raster.uniform_weight)[0])
+        lat = math.degrees(math.asin(float(xn[0, 2])))
+        lon = math.degrees(math.atan2(float(xn[0, 1]), float(xn[0, 0])))
+        nll["raster"].append(-float(raster.log_density_at(np.array([lat]), np.array([lon]))[0]))
+        if (i + 1) % 10 == 0:
+            ex_m, ra_m = np.mean(nll['exact']), np.mean(nll['raster'])
+            print(f"  {i + 1} photos: exact {ex_m:.3f}, raster {ra_m:.3f}", flush=True)
+    ex, kd, ra = (np.asarray(nll[k]) for k in ("exact", "kde", "raster"))
+    print(f"held-out photos: {len(ex)}, samples {args.samples}, steps {args.steps}, raster {args.resolution} deg")
+    print(f"NLL exact  (nats/sr): mean {ex.mean():.3f}  median {np.median(ex):.3f}")
+    print(f"NLL kde    (nats/sr): mean {kd.mean():.3f}  median {np.median(kd):.3f}")
+    print(f"NLL raster (nats/sr): mean {ra.mean():.3f}  median {np.median(ra):.3f}")
+    print(f"gap raster - exact: mean {np.mean(ra - ex):+.3f} nats ({np.mean(ra - ex) / math.log(2):+.3f} bits), "
+          f"median {np.median(ra - ex):+.3f}, 90th pct {np.percentile(ra - ex, 90):+.3f}")
+    print(f"gap raster - kde (gridding alone): mean {np.mean(ra - kd):+.4f} nats")
+    print(f"time per photo: exact likelihood of 1 point {t_exact / len(ex):.2f} s, "
+          f"sampling + raster {t_raster / len(ex):.2f} s")
+
+
+if __name__ == "__main__":
+    main()

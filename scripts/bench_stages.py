@@ -1,0 +1,86 @@
+"""Time per stage for one photo through a real `geoplonk serve` (default options unless told).
+
+Without --model it builds a random flow of the default model's size (dim 256, depth 6, on
+EfficientNet-Lite0 features) in a temporary folder: the timings do not depend on the weights.
+Sends the photo once to warm up, then --repeat times, and prints the server's stage timings.
+
+  .venv/server/bin/python scripts/bench_stages.py [--model DIR] [--photo JPG] [--samples 1024] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from qgis_plugin.service.client import GeoPlonkClient  # noqa: E402
+from qgis_plugin.service.launcher import start_local_server  # noqa: E402
+
+
+def random_model(folder: Path) -> Path:
+    import torch
+
+    from model_server.engine.checkpoint import save_model_dir
+    from model_server.engine.network import FlowConfig, GeoAdaLNMLP
+
+    torch.manual_seed(0)
+    net = GeoAdaLNMLP(FlowConfig(cond_dim=1280, depth=6, dim=256))
+    return save_model_dir(folder / "bench-model", net, {"name": "bench-random", "encoder": "efficientnet-lite0"})
+
+
+def photo_bytes(path: str | None) -> bytes:
+    if path:
+        return Path(path).read_bytes()
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (768, 1024, 3), dtype=np.uint8)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model")
+    ap.add_argument("--photo")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--samples", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--resolution", type=float, default=0.25)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or str(random_model(Path(tmp)))
+        srv = start_local_server(f"{sys.executable} -m model_server.cli serve --model {model}",
+                                 env={"PYTHONPATH": str(REPO)})
+        try:
+            options = {"samples": args.samples, "steps": args.steps, "resolution": args.resolution}
+            data = photo_bytes(args.photo)
+            with GeoPlonkClient(srv.endpoint, timeout_s=120) as client:
+                info = client.info()
+                client.geolocate([("warm-up.jpg", data)], options)
+                runs = []
+                for i in range(args.repeat):
+                    t = time.perf_counter()
+                    result = client.geolocate([(f"photo-{i}.jpg", data)], options)[0]
+                    assert result.ok, result.error
+                    runs.append((time.perf_counter() - t, result.summary["timings"]))
+        finally:
+            srv.stop()
+    print(f"model {model}, device {info['device']}, options {options}, {args.repeat} runs after a warm-up")
+    for stage in runs[0][1]:
+        values = [r[1][stage] for r in runs]
+        print(f"  {stage:15s} {statistics.median(values):7.3f} s")
+    print(f"  {'round trip':15s} {statistics.median(r[0] for r in runs):7.3f} s (client-side, one photo)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Round trip of every message type through encode/decode, and the protocol's refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qgis_plugin.service import protocol as P
+
+
+def roundtrip(msg: P.Message, allowed) -> P.Message:
+    frames = P.encode(msg)
+    assert all(isinstance(f, bytes) for f in frames)
+    return P.decode(frames, allowed)
+
+
+def test_info_request_and_reply():
+    req = P.info_request()
+    back = roundtrip(req, P.CLIENT_TYPES)
+    assert (back.type, back.id, back.fields, back.blobs) == (P.INFO, req.id, {}, [])
+    reply = P.Message(P.INFO, req.id, {"version": "0.1.0", "protocol": 1, "limits": {"max_image_bytes": 5}})
+    assert roundtrip(reply, P.SERVER_TYPES).fields == reply.fields
+
+
+def test_geolocate_carries_images_as_raw_blobs():
+    images = [("a.jpg", b"\xff\xd8\x00binary\x00"), ("été/b.heic", bytes(range(256)))]
+    req = P.geolocate_request(images, {"samples": 64})
+    back = roundtrip(req, P.CLIENT_TYPES)
+    assert back.type == P.GEOLOCATE and back.id == req.id
+    assert back.fields["images"] == [{"name": "a.jpg"}, {"name": "été/b.heic"}]
+    assert back.fields["options"] == {"samples": 64}
+    assert back.blobs == [data for _, data in images]
+
+
+def test_cancel_progress_done_error():
+    for msg, allowed in [
+        (P.cancel_request("r1"), P.CLIENT_TYPES),
+        (P.progress_message("r1", "sample", 2, 5, index=None, name=None), P.SERVER_TYPES),
+        (P.progress_message("r1", "write", 3, 5, index=3, name="x.jpg"), P.SERVER_TYPES),
+        (P.done_message("r1", ok=3, failed=1, cancelled=1), P.SERVER_TYPES),
+        (P.error_message("r1", P.E_BAD_OPTION, "option 'samples' must be ..."), P.SERVER_TYPES),
+    ]:
+        back = roundtrip(msg, allowed)
+        assert (back.type, back.id, back.fields, back.blobs) == (msg.type, msg.id, msg.fields, [])
+
+
+def test_result_ok_failed_cancelled():
+    ok = P.result_message("r", 0, "a.jpg", P.STATUS_OK, {"best_guess": {"lat": 1.5, "lon": -2.0}}, None,
+                          [b"TIFF", b"GPKG"])
+    back = roundtrip(ok, P.SERVER_TYPES)
+    assert back.fields["status"] == "ok" and back.fields["blobs"] == ["geotiff", "gpkg"]
+    assert back.fields["summary"]["best_guess"] == {"lat": 1.5, "lon": -2.0}
+    assert back.blobs == [b"TIFF", b"GPKG"]
+    for status, code in ((P.STATUS_FAILED, P.E_BAD_IMAGE), (P.STATUS_CANCELLED, P.E_CANCELLED)):
+        msg = P.result_message("r", 1, "b.jpg", status, None, {"code": code, "message": "why"})
+        back = roundtrip(msg, P.SERVER_TYPES)
+        assert back.fields == {"index": 1, "name": "b.jpg", "status": status, "error": {"code": code, "message": "why"}}
+        assert back.blobs == []
+
+
+@pytest.mark.parametrize(
+    "frames, code",
+    [
+        ([], P.E_MALFORMED),
+        ([b"\xff\xfe"], P.E_MALFORMED),
+        ([b"null"], P.E_MALFORMED),
+        ([json.dumps({"type": "info", "id": "a"}).encode()], P.E_VERSION),
+        ([json.dumps({"v": 2, "type": "info", "id": "a"}).encode()], P.E_VERSION),
+        ([json.dumps({"v": 1, "type": "info", "id": ""}).encode()], P.E_MALFORMED),
+        ([json.dumps({"v": 1, "type": "info", "id": "x" * 129}).encode()], P.E_MALFORMED),
+        ([json.dumps({"v": 1, "type": "result", "id": "a"}).encode()], P.E_UNKNOWN_TYPE),
+        ([b" " * (P.MAX_HEADER_BYTES + 1)], P.E_TOO_LARGE),
+    ],
+)
+def test_decode_refuses(frames, code):
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(frames, P.CLIENT_TYPES)
+    assert err.value.code == code
+
+
+def test_nan_is_never_sent():
+    with pytest.raises(ValueError):
+        P.encode(P.Message(P.PROGRESS, "r", {"x": float("nan")}))
+
+
+def test_envelopes():
+    assert P.split_envelope([b"id", b"{}", b"blob"]) == ([b"id"], [b"{}", b"blob"])
+    assert P.split_envelope([b"id", b"", b"{}"]) == ([b"id", b""], [b"{}"])
+
+
+def test_options():
+    merged = P.validate_options({"samples": 64, "levels": [0.9, 0.5]})
+    assert merged["samples"] == 64 and merged["levels"] == [0.5, 0.9] and merged["cfg"] == 0.0
+    for bad in ({"samples": 3}, {"cfg": -1}, {"resolution": 0}, {"levels": [1.5]}, {"crop": 1}, {"nope": 1},
+                {"samples": True}):
+        with pytest.raises(P.ProtocolError) as err:
+            P.validate_options(bad)
+        assert err.value.code == P.E_BAD_OPTION

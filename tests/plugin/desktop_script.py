@@ -1,0 +1,193 @@
+"""Runs inside full desktop QGIS (`qgis --code desktop_script.py`), driven by tests/plugin/test_desktop.py.
+
+What an analyst does: open a photo point layer, select its features, click GeoPlonk's
+toolbar button, wait for the result groups, zoom to the result.  Then it saves a
+screenshot of the main window and a JSON report of what QGIS shows, clears the
+project (no "save changes?" dialog) and quits.
+
+Configuration comes from the environment: GEOPLONK_DESKTOP_LAYER (the photo layer),
+GEOPLONK_DESKTOP_OUT (folder for report.json, desktop.png, canvas.png),
+GEOPLONK_DESKTOP_TIMEOUT (seconds to wait for the results).
+Everything is driven by a QTimer: QGIS's event loop must keep running.
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from qgis.core import QgsLayerTreeGroup, QgsProject, QgsRasterLayer, QgsRenderContext
+from qgis.PyQt.QtCore import QObject, Qt, QTimer
+from qgis.PyQt.QtTest import QTest
+from qgis.PyQt.QtWidgets import QToolButton
+from qgis.utils import iface, plugins
+
+PLUGIN = "geoplonk"
+OUT = Path(os.environ["GEOPLONK_DESKTOP_OUT"])
+LAYER = os.environ["GEOPLONK_DESKTOP_LAYER"]
+TIMEOUT_S = float(os.environ.get("GEOPLONK_DESKTOP_TIMEOUT", "300"))
+TICK_MS = 200
+
+
+class DesktopRun(QObject):
+    """A small state machine stepped by a timer: start -> wait for results -> wait for render -> finish."""
+
+    def __init__(self):
+        super().__init__(iface.mainWindow())
+        self.report = {"steps": [], "errors": []}
+        self.t0 = time.monotonic()
+        self.clicked_at = None
+        self.first_group_at = None
+        self.render_started = None
+        self.state = self.wait_for_plugin
+        self.timer = QTimer(self)
+        self.timer.timeout.connect(self.tick)
+        self.timer.start(TICK_MS)
+
+    def log(self, text):
+        self.report["steps"].append(f"{time.monotonic() - self.t0:7.2f}s {text}")
+
+    def tick(self):
+        try:
+            if time.monotonic() - self.t0 > TIMEOUT_S:
+                self.report["errors"].append(f"timed out in step {self.state.__name__}")
+                self.finish()
+                return
+            self.state()
+        except Exception:  # report it and quit: never leave QGIS hanging
+            self.report["errors"].append(traceback.format_exc())
+            self.finish()
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def wait_for_plugin(self):
+        plugin = plugins.get(PLUGIN)
+        if plugin is None or getattr(plugin, "action_geolocate", None) is None:
+            return
+        self.plugin = plugin
+        self.log("plugin loaded")
+        iface.mainWindow().setGeometry(0, 0, 1400, 900)  # no window manager under Xvfb: maximise by hand
+        layer = iface.addVectorLayer(LAYER, "Holiday photos", "ogr")
+        if layer is None or not layer.isValid():
+            raise RuntimeError(f"cannot open the photo layer {LAYER}")
+        iface.setActiveLayer(layer)
+        layer.selectAll()
+        self.report["photo_layer"] = {"name": layer.name(), "selected": layer.selectedFeatureCount()}
+        button = self.toolbar_button(plugin.action_geolocate)
+        self.report["toolbar_button"] = {"found": button is not None, "tooltip": button.toolTip() if button else ""}
+        if button is None:
+            raise RuntimeError("no toolbar button for GeoPlonk's action")
+        self.log(f"clicking the toolbar button ({layer.selectedFeatureCount()} photos selected)")
+        self.clicked_at = time.monotonic()
+        QTest.mouseClick(button, Qt.LeftButton)
+        self.state = self.wait_for_results
+
+    @staticmethod
+    def toolbar_button(action):
+        for button in iface.mainWindow().findChildren(QToolButton):
+            if button.defaultAction() is action and button.isVisible():
+                return button
+        return None
+
+    def wait_for_results(self):
+        if self.first_group_at is None and self.result_groups():
+            self.first_group_at = time.monotonic()
+            self.log("first result group on the map")
+        if self.plugin.last_report is None:
+            return
+        report = self.plugin.last_report
+        self.report["task"] = {
+            "ok": report.ok,
+            "failed": report.failed,
+            "cancelled": report.cancelled,
+            "seconds": report.seconds,
+            "error": report.error_title,
+            "error_text": report.error_text,
+        }
+        self.report["timings"] = {
+            "click_to_first_layer_s": (self.first_group_at or time.monotonic()) - self.clicked_at,
+            "click_to_all_layers_s": time.monotonic() - self.clicked_at,
+        }
+        self.log(f"task done: {report.ok} ok, {report.failed} failed {report.error_title}")
+        if self.result_groups():
+            self.plugin.zoom_to_result()
+        iface.mapCanvas().refreshAllLayers()
+        self.render_started = time.monotonic()
+        self.state = self.wait_for_render
+
+    def wait_for_render(self):
+        canvas = iface.mapCanvas()
+        if canvas.isDrawing() or time.monotonic() - self.render_started < 2.0:
+            return
+        self.log("canvas rendered")
+        self.describe()
+        OUT.mkdir(parents=True, exist_ok=True)
+        self.report["screenshot"] = str(OUT / "desktop.png")
+        self.report["screenshot_saved"] = iface.mainWindow().grab().save(str(OUT / "desktop.png"))
+        self.report["canvas_saved"] = canvas.grab().save(str(OUT / "canvas.png"))
+        self.finish()
+
+    # -- what QGIS shows -------------------------------------------------------------------
+
+    def result_groups(self):
+        root = QgsProject.instance().layerTreeRoot()
+        return [n for n in root.children() if isinstance(n, QgsLayerTreeGroup) and n.customProperty("geoplonk/result")]
+
+    def describe(self):
+        main = iface.mainWindow()
+        canvas = iface.mapCanvas()
+        top_left = canvas.mapTo(main, canvas.rect().topLeft())
+        self.report["window"] = {"width": main.width(), "height": main.height()}
+        self.report["canvas_rect"] = [top_left.x(), top_left.y(), canvas.width(), canvas.height()]
+        extent = canvas.extent()
+        self.report["canvas_extent"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
+        groups = []
+        for group in self.result_groups():
+            children = []
+            for node in group.findLayers():
+                layer = node.layer()
+                entry = {
+                    "name": node.name(),
+                    "visible": node.isVisible(),
+                    "valid": bool(layer and layer.isValid()),
+                    "source": layer.source() if layer else "",
+                    "renderer": layer.renderer().type() if layer and layer.renderer() else "",
+                    "features": layer.featureCount() if layer and hasattr(layer, "featureCount") else None,
+                }
+                if isinstance(layer, QgsRasterLayer):
+                    shader = layer.renderer().shader().rasterShaderFunction()
+                    entry["ramp_colours"] = [item.color.name() for item in shader.colorRampItemList()]
+                    ramp = shader.sourceColorRamp()
+                    if ramp is not None:
+                        entry["ramp_samples"] = [ramp.color(i / 63).name() for i in range(64)]
+                if node.name() == "Credible regions" and layer is not None:
+                    symbols = layer.renderer().symbols(QgsRenderContext())
+                    entry["outline_colours"] = sorted({s.symbolLayer(0).strokeColor().name() for s in symbols})
+                children.append(entry)
+            groups.append({"name": group.name(), "visible": group.isVisible(), "layers": children})
+        self.report["groups"] = groups
+        view = iface.layerTreeView()
+        model = view.model()
+        rows = []
+        for row in range(model.rowCount()):
+            index = model.index(row, 0)
+            rect = view.visualRect(index)
+            rows.append({"text": model.data(index, Qt.DisplayRole), "shown": view.isVisible() and rect.isValid()})
+        self.report["layers_panel"] = {"visible": view.isVisible(), "rows": rows}
+        self.report["canvas_layers"] = [layer.name() for layer in canvas.layers()]
+
+    def finish(self):
+        self.timer.stop()
+        self.report["elapsed_s"] = time.monotonic() - self.t0
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "report.json").write_text(json.dumps(self.report, indent=2, default=str), encoding="utf-8")
+        project = QgsProject.instance()
+        project.removeAllMapLayers()
+        project.layerTreeRoot().removeAllChildren()
+        project.setDirty(False)
+        QTimer.singleShot(200, iface.actionExit().trigger)
+
+
+sys.geoplonk_desktop_run = DesktopRun()  # keep it alive: this script's namespace may be dropped

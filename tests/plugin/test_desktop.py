@@ -1,0 +1,158 @@
+"""Full desktop QGIS under a virtual screen (xvfb-run), with the plugin installed from the built zip.
+
+desktop_script.py runs inside QGIS: it loads a photo point layer, selects its features,
+clicks GeoPlonk's toolbar button, waits for the result groups, zooms to the result, saves
+a screenshot and a JSON report, then quits.  The tests read the report and the screenshot.
+With GEOPLONK_UPDATE_DOCS=1 the screenshot is also copied to docs/img/desktop.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from plugin_install import ROOT, build_plugin_zip, make_profile, qgis_env
+
+SCRIPT = Path(__file__).with_name("desktop_script.py")
+ARTIFACTS = ROOT / "tests" / "artifacts"
+TIMEOUT_S = 300
+PHOTOS = ("harbour.jpg", "forest.tif")
+
+
+def make_photo_layer(path: Path, photos: list[Path]) -> Path:
+    """A GeoPackage point layer with a `photo` path field, like Processing's 'Import geotagged photos' makes."""
+    from osgeo import ogr, osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("photos", srs, ogr.wkbPoint)
+    layer.CreateField(ogr.FieldDefn("photo", ogr.OFTString))
+    layer.CreateField(ogr.FieldDefn("filename", ogr.OFTString))
+    for i, photo in enumerate(photos):
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature["photo"] = str(photo)
+        feature["filename"] = photo.name
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POINT ({10 + i} {45 + i})"))
+        layer.CreateFeature(feature)
+    ds = None
+    return path
+
+
+@pytest.fixture(scope="module")
+def desktop(geoplonk_server, photo_dir, tmp_path_factory):
+    """Run desktop QGIS once for this module; returns (process, report, screenshot path)."""
+    if shutil.which("xvfb-run") is None or shutil.which("qgis") is None:
+        pytest.fail("the desktop test needs `qgis`, `xvfb` and `xauth` (apt-get install qgis xvfb xauth)")
+    tmp = tmp_path_factory.mktemp("desktop")
+    profiles = tmp / "profiles"
+    make_profile(
+        profiles,
+        build_plugin_zip(tmp / "geoplonk.zip"),
+        {"endpoint": geoplonk_server.endpoint, "auto_start": "false", "output_folder": str(tmp / "results")},
+    )
+    out = tmp / "out"
+    env = qgis_env(tmp / "home")
+    env.pop("QT_QPA_PLATFORM", None)  # a real (virtual) X screen this time
+    env.update(
+        GEOPLONK_DESKTOP_LAYER=str(make_photo_layer(tmp / "photos.gpkg", [photo_dir / p for p in PHOTOS])),
+        GEOPLONK_DESKTOP_OUT=str(out),
+        GEOPLONK_DESKTOP_TIMEOUT=str(TIMEOUT_S),
+    )
+    command = [
+        "timeout", "-k", "10", str(TIMEOUT_S + 60),
+        "xvfb-run", "-a", "-s", "-screen 0 1400x900x24",
+        "qgis", "--nologo", "--noversioncheck", "--profiles-path", str(profiles), "--code", str(SCRIPT),
+    ]  # fmt: skip
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S + 90)
+    report_path = out / "report.json"
+    assert report_path.is_file(), f"QGIS wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    report = json.loads(report_path.read_text())
+    screenshot = out / "desktop.png"
+    if screenshot.is_file():
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(screenshot, ARTIFACTS / "desktop.png")
+        shutil.copyfile(out / "canvas.png", ARTIFACTS / "desktop-canvas.png")
+        (ARTIFACTS / "desktop-report.json").write_text(json.dumps(report, indent=2))
+        if os.environ.get("GEOPLONK_UPDATE_DOCS") == "1":
+            (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(screenshot, ROOT / "docs" / "img" / "desktop.png")
+    return proc, report, screenshot
+
+
+def image_pixels(path: Path, rect: list[int] | None = None):
+    """The PNG's pixels as an (h, w, 3) uint8 array, optionally cropped to rect = [x, y, w, h]."""
+    import numpy as np
+    from qgis.PyQt.QtGui import QImage
+
+    image = QImage(str(path)).convertToFormat(QImage.Format_RGB32)
+    assert not image.isNull(), path
+    ptr = image.constBits()
+    ptr.setsize(image.height() * image.bytesPerLine())
+    raw = np.frombuffer(ptr, np.uint8).reshape(image.height(), image.bytesPerLine() // 4, 4)[:, : image.width()]
+    rgb = raw[..., 2::-1][..., :3].copy()  # BGRA in memory -> RGB
+    if rect:
+        x, y, w, h = rect
+        rgb = rgb[y : y + h, x : x + w]
+    return rgb
+
+
+def count_near(pixels, colours: list[str], tolerance: float) -> int:
+    """How many pixels lie within `tolerance` (RGB distance) of any of `colours` ('#rrggbb')."""
+    import numpy as np
+
+    flat = pixels.reshape(-1, 3).astype(np.int32)
+    targets = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in colours], np.int32)
+    near = np.zeros(len(flat), bool)
+    for target in targets:
+        near |= ((flat - target) ** 2).sum(axis=1) <= tolerance**2
+    return int(near.sum())
+
+
+def test_qgis_exits_by_itself(desktop):
+    proc, report, _ = desktop
+    assert report["errors"] == [], report["errors"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_button_click_puts_styled_groups_in_the_layers_panel(desktop):
+    _, report, _ = desktop
+    assert report["toolbar_button"]["found"]
+    assert report["photo_layer"]["selected"] == len(PHOTOS)
+    assert report["task"]["ok"] == len(PHOTOS) and report["task"]["failed"] == 0, report["task"]
+    groups = {g["name"]: g for g in report["groups"]}
+    assert set(groups) == set(PHOTOS)
+    for group in groups.values():
+        assert group["visible"]
+        by_name = {layer["name"]: layer for layer in group["layers"]}
+        assert all(layer["valid"] for layer in group["layers"])
+        density = by_name["Probability density"]
+        assert density["visible"] and density["renderer"] == "singlebandpseudocolor"
+        assert by_name["Credible regions"]["visible"] and by_name["Credible regions"]["features"] >= 1
+        assert by_name["Top places"]["visible"]
+        assert not by_name["Samples"]["visible"]  # hidden by default
+    panel = report["layers_panel"]
+    shown = [row["text"] for row in panel["rows"] if row["shown"]]
+    assert panel["visible"] and set(PHOTOS) <= set(shown), panel
+    print("click-to-layer timings (s):", report["timings"])
+
+
+def test_screenshot_shows_the_raster_and_the_credible_regions(desktop):
+    _, report, screenshot = desktop
+    assert report["screenshot_saved"] and screenshot.is_file()
+    canvas = image_pixels(screenshot, report["canvas_rect"])
+    assert canvas.shape[0] > 300 and canvas.shape[1] > 300, canvas.shape
+    density = next(layer for g in report["groups"] for layer in g["layers"] if layer["name"] == "Probability density")
+    # The ramp's colours, less the ones a white canvas or grey widgets could supply on their own.
+    ramp = [c for c in density["ramp_samples"] + density["ramp_colours"] if max(c[1:3], c[3:5], c[5:7]) < "e0"]
+    raster_px = count_near(canvas, ramp, tolerance=12)
+    assert raster_px > 0.02 * canvas.shape[0] * canvas.shape[1], f"only {raster_px} raster-coloured pixels"
+    regions = next(layer for g in report["groups"] for layer in g["layers"] if layer["name"] == "Credible regions")
+    outline = [c for c in regions["outline_colours"] if c != "#ffffff"]
+    assert outline, regions
+    outline_px = count_near(canvas, outline, tolerance=30)
+    assert outline_px > 100, f"only {outline_px} pixels of the credible region outlines {outline}"

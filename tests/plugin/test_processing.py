@@ -1,0 +1,315 @@
+"""The Processing algorithm `geoplonk:geolocatephotos`: through processing.run (headless) and qgis_process.
+
+A real server answers (the session fixture, or one the algorithm starts itself under
+qgis_process); photos are small real images made by the conftest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import pytest
+from conftest import FAST_OPTIONS, server_command
+from plugin_install import build_plugin_zip, make_profile, qgis_env, qgis_process_command
+
+ALG = "geoplonk:geolocatephotos"
+FAST_PARAMS = {
+    "SAMPLES": FAST_OPTIONS["samples"],
+    "STEPS": FAST_OPTIONS["steps"],
+    "RESOLUTION": FAST_OPTIONS["resolution"],
+}
+
+
+@pytest.fixture(scope="module")
+def provider(qgis_processing):  # noqa: ARG001 - Processing must be initialised first
+    from qgis.core import QgsApplication
+
+    from qgis_plugin.processing.provider import GeoPlonkProvider
+
+    prov = GeoPlonkProvider()  # a Python reference keeps it alive while registered
+    assert QgsApplication.processingRegistry().addProvider(prov)
+    yield prov
+    QgsApplication.processingRegistry().removeProvider(prov)
+
+
+@pytest.fixture
+def mixed_folder(photo_dir, tmp_path):
+    """The conftest's three photos plus a file that is not an image and a text file to ignore."""
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_dir, folder)
+    (folder / "broken.jpg").write_bytes(b"this is not a jpeg at all")
+    (folder / "notes.txt").write_text("not a photo")
+    return folder
+
+
+class RecordingFeedback:
+    """A QgsProcessingFeedback that keeps what the algorithm reported."""
+
+    def __new__(cls):
+        from qgis.core import QgsProcessingFeedback
+
+        class _Feedback(QgsProcessingFeedback):
+            def __init__(self):
+                super().__init__()
+                self.errors: list[str] = []
+                self.infos: list[str] = []
+                self.progress_values: list[float] = []
+                self.progressChanged.connect(self.progress_values.append)
+
+            def reportError(self, error, fatalError=False):  # noqa: N802,N803 - QGIS's names
+                self.errors.append(error)
+                super().reportError(error, fatalError)
+
+            def pushInfo(self, info):  # noqa: N802
+                self.infos.append(info)
+                super().pushInfo(info)
+
+        return _Feedback()
+
+
+def run(parameters: dict, feedback=None) -> dict:
+    """processing.run, with the algorithm's reported errors in the failure message."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    feedback = feedback if feedback is not None else RecordingFeedback()
+    try:
+        return processing.run(ALG, parameters, feedback=feedback)
+    except QgsProcessingException as exc:
+        raise AssertionError(f"{exc}; reported: {feedback.errors}") from exc
+
+
+def run_raising(parameters: dict, feedback=None) -> dict:
+    """Run the algorithm letting its QgsProcessingException through (processing.run only logs the message)."""
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProject
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById(ALG)
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    results, ok = alg.run(parameters, context, feedback or QgsProcessingFeedback(), {}, False)
+    assert ok
+    return results
+
+
+def check_raster(path: str) -> float:
+    """A valid EPSG:4326 probability raster: values >= 0 summing to 1 over the globe; returns its max."""
+    import numpy as np
+    from osgeo import gdal, osr
+
+    ds = gdal.Open(path)
+    assert ds is not None, f"{path} does not open"
+    srs = osr.SpatialReference(wkt=ds.GetProjection())
+    srs.AutoIdentifyEPSG()
+    assert srs.GetAuthorityCode(None) == "4326"
+    band = ds.GetRasterBand(1)
+    values = band.ReadAsArray().astype(np.float64)
+    nodata = band.GetNoDataValue()
+    valid = values[values != nodata] if nodata is not None else values.ravel()
+    assert valid.size > 0 and np.all(valid >= 0)
+    assert abs(valid.sum() - 1.0) < 0.01, f"probability mass {valid.sum()} != 1"
+    return float(valid.max())
+
+
+def best_guess_rows(path: str) -> list[dict]:
+    from qgis.core import QgsVectorLayer
+
+    layer = QgsVectorLayer(path, "best", "ogr")
+    assert layer.isValid(), path
+    assert layer.crs().authid() == "EPSG:4326"
+    rows = []
+    for feature in layer.getFeatures():
+        row = {name: feature[name] for name in layer.fields().names()}
+        point = feature.geometry().asPoint()
+        row["_xy"] = (point.x(), point.y())
+        rows.append(row)
+    return rows
+
+
+def test_folder_run_writes_rasters_and_merged_best_guesses(provider, plugin_settings, mixed_folder, tmp_path):  # noqa: ARG001
+
+    out = tmp_path / "out"
+    feedback = RecordingFeedback()
+    result = run(
+        {"FOLDER": str(mixed_folder), "OUTPUT_FOLDER": str(out), "OUTPUT": str(out / "best.gpkg"), **FAST_PARAMS},
+        feedback,
+    )
+
+    good = sorted(["harbour", "desert_road", "forest"])  # stems made file-name safe, as PhotoResult.save does
+    assert (result["SUCCEEDED"], result["FAILED"]) == (3, 1), feedback.errors
+    # The bad photo fails alone, named in an error; the text file is not a photo at all.
+    assert any("broken.jpg" in e for e in feedback.errors), feedback.errors
+    assert not any("notes.txt" in e for e in feedback.errors)
+    assert sorted(p.rsplit("/", 1)[-1][:-4] for p in result["RASTERS"]) == good
+    for raster in result["RASTERS"]:
+        assert check_raster(raster) > 0
+        assert (out / (raster.rsplit("/", 1)[-1][:-4] + ".gpkg")).is_file()
+    assert max(feedback.progress_values) == pytest.approx(100.0)
+
+    rows = best_guess_rows(result["OUTPUT"])
+    assert sorted(r["photo"] for r in rows) == ["desert road.png", "forest.tif", "harbour.jpg"]
+    for row in rows:
+        assert -90 <= row["lat"] <= 90 and -180 <= row["lon"] <= 180
+        assert row["_xy"] == pytest.approx((row["lon"], row["lat"]))
+        assert math.isfinite(row["localizability"])
+        assert 0 < row["top_probability"] <= 1
+        assert row["raster"] in result["RASTERS"]
+        summary = json.loads((out / (row["raster"].rsplit("/", 1)[-1][:-4] + ".json")).read_text())
+        assert row["lat"] == pytest.approx(summary["best_guess"]["lat"])
+        assert row["country"] == summary["best_guess"]["country"]
+
+
+def test_selected_features_of_a_photo_layer(provider, plugin_settings, photo_dir, tmp_path, qgis_new_project):  # noqa: ARG001
+    from qgis.core import (
+        QgsFeature,
+        QgsGeometry,
+        QgsPointXY,
+        QgsProcessingFeatureSourceDefinition,
+        QgsProject,
+        QgsVectorLayer,
+    )
+
+    layer = QgsVectorLayer("Point?crs=EPSG:4326&field=name:string&field=Photo:string", "photos", "memory")
+    features = []
+    for i, name in enumerate(["harbour.jpg", "forest.tif", "desert road.png"]):
+        feature = QgsFeature(layer.fields())
+        feature.setAttributes([name, str(photo_dir / name)])
+        feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(i, i)))
+        features.append(feature)
+    layer.dataProvider().addFeatures(features)
+    QgsProject.instance().addMapLayer(layer)
+    layer.selectByExpression("\"name\" = 'forest.tif'")
+    assert layer.selectedFeatureCount() == 1
+
+    out = tmp_path / "out"
+    result = run(
+        {
+            "INPUT": QgsProcessingFeatureSourceDefinition(layer.id(), selectedFeaturesOnly=True),
+            "OUTPUT_FOLDER": str(out),
+            **FAST_PARAMS,
+        },
+    )
+    # The photo field ("Photo") is detected; only the selected feature's photo is geolocated.
+    assert result["SUCCEEDED"] == 1 and result["FAILED"] == 0
+    assert result["RASTERS"] == [str(out / "forest.tif")]
+    assert result["OUTPUT"] == str(out / "best_guesses.gpkg")
+    assert [r["photo"] for r in best_guess_rows(result["OUTPUT"])] == ["forest.tif"]
+    check_raster(result["RASTERS"][0])
+
+
+def test_fails_when_no_photo_succeeds(provider, plugin_settings, tmp_path):  # noqa: ARG001
+    from qgis.core import QgsProcessingException
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"garbage")
+    (folder / "b.png").write_bytes(b"")
+    feedback = RecordingFeedback()
+    with pytest.raises(QgsProcessingException, match=r"None of the 2 photo\(s\) could be geolocated"):
+        run_raising({"FOLDER": str(folder), "OUTPUT_FOLDER": str(tmp_path / "out"), **FAST_PARAMS}, feedback)
+    assert any("a.jpg" in e for e in feedback.errors) and any("b.png" in e for e in feedback.errors)
+
+
+def test_needs_a_layer_or_a_folder(provider, plugin_settings, tmp_path):  # noqa: ARG001
+    import processing
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException):
+        processing.run(ALG, {"OUTPUT_FOLDER": str(tmp_path / "out")})
+
+
+def test_unreachable_server_without_auto_start_is_a_clear_error(provider, plugin_settings, photo_dir, tmp_path):  # noqa: ARG001
+    from qgis.core import QgsProcessingException
+
+    from qgis_plugin.service.launcher import free_port
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(QgsProcessingException, match=f"No GeoPlonk server answers at {endpoint}"):
+        run_raising({"FOLDER": str(photo_dir), "OUTPUT_FOLDER": str(tmp_path / "out"), "ENDPOINT": endpoint})
+
+
+def test_pure_helpers():
+    from qgis_plugin.processing.geolocate_algorithm import best_guess_row, guess_photo_field, unique_stems
+
+    assert unique_stems(["/a/x.jpg", "/b/x.jpg", "/c/X.png", "/d/y z.jpg"]) == ["x", "x_2", "X_3", "y_z"]
+    assert guess_photo_field(["id", "Photo"]) == "Photo"
+    assert guess_photo_field(["id", "pic"], {"id": [1, 2], "pic": ["a.JPG", "b.heic"]}) == "pic"
+    assert guess_photo_field(["id", "note"], {"note": ["hello"]}) is None
+    row = best_guess_row(
+        {
+            "best_guess": {"lat": 1.5, "lon": -2, "country": "FR", "place": "Paris"},
+            "localizability": 0.25,
+            "top_places": [{"probability": 0.4}],
+            "exif": {"lat": 0, "lon": 0, "error_km": 12.5},
+            "model": "m",
+        }
+    )
+    assert row == {
+        "lat": 1.5,
+        "lon": -2.0,
+        "localizability": 0.25,
+        "country": "FR",
+        "place": "Paris",
+        "top_probability": 0.4,
+        "exif_error_km": 12.5,
+        "model": "m",
+    }
+    assert best_guess_row({"best_guess": {"lat": 0, "lon": 0}, "exif": None})["exif_error_km"] is None
+
+
+def test_qgis_process_runs_the_installed_plugin(photo_dir, tmp_path):
+    """`qgis_process run geoplonk:geolocatephotos` with the plugin installed from the zip in a fresh
+    profile; no server runs at the configured endpoint, so the algorithm starts one itself."""
+    from qgis_plugin.service.launcher import free_port
+
+    plugin_zip = build_plugin_zip(tmp_path / "geoplonk.zip")
+    profiles = tmp_path / "qgis-profiles"
+    configured = f"tcp://127.0.0.1:{free_port()}"
+    make_profile(
+        profiles,
+        plugin_zip,
+        {
+            "endpoint": configured,
+            "auto_start": "true",
+            "start_command": server_command(),
+        },
+    )
+    env = qgis_env(tmp_path / "home")
+    env["QGIS_CUSTOM_CONFIG_PATH"] = str(profiles)
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    qgis_process = qgis_process_command()
+
+    listing = subprocess.run([*qgis_process, "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert "geoplonk:geolocatephotos" in listing.stdout, listing.stderr[-2000:]
+
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [
+            *qgis_process,
+            "--json",
+            "run",
+            ALG,
+            "--",
+            f"FOLDER={photo_dir}",
+            f"OUTPUT_FOLDER={out}",
+            *(f"{k}={v}" for k, v in FAST_PARAMS.items()),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    results = report["results"]
+    assert results["SUCCEEDED"] == 3 and results["FAILED"] == 0
+    assert sorted(results["RASTERS"]) == sorted(str(out / f"{s}.tif") for s in ("harbour", "desert_road", "forest"))
+    for raster in results["RASTERS"]:
+        check_raster(raster)
+    assert results["OUTPUT"] == str(out / "best_guesses.gpkg")
+    assert len(best_guess_rows(results["OUTPUT"])) == 3
+    # Nothing answered at the configured endpoint: the run used a server started with the configured command.
+    used = [line for line in report["log"]["info"] if line.startswith("GeoPlonk server at tcp://127.0.0.1:")]
+    assert used and configured not in used[0], report["log"]

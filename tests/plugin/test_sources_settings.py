@@ -1,0 +1,91 @@
+"""Photo sources, settings storage and plain-language messages (no server needed)."""
+
+from __future__ import annotations
+
+import pytest
+from qgis.core import QgsSettings
+
+from qgis_plugin import messages, sources
+from qgis_plugin.settings import Settings, parse_levels
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (["id", "Photo", "lat"], "Photo"),
+        (["id", "PATH"], "PATH"),
+        (["filepath", "image"], "filepath"),
+        (["fid", "photo_path"], "photo_path"),
+        (["id", "name", "when"], None),
+    ],
+)
+def test_detect_photo_field(fields, expected):
+    assert sources.detect_photo_field(fields) == expected
+
+
+def test_image_formats_and_folder_listing(tmp_path):
+    for name in ("a.JPG", "b.heic", "c.webp", "d.tiff", "e.png", "notes.txt", ".hidden.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    found = [p.rsplit("/", 1)[-1] for p in sources.photos_in_folder(tmp_path)]
+    assert found == ["a.JPG", "b.heic", "c.webp", "d.tiff", "e.png"]
+
+
+def test_relative_and_url_paths_resolve(tmp_path):
+    assert sources.resolve_photo_path("img/x.jpg", str(tmp_path)) == str(tmp_path / "img/x.jpg")
+    assert sources.resolve_photo_path("file:///data/y.jpg") == "/data/y.jpg"
+    assert sources.resolve_photo_path(None) is None
+    assert sources.resolve_photo_path("  ") is None
+
+
+def test_settings_round_trip_through_qgssettings():
+    saved = Settings.load()
+    try:
+        custom = Settings(
+            endpoint="tcp://127.0.0.1:6123",
+            start_command="/opt/geo/bin/geoplonk serve",
+            auto_start=False,
+            model="earth-tiles",
+            samples=256,
+            steps=16,
+            guidance=1.5,
+            resolution=0.5,
+            levels=[0.5, 0.95],
+            output_folder="/tmp/out",
+        )
+        custom.save()
+        assert QgsSettings().value("geoplonk/endpoint") == "tcp://127.0.0.1:6123"
+        assert Settings.load() == custom
+        assert custom.options() == {
+            "samples": 256, "steps": 16, "cfg": 1.5, "resolution": 0.5, "levels": [0.5, 0.95], "model": "earth-tiles"
+        }
+    finally:
+        saved.save()
+
+
+def test_levels_parse_percent_or_fraction():
+    assert parse_levels("50, 90, 99") == [0.5, 0.9, 0.99]
+    assert parse_levels("0.5;0.9") == [0.5, 0.9]
+    with pytest.raises(ValueError):
+        parse_levels("150")
+
+
+def test_settings_dialog_edits_and_validates(qgis_iface):
+    from qgis_plugin.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog(Settings(), qgis_iface.mainWindow())
+    dialog.samples.setValue(300)
+    dialog.levels.setText("50, 80")
+    dialog.auto_start.setChecked(False)
+    edited = dialog.settings()
+    assert (edited.samples, edited.levels, edited.auto_start) == (300, [0.5, 0.8], False)
+    dialog.levels.setText("abc")
+    with pytest.raises(ValueError):
+        dialog.settings()
+    dialog.deleteLater()
+
+
+def test_pyzmq_help_names_each_platform():
+    for platform, needle in (("linux", "apt install python3-zmq"), ("win32", "OSGeo4W Shell"), ("darwin", "QGIS.app")):
+        title, text, details = messages.pyzmq_missing(platform)
+        assert "pyzmq" in title and needle in text
+        assert all(word in details for word in ("apt", "OSGeo4W", "QGIS.app"))

@@ -1,0 +1,55 @@
+"""`geoplonk locate` against the shared test server: files per photo, run summary, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+from qgis_plugin.service.launcher import free_port
+
+from .conftest import FAST, REPO, jpeg_bytes, server_env
+
+
+def locate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "model_server.cli", "locate", *args], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env={**os.environ, **server_env()})
+
+
+def fast_args() -> list[str]:
+    return ["--samples", str(FAST["samples"]), "--steps", str(FAST["steps"]), "--resolution", str(FAST["resolution"])]
+
+
+def test_locate_folder_writes_products_and_summary(endpoint, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "one.jpg").write_bytes(jpeg_bytes(31, gps=(-33.9, 151.2)))
+    (photos / "two.jpeg").write_bytes(jpeg_bytes(32))
+    (photos / "broken.jpg").write_bytes(b"not a photo")
+    (photos / "notes.txt").write_text("ignored: not a photo extension")
+    out = tmp_path / "out"
+    proc = locate(str(photos), "--out", str(out), "--endpoint", endpoint, *fast_args())
+    assert proc.returncode == 0, proc.stderr
+    assert "2 of 3 photos located" in proc.stdout
+    for stem in ("one", "two"):
+        assert {(out / f"{stem}{ext}").is_file() for ext in (".tif", ".gpkg", ".json")} == {True}
+    assert (out / "broken.json").is_file() and not (out / "broken.tif").exists()
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert {r["photo"].rsplit("/", 1)[-1]: r["status"] for r in rows} == {
+        "broken.jpg": "failed", "one.jpg": "ok", "two.jpeg": "ok"}
+    assert float(next(r for r in rows if r["photo"].endswith("one.jpg"))["exif_error_km"]) >= 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"ok": 2, "failed": 1, "cancelled": 0}
+    assert "broken.jpg" in proc.stderr  # the failure is explained
+
+
+def test_locate_all_failed_or_server_down(endpoint, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    proc = locate(str(bad), "--out", str(tmp_path / "o1"), "--endpoint", endpoint, *fast_args())
+    assert proc.returncode == 1
+    down = locate(str(bad), "--out", str(tmp_path / "o2"), "--endpoint", f"tcp://127.0.0.1:{free_port()}",
+                  "--timeout", "1")
+    assert down.returncode == 3 and "not answering" in down.stderr

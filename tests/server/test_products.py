@@ -1,0 +1,121 @@
+"""Products on synthetic samples: raster mass, credible regions, modes, antimeridian and poles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+
+from model_server.products.density import crop_window, kde_log_density, kde_raster, select_kappa
+from model_server.products.geodesy import haversine_km, latlon_to_xyz
+from model_server.products.grid import Grid
+from model_server.products.modes import find_modes
+from model_server.products.regions import credible_regions, fraction_inside
+
+
+def cluster(rng, lat, lon, spread_deg, n):
+    """n points scattered around (lat, lon) by a tangent-plane Gaussian of spread_deg."""
+    lats = lat + rng.normal(0, spread_deg, n)
+    lons = lon + rng.normal(0, spread_deg, n) / max(np.cos(np.deg2rad(lat)), 0.2)
+    return latlon_to_xyz(np.clip(lats, -89.9, 89.9), lons)
+
+
+@pytest.fixture(scope="module")
+def rng():
+    return np.random.default_rng(7)
+
+
+def test_grid_cells_cover_the_sphere():
+    grid = Grid.global_grid(0.5)
+    assert grid.cell_areas_sr().sum() * grid.width == pytest.approx(4 * np.pi, rel=1e-9)
+    with pytest.raises(ValueError):
+        Grid.global_grid(0.7)
+
+
+def test_raster_sums_to_one_and_matches_the_kde(rng):
+    samples = cluster(rng, 30, 40, 4, 800)
+    raster = kde_raster(samples, Grid.global_grid(0.5))
+    assert raster.prob.min() > 0
+    assert raster.prob.sum() == pytest.approx(1.0, abs=1e-9)
+    # The cell density is the KDE at the cell centre, up to the tiny midpoint renormalisation.
+    grid = raster.grid
+    r, c = 120, 440
+    centre = latlon_to_xyz(np.array([grid.lat_centers()[r]]), np.array([grid.lon_centers()[c]]))
+    exact = kde_log_density(centre, samples, raster.kappa, raster.uniform_weight)[0]
+    assert np.log(raster.density_sr()[r, c]) == pytest.approx(exact, abs=0.02)
+
+
+def test_bandwidth_follows_the_spread(rng):
+    narrow = select_kappa(cluster(rng, 0, 0, 1, 500))
+    wide = select_kappa(cluster(rng, 0, 0, 10, 500))
+    assert narrow > 10 * wide
+
+
+def test_ninety_percent_region_holds_ninety_percent_of_samples(rng):
+    samples = cluster(rng, -10, 120, 5, 2000)
+    fresh = cluster(rng, -10, 120, 5, 2000)  # held-out draws of the same distribution
+    raster = kde_raster(samples, Grid.global_grid(0.5))
+    regions = credible_regions(raster, [0.5, 0.9, 0.99])
+    lat, lon = np.rad2deg(np.arcsin(fresh[:, 2])), np.rad2deg(np.arctan2(fresh[:, 1], fresh[:, 0]))
+    rows, cols = raster.grid.cell_of(lat, lon)
+    shares = [fraction_inside(r.mask, rows, cols) for r in regions]
+    assert shares[0] == pytest.approx(0.5, abs=0.06)
+    assert shares[1] == pytest.approx(0.9, abs=0.04)
+    assert shares[2] > 0.97
+    areas = [r.area_km2 for r in regions]
+    assert areas[0] < areas[1] < areas[2]
+    for region in regions:
+        assert region.geometry.is_valid and not region.geometry.is_empty
+
+
+def test_bimodal_gives_two_regions_and_two_places(rng):
+    samples = np.concatenate([cluster(rng, 48, 2, 2, 600), cluster(rng, -33, 151, 2, 600)])
+    raster = kde_raster(samples, Grid.global_grid(0.5))
+    region90 = credible_regions(raster, [0.9])[0]
+    assert len(region90.geometry.geoms) == 2
+    modes = find_modes(raster, top_k=5)
+    assert len(modes) >= 2
+    assert modes[0].probability > 0.35 and modes[1].probability > 0.35
+    found = sorted((round(m.lat), round(m.lon)) for m in modes[:2])
+    assert haversine_km(*found[0], -33, 151) < 300
+    assert haversine_km(*found[1], 48, 2) < 300
+
+
+def test_antimeridian_region_is_split_and_valid(rng):
+    samples = cluster(rng, -17, 179.5, 3, 1000)
+    raster = kde_raster(samples, Grid.global_grid(0.5))
+    region = credible_regions(raster, [0.9])[0]
+    geom = region.geometry
+    assert geom.is_valid
+    assert geom.bounds[0] == pytest.approx(-180) and geom.bounds[2] == pytest.approx(180)
+    # Two parts, one each side of the antimeridian, meeting there; none wider than the cluster.
+    assert len(geom.geoms) == 2
+    assert all(part.bounds[2] - part.bounds[0] < 30 for part in geom.geoms)
+    modes = find_modes(raster, top_k=3)
+    assert haversine_km(modes[0].lat, modes[0].lon, -17, 179.5) < 300
+    assert crop_window(raster.prob) [2:] == (0, raster.grid.width)  # a wrapping crop keeps all longitudes
+
+
+def test_polar_region_is_closed_and_valid(rng):
+    samples = cluster(rng, 89, 0, 3, 1000)
+    raster = kde_raster(samples, Grid.global_grid(0.5))
+    region = credible_regions(raster, [0.9])[0]
+    geom = region.geometry
+    assert geom.is_valid and len(geom.geoms) == 1
+    west, south, east, north = geom.bounds
+    assert north == pytest.approx(90) and west == pytest.approx(-180) and east == pytest.approx(180)
+    polygon = geom.geoms[0]
+    assert polygon.exterior.is_closed
+    assert shapely.contains_xy(geom, 0.0, 89.9)
+    # A polar cap of angular radius a has area 2 pi R^2 (1 - cos a): the region's area is such a cap.
+    cap_radius = np.deg2rad(90 - south)
+    assert region.area_km2 < 2 * np.pi * 6371.0**2 * (1 - np.cos(cap_radius))
+    modes = find_modes(raster, top_k=3)
+    assert modes[0].lat > 85 and modes[0].probability > 0.8
+
+
+def test_crop_keeps_the_mass(rng):
+    raster = kde_raster(cluster(rng, 40, -100, 3, 500), Grid.global_grid(0.5))
+    r0, r1, c0, c1 = crop_window(raster.prob, 0.999)
+    assert raster.prob[r0:r1, c0:c1].sum() >= 0.999 - 1e-9
+    assert (r1 - r0) * (c1 - c0) < raster.prob.size / 4
