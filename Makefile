@@ -30,7 +30,7 @@ $(SERVER_STAMP): pyproject.toml $(SYSTEM_STAMP)
 	test -x $(SERVER_PY) || $(SYSTEM_PYTHON) -m venv $(SERVER_VENV)
 	$(SERVER_PY) -m pip install -q torch==2.13.0
 	$(SERVER_PY) -m pip install -q -e '.[server,dev]'
-	$(SERVER_PY) -m pip install -q --no-deps diff-plonk==0.4 && $(SERVER_PY) -m pip install -q einops torchdiffeq
+	$(SERVER_PY) -m pip install -q --no-deps diff-plonk==0.4 && $(SERVER_PY) -m pip install -q einops torchdiffeq geoopt
 	touch $@
 
 # The plugin's environment, as users have it: Debian's QGIS Python (numpy 1.24 kept) plus test tools.

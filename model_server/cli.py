@@ -40,8 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_numerics() -> None:
+    """Denormal flushing for every torch-side command; a no-op cost when torch is absent."""
+    try:
+        from .engine.runtime import configure_cpu_math
+    except ImportError:
+        return
+    configure_cpu_math()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_numerics()
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

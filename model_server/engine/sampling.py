@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from .network import GeoAdaLNMLP
+from .runtime import configure_cpu_math
 from .solvers import get_solver, guided_velocity
 from .sphere import normalize, uniform_sphere
 
@@ -78,6 +79,7 @@ def sample(
     """
     if n < 1 or steps < 1:
         raise ValueError(f"n and steps must be positive, got n={n}, steps={steps}")
+    configure_cpu_math()
     device = next(flow.parameters()).device
     emb = as_embeddings(emb, flow.config.cond_dim).to(device)
     x = initial_points(emb.shape[0], n, x0, generator, device)

@@ -44,6 +44,8 @@ def _write_layer(path: str, layer: Layer, append: bool) -> None:
         geometry_type=layer.geometry_type,
         crs=CRS,
         append=append,
+        # GeoPackage 1.2: QGIS 3.22's GDAL 3.6 warns that 1.4 files "may only be partially supported".
+        dataset_options=None if append else {"VERSION": "1.2"},
     )
 
 

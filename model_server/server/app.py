@@ -173,8 +173,9 @@ class Server:
         except zmq.ZMQError as exc:  # peer gone: nothing to do
             log.warning("could not send to a client: %s", exc)
 
-    def _progress(self, req: Request) -> None:
-        st = req.stage
+    def _progress(self, req: Request, stage: dict | None = None) -> None:
+        """Send `stage` (the event's own, so fast stages are not lost) or the latest one (heartbeats)."""
+        st = stage or req.stage
         self.send(req.envelope, P.progress_message(req.id, st["stage"], len(req.answered), req.total,
                                                    st.get("index"), st.get("name")))
         req.last_sent = time.monotonic()
@@ -201,7 +202,8 @@ class Server:
         if req.key not in self.requests:
             return
         if kind == "progress":
-            self._progress(req)
+            stage, index, name = args
+            self._progress(req, {"stage": stage, "index": index, "name": name})
         elif kind == "result":
             self._result(req, *args)
         elif kind == "unit_done":

@@ -159,6 +159,7 @@ class DesktopRun(QObject):
                 if isinstance(layer, QgsRasterLayer):
                     shader = layer.renderer().shader().rasterShaderFunction()
                     entry["ramp_colours"] = [item.color.name() for item in shader.colorRampItemList()]
+                    entry["opacity"] = layer.opacity()
                     ramp = shader.sourceColorRamp()
                     if ramp is not None:
                         entry["ramp_samples"] = [ramp.color(i / 63).name() for i in range(64)]

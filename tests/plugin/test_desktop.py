@@ -101,6 +101,12 @@ def image_pixels(path: Path, rect: list[int] | None = None):
     return rgb
 
 
+def over_white(colour: str, opacity: float) -> str:
+    """The colour a translucent layer shows over the canvas's white background."""
+    rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(opacity * v + (1 - opacity) * 255):02x}" for v in rgb)
+
+
 def count_near(pixels, colours: list[str], tolerance: float) -> int:
     """How many pixels lie within `tolerance` (RGB distance) of any of `colours` ('#rrggbb')."""
     import numpy as np
@@ -149,6 +155,7 @@ def test_screenshot_shows_the_raster_and_the_credible_regions(desktop):
     density = next(layer for g in report["groups"] for layer in g["layers"] if layer["name"] == "Probability density")
     # The ramp's colours, less the ones a white canvas or grey widgets could supply on their own.
     ramp = [c for c in density["ramp_samples"] + density["ramp_colours"] if max(c[1:3], c[3:5], c[5:7]) < "e0"]
+    ramp = [over_white(c, density.get("opacity", 1.0)) for c in ramp]  # the layer is drawn translucent
     raster_px = count_near(canvas, ramp, tolerance=12)
     assert raster_px > 0.02 * canvas.shape[0] * canvas.shape[1], f"only {raster_px} raster-coloured pixels"
     regions = next(layer for g in report["groups"] for layer in g["layers"] if layer["name"] == "Credible regions")

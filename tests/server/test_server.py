@@ -46,7 +46,7 @@ def test_two_photos_give_two_valid_rasters_and_points(client, tmp_path):
 
     results = client.geolocate(photos, FAST, on_progress, on_result=lambda r: heard.append(time.monotonic()))
     assert [r.status for r in results] == ["ok", "ok"]
-    assert max(np.diff(heard)) < 5.0  # heartbeats: never a long silence while working
+    assert max(np.diff(heard)) < 10.0, np.diff(heard)  # heartbeats (every 1 s): never a long silence
     assert {"decode", "embed", "sample", "density", "regions", "places", "write"} <= set(stages)
     for result in results:
         raster, meta = read_geotiff(result.geotiff)

@@ -1,0 +1,139 @@
+"""Train a flow model on geotagged photos: `geoplonk train --data DATA --encoder NAME --out DIR`.
+
+DATA is a folder of photos with EXIF GPS or a CSV (path, latitude, longitude). Embeddings are
+cached; training state is saved every --state-every steps next to DIR so --resume continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shlex
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="folder of geotagged photos, or CSV")
+    parser.add_argument("--encoder", default="efficientnet-lite0", help="efficientnet-lite0 | streetclip | dinov2-reg")
+    parser.add_argument("--encoder-dir", default=None, help="encoder weights folder (transformers encoders)")
+    parser.add_argument("--out", required=True, type=Path, help="model directory to write")
+    parser.add_argument("--steps", type=int, default=10000)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--embedding-noise", type=float, default=0.0,
+                        help="std of Gaussian noise added to standardised embeddings (regularises small datasets)")
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--optimizer", choices=("adamw", "lamb"), default="adamw")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast for the matmuls")
+    parser.add_argument("--weights-dtype", choices=("fp32", "fp16"), default="fp32", help="saved weights")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", nargs="?", const="auto", default=None,
+                        help="continue from a training state file (default: DIR.train-state.pt)")
+    parser.add_argument("--state-every", type=int, default=500)
+    parser.add_argument("--cache", type=Path, default=None, help="embedding cache (.npz)")
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N photos only")
+    parser.add_argument("--name", default=None, help="model name in the manifest (default: DIR's name)")
+    parser.add_argument("--description", default=None, help="what the training data is (manifest)")
+    parser.add_argument("--licence", default=None, help="licence of the weights/data (manifest)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quiet", action="store_true")
+
+
+def state_path(out: Path) -> Path:
+    return out.with_name(out.name + ".train-state.pt")
+
+
+def _save_state(path: Path, state: dict) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+    from tqdm import tqdm
+
+    from model_server import __version__
+    from model_server.engine.checkpoint import save_model_dir
+    from model_server.engine.datasets import embed_dataset, read_dataset, targets_xyz
+    from model_server.engine.encoders import load_encoder
+    from model_server.engine.network import FlowConfig
+    from model_server.engine.training import Timer, TrainConfig, train_flow
+
+    timer = Timer()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = read_dataset(args.data, progress=not args.quiet)
+    if args.limit:
+        dataset = dataset.subset(list(range(min(args.limit, len(dataset)))))
+    encoder = load_encoder(args.encoder, args.encoder_dir)
+    emb, dataset = embed_dataset(dataset, encoder, cache_path=args.cache, progress=not args.quiet)
+    encode_s = timer.elapsed()
+    print(f"{len(dataset)} geotagged photos from {args.data}, embeddings {tuple(emb.shape)} "
+          f"({encode_s:.0f} s)", file=sys.stderr)
+
+    flow_config = FlowConfig(cond_dim=encoder.dim, dim=args.dim, depth=args.depth)
+    train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                               weight_decay=args.weight_decay, warmup=args.warmup, ema_decay=args.ema_decay,
+                               embedding_noise=args.embedding_noise,
+                               precision=args.precision, seed=args.seed)
+    spath = state_path(args.out)
+    resume = None
+    if args.resume is not None:
+        rpath = spath if args.resume == "auto" else Path(args.resume)
+        if rpath.is_file():
+            resume = torch.load(rpath, weights_only=False)
+            print(f"resuming from {rpath} at step {resume['step']}", file=sys.stderr)
+        else:
+            print(f"no training state at {rpath}; starting from scratch", file=sys.stderr)
+
+    bar = tqdm(total=args.steps, initial=resume["step"] if resume else 0, desc="training", disable=args.quiet,
+               mininterval=5, file=sys.stderr)
+    smooth: list[float] = []
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        smooth.append(loss if not smooth else 0.98 * smooth[-1] + 0.02 * loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{smooth[-1]:.4f}", refresh=False)
+        if args.quiet and step % 500 == 0:
+            print(f"step {step}/{total} loss {smooth[-1]:.4f} ({timer.elapsed():.0f} s)", file=sys.stderr)
+
+    train_timer = Timer()
+    net = train_flow(emb, targets_xyz(dataset.latlon), flow_config, train_config, on_step=on_step, resume=resume,
+                     on_state=lambda s: _save_state(spath, s), state_every=args.state_every)
+    bar.close()
+    manifest = {
+        "name": args.name or args.out.name,
+        "encoder": {"name": encoder.name},
+        "training_data": args.description or f"{len(dataset)} geotagged photos from {args.data}",
+        "licence": args.licence or "unspecified (the training data's terms apply)",
+        "provenance": {
+            "command": "geoplonk " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "geoplonk_version": __version__,
+            "torch_version": torch.__version__,
+            "n_images": len(dataset),
+            "train_config": train_config.to_dict(),
+            "flow_config": flow_config.to_dict(),
+            "final_loss": smooth[-1] if smooth else None,
+            "embedding_seconds": round(encode_s, 1),
+            "training_seconds": round(train_timer.elapsed(), 1),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "embeddings": "raw encoder output; standardisation folded into cond_mapper",
+        },
+    }
+    dtype = torch.float16 if args.weights_dtype == "fp16" else torch.float32
+    save_model_dir(args.out, net, manifest, dtype=dtype)
+    print(json.dumps({"out": str(args.out), "steps": args.steps, "final_loss": manifest["provenance"]["final_loss"],
+                      "training_seconds": manifest["provenance"]["training_seconds"]}))
+    return 0

@@ -1,0 +1,121 @@
+"""Dataset reading (EXIF GPS folder, CSV), the embedding cache, and the Earth-tiles builder's geometry."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model_server.data.earth_tiles import (
+    EARTH_RADIUS_KM,
+    TileSpec,
+    build_earth_tiles,
+    heldout_centres,
+    latlon_to_xyz,
+    sample_plate_carree,
+    tile_lonlat,
+    uniform_centres,
+)
+from model_server.engine.datasets import embed_dataset, read_csv, read_dataset
+from model_server.engine.encoders import load_encoder
+from model_server.engine.metrics import haversine_km
+from model_server.images import exif_with_gps
+
+POSITIONS = [(30.05, 31.25), (-33.9, 151.2), (64.1, -21.9)]
+
+
+class CountingEncoder:
+    """The real encoder, counting how many images it is asked to embed."""
+
+    def __init__(self, encoder):
+        self.inner, self.name, self.dim, self.calls = encoder, encoder.name, encoder.dim, 0
+
+    def embed(self, images):
+        self.calls += len(images)
+        return self.inner.embed(images)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder("efficientnet-lite0")
+
+
+@pytest.fixture()
+def photo_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for i, (lat, lon) in enumerate(POSITIONS):
+        pixels = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"p{i}.jpg", exif=exif_with_gps(lat, lon))
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "no_gps.jpg")
+    return tmp_path
+
+
+def test_folder_reads_exif_gps_and_skips_photos_without(photo_folder):
+    ds = read_dataset(photo_folder, progress=False)
+    assert [p.name for p in ds.paths] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    assert np.allclose(ds.latlon, POSITIONS, atol=1e-4)
+
+
+def test_csv_with_relative_paths(photo_folder):
+    (photo_folder / "list.csv").write_text("path,latitude,longitude\np1.jpg,-33.9,151.2\n")
+    ds = read_csv(photo_folder / "list.csv")
+    assert ds.paths == [photo_folder / "p1.jpg"] and ds.latlon.tolist() == [[-33.9, 151.2]]
+    (photo_folder / "bad.csv").write_text("path,latitude,longitude\np1.jpg,95,0\n")
+    with pytest.raises(ValueError, match="out of range"):
+        read_csv(photo_folder / "bad.csv")
+
+
+def test_embedding_cache_skips_unchanged_files(photo_folder, encoder, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache") / "emb.npz"
+    ds = read_dataset(photo_folder, progress=False)
+    counting = CountingEncoder(encoder)
+    first, _ = embed_dataset(ds, counting, cache_path=cache, progress=False)
+    assert first.shape == (3, 1280) and counting.calls == 3 and cache.is_file()
+    second, _ = embed_dataset(ds, counting, cache_path=cache, progress=False)
+    assert counting.calls == 3 and np.array_equal(first.numpy(), second.numpy())
+    st = os.stat(ds.paths[1])
+    os.utime(ds.paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a changed file is re-encoded
+    embed_dataset(ds, counting, cache_path=cache, progress=False)
+    assert counting.calls == 4
+
+
+def test_tile_footprint_is_true_ground_distance_at_any_latitude():
+    for lat in (0.0, 60.0, 85.0, -89.9):
+        spec = TileSpec(lat, 20.0, 400.0, 37.0)
+        la, lo = tile_lonlat(spec, 101)
+        # middle of the left edge to middle of the right edge: ~ footprint (pixel centres: 100/101 of it)
+        d = haversine_km(la[50, 0], lo[50, 0], la[50, -1], lo[50, -1])
+        assert abs(d - 400.0 * 100 / 101) < 2.0, (lat, d)
+        assert abs(haversine_km(la[50, 50], lo[50, 50], lat, 20.0)) < 1e-6
+
+
+def test_pole_and_antimeridian_tiles_wrap_instead_of_cutting():
+    la, lo = tile_lonlat(TileSpec(89.0, 0.0, 500.0, 0.0), 64)
+    assert lo.min() < -170 and lo.max() > 170  # the tile spans every longitude around the pole
+    la, lo = tile_lonlat(TileSpec(0.0, 180.0, 300.0, 0.0), 64)
+    assert (np.abs(lo) > 178).all()  # both sides of the antimeridian, nothing near lon 0
+    # lookups wrap: a column gradient image sampled across the seam is continuous
+    image = np.tile(np.arange(360, dtype=np.uint8)[None, :, None] % 2 * 200, (180, 1, 3))
+    px = sample_plate_carree(image, np.zeros(3), np.array([179.9, -180.0, -179.9]))
+    assert px.shape == (3, 3) and np.isfinite(px).all()
+
+
+def test_heldout_centres_keep_their_distance():
+    rng = np.random.default_rng(0)
+    train = uniform_centres(2000, rng)
+    test = heldout_centres(100, train, rng, 150.0)
+    dots = latlon_to_xyz(test[:, 0], test[:, 1]) @ latlon_to_xyz(train[:, 0], train[:, 1]).T
+    assert np.arccos(np.clip(dots.max(1), -1, 1)).min() * EARTH_RADIUS_KM >= 150.0 - 1e-6
+    assert abs(np.mean(np.sin(np.radians(uniform_centres(20000, rng)[:, 0])))) < 0.02  # uniform by area
+
+
+def test_build_earth_tiles_writes_geotagged_jpegs(tmp_path):
+    info = build_earth_tiles(tmp_path, n_train=6, n_test=3, seed=1, size=64, progress=False)
+    assert info["n_train"] == 6
+    train = read_dataset(tmp_path / "train", progress=False)
+    listed = read_csv(tmp_path / "train.csv")
+    assert len(train) == 6 and np.allclose(train.latlon, listed.latlon, atol=1e-4)
+    assert len(read_csv(tmp_path / "test.csv")) == 3
+    assert Image.open(listed.paths[0]).size == (64, 64)
