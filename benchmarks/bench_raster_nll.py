@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model_server.engine.likelihood import log_density  # noqa: E402
 from model_server.engine.network import FlowConfig, GeoAdaLNMLP  # noqa: E402
 from model_server.engine.sampling import sample  # noqa: E402
-from model_server.engine.schedule import gamma  # noqa: E402
-from model_server.engine.sphere import geodesic_interpolant, log_map, normalize, uniform_sphere  # noqa: E402
+from model_server.engine.sphere import normalize  # noqa: E402
+from model_server.engine.training import train_flow  # noqa: E402
 from model_server.products.density import kde_log_density, kde_raster  # noqa: E402
 from model_server.products.geodesy import latlon_to_xyz  # noqa: E402
 from model_server.products.grid import Grid  # noqa: E402
@@ -60,28 +60,15 @@ def synthetic_task(n_codes: int, cond_dim: int, seed: int):
 
 
 def train(draw, cond_dim: int, steps: int, seed: int) -> GeoAdaLNMLP:
-    """Riemannian flow matching as in the reference (geodesic interpolant, 10 % embedding dropout)."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed + 1)
-    net = GeoAdaLNMLP(FlowConfig(cond_dim=cond_dim, depth=3, dim=128))
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    for step in range(steps):
-        emb, x1 = draw(512, rng)
-        x0 = uniform_sphere(len(x1))
-        g = gamma(torch.rand(len(x1))).clamp(max=0.999)
-        xg = geodesic_interpolant(x0, x1, g[:, None])
-        target = log_map(xg, x1) / (1 - g[:, None])
-        drop = torch.rand(len(x1)) < 0.1
-        emb = torch.where(drop[:, None], torch.zeros_like(emb), emb)
-        loss = ((net(xg, g, emb) - target) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 500 == 0 or step == steps - 1:
-            print(f"  train step {step}: loss {loss.item():.4f}", flush=True)
-    return net.eval()
+    """The project's own trainer on a large fixed draw of the synthetic task."""
+    emb, xyz = draw(min(200_000, 512 * steps), np.random.default_rng(seed + 1))
+    config = FlowConfig(cond_dim=cond_dim, depth=3, dim=128)
+
+    def report(step: int, total: int, loss: float) -> None:
+        if step % 500 == 0 or step == total:
+            print(f"  train step {step}: loss {loss:.4f}", flush=True)
+
+    return train_flow(emb, xyz, config, steps=steps, batch_size=512, seed=seed, on_step=report)
 
 
 def main() -> None:
