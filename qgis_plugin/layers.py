@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
+    QgsColorRampLegendNodeSettings,
     QgsColorRampShader,
     QgsFillSymbol,
     QgsGradientColorRamp,
@@ -149,6 +150,9 @@ def style_density(
     shader_fn.setSourceColorRamp(_ramp())
     shader_fn.setColorRampItemList(items)
     shader_fn.setClip(False)
+    legend = QgsColorRampLegendNodeSettings()
+    legend.setUseContinuousLegend(False)  # the classes' own "% per cell" labels, not raw min/max numbers
+    shader_fn.setLegendSettings(legend)
     shader = QgsRasterShader()
     shader.setRasterShaderFunction(shader_fn)
     renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
