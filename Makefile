@@ -43,7 +43,7 @@ $(QGIS_STAMP): $(SYSTEM_STAMP)
 install: $(SERVER_STAMP) $(QGIS_STAMP)
 
 lint: $(SERVER_STAMP)
-	$(SERVER_VENV)/bin/ruff check model_server qgis_plugin tests
+	$(SERVER_VENV)/bin/ruff check model_server qgis_plugin tests scripts benchmarks
 
 test-server: $(SERVER_STAMP)
 	$(SERVER_PY) -m pytest tests/engine tests/server tests/common -p no:cacheprovider
