@@ -8,6 +8,7 @@ is always called with local_files_only=True, so nothing is ever downloaded.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import io
 import os
@@ -69,7 +70,7 @@ def normalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float], s
 # ---------------------------------------------------------------- the interface
 
 
-class ImageEncoder:
+class ImageEncoder(abc.ABC):
     """Base class: subclasses define `preprocess` (one image -> (3, H, W) float32) and `forward_batch`."""
 
     name: str = ""
@@ -79,11 +80,13 @@ class ImageEncoder:
         self.device = torch.device(device)
         self.batch_size = batch_size
 
+    @abc.abstractmethod
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        raise NotImplementedError
+        """One image -> (3, H, W) float32, exactly as the encoder was trained."""
 
+    @abc.abstractmethod
     def forward_batch(self, pixels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """(B, 3, H, W) -> (B, dim) embeddings."""
 
     @torch.inference_mode()
     def embed(self, images: Sequence[Image.Image]) -> torch.Tensor:

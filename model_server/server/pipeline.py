@@ -7,6 +7,7 @@ into protocol messages.  Every photo gets exactly one result, whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -102,38 +103,36 @@ def run_unit(
         if not good or cancel_rest():
             return
 
-        emit("progress", "embed", None, None)
-        t = time.perf_counter()
-        embed = getattr(model, "embed", None) or model.encoder.embed
-        emb = embed(images).to(model.device)
-        per = (time.perf_counter() - t) / len(good)
-        for i in good:
-            timings[i]["embed"] = per
+        @contextlib.contextmanager
+        def batch_stage(stage: str):
+            """A stage run once for the whole batch: announce it, then share its time among the photos."""
+            emit("progress", stage, None, None)
+            t = time.perf_counter()
+            yield
+            per = (time.perf_counter() - t) / len(good)
+            for i in good:
+                timings[i][stage] = per
+
+        with batch_stage("embed"):
+            embed = getattr(model, "embed", None) or model.encoder.embed
+            emb = embed(images).to(model.device)
         if cancel_rest():
             return
 
         from ..engine.sampling import sample
 
-        emit("progress", "sample", None, None)
-        t = time.perf_counter()
-        n = options["samples"]
-        x0 = start_points(n, options["seed"])
-        kw = {"steps": options["steps"], "solver": options["solver"]}
-        samples = sample(model.flow, emb, n, cfg=options["cfg"], x0=x0, **kw)
-        m = min(GUESS_SAMPLES, n)
-        guess = sample(model.flow, emb, m, cfg=GUESS_CFG, x0=x0[:m], **kw)
-        per = (time.perf_counter() - t) / len(good)
-        for i in good:
-            timings[i]["sample"] = per
+        with batch_stage("sample"):
+            n = options["samples"]
+            x0 = start_points(n, options["seed"])
+            kw = {"steps": options["steps"], "solver": options["solver"]}
+            samples = sample(model.flow, emb, n, cfg=options["cfg"], x0=x0, **kw)
+            m = min(GUESS_SAMPLES, n)
+            guess = sample(model.flow, emb, m, cfg=GUESS_CFG, x0=x0[:m], **kw)
         if cancel_rest():
             return
 
-        emit("progress", "localizability", None, None)
-        t = time.perf_counter()
-        loc, loc_method = localizability(model, emb, samples)
-        per = (time.perf_counter() - t) / len(good)
-        for i in good:
-            timings[i]["localizability"] = per
+        with batch_stage("localizability"):
+            loc, loc_method = localizability(model, emb, samples)
         if cancel_rest():
             return
 
