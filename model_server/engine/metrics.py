@@ -10,18 +10,12 @@ import math
 
 import numpy as np
 
-EARTH_RADIUS_KM = 6371.0
+from ..products.geodesy import EARTH_RADIUS_KM, haversine_km  # noqa: F401 - the one definition, re-exported
+
 GEOSCORE_SCALE_KM = 1492.7
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
 COVERAGE_LEVELS = (0.5, 0.9, 0.99)
 UNIFORM_NLL = math.log(4 * math.pi)
-
-
-def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    """Great-circle distance in km between points given in degrees (broadcasting)."""
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype=np.float64)) for v in (lat1, lon1, lat2, lon2))
-    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
 def latlon_distance_km(pred_deg: np.ndarray, true_deg: np.ndarray) -> np.ndarray:

@@ -66,7 +66,7 @@ def name_places(lats: list[float], lons: list[float]) -> list[PlaceName]:
             continue
         town = hit["name"]
         country = country_name(hit["cc"])
-        km = haversine_km(lat, lon, float(hit["lat"]), float(hit["lon"]))
+        km = float(haversine_km(lat, lon, float(hit["lat"]), float(hit["lon"])))
         if lat < -60.0:
             names.append(PlaceName("Antarctica", "Antarctica"))
         elif km > REMOTE_KM:

@@ -84,7 +84,7 @@ def compute_products(
         exif = {
             "lat": float(exif_latlon[0]),
             "lon": float(exif_latlon[1]),
-            "error_km": haversine_km(best[0], best[1], exif_latlon[0], exif_latlon[1]),
+            "error_km": float(haversine_km(best[0], best[1], exif_latlon[0], exif_latlon[1])),
         }
     timings["places"] = time.perf_counter() - t
     lat, lon = xyz_to_latlon(np.asarray(samples))

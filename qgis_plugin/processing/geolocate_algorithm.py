@@ -72,20 +72,10 @@ def guess_photo_field(field_names: Iterable[str], sample_values: dict[str, list[
 
 
 def unique_stems(paths: Iterable[Path]) -> list[str]:
-    """One output stem per photo (the client's naming rule); same-named photos get `_2`, `_3`..."""
-    from ..service.client import PhotoResult  # lazy: pyzmq may be missing, see messages.py
+    """One output stem per photo, by the client's naming rule."""
+    from ..service.client import unique_stems as client_unique_stems  # lazy: pyzmq may be missing, see messages.py
 
-    used: set[str] = set()
-    stems = []
-    for path in paths:
-        base = PhotoResult(0, Path(path).name, "").default_stem()
-        stem, n = base, 1
-        while stem.lower() in used:
-            n += 1
-            stem = f"{base}_{n}"
-        used.add(stem.lower())
-        stems.append(stem)
-    return stems
+    return client_unique_stems(paths)
 
 
 def best_guess_row(summary: dict[str, Any]) -> dict[str, Any]:

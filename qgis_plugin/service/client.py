@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,30 @@ class ServerError(RuntimeError):
         self.message = message
 
 
+def safe_stem(name: str, index: int = 0) -> str:
+    """A file-name-safe stem from a photo's name (its base name without extension)."""
+    base = Path(str(name).replace("\\", "/")).stem or f"photo-{index}"
+    return re.sub(r"[^\w.\-]+", "_", base).strip("._") or f"photo-{index}"
+
+
+def unique_stems(names: Iterable[str | os.PathLike]) -> list[str]:
+    """One output stem per photo, so a batch never overwrites itself: same-named photos get `_2`, `_3`...
+
+    Case-insensitive, because Windows and macOS file systems are.
+    """
+    used: set[str] = set()
+    stems = []
+    for index, name in enumerate(names):
+        base = safe_stem(Path(name).name, index)
+        stem, n = base, 1
+        while stem.lower() in used:
+            n += 1
+            stem = f"{base}_{n}"
+        used.add(stem.lower())
+        stems.append(stem)
+    return stems
+
+
 @dataclass
 class PhotoResult:
     """The outcome for one photo of a geolocate request (see docs/protocol.md, `result`)."""
@@ -61,8 +85,7 @@ class PhotoResult:
 
     def default_stem(self) -> str:
         """A file-name-safe stem from the photo's name (its base name without extension)."""
-        base = Path(self.name.replace("\\", "/")).stem or f"photo-{self.index}"
-        return re.sub(r"[^\w.\-]+", "_", base).strip("._") or f"photo-{self.index}"
+        return safe_stem(self.name, self.index)
 
     def save(self, out_dir: str | os.PathLike, stem: str | None = None) -> dict[str, Path]:
         """Write `<stem>.tif`, `<stem>.gpkg` and `<stem>.json` atomically; returns the paths by kind.
