@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -24,8 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from model_server.data.earth_tiles import build_earth_tiles, write_samples
 
-    info = build_earth_tiles(args.out, args.n_train, args.n_test, seed=args.seed, size=args.size,
-                             min_distance_km=args.min_distance_km, progress=not args.quiet)
+    try:
+        info = build_earth_tiles(args.out, args.n_train, args.n_test, seed=args.seed, size=args.size,
+                                 min_distance_km=args.min_distance_km, progress=not args.quiet)
+    except ValueError as exc:
+        print(f"geoplonk data: {exc}", file=sys.stderr)
+        return 2
     if args.samples is not None:
         write_samples(args.samples, size=args.size)
     print(json.dumps(info, indent=2))

@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--embedding-noise", type=float, default=0.0,
                         help="std of Gaussian noise added to standardised embeddings (regularises small datasets)")
+    parser.add_argument("--cond-rank", type=int, default=0,
+                        help="condition on the top K principal components of the embeddings (0: all); "
+                             "folded back, so the saved model still takes raw embeddings")
+    parser.add_argument("--target-jitter-km", type=float, default=0.0,
+                        help="random step (std, km) on each training location: labels as places, not points")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--optimizer", choices=("adamw", "lamb"), default="adamw")
@@ -86,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     flow_config = FlowConfig(cond_dim=encoder.dim, dim=args.dim, depth=args.depth)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                                weight_decay=args.weight_decay, warmup=args.warmup, ema_decay=args.ema_decay,
-                               embedding_noise=args.embedding_noise,
+                               embedding_noise=args.embedding_noise, cond_rank=args.cond_rank,
+                               target_jitter_km=args.target_jitter_km,
                                precision=args.precision, seed=args.seed)
     spath = state_path(args.out)
     resume = None
@@ -129,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             "embedding_seconds": round(encode_s, 1),
             "training_seconds": round(train_timer.elapsed(), 1),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "embeddings": "raw encoder output; standardisation folded into cond_mapper",
+            "embeddings": "raw encoder output; the training input map (standardisation) folded into cond_mapper",
         },
     }
     dtype = torch.float16 if args.weights_dtype == "fp16" else torch.float32

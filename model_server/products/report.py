@@ -53,7 +53,7 @@ def compute_products(
 ) -> Products:
     """Samples (n, 3) of the distribution and samples (m, 3) at cfg 2 -> all products.
 
-    Best guess: the cfg-2 sample of highest kernel density among the cfg-2 samples (their mode).
+    Best guess: among the cfg-2 samples, the densest one in the region of most mass (best_of_samples).
     """
     timings: dict[str, float] = {}
 

@@ -27,7 +27,7 @@ from ..products.report import compute_products, summary_fields, write_products
 log = logging.getLogger("geoplonk.server")
 
 Emit = Callable[..., None]
-# Samples at cfg 2 drawn for the single best guess (their mode is the guess).
+# Samples at cfg 2 drawn for the single best guess (products.modes.best_of_samples picks it).
 GUESS_SAMPLES = 256
 GUESS_CFG = 2.0
 # Own samples whose exact log-density estimates localizability (the paper uses 1024).

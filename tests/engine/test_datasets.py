@@ -119,3 +119,15 @@ def test_build_earth_tiles_writes_geotagged_jpegs(tmp_path):
     assert len(train) == 6 and np.allclose(train.latlon, listed.latlon, atol=1e-4)
     assert len(read_csv(tmp_path / "test.csv")) == 3
     assert Image.open(listed.paths[0]).size == (64, 64)
+
+
+def test_rebuilding_earth_tiles_resumes_and_refuses_other_settings(tmp_path):
+    build_earth_tiles(tmp_path, n_train=4, n_test=2, seed=3, size=48, progress=False)
+    first = tmp_path / "train" / "000000.jpg"
+    first_mtime = first.stat().st_mtime_ns
+    (tmp_path / "train" / "000003.jpg").unlink()  # as if interrupted
+    info = build_earth_tiles(tmp_path, n_train=4, n_test=2, seed=3, size=48, progress=False)
+    assert info["complete"] and (tmp_path / "train" / "000003.jpg").is_file()
+    assert first.stat().st_mtime_ns == first_mtime  # kept, not rewritten
+    with pytest.raises(ValueError, match="seed 3 there, 4 asked"):
+        build_earth_tiles(tmp_path, n_train=4, n_test=2, seed=4, size=48, progress=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from model_server.engine.likelihood import log_density
@@ -16,9 +17,10 @@ from model_server.engine.schedule import gamma
 from model_server.engine.sphere import geodesic_distance, geodesic_interpolant, log_map, uniform_sphere
 from model_server.engine.training import (
     ema_update,
-    embedding_stats,
-    fold_standardisation,
+    fold_input_map,
     geodesic_target,
+    input_map,
+    jitter_targets,
     lr_factor,
     train_flow,
 )
@@ -81,17 +83,40 @@ def test_lr_schedule_warms_up_and_decays_to_zero():
     assert abs(lr_factor(100, 10, 100)) < 1e-12
 
 
-def test_folding_the_standardisation_is_exact_and_keeps_zero_unconditional():
+@pytest.mark.parametrize("rank", [0, 3])
+def test_folding_the_input_map_is_exact_and_keeps_zero_unconditional(rank):
     torch.manual_seed(0)
-    net = GeoAdaLNMLP(FlowConfig(cond_dim=8, dim=32, depth=2))
-    emb = torch.randn(50, 8) * 3 + 5
-    mean, std = embedding_stats(emb)
+    emb = torch.randn(50, 8) * torch.linspace(0.5, 4, 8) + 5
+    m, m0 = input_map(emb, rank)
+    small = GeoAdaLNMLP(FlowConfig(cond_dim=m.shape[0], dim=32, depth=2))
     x, g = uniform_sphere(50), torch.rand(50)
-    before = net(x, g, (emb - mean) / std)
-    before_zero = net(x, g, ((torch.zeros(50, 8) - mean) / std))
-    fold_standardisation(net, mean, std)
-    assert torch.allclose(net(x, g, emb), before, atol=1e-5)
-    assert torch.allclose(net(x, g, torch.zeros(50, 8)), before_zero, atol=1e-5)
+    before = small(x, g, emb @ m.T + m0)
+    before_zero = small(x, g, m0.expand(50, -1))
+    full = fold_input_map(small, m, m0, FlowConfig(cond_dim=8, dim=32, depth=2))
+    assert full.cond_mapper.weight.shape == (32, 8)
+    assert torch.allclose(full(x, g, emb), before, atol=1e-5)
+    assert torch.allclose(full(x, g, torch.zeros(50, 8)), before_zero, atol=1e-5)
+
+
+def test_low_rank_input_map_whitens_the_top_components():
+    torch.manual_seed(0)
+    emb = torch.randn(400, 16) @ torch.randn(16, 16) + 3
+    m, m0 = input_map(emb, 4)
+    z = emb @ m.T + m0
+    assert z.shape == (400, 4)
+    assert torch.allclose(z.mean(0), torch.zeros(4), atol=1e-4)
+    assert torch.allclose(z.std(0), torch.ones(4), atol=1e-3)
+    assert torch.allclose(torch.corrcoef(z.T), torch.eye(4), atol=1e-4)
+
+
+def test_target_jitter_moves_points_by_the_asked_distance():
+    x = uniform_sphere(20000, generator=torch.Generator().manual_seed(0))
+    y = jitter_targets(x, 100.0, torch.Generator().manual_seed(1))
+    d = geodesic_distance(x, y) * EARTH_RADIUS_KM
+    # a 2-d Gaussian step with std s per axis has mean length s * sqrt(pi / 2)
+    assert abs(float(d.mean()) - 100.0 * math.sqrt(math.pi / 2)) < 2.0
+    assert torch.allclose(y.norm(dim=-1), torch.ones(20000), atol=1e-5)
+    assert torch.equal(jitter_targets(x, 0.0), x)
 
 
 def test_training_recovers_vmf_clusters():

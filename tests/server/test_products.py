@@ -9,7 +9,7 @@ import shapely
 from model_server.products.density import crop_window, kde_log_density, kde_raster, select_kappa
 from model_server.products.geodesy import haversine_km, latlon_to_xyz
 from model_server.products.grid import Grid
-from model_server.products.modes import find_modes
+from model_server.products.modes import best_of_samples, find_modes
 from model_server.products.regions import credible_regions, fraction_inside
 
 
@@ -119,3 +119,17 @@ def test_crop_keeps_the_mass(rng):
     r0, r1, c0, c1 = crop_window(raster.prob, 0.999)
     assert raster.prob[r0:r1, c0:c1].sum() >= 0.999 - 1e-9
     assert (r1 - r0) * (c1 - c0) < raster.prob.size / 4
+
+
+def test_best_guess_prefers_the_larger_region_and_stays_sharp_inside_it(rng):
+    tight = cluster(rng, -10, 20, 0.05, 40)  # a small, very tight cluster
+    broad = cluster(rng, 45, -100, 3.0, 300)  # most of the mass, spread over ~300 km
+    samples = np.concatenate([tight, broad])
+    kappa = select_kappa(samples, 1e5)
+    guess = samples[best_of_samples(samples, kappa)]
+    lat, lon = np.degrees(np.arcsin(guess[2])), np.degrees(np.arctan2(guess[1], guess[0]))
+    assert haversine_km(lat, lon, 45, -100) < 400  # the large region, not the spike
+    # one cluster: the guess is near its centre, not anywhere in the 1,000 km window
+    one = cluster(rng, 10, 10, 0.5, 300)
+    g = one[best_of_samples(one, select_kappa(one, 1e5))]
+    assert haversine_km(np.degrees(np.arcsin(g[2])), np.degrees(np.arctan2(g[1], g[0])), 10, 10) < 60
