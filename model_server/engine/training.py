@@ -203,7 +203,11 @@ def train_flow(
         ema.load_state_dict(resume["ema"])
         opt.load_state_dict(resume["optimizer"])
         gen.set_state(resume["generator"])
-        m, m0, step = resume["input_map"], resume["input_offset"], int(resume["step"])
+        step = int(resume["step"])
+        if "input_map" in resume:
+            m, m0 = resume["input_map"], resume["input_offset"]
+        else:  # a state saved before input maps: plain standardisation
+            m, m0 = torch.diag(1.0 / resume["std"]), -resume["mean"] / resume["std"]
     z = emb @ m.T + m0
     zero_z = m0.unsqueeze(0)  # a raw zero embedding, mapped: still "unconditional" after the fold
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
