@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -244,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, args.out)
+        from qgis_plugin.service.client import atomic_write
+
+        atomic_write(args.out, json.dumps(report, indent=2).encode("utf-8"))
     return 0

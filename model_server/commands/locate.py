@@ -6,9 +6,7 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -77,23 +75,18 @@ def summary_row(photo: Path, result, paths: dict[str, Path]) -> dict[str, Any]:
     }
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_run_summary(out: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> tuple[Path, Path]:
+    from qgis_plugin.service.client import atomic_write
+
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(out / "summary.csv", buf.getvalue())
+    atomic_write(out / "summary.csv", buf.getvalue().encode("utf-8"))
     counts = {k: sum(r["status"] == k for r in rows) for k in ("ok", "failed", "cancelled")}
     doc = {"server": {k: info.get(k) for k in ("version", "default_model", "device")}, "counts": counts,
            "photos": rows}
-    write_atomic(out / "summary.json", json.dumps(doc, indent=2, ensure_ascii=False))
+    atomic_write(out / "summary.json", json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8"))
     return out / "summary.csv", out / "summary.json"
 
 

@@ -241,9 +241,9 @@ def build_earth_tiles(
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    from qgis_plugin.service.client import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=2).encode("utf-8"))
 
 
 def _check_same_settings(info_path: Path, settings: dict, min_distance_km: float) -> None:

@@ -101,6 +101,11 @@ def embedding_stats(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std.clamp_min(1e-3 * float(std.mean()) + 1e-8)
 
 
+def standardisation_map(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, m0) of (emb - mean) / std."""
+    return torch.diag(1.0 / std), -mean / std
+
+
 def input_map(emb: torch.Tensor, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Affine map raw embedding -> network input, as (M, m0) with input = emb @ M.T + m0.
 
@@ -109,11 +114,9 @@ def input_map(emb: torch.Tensor, rank: int = 0) -> tuple[torch.Tensor, torch.Ten
     conditioning; the bottleneck (plus noise in the whitened space) is what stops the flow memorising.
     """
     mean, std = embedding_stats(emb)
-    scale = torch.diag(1.0 / std)
     if rank <= 0 or rank >= emb.shape[1]:
-        return scale, -mean / std
-    z = (emb - mean) / std
-    _, sing, vt = torch.linalg.svd(z - z.mean(0), full_matrices=False)
+        return standardisation_map(mean, std)
+    _, sing, vt = torch.linalg.svd((emb - mean) / std, full_matrices=False)  # already centred
     comp_std = sing[:rank] / math.sqrt(max(1, emb.shape[0] - 1))
     proj = vt[:rank] / comp_std.clamp_min(1e-6)[:, None]  # (k, D) on standardised embeddings
     m = proj / std[None, :]
@@ -207,7 +210,7 @@ def train_flow(
         if "input_map" in resume:
             m, m0 = resume["input_map"], resume["input_offset"]
         else:  # a state saved before input maps: plain standardisation
-            m, m0 = torch.diag(1.0 / resume["std"]), -resume["mean"] / resume["std"]
+            m, m0 = standardisation_map(resume["mean"], resume["std"])
     z = emb @ m.T + m0
     zero_z = m0.unsqueeze(0)  # a raw zero embedding, mapped: still "unconditional" after the fold
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")

@@ -99,17 +99,17 @@ class PhotoResult:
         if self.ok:
             if self.geotiff is None or self.gpkg is None:
                 raise ValueError(f"result for {self.name!r} is ok but lacks its GeoTIFF/GeoPackage blobs")
-            paths["geotiff"] = _atomic_write(out / f"{stem}.tif", self.geotiff)
-            paths["gpkg"] = _atomic_write(out / f"{stem}.gpkg", self.gpkg)
+            paths["geotiff"] = atomic_write(out / f"{stem}.tif", self.geotiff)
+            paths["gpkg"] = atomic_write(out / f"{stem}.gpkg", self.gpkg)
             doc: dict[str, Any] = {"name": self.name, "status": self.status, **(self.summary or {})}
         else:
             doc = {"name": self.name, "status": self.status, "error": self.error}
         text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
-        paths["json"] = _atomic_write(out / f"{stem}.json", text.encode("utf-8"))
+        paths["json"] = atomic_write(out / f"{stem}.json", text.encode("utf-8"))
         return paths
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
+def atomic_write(path: Path, data: bytes) -> Path:
     """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
