@@ -4,7 +4,7 @@ Without --model it builds a random flow of the default model's size (dim 256, de
 EfficientNet-Lite0 features) in a temporary folder: the timings do not depend on the weights.
 Sends the photo once to warm up, then --repeat times, and prints the server's stage timings.
 
-  .venv/server/bin/python scripts/bench_stages.py [--model DIR] [--photo JPG] [--samples 1024] ...
+  .venv/server/bin/python benchmarks/bench_stages.py [--model DIR] [--photo JPG] [--samples 1024] ...
 """
 
 from __future__ import annotations

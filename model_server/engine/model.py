@@ -80,7 +80,8 @@ def infer_encoder(model_dir: Path, manifest: dict | None) -> tuple[str, Path | N
         spec = {"name": spec}
     if spec:
         rel = spec.get("path")
-        return spec["name"], (model_dir / rel) if rel else None
+        name = f"{spec['name']}+{spec['views']}" if spec.get("views") else spec["name"]
+        return name, (model_dir / rel) if rel else None
     lowered = str(model_dir).lower()
     for key, encoder in _ENCODER_BY_NAME:
         if key in lowered:
@@ -117,6 +118,13 @@ class GeoModel:
     @property
     def cond_dim(self) -> int:
         return self.flow.config.cond_dim
+
+    @property
+    def training_encoder_name(self) -> str:
+        """The encoder the training photos went through: the query encoder less its query-time views."""
+        spec = self.manifest.get("encoder")
+        views = spec.get("views") if isinstance(spec, dict) else None
+        return self.encoder_name.removesuffix(f"+{views}") if views else self.encoder_name
 
     @property
     def encoder(self) -> ImageEncoder:

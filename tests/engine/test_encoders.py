@@ -54,6 +54,24 @@ def test_efficientnet_lite0_pooled_features(lite0):
     assert pixels.shape == (1, 3, 224, 224) and -1.0 <= pixels.min() and pixels.max() <= 1.0
 
 
+def test_view_averaging_makes_embeddings_orientation_free(lite0):
+    image = photo(224, 224, 3)
+    turned, mirrored = image.transpose(Image.ROTATE_90), image.transpose(Image.FLIP_LEFT_RIGHT)
+    plain = lite0.embed([image, turned, mirrored])
+    assert (plain[0] - plain[1]).abs().max() > 1e-2  # ImageNet features see the orientation
+    rot4 = load_encoder("efficientnet-lite0+rot4")
+    assert rot4.name == "efficientnet-lite0+rot4" and rot4.dim == 1280
+    emb = rot4.embed([image, turned, mirrored])
+    assert torch.allclose(emb[0], emb[1], atol=1e-4)
+    assert (emb[0] - emb[2]).abs().max() > 1e-2  # a quarter-turn average still sees a mirror image
+    d8 = load_encoder("efficientnet-lite0+d8").embed([image, turned, mirrored])
+    assert torch.allclose(d8[0], d8[2], atol=1e-4) and torch.allclose(d8[0], d8[1], atol=1e-4)
+    # the average of the four turned copies' own embeddings
+    assert torch.allclose(emb[0], lite0.embed([image.rotate(90 * k) for k in range(4)]).mean(0), atol=1e-4)
+    with pytest.raises(ValueError, match="unknown views 'rot3'"):
+        load_encoder("efficientnet-lite0+rot3")
+
+
 def test_empty_batch_and_unknown_names(lite0):
     assert lite0.embed([]).shape == (0, 1280)
     with pytest.raises(ValueError, match="unknown encoder"):

@@ -171,7 +171,7 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "model"
     common = ["train", "--data", str(tmp_path / "tiles" / "train"), "--out", str(out), "--dim", "32", "--depth", "1",
               "--batch-size", "16", "--warmup", "2", "--state-every", "3", "--cache", str(tmp_path / "emb.npz"),
-              "--weights-dtype", "fp16", "--quiet", "--threads", "1"]
+              "--weights-dtype", "fp16", "--query-views", "rot4", "--quiet", "--threads", "1"]
     assert main(common + ["--steps", "3"]) == 0
     state = torch.load(out.with_name("model.train-state.pt"), weights_only=False)
     assert state["step"] == 3
@@ -180,6 +180,9 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch):
     assert verify_files(out) == []
     model = load_model(out)
     assert model.manifest["provenance"]["n_images"] == 8 and model.flow.config.dim == 32
+    # trained on one view per tile; tiles to locate are embedded as the mean of their quarter turns
+    assert model.encoder_name == "efficientnet-lite0+rot4" and model.training_encoder_name == "efficientnet-lite0"
+    assert model.encoder.name == "efficientnet-lite0+rot4"
     report_path = tmp_path / "report.json"
     assert main(["eval", "--model", str(out), "--data", str(tmp_path / "tiles" / "test.csv"), "--train-data",
                  str(tmp_path / "tiles" / "train.csv"), "--samples", "8", "--guess-samples", "8", "--steps", "4",
