@@ -10,7 +10,7 @@ embedding steps (or `make default-model` once):
 Prints one JSON line (and appends it to WORK/tuning.jsonl): GeoScore of the best guess at cfg 1/2/3,
 NLL of the truth, coverage of the 50/90/99 % regions, Spearman(localizability, error). Tuning tiles are
 embedded as the model embeds tiles to locate (`--query-views rot4`); `--train-views rot4` tries training on
-view-averaged embeddings too (20,000 tiles take about 50 min to embed on 2 cores, cached for later runs).
+view-averaged embeddings too (20,000 tiles take about 80 min to embed on 2 cores, cached for later runs).
 """
 
 from __future__ import annotations

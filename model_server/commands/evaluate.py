@@ -233,11 +233,7 @@ def run(args: argparse.Namespace) -> int:
         if args.train_limit:
             train = train.subset(np.arange(min(args.train_limit, len(train))))
         # The gallery is embedded as the flow's training photos were (one view each), the query as photos are located.
-        train_encoder = model.encoder
-        if model.training_encoder_name != model.encoder_name:
-            from model_server.engine.encoders import load_encoder
-
-            train_encoder = load_encoder(model.training_encoder_name, model.encoder_dir)
+        train_encoder = model.encoder if model.training_encoder_name == model.encoder_name else model.encoder.base
         train_emb, train = embed_dataset(train, train_encoder, cache_path=args.train_cache, progress=progress)
         rows = evaluate_baselines(train_emb.numpy(), train.latlon, emb.numpy(), data.latlon, args.seed) + rows
     report = {

@@ -54,7 +54,7 @@ def _list(args) -> int:
     if not rows:
         print("no models found; see `geoplonk models unpack` and `geoplonk models pull`")
     for r in rows:
-        print(f"{r['name']:<32} {r['encoder']:<18} {r['size_mb']:>8.1f} MB  {r['path']}")
+        print(f"{r['name']:<32} {r['encoder']:<24} {r['size_mb']:>8.1f} MB  {r['path']}")
     return 0
 
 
@@ -121,7 +121,10 @@ def _pack(args) -> int:
     enc_name, enc_dir = infer_encoder(folder, manifest)
     enc_dir = args.encoder_dir or enc_dir
     name = args.name or manifest.get("name") or _display_name(folder).split("/")[-1]
-    manifest.update({"name": name, "encoder": {"name": enc_name, **({"path": "encoder"} if enc_dir else {})}})
+    # keep the manifest's own encoder entry (its query views too); a published folder gets one from its name
+    spec = manifest.get("encoder") or {"name": enc_name}
+    spec = {k: v for k, v in ({"name": spec} if isinstance(spec, str) else spec).items() if k != "path"}
+    manifest.update({"name": name, "encoder": {**spec, **({"path": "encoder"} if enc_dir else {})}})
     if args.licence:
         manifest["licence"] = args.licence
     if args.trained_on:

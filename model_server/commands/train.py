@@ -16,7 +16,9 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="folder of geotagged photos, or CSV")
-    parser.add_argument("--encoder", default="efficientnet-lite0", help="efficientnet-lite0 | streetclip | dinov2-reg")
+    parser.add_argument("--encoder", default="efficientnet-lite0",
+                        help="efficientnet-lite0 | streetclip | dinov2-reg; NAME+rot4 / NAME+d8 averages each "
+                             "photo's views, training photos included")
     parser.add_argument("--query-views", choices=("rot4", "d8"), default=None,
                         help="photos to locate are embedded as the mean over these views (rot4: quarter turns, "
                              "d8: and mirror images); for overhead imagery, whose orientation is arbitrary. "
@@ -86,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     dataset = read_dataset(args.data, progress=not args.quiet)
     if args.limit:
         dataset = dataset.subset(list(range(min(args.limit, len(dataset)))))
+    if args.query_views and "+" in args.encoder:
+        print(f"error: --encoder {args.encoder} already averages views; drop its +VIEWS or --query-views",
+              file=sys.stderr)
+        return 2
     encoder = load_encoder(args.encoder, args.encoder_dir)
     emb, dataset = embed_dataset(dataset, encoder, cache_path=args.cache, progress=not args.quiet)
     encode_s = timer.elapsed()

@@ -93,3 +93,17 @@ def test_unpack_refuses_unsafe_or_corrupt_bundles(tmp_path):
 def test_pull_refuses_when_offline(tmp_path):
     r = geoplonk("pull", "nicolas-dufour/PLONK_YFCC", home=tmp_path, offline=True)
     assert r.returncode == 2 and "HF_HUB_OFFLINE" in r.stderr
+
+
+def test_pack_keeps_the_query_views(tmp_path):
+    """The default model embeds tiles as the mean of their quarter turns: a bundle must carry that, and its
+    training encoder (the retrieval gallery of `geoplonk eval`) stays the one-view one."""
+    from model_server.engine.model import load_model
+
+    default = ROOT / "model_server" / "models" / "earth-tiles"
+    assert geoplonk("pack", default, tmp_path / "b.tar", home=tmp_path).returncode == 0
+    assert geoplonk("unpack", tmp_path / "b.tar", "--to", tmp_path / "x", home=tmp_path).returncode == 0
+    manifest = json.loads((tmp_path / "x" / "earth-tiles" / "geoplonk.json").read_text())
+    assert manifest["encoder"] == {"name": "efficientnet-lite0", "views": "rot4"}
+    model = load_model(tmp_path / "x" / "earth-tiles")
+    assert (model.encoder_name, model.training_encoder_name) == ("efficientnet-lite0+rot4", "efficientnet-lite0")

@@ -188,6 +188,10 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch):
                  str(tmp_path / "tiles" / "train.csv"), "--samples", "8", "--guess-samples", "8", "--steps", "4",
                  "--likelihood-steps", "2", "--out", str(report_path), "--quiet", "--threads", "1"]) == 0
     report = json.loads(report_path.read_text())
+    # the retrieval gallery is embedded as the flow's training photos were (one view), the queries as located
+    caches = sorted(p.name for p in (tmp_path / "cache" / "geoplonk" / "embeddings").glob("*.npz"))
+    assert [c.split("-", 1)[0] for c in caches if c.endswith("-efficientnet-lite0.npz")] == ["train"], caches
+    assert [c.split("-", 1)[0] for c in caches if c.endswith("-efficientnet-lite0+rot4.npz")] == ["test"], caches
     methods = [r["method"] for r in report["rows"]]
     assert methods[0] == "uniform prior" and any(m.startswith("retrieval top-1") for m in methods)
     flow = report["rows"][-1]
