@@ -122,8 +122,8 @@ def _pack(args) -> int:
     enc_dir = args.encoder_dir or enc_dir
     name = args.name or manifest.get("name") or _display_name(folder).split("/")[-1]
     # keep the manifest's own encoder entry (its query views too); a published folder gets one from its name
-    spec = manifest.get("encoder") or {"name": enc_name}
-    spec = {k: v for k, v in ({"name": spec} if isinstance(spec, str) else spec).items() if k != "path"}
+    spec = manifest.get("encoder") or enc_name
+    spec = {"name": spec} if isinstance(spec, str) else {k: v for k, v in spec.items() if k != "path"}
     manifest.update({"name": name, "encoder": {**spec, **({"path": "encoder"} if enc_dir else {})}})
     if args.licence:
         manifest["licence"] = args.licence
