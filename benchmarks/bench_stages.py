@@ -2,7 +2,8 @@
 
 Without --model it builds a random flow of the default model's size (dim 256, depth 6, on
 EfficientNet-Lite0 features) in a temporary folder: the timings do not depend on the weights.
-Sends the photo once to warm up, then --repeat times, and prints the server's stage timings.
+Sends the photo once to warm up, then --repeat times, and prints the server's stage timings, for each
+sampler precision (bf16 autocast, the default, against the reference fp32).
 
   .venv/server/bin/python benchmarks/bench_stages.py [--model DIR] [--photo JPG] [--samples 1024] ...
 """
@@ -56,30 +57,43 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--resolution", type=float, default=0.25)
+    ap.add_argument("--precision", default="bf16,fp32",
+                    help="sampler precisions to time, comma-separated; the first is compared with the others")
     args = ap.parse_args()
+    precisions = args.precision.split(",")
+    runs: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(random_model(Path(tmp)))
         srv = start_local_server(f"{sys.executable} -m model_server.cli serve --model {model}",
                                  env={"PYTHONPATH": str(REPO)})
         try:
-            options = {"samples": args.samples, "steps": args.steps, "resolution": args.resolution}
+            base = {"samples": args.samples, "steps": args.steps, "resolution": args.resolution}
             data = photo_bytes(args.photo)
             with GeoPlonkClient(srv.endpoint, timeout_s=120) as client:
                 info = client.info()
-                client.geolocate([("warm-up.jpg", data)], options)
-                runs = []
-                for i in range(args.repeat):
-                    t = time.perf_counter()
-                    result = client.geolocate([(f"photo-{i}.jpg", data)], options)[0]
-                    assert result.ok, result.error
-                    runs.append((time.perf_counter() - t, result.summary["timings"]))
+                for precision in precisions:
+                    options = {**base, "precision": precision}
+                    client.geolocate([("warm-up.jpg", data)], options)
+                    runs[precision] = []
+                    for i in range(args.repeat):
+                        t = time.perf_counter()
+                        result = client.geolocate([(f"photo-{i}.jpg", data)], options)[0]
+                        assert result.ok, result.error
+                        runs[precision].append((time.perf_counter() - t, result.summary["timings"]))
         finally:
             srv.stop()
-    print(f"model {model}, device {info['device']}, options {options}, {args.repeat} runs after a warm-up")
-    for stage in runs[0][1]:
-        values = [r[1][stage] for r in runs]
-        print(f"  {stage:15s} {statistics.median(values):7.3f} s")
-    print(f"  {'round trip':15s} {statistics.median(r[0] for r in runs):7.3f} s (client-side, one photo)")
+    print(f"model {model}, device {info['device']}, options {base}, {args.repeat} runs after a warm-up each")
+    for precision, rows in runs.items():
+        print(f"precision {precision}:")
+        for stage in rows[0][1]:
+            print(f"  {stage:15s} {statistics.median(r[1][stage] for r in rows):7.3f} s")
+        print(f"  {'round trip':15s} {statistics.median(r[0] for r in rows):7.3f} s (client-side, one photo)")
+    first = precisions[0]
+    for other in precisions[1:]:
+        sample_ratio = (statistics.median(r[1]["sample"] for r in runs[other])
+                        / statistics.median(r[1]["sample"] for r in runs[first]))
+        trip_ratio = statistics.median(r[0] for r in runs[other]) / statistics.median(r[0] for r in runs[first])
+        print(f"{first} against {other}: sampling {sample_ratio:.2f}x faster, round trip {trip_ratio:.2f}x faster")
 
 
 if __name__ == "__main__":

@@ -109,16 +109,6 @@ def output_folder(configured: str = "", project: QgsProject | None = None) -> Pa
     return Path(tempfile.gettempdir()) / "geoplonk"
 
 
-def unique_stem(folder: Path, stem: str, taken: set[str] | None = None) -> str:
-    """`stem`, or `stem_2`, `stem_3`... so a new result never overwrites files that open layers use."""
-    taken = taken or set()
-    candidate, n = stem, 1
-    while candidate in taken or any((folder / f"{candidate}{ext}").exists() for ext in (".tif", ".gpkg", ".json")):
-        n += 1
-        candidate = f"{stem}_{n}"
-    return candidate
-
-
 # --- styles ----------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from . import messages
-from .layers import unique_stem
+from .service.naming import unused_stem
 from .settings import Settings
 
 
@@ -128,7 +128,7 @@ class GeolocateTask(QgsTask):
         outcome = PhotoOutcome(path, result.name, result.status, summary=result.summary)
         if result.ok:
             try:
-                stem = unique_stem(self.out_dir, result.default_stem(), self._stems)
+                stem = unused_stem(self.out_dir, result.default_stem(), self._stems)
                 self._stems.add(stem)
                 outcome.files = {k: str(v) for k, v in result.save(self.out_dir, stem).items()}
             except OSError as exc:

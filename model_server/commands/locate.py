@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--cfg", type=float)
+    parser.add_argument("--precision", choices=("bf16", "fp32"),
+                        help="the sampler's matmuls (server default bf16; fp32 is the reference's)")
     parser.add_argument("--resolution", type=float)
     parser.add_argument("--crop", action="store_true", help="crop rasters to the area holding 99.9 %% of the mass")
     parser.add_argument("--seed", type=int)
@@ -47,7 +49,7 @@ def collect_photos(paths: list[Path], recursive: bool = False) -> list[Path]:
 
 
 def options_from(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("model", "samples", "steps", "cfg", "resolution", "seed")
+    names = ("model", "samples", "steps", "precision", "cfg", "resolution", "seed")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.crop:
         options["crop"] = True
@@ -97,7 +99,8 @@ def default_server_command() -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from qgis_plugin.service.client import GeoPlonkClient, ServerError, ServerUnavailable, unique_stems
+    from qgis_plugin.service.client import GeoPlonkClient, ServerError, ServerUnavailable
+    from qgis_plugin.service.naming import unique_stems
 
     photos = collect_photos(args.photos, args.recursive)
     if not photos:

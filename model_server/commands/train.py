@@ -52,7 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="model name in the manifest (default: DIR's name)")
     parser.add_argument("--description", default=None, help="what the training data is (manifest)")
     parser.add_argument("--licence", default=None, help="licence of the weights/data (manifest)")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for training (and embedding)")
+    parser.add_argument("--embed-threads", type=int, default=None,
+                        help="CPU threads for embedding the photos (default: --threads), so that a one-thread "
+                             "training, reproducible bit for bit, can still embed on every core")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -83,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from model_server.engine.training import Timer, TrainConfig, train_flow
 
     timer = Timer()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.embed_threads or args.threads:
+        torch.set_num_threads(args.embed_threads or args.threads)
     dataset = read_dataset(args.data, progress=not args.quiet)
     if args.limit:
         dataset = dataset.subset(list(range(min(args.limit, len(dataset)))))
@@ -95,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     encoder = load_encoder(args.encoder, args.encoder_dir)
     emb, dataset = embed_dataset(dataset, encoder, cache_path=args.cache, progress=not args.quiet)
     encode_s = timer.elapsed()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"{len(dataset)} geotagged photos from {args.data}, embeddings {tuple(emb.shape)} "
           f"({encode_s:.0f} s)", file=sys.stderr)
 

@@ -9,6 +9,7 @@ geometry (`tile_lonlat`) is kept apart from pixel sampling and file writing.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -196,12 +197,13 @@ def write_split(
             write_tile(render_tile(image, spec, size), spec, path)
         rows.append({"path": f"{folder.name}/{path.name}", "latitude": spec.lat, "longitude": spec.lon,
                      "footprint_km": round(spec.footprint_km, 1), "rotation_deg": round(spec.rotation_deg, 1)})
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
+    from qgis_plugin.service.client import atomic_write
+
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(csv_path, text.getvalue().encode("utf-8"))  # a unique temporary name: concurrent reruns are safe
     return csv_path
 
 

@@ -15,7 +15,8 @@ from .geodesy import haversine_km
 OPEN_OCEAN = "open ocean"
 # Beyond this distance from the nearest GeoNames town the place is described as "near <town>".
 NEAR_KM = 25.0
-# Beyond this distance the nearest town's country is no evidence of the point's country.
+# Beyond this distance the nearest town's country is no evidence of the point's country,
+# and a point at sea is in the open ocean rather than off a coast.
 REMOTE_KM = 300.0
 
 
@@ -54,20 +55,21 @@ def is_land(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 
 
 def name_places(lats: list[float], lons: list[float]) -> list[PlaceName]:
-    """Country and nearest town for each point; points at sea are named "open ocean"."""
+    """Country and nearest town for each point; at sea, the coast it lies off, or "open ocean" far from any."""
     if not lats:
         return []
     land = is_land(np.array(lats), np.array(lons))
     found = _geocoder().query([(float(a), float(b)) for a, b in zip(lats, lons, strict=True)])
     names = []
     for lat, lon, on_land, hit in zip(lats, lons, land, found, strict=True):
-        if not on_land:
-            names.append(PlaceName(OPEN_OCEAN, OPEN_OCEAN))
-            continue
         town = hit["name"]
         country = country_name(hit["cc"])
         km = float(haversine_km(lat, lon, float(hit["lat"]), float(hit["lon"])))
-        if lat < -60.0:
+        if not on_land:
+            near_coast = km <= REMOTE_KM and lat >= -60.0
+            names.append(PlaceName(country, f"at sea, {km:.0f} km off {town}") if near_coast
+                         else PlaceName(OPEN_OCEAN, OPEN_OCEAN))
+        elif lat < -60.0:
             names.append(PlaceName("Antarctica", "Antarctica"))
         elif km > REMOTE_KM:
             names.append(PlaceName("unknown", f"remote land, {km:.0f} km from {town} ({country})"))

@@ -45,6 +45,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 
+from ..service.naming import unique_stems
 from ..service.protocol import MAX_IMAGE_BYTES
 from ..settings import Settings
 from ..sources import detect_photo_field, is_image_path, photos_in_folder, resolve_photo_path
@@ -69,13 +70,6 @@ def guess_photo_field(field_names: Iterable[str], sample_values: dict[str, list[
         if values and all(is_image_path(v) for v in values):
             return name
     return None
-
-
-def unique_stems(paths: Iterable[Path]) -> list[str]:
-    """One output stem per photo, by the client's naming rule."""
-    from ..service.client import unique_stems as client_unique_stems  # lazy: pyzmq may be missing, see messages.py
-
-    return client_unique_stems(paths)
 
 
 def best_guess_row(summary: dict[str, Any]) -> dict[str, Any]:

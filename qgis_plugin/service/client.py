@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import zmq
 
 from . import protocol as P
+from .naming import safe_stem
 
 # How often the geolocate loop wakes up to look at is_cancelled(), in seconds.
 CANCEL_POLL_S = 0.1
@@ -41,30 +41,6 @@ class ServerError(RuntimeError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-
-
-def safe_stem(name: str, index: int = 0) -> str:
-    """A file-name-safe stem from a photo's name (its base name without extension)."""
-    base = Path(str(name).replace("\\", "/")).stem or f"photo-{index}"
-    return re.sub(r"[^\w.\-]+", "_", base).strip("._") or f"photo-{index}"
-
-
-def unique_stems(names: Iterable[str | os.PathLike]) -> list[str]:
-    """One output stem per photo, so a batch never overwrites itself: same-named photos get `_2`, `_3`...
-
-    Case-insensitive, because Windows and macOS file systems are.
-    """
-    used: set[str] = set()
-    stems = []
-    for index, name in enumerate(names):
-        base = safe_stem(Path(name).name, index)
-        stem, n = base, 1
-        while stem.lower() in used:
-            n += 1
-            stem = f"{base}_{n}"
-        used.add(stem.lower())
-        stems.append(stem)
-    return stems
 
 
 @dataclass

@@ -97,3 +97,10 @@ def test_options():
         with pytest.raises(P.ProtocolError) as err:
             P.validate_options(bad)
         assert err.value.code == P.E_BAD_OPTION
+
+
+def test_precision_option_defaults_to_bf16_and_refuses_others():
+    assert P.validate_options({})["precision"] == "bf16"
+    assert P.validate_options({"precision": "fp32"})["precision"] == "fp32"
+    with pytest.raises(P.ProtocolError, match="precision"):
+        P.validate_options({"precision": "fp16"})

@@ -7,6 +7,7 @@ import pytest
 from qgis.core import QgsProject
 
 from qgis_plugin import layers
+from qgis_plugin.service.naming import unused_stem
 
 
 def test_hpd_threshold_keeps_the_requested_mass():
@@ -37,11 +38,11 @@ def test_percent_labels(value, label):
     assert layers.percent_label(value) == label
 
 
-def test_unique_stem_never_reuses_files(tmp_path):
-    assert layers.unique_stem(tmp_path, "harbour") == "harbour"
+def test_unused_stem_never_reuses_files(tmp_path):
+    assert unused_stem(tmp_path, "harbour") == "harbour"
     (tmp_path / "harbour.tif").write_bytes(b"x")
-    assert layers.unique_stem(tmp_path, "harbour") == "harbour_2"
-    assert layers.unique_stem(tmp_path, "harbour", {"harbour_2"}) == "harbour_3"
+    assert unused_stem(tmp_path, "harbour") == "harbour_2"
+    assert unused_stem(tmp_path, "harbour", {"harbour_2"}) == "harbour_3"
 
 
 def test_output_folder_rules(tmp_path, qgis_new_project):  # noqa: ARG001

@@ -231,7 +231,8 @@ def test_unreachable_server_without_auto_start_is_a_clear_error(provider, plugin
 
 
 def test_pure_helpers():
-    from qgis_plugin.processing.geolocate_algorithm import best_guess_row, guess_photo_field, unique_stems
+    from qgis_plugin.processing.geolocate_algorithm import best_guess_row, guess_photo_field
+    from qgis_plugin.service.naming import unique_stems
 
     assert unique_stems(["/a/x.jpg", "/b/x.jpg", "/c/X.png", "/d/y z.jpg"]) == ["x", "x_2", "X_3", "y_z"]
     assert guess_photo_field(["id", "Photo"]) == "Photo"

@@ -133,3 +133,14 @@ def test_best_guess_prefers_the_larger_region_and_stays_sharp_inside_it(rng):
     one = cluster(rng, 10, 10, 0.5, 300)
     g = one[best_of_samples(one, select_kappa(one, 1e5))]
     assert haversine_km(np.degrees(np.arcsin(g[2])), np.degrees(np.arctan2(g[1], g[0])), 10, 10) < 60
+
+
+def test_places_at_sea_name_the_coast_they_lie_off():
+    """A guess just off the Nile delta is not 'open ocean': it names the coast; mid-Pacific is open ocean."""
+    from model_server.products.naming import OPEN_OCEAN, name_places
+
+    offshore, inland, mid_pacific, alps = name_places([31.6, 30.0, 0.0, 46.5], [29.9, 31.2, -140.0, 10.0])
+    assert offshore.country == "Egypt" and offshore.place.startswith("at sea, ") and "Alexandria" in offshore.place
+    assert inland.country == "Egypt" and not inland.place.startswith("at sea")
+    assert mid_pacific.country == mid_pacific.place == OPEN_OCEAN
+    assert alps.country == "Switzerland"

@@ -75,6 +75,19 @@ def test_two_photos_give_two_valid_rasters_and_points(client, tmp_path):
     assert len(truth[2]) == 1
 
 
+def test_bf16_sampling_draws_the_same_map_as_fp32(client):
+    """The default bf16 sampler only rounds the network's matmuls: its map matches the reference fp32 one."""
+    photo = [("plain.jpg", jpeg_bytes(3))]
+    maps = {}
+    for precision in ("bf16", "fp32"):
+        (result,) = client.geolocate(photo, {**FAST, "precision": precision})
+        raster, meta = read_geotiff(result.geotiff)
+        assert meta["tags"]["precision"] == precision
+        maps[precision] = raster.astype(np.float64) / raster.sum(dtype=np.float64)
+    total_variation = 0.5 * np.abs(maps["bf16"] - maps["fp32"]).sum()
+    assert total_variation < 0.1, total_variation
+
+
 def _raw_exchange(endpoint: str, frames: list[bytes]) -> dict:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)

@@ -1,0 +1,50 @@
+"""Output file names for photos' results: one rule, shared by the plugin, Processing and `geoplonk locate`.
+
+Standard library only, so the plugin can name files before (or without) importing pyzmq.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+RESULT_EXTENSIONS = (".tif", ".gpkg", ".json")
+
+
+def safe_stem(name: str, index: int = 0) -> str:
+    """A file-name-safe stem from a photo's name (its base name without extension)."""
+    base = Path(str(name).replace("\\", "/")).stem or f"photo-{index}"
+    return re.sub(r"[^\w.\-]+", "_", base).strip("._") or f"photo-{index}"
+
+
+def first_free(stem: str, is_taken: Callable[[str], bool]) -> str:
+    """`stem`, or `stem_2`, `stem_3`... the first that `is_taken` refuses."""
+    candidate, n = stem, 1
+    while is_taken(candidate):
+        n += 1
+        candidate = f"{stem}_{n}"
+    return candidate
+
+
+def unique_stems(names: Iterable[str | os.PathLike]) -> list[str]:
+    """One output stem per photo, so a batch never overwrites itself: same-named photos get `_2`, `_3`...
+
+    Case-insensitive, because Windows and macOS file systems are.
+    """
+    used: set[str] = set()
+    stems = []
+    for index, name in enumerate(names):
+        stem = first_free(safe_stem(Path(name).name, index), lambda s: s.lower() in used)
+        used.add(stem.lower())
+        stems.append(stem)
+    return stems
+
+
+def unused_stem(folder: Path, stem: str, taken: set[str] | None = None) -> str:
+    """`stem`, or `stem_2`... so a new result never overwrites files that open layers use."""
+    taken = taken or set()
+    return first_free(
+        stem, lambda s: s in taken or any((folder / f"{s}{ext}").exists() for ext in RESULT_EXTENSIONS)
+    )
