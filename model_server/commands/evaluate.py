@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="sampler matmul precision")
     parser.add_argument("--likelihood-method", default="midpoint", help="dopri5 (adaptive) | rk4 | midpoint | euler")
     parser.add_argument("--likelihood-steps", type=int, default=8, help="steps of fixed-step likelihood methods")
+    parser.add_argument("--map-samples", type=int, default=0,
+                        help="also score the map the server draws: N samples, KDE raster, its NLL and regions' "
+                             "coverage (0: off; the server draws 1024)")
+    parser.add_argument("--map-resolution", type=float, default=0.25, help="cell size of that raster, degrees")
     parser.add_argument("--chunk", type=int, default=20, help="photos per batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache for --data")
@@ -169,6 +173,40 @@ def evaluate_flow(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> tup
     return rows, extra
 
 
+def evaluate_map(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> dict:
+    """The map as the server draws it (KDE raster of its samples): NLL of the truth's cell, and the share of
+    truths inside its 50 / 90 / 99 % regions, which are what an analyst sees."""
+    import torch
+    from tqdm import tqdm
+
+    from model_server.engine.sampling import sample
+    from model_server.products.density import kde_raster
+    from model_server.products.grid import Grid
+    from model_server.products.regions import hdr_masks
+
+    levels = (0.5, 0.9, 0.99)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    grid = Grid.global_grid(args.map_resolution)
+    logp, inside = [], []
+    for start in tqdm(range(0, len(emb), args.chunk), desc="maps", disable=not progress, file=sys.stderr):
+        e = emb[start : start + args.chunk]
+        points = sample(flow, e, args.map_samples, steps=args.steps, cfg=0.0, generator=gen,
+                        precision=args.precision).numpy()
+        for x, (lat, lon) in zip(points, truth_deg[start : start + args.chunk], strict=True):
+            raster = kde_raster(x, grid)
+            logp.append(float(raster.log_density_at(np.array([lat]), np.array([lon]))[0]))
+            r, c = grid.cell_of(np.array([lat]), np.array([lon]))
+            inside.append([bool(m[r[0], c[0]]) for m in hdr_masks(raster.density_sr(), raster.prob, list(levels))])
+    from model_server.engine.metrics import nll_summary
+
+    share = np.mean(np.array(inside), axis=0)
+    out = {"method": f"flow, the server's map ({args.map_samples} samples, {args.map_resolution:g} deg raster)",
+           "n": len(logp), **nll_summary(np.array(logp))}
+    out.update({f"coverage_{round(100 * lv)}": float(v) for lv, v in zip(levels, share, strict=True)})
+    out["note"] = "no distance figures: this row scores the raster and its credible regions"
+    return out
+
+
 def evaluate_baselines(train_emb: np.ndarray, train_deg: np.ndarray, emb: np.ndarray, truth_deg: np.ndarray,
                        seed: int) -> list[dict]:
     from model_server.engine.metrics import UNIFORM_NLL, kde_log_density, latlon_distance_km
@@ -228,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
         data = data.subset(np.arange(min(args.limit, len(data))))
     emb, data = embed_dataset(data, model.encoder, cache_path=args.cache, progress=progress)
     rows, extra = evaluate_flow(model.flow, emb, data.latlon, args, progress)
+    if args.map_samples:
+        rows.append(evaluate_map(model.flow, emb, data.latlon, args, progress))
     if args.train_data is not None:
         train = read_dataset(args.train_data, progress=progress)
         if args.train_limit:

@@ -39,7 +39,7 @@ def test_default_model_is_committed_and_verifies(model):
     assert verify_files(folder) == []
     size = sum(p.stat().st_size for p in folder.iterdir())
     assert size <= 25 * 1024 * 1024, size
-    assert model.manifest["encoder"]["name"] == "efficientnet-lite0"
+    assert model.manifest["encoder"]["name"] == "efficientnet-lite0+rot4"  # trained and queried on quarter-turn means
     assert "Blue Marble" in model.manifest["licence"]
 
 
@@ -91,7 +91,7 @@ def test_featureless_tiles_are_less_localizable_than_distinctive_ones(model):
 
 
 def test_default_model_ignores_which_way_up_a_tile_is(model):
-    """Overhead tiles have no up: the committed model embeds a tile as the mean of its quarter turns."""
+    """Overhead tiles have no up: the committed model embeds every tile as the mean of its quarter turns."""
     assert model.encoder_name == "efficientnet-lite0+rot4"
     tile = Image.open(SAMPLES / "nile_delta.jpg").convert("RGB")
     emb = model.encoder.embed([tile, tile.transpose(Image.ROTATE_90), tile.transpose(Image.ROTATE_270)])

@@ -186,7 +186,8 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch):
     report_path = tmp_path / "report.json"
     assert main(["eval", "--model", str(out), "--data", str(tmp_path / "tiles" / "test.csv"), "--train-data",
                  str(tmp_path / "tiles" / "train.csv"), "--samples", "8", "--guess-samples", "8", "--steps", "4",
-                 "--likelihood-steps", "2", "--out", str(report_path), "--quiet", "--threads", "1"]) == 0
+                 "--likelihood-steps", "2", "--map-samples", "32", "--map-resolution", "2",
+                 "--out", str(report_path), "--quiet", "--threads", "1"]) == 0
     report = json.loads(report_path.read_text())
     # the retrieval gallery is embedded as the flow's training photos were (one view), the queries as located
     caches = sorted(p.name for p in (tmp_path / "cache" / "geoplonk" / "embeddings").glob("*.npz"))
@@ -194,6 +195,10 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch):
     assert [c.split("-", 1)[0] for c in caches if c.endswith("-efficientnet-lite0+rot4.npz")] == ["test"], caches
     methods = [r["method"] for r in report["rows"]]
     assert methods[0] == "uniform prior" and any(m.startswith("retrieval top-1") for m in methods)
-    flow = report["rows"][-1]
+    flow, drawn_map = report["rows"][-2:]
     assert flow["n"] == 3 and {"nll_mean", "coverage_50", "coverage_90", "coverage_99", "geoscore"} <= set(flow)
+    # the map as the server draws it: its regions' coverage grows with the level, and it has no distance figures
+    assert drawn_map["method"].startswith("flow, the server's map") and "geoscore" not in drawn_map
+    assert 0 <= drawn_map["coverage_50"] <= drawn_map["coverage_90"] <= drawn_map["coverage_99"] <= 1
+    assert np.isfinite(drawn_map["nll_mean"])
     assert abs(report["rows"][0]["nll_mean"] - UNIFORM_NLL) < 1e-9
