@@ -44,7 +44,7 @@ def check(files: list[tuple[Path, str]]) -> None:
     """Fail early on a zip QGIS would refuse or that would break at import."""
     names = {name for _, name in files}
     for needed in ("__init__.py", "metadata.txt", "icon.svg", "plugin.py", "service/protocol.py",
-                   "service/client.py", "service/launcher.py"):
+                   "service/client.py", "service/launcher.py", "service/naming.py"):
         if f"{PACKAGE}/{needed}" not in names:
             raise SystemExit(f"build_plugin_zip: {needed} is missing from the plugin")
 

@@ -179,6 +179,7 @@ def evaluate_map(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> dict
     import torch
     from tqdm import tqdm
 
+    from model_server.engine.metrics import nll_summary
     from model_server.engine.sampling import sample
     from model_server.products.density import kde_raster
     from model_server.products.grid import Grid
@@ -197,8 +198,6 @@ def evaluate_map(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> dict
             logp.append(float(raster.log_density_at(np.array([lat]), np.array([lon]))[0]))
             r, c = grid.cell_of(np.array([lat]), np.array([lon]))
             inside.append([bool(m[r[0], c[0]]) for m in hdr_masks(raster.density_sr(), raster.prob, list(levels))])
-    from model_server.engine.metrics import nll_summary
-
     share = np.mean(np.array(inside), axis=0)
     out = {"method": f"flow, the server's map ({args.map_samples} samples, {args.map_resolution:g} deg raster)",
            "n": len(logp), **nll_summary(np.array(logp))}
@@ -259,6 +258,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.map_samples:  # refuse bad map settings now, not after the long flow evaluation
+        from model_server.products.grid import Grid
+
+        try:
+            if args.map_samples < 16:
+                raise ValueError(f"--map-samples must be 0 (off) or at least 16, got {args.map_samples}")
+            Grid.global_grid(args.map_resolution)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     progress = not args.quiet
     model = load_model(args.model, device="cpu")
     data = read_dataset(args.data, progress=progress)

@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from model_server.engine.training import Timer, TrainConfig, train_flow
 
     timer = Timer()
-    if args.embed_threads or args.threads:
-        torch.set_num_threads(args.embed_threads or args.threads)
+    training_threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(args.embed_threads or training_threads)
     dataset = read_dataset(args.data, progress=not args.quiet)
     if args.limit:
         dataset = dataset.subset(list(range(min(args.limit, len(dataset)))))
@@ -98,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
     encoder = load_encoder(args.encoder, args.encoder_dir)
     emb, dataset = embed_dataset(dataset, encoder, cache_path=args.cache, progress=not args.quiet)
     encode_s = timer.elapsed()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(training_threads)
     print(f"{len(dataset)} geotagged photos from {args.data}, embeddings {tuple(emb.shape)} "
           f"({encode_s:.0f} s)", file=sys.stderr)
 

@@ -19,6 +19,14 @@ from .sphere import normalize, uniform_sphere
 PRECISIONS = ("fp32", "bf16")
 
 
+def supported_precision(precision: str, device: str | torch.device) -> str:
+    """`precision`, or fp32 where bf16 autocast is not native: GPUs without bf16 units and Apple's MPS."""
+    kind = torch.device(device).type
+    if precision == "bf16" and (kind == "mps" or (kind == "cuda" and not torch.cuda.is_bf16_supported())):
+        return "fp32"
+    return precision
+
+
 def as_embeddings(emb: torch.Tensor, cond_dim: int) -> torch.Tensor:
     """(cond_dim,) or (E, cond_dim) -> (E, cond_dim) float32, or ValueError naming the shapes."""
     emb = torch.as_tensor(emb)

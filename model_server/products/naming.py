@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geodesy import haversine_km
+from .geodesy import haversine_km, latlon_to_xyz
 
 OPEN_OCEAN = "open ocean"
 # Beyond this distance from the nearest GeoNames town the place is described as "near <town>".
@@ -33,6 +33,25 @@ def _geocoder():
     # Loads the bundled cities1000 table once (about 0.3 s); mode=1 is single-process.
     with contextlib.redirect_stdout(io.StringIO()):
         return reverse_geocoder.RGeocoder(mode=1, verbose=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _towns():
+    """The GeoNames towns in a k-d tree over unit vectors, where nearest means nearest on the sphere, across the
+    antimeridian and near the poles too (the library's own tree is over raw degrees)."""
+    from scipy.spatial import cKDTree
+
+    towns = _geocoder().locations
+    lat = np.array([float(t["lat"]) for t in towns])
+    lon = np.array([float(t["lon"]) for t in towns])
+    return cKDTree(latlon_to_xyz(lat, lon)), towns
+
+
+def nearest_towns(lats: np.ndarray, lons: np.ndarray) -> list[dict]:
+    """The nearest GeoNames town (name, cc, lat, lon) to each point, by great-circle distance."""
+    tree, towns = _towns()
+    _, index = tree.query(latlon_to_xyz(np.asarray(lats, dtype=np.float64), np.asarray(lons, dtype=np.float64)))
+    return [towns[i] for i in np.atleast_1d(index)]
 
 
 @functools.lru_cache(maxsize=512)
@@ -59,7 +78,7 @@ def name_places(lats: list[float], lons: list[float]) -> list[PlaceName]:
     if not lats:
         return []
     land = is_land(np.array(lats), np.array(lons))
-    found = _geocoder().query([(float(a), float(b)) for a, b in zip(lats, lons, strict=True)])
+    found = nearest_towns(np.array(lats), np.array(lons))
     names = []
     for lat, lon, on_land, hit in zip(lats, lons, land, found, strict=True):
         town = hit["name"]

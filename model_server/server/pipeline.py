@@ -119,12 +119,13 @@ def run_unit(
         if cancel_rest():
             return
 
-        from ..engine.sampling import sample
+        from ..engine.sampling import sample, supported_precision
 
+        precision = supported_precision(options["precision"], model.device)
         with batch_stage("sample"):
             n = options["samples"]
             x0 = start_points(n, options["seed"])
-            kw = {"steps": options["steps"], "solver": options["solver"], "precision": options["precision"]}
+            kw = {"steps": options["steps"], "solver": options["solver"], "precision": precision}
             samples = sample(model.flow, emb, n, cfg=options["cfg"], x0=x0, **kw)
             m = min(GUESS_SAMPLES, n)
             guess = sample(model.flow, emb, m, cfg=GUESS_CFG, x0=x0[:m], **kw)
@@ -156,7 +157,7 @@ def run_unit(
                 t = time.perf_counter()
                 tags = {
                     "model": model.name, "encoder": model.encoder_name, "solver": options["solver"],
-                    "steps": options["steps"], "precision": options["precision"], "cfg": options["cfg"],
+                    "steps": options["steps"], "precision": precision, "cfg": options["cfg"],
                     "samples": options["samples"],
                     "seed": options["seed"], "software_version": __version__,
                     "kernel": "von Mises-Fisher KDE", "kernel_kappa": f"{products.raster.kappa:.6g}",

@@ -56,7 +56,8 @@ DEFAULT_OUTPUT_NAME = "best_guesses.gpkg"
 LOCAL_SERVER_IDLE_S = 900.0
 
 # ---------------------------------------------------------------------------------------------
-# Pure helpers (no QGIS): field detection, output naming, result rows.  Path rules live in sources.py.
+# Pure helpers (no QGIS): field detection, result rows.  Path rules live in sources.py, output names in
+# service/naming.py.
 
 
 def guess_photo_field(field_names: Iterable[str], sample_values: dict[str, list[Any]] | None = None) -> str | None:

@@ -43,8 +43,9 @@ def unique_stems(names: Iterable[str | os.PathLike]) -> list[str]:
 
 
 def unused_stem(folder: Path, stem: str, taken: set[str] | None = None) -> str:
-    """`stem`, or `stem_2`... so a new result never overwrites files that open layers use."""
-    taken = taken or set()
+    """`stem`, or `stem_2`... so a new result never overwrites files that open layers use (the plugin's rule;
+    a Processing or `geoplonk locate` batch writes into the folder it is given, named by `unique_stems`)."""
+    taken_lower = {t.lower() for t in taken or ()}
     return first_free(
-        stem, lambda s: s in taken or any((folder / f"{s}{ext}").exists() for ext in RESULT_EXTENSIONS)
+        stem, lambda s: s.lower() in taken_lower or any((folder / f"{s}{ext}").exists() for ext in RESULT_EXTENSIONS)
     )

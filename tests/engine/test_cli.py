@@ -100,3 +100,9 @@ def test_clear_errors(tmp_path, model_dir):
     r = geoplonk("density", "--model", model_dir, "--embedding", tmp_path / "e.npy", "--points", tmp_path / "nope.npy",
                  "--out", tmp_path / "d.npy")
     assert r.returncode == 2 and "not found" in r.stderr
+    # map settings are refused before the long flow evaluation, naming the option
+    r = geoplonk("eval", "--model", model_dir, "--data", tmp_path / "none.csv", "--map-samples", "64",
+                 "--map-resolution", "0.7")
+    assert r.returncode == 2 and "does not divide 180" in r.stderr
+    r = geoplonk("eval", "--model", model_dir, "--data", tmp_path / "none.csv", "--map-samples", "4")
+    assert r.returncode == 2 and "--map-samples" in r.stderr

@@ -95,15 +95,29 @@ def test_pull_refuses_when_offline(tmp_path):
     assert r.returncode == 2 and "HF_HUB_OFFLINE" in r.stderr
 
 
-def test_pack_keeps_the_query_views(tmp_path):
-    """The default model embeds tiles as the mean of their quarter turns: a bundle must carry that, and its
-    training encoder (the retrieval gallery of `geoplonk eval`) stays the one-view one."""
+@pytest.mark.parametrize(
+    ("encoder", "names"),
+    [
+        # the default model: every tile, trained on or located, as the mean of its quarter turns
+        ({"name": "efficientnet-lite0+rot4"}, ("efficientnet-lite0+rot4", "efficientnet-lite0+rot4")),
+        # trained on one view per photo, located as the mean of the quarter turns (`train --query-views rot4`)
+        ({"name": "efficientnet-lite0", "views": "rot4"}, ("efficientnet-lite0+rot4", "efficientnet-lite0")),
+    ],
+)
+def test_pack_keeps_the_encoder_and_its_views(tmp_path, encoder, names):
+    """A bundle carries how photos are embedded: the query encoder, and the training encoder (the retrieval
+    gallery of `geoplonk eval`)."""
+    import shutil
+
     from model_server.engine.model import load_model
 
-    default = ROOT / "model_server" / "models" / "earth-tiles"
-    assert geoplonk("pack", default, tmp_path / "b.tar", home=tmp_path).returncode == 0
+    model_dir = tmp_path / "earth-tiles"
+    shutil.copytree(ROOT / "model_server" / "models" / "earth-tiles", model_dir)
+    manifest_path = model_dir / "geoplonk.json"
+    manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()), "encoder": encoder}))
+    assert geoplonk("pack", model_dir, tmp_path / "b.tar", home=tmp_path).returncode == 0
     assert geoplonk("unpack", tmp_path / "b.tar", "--to", tmp_path / "x", home=tmp_path).returncode == 0
     manifest = json.loads((tmp_path / "x" / "earth-tiles" / "geoplonk.json").read_text())
-    assert manifest["encoder"] == {"name": "efficientnet-lite0", "views": "rot4"}
+    assert manifest["encoder"] == encoder
     model = load_model(tmp_path / "x" / "earth-tiles")
-    assert (model.encoder_name, model.training_encoder_name) == ("efficientnet-lite0+rot4", "efficientnet-lite0")
+    assert (model.encoder_name, model.training_encoder_name) == names

@@ -75,3 +75,10 @@ def test_bf16_stays_close_to_fp32(net):
     assert bf16.dtype == torch.float32 and km.median() < 50, km.median()
     with pytest.raises(ValueError, match="precision"):
         sample(net, emb, 4, precision="fp8")
+
+
+def test_bf16_is_asked_for_only_where_it_is_native():
+    from model_server.engine.sampling import supported_precision
+
+    assert supported_precision("bf16", "cpu") == "bf16" and supported_precision("fp32", "cpu") == "fp32"
+    assert supported_precision("bf16", "mps") == "fp32"  # autocast to bf16 on Apple GPUs depends on the build

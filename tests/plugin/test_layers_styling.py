@@ -7,7 +7,6 @@ import pytest
 from qgis.core import QgsProject
 
 from qgis_plugin import layers
-from qgis_plugin.service.naming import unused_stem
 
 
 def test_hpd_threshold_keeps_the_requested_mass():
@@ -36,13 +35,6 @@ def test_class_breaks_are_increasing_and_span_the_range():
 )
 def test_percent_labels(value, label):
     assert layers.percent_label(value) == label
-
-
-def test_unused_stem_never_reuses_files(tmp_path):
-    assert unused_stem(tmp_path, "harbour") == "harbour"
-    (tmp_path / "harbour.tif").write_bytes(b"x")
-    assert unused_stem(tmp_path, "harbour") == "harbour_2"
-    assert unused_stem(tmp_path, "harbour", {"harbour_2"}) == "harbour_3"
 
 
 def test_output_folder_rules(tmp_path, qgis_new_project):  # noqa: ARG001

@@ -232,9 +232,7 @@ def test_unreachable_server_without_auto_start_is_a_clear_error(provider, plugin
 
 def test_pure_helpers():
     from qgis_plugin.processing.geolocate_algorithm import best_guess_row, guess_photo_field
-    from qgis_plugin.service.naming import unique_stems
 
-    assert unique_stems(["/a/x.jpg", "/b/x.jpg", "/c/X.png", "/d/y z.jpg"]) == ["x", "x_2", "X_3", "y_z"]
     assert guess_photo_field(["id", "Photo"]) == "Photo"
     assert guess_photo_field(["id", "pic"], {"id": [1, 2], "pic": ["a.JPG", "b.heic"]}) == "pic"
     assert guess_photo_field(["id", "note"], {"note": ["hello"]}) is None

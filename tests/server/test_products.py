@@ -144,3 +144,12 @@ def test_places_at_sea_name_the_coast_they_lie_off():
     assert inland.country == "Egypt" and not inland.place.startswith("at sea")
     assert mid_pacific.country == mid_pacific.place == OPEN_OCEAN
     assert alps.country == "Switzerland"
+
+
+def test_nearest_town_is_nearest_on_the_sphere():
+    """Across the antimeridian and at high latitude, flat degrees would pick a farther town (or none)."""
+    from model_server.products.naming import name_places
+
+    off_fiji, baffin_bay = name_places([-16.5, 72.3], [-179.9, -63.8])
+    assert off_fiji.country == "Fiji" and off_fiji.place.startswith("at sea, 77 km off")
+    assert baffin_bay.country == "Greenland"
