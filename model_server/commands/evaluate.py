@@ -179,13 +179,13 @@ def evaluate_map(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> dict
     import torch
     from tqdm import tqdm
 
-    from model_server.engine.metrics import nll_summary
+    from model_server.engine.metrics import COVERAGE_LEVELS, nll_summary
     from model_server.engine.sampling import sample
     from model_server.products.density import kde_raster
     from model_server.products.grid import Grid
     from model_server.products.regions import hdr_masks
 
-    levels = (0.5, 0.9, 0.99)
+    levels = list(COVERAGE_LEVELS)
     gen = torch.Generator().manual_seed(args.seed + 1)
     grid = Grid.global_grid(args.map_resolution)
     logp, inside = [], []
@@ -195,9 +195,10 @@ def evaluate_map(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> dict
                         precision=args.precision).numpy()
         for x, (lat, lon) in zip(points, truth_deg[start : start + args.chunk], strict=True):
             raster = kde_raster(x, grid)
-            logp.append(float(raster.log_density_at(np.array([lat]), np.array([lon]))[0]))
-            r, c = grid.cell_of(np.array([lat]), np.array([lon]))
-            inside.append([bool(m[r[0], c[0]]) for m in hdr_masks(raster.density_sr(), raster.prob, list(levels))])
+            density = raster.density_sr()
+            (row_, ), (col, ) = grid.cell_of(np.array([lat]), np.array([lon]))
+            logp.append(float(np.log(density[row_, col])))
+            inside.append([bool(m[row_, col]) for m in hdr_masks(density, raster.prob, levels)])
     share = np.mean(np.array(inside), axis=0)
     out = {"method": f"flow, the server's map ({args.map_samples} samples, {args.map_resolution:g} deg raster)",
            "n": len(logp), **nll_summary(np.array(logp))}
