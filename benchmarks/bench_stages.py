@@ -3,7 +3,8 @@
 Without --model it builds a random flow of the default model's size (dim 256, depth 6, on
 EfficientNet-Lite0 features) in a temporary folder: the timings do not depend on the weights.
 Sends the photo once to warm up, then --repeat times, and prints the server's stage timings, for each
-sampler precision (bf16 autocast, the default, against the reference fp32).
+sampler precision (bf16 autocast, the default, against the reference fp32) and each distribution guidance
+(--cfg model,0: the model's calibrated w, which costs a second network pass per step, against none).
 
   .venv/server/bin/python benchmarks/bench_stages.py [--model DIR] [--photo JPG] [--samples 1024] ...
 """
@@ -59,8 +60,10 @@ def main() -> None:
     ap.add_argument("--resolution", type=float, default=0.25)
     ap.add_argument("--precision", default="bf16,fp32",
                     help="sampler precisions to time, comma-separated; the first is compared with the others")
+    ap.add_argument("--cfg", default="model",
+                    help="distribution guidance values, comma-separated; 'model' sends none (the model's calibrated)")
     args = ap.parse_args()
-    precisions = args.precision.split(",")
+    variants = [(precision, cfg) for cfg in args.cfg.split(",") for precision in args.precision.split(",")]
     runs: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(random_model(Path(tmp)))
@@ -71,29 +74,30 @@ def main() -> None:
             data = photo_bytes(args.photo)
             with GeoPlonkClient(srv.endpoint, timeout_s=120) as client:
                 info = client.info()
-                for precision in precisions:
-                    options = {**base, "precision": precision}
+                for precision, cfg in variants:
+                    options = {**base, "precision": precision, **({} if cfg == "model" else {"cfg": float(cfg)})}
                     client.geolocate([("warm-up.jpg", data)], options)
-                    runs[precision] = []
+                    rows = []
                     for i in range(args.repeat):
                         t = time.perf_counter()
                         result = client.geolocate([(f"photo-{i}.jpg", data)], options)[0]
                         assert result.ok, result.error
-                        runs[precision].append((time.perf_counter() - t, result.summary["timings"]))
+                        rows.append((time.perf_counter() - t, result.summary["timings"]))
+                    runs[f"precision {precision}, cfg {result.summary['options']['cfg']:g}"] = rows
         finally:
             srv.stop()
     print(f"model {model}, device {info['device']}, options {base}, {args.repeat} runs after a warm-up each")
-    for precision, rows in runs.items():
-        print(f"precision {precision}:")
+    for label, rows in runs.items():
+        print(f"{label}:")
         for stage in rows[0][1]:
             print(f"  {stage:15s} {statistics.median(r[1][stage] for r in rows):7.3f} s")
         print(f"  {'round trip':15s} {statistics.median(r[0] for r in rows):7.3f} s (client-side, one photo)")
-    first = precisions[0]
-    for other in precisions[1:]:
-        sample_ratio = (statistics.median(r[1]["sample"] for r in runs[other])
-                        / statistics.median(r[1]["sample"] for r in runs[first]))
-        trip_ratio = statistics.median(r[0] for r in runs[other]) / statistics.median(r[0] for r in runs[first])
-        print(f"{first} against {other}: sampling {sample_ratio:.2f}x faster, round trip {trip_ratio:.2f}x faster")
+    first, *others = runs
+    for other in others:
+        sample_ratio = (statistics.median(r[1]["sample"] for r in runs[first])
+                        / statistics.median(r[1]["sample"] for r in runs[other]))
+        trip_ratio = statistics.median(r[0] for r in runs[first]) / statistics.median(r[0] for r in runs[other])
+        print(f"{first}: sampling {sample_ratio:.2f}x, round trip {trip_ratio:.2f}x the time of {other}")
 
 
 if __name__ == "__main__":

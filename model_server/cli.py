@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "density": "density",
     "train": "train",
     "eval": "evaluate",
+    "calibrate": "calibrate",
     "models": "models",
     "data": "data",
     "keys": "keys",

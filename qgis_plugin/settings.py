@@ -22,7 +22,8 @@ class Settings:
     model: str = ""  # empty: the server's default model
     samples: int = int(DEFAULT_OPTIONS["samples"])
     steps: int = int(DEFAULT_OPTIONS["steps"])
-    guidance: float = float(DEFAULT_OPTIONS["cfg"])
+    # None: the model's calibrated guidance. A new key, so an old saved "guidance" of 0.0 does not pin it.
+    cfg: float | None = DEFAULT_OPTIONS["cfg"]
     resolution: float = float(DEFAULT_OPTIONS["resolution"])
     levels: list[float] = field(default_factory=lambda: list(DEFAULT_OPTIONS["levels"]))
     output_folder: str = ""  # empty: the project's folder, else a temporary folder
@@ -33,10 +34,11 @@ class Settings:
         opts: dict[str, Any] = {
             "samples": int(self.samples),
             "steps": int(self.steps),
-            "cfg": float(self.guidance),
             "resolution": float(self.resolution),
             "levels": [float(v) for v in self.levels],
         }
+        if self.cfg is not None:
+            opts["cfg"] = float(self.cfg)
         if self.model:
             opts["model"] = self.model
         return opts
@@ -50,7 +52,10 @@ class Settings:
         for f in fields(cls):
             default = getattr(defaults, f.name)
             raw = qs.value(PREFIX + f.name, None)
-            values[f.name] = default if raw is None else _coerce(raw, default)
+            if f.name == "cfg":
+                values[f.name] = optional_float(raw)
+            else:
+                values[f.name] = default if raw is None else _coerce(raw, default)
         return cls(**values)
 
     def save(self, qsettings=None) -> None:
@@ -58,7 +63,10 @@ class Settings:
         for name, value in asdict(self).items():
             if isinstance(value, list):
                 value = ",".join(f"{v:g}" for v in value)
+            elif value is None:
+                value = ""  # QSettings cannot hold None on every platform
             qs.setValue(PREFIX + name, value)
+        qs.remove(PREFIX + "guidance")  # the old key of cfg, whose saved 0.0 meant "no guidance"
 
 
 def parse_levels(text: str) -> list[float]:
@@ -76,6 +84,14 @@ def parse_levels(text: str) -> list[float]:
     if not out:
         raise ValueError("give at least one credible level, e.g. 50, 90, 99")
     return sorted(set(out))
+
+
+def optional_float(raw: Any) -> float | None:
+    """A stored number, or None for an empty or unreadable value."""
+    try:
+        return None if raw is None or str(raw).strip() == "" else float(raw)
+    except (TypeError, ValueError):
+        return None
 
 
 def _coerce(raw: Any, default: Any) -> Any:

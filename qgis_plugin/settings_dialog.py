@@ -25,6 +25,9 @@ from qgis.PyQt.QtWidgets import (
 
 from .settings import Settings, parse_levels
 
+# The guidance box's bottom value, one step below the protocol's least cfg (-1): "the model's calibrated".
+GUIDANCE_MODEL_DEFAULT = -1.1
+
 
 def describe_info(info: dict[str, Any]) -> str:
     """The server's `info` reply in one short paragraph (device, models, versions)."""
@@ -77,9 +80,14 @@ class SettingsDialog(QDialog):
         self.steps.setValue(settings.steps)
         form.addRow("Solver steps", self.steps)
         self.guidance = QDoubleSpinBox()
-        self.guidance.setRange(0.0, 20.0)
-        self.guidance.setSingleStep(0.5)
-        self.guidance.setValue(settings.guidance)
+        self.guidance.setRange(GUIDANCE_MODEL_DEFAULT, 20.0)
+        self.guidance.setSingleStep(0.1)
+        self.guidance.setSpecialValueText("model's calibrated")  # shown at the minimum: send no cfg
+        self.guidance.setValue(GUIDANCE_MODEL_DEFAULT if settings.cfg is None else settings.cfg)
+        self.guidance.setToolTip(
+            "Guidance w of the distribution drawn on the map: below 0 wider, above 0 sharper than the model."
+            " At the bottom of the range, the model's own calibrated value (geoplonk calibrate)."
+        )
         form.addRow("Guidance (cfg)", self.guidance)
         self.resolution = QDoubleSpinBox()
         self.resolution.setDecimals(3)
@@ -129,7 +137,7 @@ class SettingsDialog(QDialog):
             model=self.model.text().strip(),
             samples=self.samples.value(),
             steps=self.steps.value(),
-            guidance=self.guidance.value(),
+            cfg=None if self.guidance.value() < -1.0 else self.guidance.value(),  # below the protocol's range
             resolution=self.resolution.value(),
             levels=parse_levels(self.levels.text()),
             output_folder=self.output_folder.text().strip(),

@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sample import CommandError, add_model_arguments, embedding_for, load_model_for, load_npy, run_guarded, save_npy
+from .sample import (
+    CommandError,
+    add_model_arguments,
+    embedding_for,
+    guidance_for,
+    load_model_for,
+    load_npy,
+    run_guarded,
+    save_npy,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +44,8 @@ def _run(args: argparse.Namespace) -> int:
     emb = embedding_for(args, model)
     xyz = degrees_to_xyz(torch.from_numpy(points.astype(np.float64))).float()
     try:
-        logp = log_density(model.flow, emb, xyz, cfg=args.cfg, method=args.method, atol=args.tol, rtol=args.tol,
-                           steps=args.steps)
+        logp = log_density(model.flow, emb, xyz, cfg=guidance_for(args, model), method=args.method,
+                           atol=args.tol, rtol=args.tol, steps=args.steps)
     except (ValueError, AssertionError) as exc:
         raise CommandError(str(exc)) from None
     save_npy(args.out, logp[0].cpu().numpy().astype(np.float64))

@@ -1,6 +1,7 @@
 """Evaluate a model on geotagged photos: `geoplonk eval --model DIR --data CSV_OR_FOLDER [--out report.json]`.
 
-Reports, for the cfg=2 single guess and the distribution: mean/median error (km), accuracy within
+Reports, for the cfg=2 single guess and the distribution (at the model's calibrated guidance unless
+--distribution-cfg says otherwise): mean/median error (km), accuracy within
 1/25/200/750/2500 km, GeoScore, NLL of the truth (exact likelihood, nats per steradian), coverage of
 the 50/90/99 % credible regions and the localizability/error correlation. With --train-data, the same
 figures for the uniform prior and nearest-neighbour retrieval (top-1, top-k kernel density).
@@ -29,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=64, help="samples per photo for coverage / localizability")
     parser.add_argument("--guess-samples", type=int, default=256, help="cfg=2 samples per photo for the best guess")
     parser.add_argument("--cfg", type=float, default=2.0, help="guidance for the single guess")
+    parser.add_argument("--distribution-cfg", type=float, default=None,
+                        help="guidance w of the distribution (default: the model's calibrated w, 0 if none)")
     parser.add_argument("--steps", type=int, default=32, help="sampler steps")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="sampler matmul precision")
     parser.add_argument("--likelihood-method", default="midpoint", help="dopri5 (adaptive) | rk4 | midpoint | euler")
@@ -150,10 +153,11 @@ def evaluate_flow(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> tup
                         precision=args.precision).numpy()
         single.append(guided[:, 0])
         guess.append(best_guess(guided))
-        dist = sample(flow, e, args.samples, steps=args.steps, cfg=0.0, generator=gen, precision=args.precision)
+        dist = sample(flow, e, args.samples, steps=args.steps, cfg=args.distribution_cfg, generator=gen,
+                      precision=args.precision)
         pts = torch.cat([torch.tensor(truth_xyz[start : start + args.chunk], dtype=torch.float32)[:, None], dist], 1)
         steps = None if args.likelihood_method == "dopri5" else args.likelihood_steps
-        lp = log_density(flow, e, pts, method=args.likelihood_method, steps=steps).numpy()
+        lp = log_density(flow, e, pts, cfg=args.distribution_cfg, method=args.likelihood_method, steps=steps).numpy()
         logp_truth.append(lp[:, 0])
         logp_samples.append(lp[:, 1:])
     single, guess = np.concatenate(single), np.concatenate(guess)
@@ -164,7 +168,8 @@ def evaluate_flow(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> tup
     rows = [
         row(f"flow, cfg={args.cfg:g} single sample", d_single, None),
         row(f"flow, cfg={args.cfg:g} best guess of {args.guess_samples} samples", d_guess, None),
-        {**row("flow, distribution (cfg=0)", d_guess, logp_truth), **coverage(logp_truth, logp_samples),
+        {**row(f"flow, distribution (cfg={args.distribution_cfg:g})", d_guess, logp_truth),
+         **coverage(logp_truth, logp_samples),
          "spearman_localizability_vs_error": spearman(localizability, d_guess)},
     ]
     rows[-1]["note"] = "distance figures of the distribution row are those of the best guess"
@@ -188,21 +193,27 @@ def evaluate_map(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> dict
     levels = list(COVERAGE_LEVELS)
     gen = torch.Generator().manual_seed(args.seed + 1)
     grid = Grid.global_grid(args.map_resolution)
-    logp, inside = [], []
+    logp, inside, inside_by_mass = [], [], []
     for start in tqdm(range(0, len(emb), args.chunk), desc="maps", disable=not progress, file=sys.stderr):
         e = emb[start : start + args.chunk]
-        points = sample(flow, e, args.map_samples, steps=args.steps, cfg=0.0, generator=gen,
+        points = sample(flow, e, args.map_samples, steps=args.steps, cfg=args.distribution_cfg, generator=gen,
                         precision=args.precision).numpy()
         for x, (lat, lon) in zip(points, truth_deg[start : start + args.chunk], strict=True):
             raster = kde_raster(x, grid)
             density = raster.density_sr()
             (row_, ), (col, ) = grid.cell_of(np.array([lat]), np.array([lon]))
             logp.append(float(np.log(density[row_, col])))
-            inside.append([bool(m[row_, col]) for m in hdr_masks(density, raster.prob, levels)])
-    share = np.mean(np.array(inside), axis=0)
-    out = {"method": f"flow, the server's map ({args.map_samples} samples, {args.map_resolution:g} deg raster)",
+            at_samples = raster.density_at_own_samples(x)
+            inside.append([bool(m[row_, col]) for m in hdr_masks(density, raster.prob, levels, at_samples)])
+            inside_by_mass.append([bool(m[row_, col]) for m in hdr_masks(density, raster.prob, levels)])
+    share, share_by_mass = np.mean(np.array(inside), axis=0), np.mean(np.array(inside_by_mass), axis=0)
+    out = {"method": f"flow, the server's map (cfg={args.distribution_cfg:g}, {args.map_samples} samples, "
+                     f"{args.map_resolution:g} deg raster)",
            "n": len(logp), **nll_summary(np.array(logp))}
     out.update({f"coverage_{round(100 * lv)}": float(v) for lv, v in zip(levels, share, strict=True)})
+    # the rule the regions were drawn by before: the densest cells until the raster's probability reaches p
+    out["coverage_by_raster_mass"] = {f"{round(100 * lv)}": float(v) for lv, v in zip(levels, share_by_mass,
+                                                                                      strict=True)}
     out["note"] = "no distance figures: this row scores the raster and its credible regions"
     return out
 
@@ -259,18 +270,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.map_samples:  # refuse bad map settings now, not after the long flow evaluation
-        from model_server.products.grid import Grid
+    try:  # refuse bad settings now, not after the long flow evaluation
+        if args.distribution_cfg is not None and not -1 <= args.distribution_cfg <= 20:
+            raise ValueError(f"--distribution-cfg must lie in [-1, 20], got {args.distribution_cfg}")
+        if args.map_samples:
+            from model_server.products.grid import Grid
 
-        try:
             if args.map_samples < 16:
                 raise ValueError(f"--map-samples must be 0 (off) or at least 16, got {args.map_samples}")
             Grid.global_grid(args.map_resolution)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     progress = not args.quiet
     model = load_model(args.model, device="cpu")
+    if args.distribution_cfg is None:
+        args.distribution_cfg = model.distribution_cfg
     data = read_dataset(args.data, progress=progress)
     if args.limit:
         data = data.subset(np.arange(min(args.limit, len(data))))

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (default: the server's default)")
     parser.add_argument("--samples", type=int)
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--cfg", type=float)
+    parser.add_argument("--cfg", type=float, help="guidance w of the distribution (default: the model's calibrated w)")
     parser.add_argument("--precision", choices=("bf16", "fp32"),
                         help="the sampler's matmuls (server default bf16; fp32 is the reference's)")
     parser.add_argument("--resolution", type=float)

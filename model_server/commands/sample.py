@@ -21,7 +21,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--embedding", type=Path, help="E.npy: one embedding, shape (cond_dim,) or (1, cond_dim)")
     src.add_argument("--image", type=Path, help="a photo to embed with the model's encoder")
-    parser.add_argument("--cfg", type=float, default=0.0, help="guidance weight w (0 = the distribution)")
+    parser.add_argument("--cfg", type=float, default=None,
+                        help="guidance weight w (default: the model's calibrated distribution, 0 if it has none)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +67,11 @@ def embedding_for(args: argparse.Namespace, model) -> torch.Tensor:
     except ImageError as exc:
         raise CommandError(f"{args.image}: {exc}") from None
     return model.encoder.embed([image])
+
+
+def guidance_for(args: argparse.Namespace, model) -> float:
+    """--cfg, else the distribution the model was calibrated to show."""
+    return model.distribution_cfg if args.cfg is None else args.cfg
 
 
 def load_model_for(args: argparse.Namespace):
@@ -114,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.seed is not None:
         generator = torch.Generator().manual_seed(args.seed)
     try:
-        x = sample(model.flow, emb, args.n, steps=args.steps, solver=args.solver, cfg=args.cfg,
+        x = sample(model.flow, emb, args.n, steps=args.steps, solver=args.solver, cfg=guidance_for(args, model),
                    generator=generator, x0=x0, precision=args.precision)
     except ValueError as exc:
         raise CommandError(str(exc)) from None

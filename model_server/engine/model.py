@@ -120,6 +120,13 @@ class GeoModel:
         return self.flow.config.cond_dim
 
     @property
+    def distribution_cfg(self) -> float:
+        """Guidance w of the distribution the map shows: the manifest's calibrated value
+        (`geoplonk calibrate`), else 0, the distribution as trained (published checkpoints)."""
+        calibration = self.manifest.get("calibration")
+        return float(calibration.get("distribution_cfg", 0.0)) if isinstance(calibration, dict) else 0.0
+
+    @property
     def training_encoder_name(self) -> str:
         """The encoder the training photos went through: the query encoder less its query-time views."""
         spec = self.manifest.get("encoder")

@@ -84,10 +84,31 @@ class DensityRaster:
     prob: np.ndarray  # (height, width) float64
     kappa: float
     uniform_weight: float
+    normaliser: float = 1.0  # the KDE's cell-centre sum that prob was divided by (a quadrature correction)
 
     def density_sr(self) -> np.ndarray:
         """Probability per steradian of each cell (what the highest-density regions rank by)."""
         return self.prob / self.grid.cell_areas_sr()[:, None]
+
+    def density_at_own_samples(self, samples: np.ndarray) -> np.ndarray:
+        """Each of the raster's own samples (n, 3) -> the density per steradian of its cell less its own
+        kernel's share: the leave-one-out density, which is what a fresh draw of the model would meet.
+
+        Ranking the samples by the raster's plain density instead puts each one on its own kernel's
+        peak, and the regions drawn from those ranks are too small (in a one-off check on 128 samples of
+        two Gaussian clusters they held 81-89 % of fresh draws at 90 %, against 88-94 % leave-one-out).
+        """
+        from .geodesy import latlon_to_xyz, xyz_to_latlon
+
+        s = np.asarray(samples, dtype=np.float64)
+        lat, lon = xyz_to_latlon(s)
+        rows, cols = self.grid.cell_of(lat, lon)
+        centres = latlon_to_xyz(self.grid.lat_centers()[rows], self.grid.lon_centers()[cols])
+        cos = np.clip(np.sum(s * centres, axis=1) / np.linalg.norm(s, axis=1), -1.0, 1.0)
+        own = (1.0 - self.uniform_weight) * np.exp(vmf_log_norm(self.kappa) + self.kappa * (cos - 1.0)) / len(s)
+        own /= self.normaliser
+        floor = self.uniform_weight / (4 * math.pi) / self.normaliser
+        return np.maximum(self.density_sr()[rows, cols] - own, floor)
 
     def log_density_at(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         """log density per steradian of the cells holding these points (the raster's likelihood)."""
@@ -126,8 +147,9 @@ def kde_raster(
     density *= math.exp(log_c) / len(s)
     density = (1.0 - uniform_weight) * density + uniform_weight / (4 * math.pi)
     prob = density * grid.cell_areas_sr()[:, None]
-    prob /= prob.sum()
-    return DensityRaster(grid, prob, float(kappa), uniform_weight)
+    total = float(prob.sum())
+    prob /= total
+    return DensityRaster(grid, prob, float(kappa), uniform_weight, total)
 
 
 def crop_window(prob: np.ndarray, mass: float = 0.999) -> tuple[int, int, int, int]:

@@ -69,7 +69,7 @@ def compute_products(
     timings["density"] = time.perf_counter() - t
 
     t = stage("regions")
-    regions = credible_regions(raster, levels)
+    regions = credible_regions(raster, levels, samples)
     timings["regions"] = time.perf_counter() - t
 
     t = stage("places")

@@ -69,6 +69,8 @@ def run_unit(
 ) -> None:
     """Process the photos `indices` of a request, emitting progress and one result per photo."""
     pending = list(indices)
+    if options.get("cfg") is None:  # the summary and the raster's tags say which guidance ran
+        options = {**options, "cfg": getattr(model, "distribution_cfg", 0.0)}
 
     def fail(i: int, code: str, message: str, status: str = P.STATUS_FAILED) -> None:
         emit("result", i, status, None, {"code": code, "message": message}, None)

@@ -47,7 +47,7 @@ from qgis.PyQt.QtCore import QCoreApplication, QVariant
 
 from ..service.naming import unique_stems
 from ..service.protocol import MAX_IMAGE_BYTES
-from ..settings import Settings
+from ..settings import Settings, optional_float
 from ..sources import detect_photo_field, is_image_path, photos_in_folder, resolve_photo_path
 
 BATCH_PHOTOS = 8  # photos per request: bounds memory and keeps results flowing photo by photo
@@ -306,11 +306,11 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.GUIDANCE,
-                self.tr("Guidance (cfg)"),
+                self.tr("Guidance (cfg); empty: the model's calibrated value"),
                 QgsProcessingParameterNumber.Double,
-                defaults.guidance,
-                False,
-                0,
+                defaults.cfg,
+                True,
+                -1,
                 20,
             )
         )
@@ -538,11 +538,14 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
     def _options(self, parameters, context, settings: Settings) -> dict[str, Any]:
         options: dict[str, Any] = {
             "samples": self.parameterAsInt(parameters, self.SAMPLES, context),
-            "cfg": self.parameterAsDouble(parameters, self.GUIDANCE, context),
             "steps": self.parameterAsInt(parameters, self.STEPS, context),
             "resolution": self.parameterAsDouble(parameters, self.RESOLUTION, context),
             "levels": list(settings.levels),
         }
+        # left out: the saved setting; empty (NULL): the model's calibrated guidance
+        cfg = optional_float(parameters.get(self.GUIDANCE, settings.cfg))
+        if cfg is not None:
+            options["cfg"] = cfg
         model = (self.parameterAsString(parameters, self.MODEL, context) or "").strip()
         if model:
             options["model"] = model

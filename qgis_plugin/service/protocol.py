@@ -63,7 +63,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "steps": 32,  # ODE solver steps
     "solver": "euler",
     "precision": "bf16",  # the sampler's matmuls: bf16 autocast (several times faster on CPUs) or fp32
-    "cfg": 0.0,  # guidance for the distribution; the best guess always uses 2.0
+    # Guidance w of the distribution; None: the model's calibrated w (0 if it has none). The best guess uses 2.0.
+    "cfg": None,
     "resolution": 0.25,  # raster cell size, degrees
     "levels": [0.5, 0.9, 0.99],  # credible region levels
     "top_k": 5,  # top places reported
@@ -178,7 +179,8 @@ def validate_options(options: Any) -> dict[str, Any]:
     check("steps", is_int(merged["steps"]) and 1 <= merged["steps"] <= 1000, "an integer in [1, 1000]")
     check("solver", isinstance(merged["solver"], str), "a solver name")
     check("precision", merged["precision"] in ("bf16", "fp32"), '"bf16" or "fp32"')
-    check("cfg", is_num(merged["cfg"]) and 0 <= merged["cfg"] <= 20, "a number in [0, 20]")
+    check("cfg", merged["cfg"] is None or (is_num(merged["cfg"]) and -1 <= merged["cfg"] <= 20),
+          "null (the model's calibrated guidance) or a number in [-1, 20]")
     check(
         "resolution",
         is_num(merged["resolution"]) and 0.05 <= merged["resolution"] <= 10,

@@ -91,9 +91,10 @@ def test_envelopes():
 
 def test_options():
     merged = P.validate_options({"samples": 64, "levels": [0.9, 0.5]})
-    assert merged["samples"] == 64 and merged["levels"] == [0.5, 0.9] and merged["cfg"] == 0.0
-    for bad in ({"samples": 3}, {"cfg": -1}, {"resolution": 0}, {"levels": [1.5]}, {"crop": 1}, {"nope": 1},
-                {"samples": True}):
+    assert merged["samples"] == 64 and merged["levels"] == [0.5, 0.9] and merged["cfg"] is None
+    assert P.validate_options({"cfg": -0.1})["cfg"] == -0.1  # a calibrated, wider distribution
+    for bad in ({"samples": 3}, {"cfg": -1.5}, {"cfg": "auto"}, {"resolution": 0}, {"levels": [1.5]}, {"crop": 1},
+                {"nope": 1}, {"samples": True}):
         with pytest.raises(P.ProtocolError) as err:
             P.validate_options(bad)
         assert err.value.code == P.E_BAD_OPTION

@@ -11,6 +11,7 @@ from PIL import Image
 
 from model_server.commands.evaluate import best_guess
 from model_server.data.earth_tiles import SAMPLE_SITES
+from model_server.engine.calibration import best_cfg_by_coverage
 from model_server.engine.checkpoint import verify_files
 from model_server.engine.model import find_model_dir, load_model
 from model_server.engine.sampling import sample
@@ -41,6 +42,12 @@ def test_default_model_is_committed_and_verifies(model):
     assert size <= 25 * 1024 * 1024, size
     assert model.manifest["encoder"]["name"] == "efficientnet-lite0+rot4"  # trained and queried on quarter-turn means
     assert "Blue Marble" in model.manifest["licence"]
+    # its distribution guidance was chosen on held-out tiles 300-499 (geoplonk calibrate), not the reported ones
+    calibration = model.manifest["calibration"]
+    assert calibration["skip"] == 300 and calibration["n"] == 200 and "coverage" in calibration["criterion"]
+    scores = {float(w): {"nll": nll, **calibration["coverage_by_cfg"][w]}
+              for w, nll in calibration["nll_by_cfg"].items()}
+    assert model.distribution_cfg == best_cfg_by_coverage(scores) and -1 <= model.distribution_cfg <= 0
 
 
 def test_sample_tiles_carry_their_position():

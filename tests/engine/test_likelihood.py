@@ -161,3 +161,49 @@ def test_works_inside_inference_mode():
     with torch.inference_mode():
         inside = log_density(net, torch.ones(1, 8), pts, method="rk4", steps=4)
     assert torch.equal(inside, outside)
+
+
+def test_calibration_scores_the_guided_density_and_picks_the_least_nll():
+    from model_server.engine.calibration import best_cfg, truth_nll_by_cfg
+
+    net = field(gain=0.6)
+    emb = torch.randn(5, 8)
+    truth = uniform_sphere(5, generator=torch.Generator().manual_seed(1))
+    nll = truth_nll_by_cfg(net, emb, truth, [-1.0, -0.1, 0.0], method="rk4", steps=8, chunk=2)
+    own = -log_density(net, emb, truth[:, None], method="rk4", steps=8)[:, 0]
+    assert nll[0.0] == pytest.approx(float(own.mean()), abs=1e-5)
+    # w = -1 is the unconditional flow: the photo's embedding no longer matters
+    blind = -log_density(net, torch.zeros_like(emb), truth[:, None], method="rk4", steps=8)[:, 0]
+    assert nll[-1.0] == pytest.approx(float(blind.mean()), abs=1e-5)
+    assert len(set(nll.values())) == 3
+    assert best_cfg(nll) == min(nll, key=nll.get)
+    assert best_cfg({-0.2: 1.0, -0.1: 0.5, 0.0: 0.5}) == 0.0  # a tie goes to the model as trained
+    with pytest.raises(ValueError, match=r"in \[-1, 0\]"):
+        truth_nll_by_cfg(net, emb, truth, [0.5])
+    with pytest.raises(ValueError, match="truth must be"):
+        truth_nll_by_cfg(net, emb, truth[:3], [0.0])
+
+
+def test_calibration_by_coverage_scores_credible_regions_of_the_guided_distribution():
+    from model_server.engine.calibration import best_cfg_by_coverage, calibration_scores, truth_nll_by_cfg
+
+    net = field(gain=0.6)
+    emb = torch.randn(4, 8)
+    truth = uniform_sphere(4, generator=torch.Generator().manual_seed(2))
+    scores = calibration_scores(net, emb, truth, [-0.5, 0.0], samples=16, steps=8, likelihood_steps=8, chunk=3)
+    # the truths' NLL is the one the cheap criterion computes, whatever draws share its likelihood solve
+    nll = truth_nll_by_cfg(net, emb, truth, [-0.5, 0.0], steps=8)
+    for w, score in scores.items():
+        assert score["nll"] == pytest.approx(nll[w], abs=1e-4)
+        assert 0 <= score["coverage_50"] <= score["coverage_90"] <= score["coverage_99"] <= 1
+    # truths drawn from the model itself are exchangeable with its own draws: the levels hold
+    emb = torch.randn(150, 8)
+    own = sample(net, emb, 1, steps=8, generator=torch.Generator().manual_seed(3))[:, 0]
+    self_score = calibration_scores(net, emb, own, [0.0], samples=64, steps=8, likelihood_steps=8)[0.0]
+    print("self-coverage 50/90/99:", [round(self_score[f"coverage_{p}"], 3) for p in (50, 90, 99)])
+    assert self_score["coverage_50"] == pytest.approx(0.5, abs=0.13)
+    assert self_score["coverage_90"] == pytest.approx(0.9, abs=0.08)
+    picks = {-0.2: {"nll": 1.0, "coverage_50": 0.52, "coverage_90": 0.91},
+             -0.1: {"nll": 0.5, "coverage_50": 0.40, "coverage_90": 0.85},
+             0.0: {"nll": 0.9, "coverage_50": 0.52, "coverage_90": 0.91}}
+    assert best_cfg_by_coverage(picks) == 0.0  # nearest the levels; the tie goes to the lower NLL

@@ -183,6 +183,34 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch):
     # trained on one view per tile; tiles to locate are embedded as the mean of their quarter turns
     assert model.encoder_name == "efficientnet-lite0+rot4" and model.training_encoder_name == "efficientnet-lite0"
     assert model.encoder.name == "efficientnet-lite0+rot4"
+    # calibrate on test tiles 1-2 (tile 0 stands for the report split): the manifest records the chosen w,
+    # and its file hashes still verify; a dry run leaves the manifest alone
+    test_csv = str(tmp_path / "tiles" / "test.csv")
+    calibrate = ["calibrate", "--model", str(out), "--data", test_csv, "--skip", "1", "--grid", "0,-0.5",
+                 "--likelihood-steps", "2", "--quiet", "--threads", "1"]
+    before = (out / "geoplonk.json").read_text()
+    assert main(calibrate + ["--dry-run"]) == 0
+    assert (out / "geoplonk.json").read_text() == before
+    (out / "stray.bin").write_bytes(b"not part of the model")  # the manifest's hashes must hold first
+    assert main(calibrate) == 2 and "calibration" not in json.loads((out / "geoplonk.json").read_text())
+    (out / "stray.bin").unlink()
+    assert main(calibrate) == 0
+    assert verify_files(out) == []
+    calibration = json.loads((out / "geoplonk.json").read_text())["calibration"]
+    assert calibration["n"] == 2 and calibration["skip"] == 1 and set(calibration["nll_by_cfg"]) == {"0", "-0.5"}
+    nll = {float(k): v for k, v in calibration["nll_by_cfg"].items()}
+    assert calibration["distribution_cfg"] == min(nll, key=nll.get)
+    # by coverage: the credible regions' shares are recorded per w too
+    assert main(calibrate + ["--criterion", "coverage", "--samples", "4"]) == 0
+    calibration = json.loads((out / "geoplonk.json").read_text())["calibration"]
+    assert set(calibration["coverage_by_cfg"]["-0.5"]) == {"coverage_50", "coverage_90", "coverage_99"}
+    assert calibration["samples"] == 4 and "coverage" in calibration["criterion"] and verify_files(out) == []
+    from model_server.engine.model import clear_cache
+
+    clear_cache()
+    model = load_model(out)
+    assert model.distribution_cfg == calibration["distribution_cfg"]
+    assert main(["calibrate", "--model", str(out), "--data", test_csv, "--skip", "3", "--quiet"]) == 2  # none left
     report_path = tmp_path / "report.json"
     assert main(["eval", "--model", str(out), "--data", str(tmp_path / "tiles" / "test.csv"), "--train-data",
                  str(tmp_path / "tiles" / "train.csv"), "--samples", "8", "--guess-samples", "8", "--steps", "4",
@@ -196,9 +224,14 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch):
     methods = [r["method"] for r in report["rows"]]
     assert methods[0] == "uniform prior" and any(m.startswith("retrieval top-1") for m in methods)
     flow, drawn_map = report["rows"][-2:]
+    # the distribution and the drawn map are the calibrated ones
+    tag = f"cfg={model.distribution_cfg:g}"
+    assert tag in flow["method"] and tag in drawn_map["method"]
     assert flow["n"] == 3 and {"nll_mean", "coverage_50", "coverage_90", "coverage_99", "geoscore"} <= set(flow)
     # the map as the server draws it: its regions' coverage grows with the level, and it has no distance figures
     assert drawn_map["method"].startswith("flow, the server's map") and "geoscore" not in drawn_map
     assert 0 <= drawn_map["coverage_50"] <= drawn_map["coverage_90"] <= drawn_map["coverage_99"] <= 1
+    by_mass = drawn_map["coverage_by_raster_mass"]  # the former rule, for comparison
+    assert 0 <= by_mass["50"] <= by_mass["90"] <= by_mass["99"] <= 1
     assert np.isfinite(drawn_map["nll_mean"])
     assert abs(report["rows"][0]["nll_mean"] - UNIFORM_NLL) < 1e-9

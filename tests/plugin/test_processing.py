@@ -159,6 +159,8 @@ def test_folder_run_writes_rasters_and_merged_best_guesses(provider, plugin_sett
         summary = json.loads((out / (row["raster"].rsplit("/", 1)[-1][:-4] + ".json")).read_text())
         assert row["lat"] == pytest.approx(summary["best_guess"]["lat"])
         assert row["country"] == summary["best_guess"]["country"]
+        # no guidance given: the server drew the model's calibrated distribution and says which w that was
+        assert isinstance(summary["options"]["cfg"], float)
 
 
 def test_selected_features_of_a_photo_layer(provider, plugin_settings, photo_dir, tmp_path, qgis_new_project):  # noqa: ARG001
@@ -188,9 +190,11 @@ def test_selected_features_of_a_photo_layer(provider, plugin_settings, photo_dir
         {
             "INPUT": QgsProcessingFeatureSourceDefinition(layer.id(), selectedFeaturesOnly=True),
             "OUTPUT_FOLDER": str(out),
+            "GUIDANCE": 0.5,
             **FAST_PARAMS,
         },
     )
+    assert json.loads((out / "forest.json").read_text())["options"]["cfg"] == 0.5
     # The photo field ("Photo") is detected; only the selected feature's photo is geolocated.
     assert result["SUCCEEDED"] == 1 and result["FAILED"] == 0
     assert result["RASTERS"] == [str(out / "forest.tif")]

@@ -47,7 +47,7 @@ def test_settings_round_trip_through_qgssettings():
             model="earth-tiles",
             samples=256,
             steps=16,
-            guidance=1.5,
+            cfg=1.5,
             resolution=0.5,
             levels=[0.5, 0.95],
             output_folder="/tmp/out",
@@ -58,6 +58,11 @@ def test_settings_round_trip_through_qgssettings():
         assert custom.options() == {
             "samples": 256, "steps": 16, "cfg": 1.5, "resolution": 0.5, "levels": [0.5, 0.95], "model": "earth-tiles"
         }
+        # unset guidance: no cfg is sent (the server uses the model's calibrated one), and it stays unset
+        default = Settings(endpoint="tcp://127.0.0.1:6124")
+        assert default.cfg is None and "cfg" not in default.options()
+        default.save()
+        assert Settings.load() == default
     finally:
         saved.save()
 
@@ -78,6 +83,12 @@ def test_settings_dialog_edits_and_validates(qgis_iface):
     dialog.auto_start.setChecked(False)
     edited = dialog.settings()
     assert (edited.samples, edited.levels, edited.auto_start) == (300, [0.5, 0.8], False)
+    # the guidance box starts at "model's calibrated" (no cfg sent); any value in the range is sent as is
+    assert dialog.guidance.text() == "model's calibrated" and edited.cfg is None
+    dialog.guidance.setValue(-0.3)
+    assert dialog.settings().cfg == pytest.approx(-0.3)
+    dialog.guidance.setValue(dialog.guidance.minimum())
+    assert dialog.settings().cfg is None
     dialog.levels.setText("abc")
     with pytest.raises(ValueError):
         dialog.settings()

@@ -20,6 +20,7 @@ from qgis_plugin.service.launcher import start_local_server
 REPO = Path(__file__).resolve().parents[2]
 # Small, quick options for every request the tests send (the 2-core machine is shared).
 FAST = {"samples": 128, "steps": 4, "resolution": 2.0, "top_k": 3}
+TINY_CALIBRATED_CFG = -0.25
 
 
 def server_command(*extra: str) -> str:
@@ -37,7 +38,10 @@ def make_tiny_model(path: Path) -> Path:
     with torch.no_grad():  # non-zero output layers so that the flow actually moves points
         for block in net.blocks:
             block.mlp[3].weight.normal_(0, 0.05)
-    return save_model_dir(path, net, {"name": "tiny-test", "encoder": {"name": "efficientnet-lite0"}})
+    # calibrated like the default model (geoplonk calibrate): requests without a cfg draw at this guidance
+    manifest = {"name": "tiny-test", "encoder": {"name": "efficientnet-lite0"},
+                "calibration": {"distribution_cfg": TINY_CALIBRATED_CFG}}
+    return save_model_dir(path, net, manifest)
 
 
 def jpeg_bytes(seed: int, gps: tuple[float, float] | None = None, size=(160, 120)) -> bytes:

@@ -7,7 +7,7 @@ import pytest
 import shapely
 
 from model_server.products.density import crop_window, kde_log_density, kde_raster, select_kappa
-from model_server.products.geodesy import haversine_km, latlon_to_xyz
+from model_server.products.geodesy import haversine_km, latlon_to_xyz, xyz_to_latlon
 from model_server.products.grid import Grid
 from model_server.products.modes import best_of_samples, find_modes
 from model_server.products.regions import credible_regions, fraction_inside
@@ -55,7 +55,7 @@ def test_ninety_percent_region_holds_ninety_percent_of_samples(rng):
     samples = cluster(rng, -10, 120, 5, 2000)
     fresh = cluster(rng, -10, 120, 5, 2000)  # held-out draws of the same distribution
     raster = kde_raster(samples, Grid.global_grid(0.5))
-    regions = credible_regions(raster, [0.5, 0.9, 0.99])
+    regions = credible_regions(raster, [0.5, 0.9, 0.99], samples)
     lat, lon = np.rad2deg(np.arcsin(fresh[:, 2])), np.rad2deg(np.arctan2(fresh[:, 1], fresh[:, 0]))
     rows, cols = raster.grid.cell_of(lat, lon)
     shares = [fraction_inside(r.mask, rows, cols) for r in regions]
@@ -66,6 +66,42 @@ def test_ninety_percent_region_holds_ninety_percent_of_samples(rng):
     assert areas[0] < areas[1] < areas[2]
     for region in regions:
         assert region.geometry.is_valid and not region.geometry.is_empty
+
+
+def test_regions_of_a_sharp_and_broad_mixture_hold_their_level_of_fresh_draws():
+    """One bandwidth cannot fit a tight cluster and broad ones at once. Adding up the smoothed raster's
+    probability then makes the 50 % region too big and the 90 / 99 % ones too small, as on the default
+    model; ranking by the samples' leave-one-out densities keeps every level."""
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        k = rng.binomial(n, 0.4)
+        return np.concatenate([cluster(rng, 35, 30, 0.3, k), cluster(rng, 20, 10, 2, (n - k) // 2),
+                               cluster(rng, -5, 60, 8, n - k - (n - k) // 2)])
+
+    samples, fresh = draw(1024), draw(20000)
+    raster = kde_raster(samples, Grid.global_grid(0.25))
+    rows, cols = raster.grid.cell_of(*xyz_to_latlon(fresh))
+    levels = [0.5, 0.9, 0.99]
+    by_samples = [fraction_inside(r.mask, rows, cols) for r in credible_regions(raster, levels, samples)]
+    by_mass = [fraction_inside(r.mask, rows, cols) for r in credible_regions(raster, levels)]
+    print(f"fresh draws inside the 50/90/99 % regions: by samples {np.round(by_samples, 3)}, "
+          f"by raster mass {np.round(by_mass, 3)}")
+    assert by_samples == pytest.approx(levels, abs=0.025)
+    assert by_mass[0] > 0.52 and by_mass[1] < 0.88  # the rule this replaces
+    # each sample's own kernel is left out of its density: a lone far sample is not a peak of its own
+    lone = np.concatenate([cluster(rng, 0, 0, 1, 99), latlon_to_xyz(np.array([50.0]), np.array([100.0]))])
+    raster = kde_raster(lone, Grid.global_grid(0.5))
+    assert raster.density_at_own_samples(lone)[-1] < 1e-3 * raster.density_sr().max()
+    # ... but when more than 1 % of the samples stand alone like that, the 99 % region keeps their
+    # kernels (the mass rule) instead of taking every cell of the globe
+    scattered = np.concatenate([cluster(rng, 0, 0, 1, 95), latlon_to_xyz(rng.uniform(-60, 60, 5),
+                                                                         rng.uniform(-180, 180, 5))])
+    raster = kde_raster(scattered, Grid.global_grid(0.5))
+    wide, = credible_regions(raster, [0.99], scattered)
+    assert wide.mask.mean() < 0.9  # the quantile rule alone took 100 % of the cells
+    rows, cols = raster.grid.cell_of(*xyz_to_latlon(scattered))
+    assert wide.mask[rows, cols].mean() >= 0.99
 
 
 def test_bimodal_gives_two_regions_and_two_places(rng):

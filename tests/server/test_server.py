@@ -18,7 +18,7 @@ from model_server.products.geotiff import read_geotiff
 from qgis_plugin.service import protocol as P
 from qgis_plugin.service.client import GeoPlonkClient, ServerError
 
-from .conftest import FAST, jpeg_bytes
+from .conftest import FAST, TINY_CALIBRATED_CFG, jpeg_bytes
 
 
 @pytest.fixture
@@ -73,6 +73,18 @@ def test_two_photos_give_two_valid_rasters_and_points(client, tmp_path):
     assert results[1].summary["exif"] is None
     truth = pyogrio.raw.read(results[0].save(tmp_path / "a")["gpkg"], layer="exif_truth")
     assert len(truth[2]) == 1
+
+
+def test_the_distribution_is_drawn_at_the_models_calibrated_guidance_unless_asked(client):
+    photo = [("plain.jpg", jpeg_bytes(4))]
+    maps = {}
+    for options, expected in (({}, TINY_CALIBRATED_CFG), ({"cfg": 0.0}, 0.0)):
+        (result,) = client.geolocate(photo, {**FAST, **options})
+        raster, meta = read_geotiff(result.geotiff)
+        assert float(meta["tags"]["cfg"]) == expected and result.summary["options"]["cfg"] == expected
+        maps[expected] = raster.astype(np.float64) / raster.sum(dtype=np.float64)
+    # same seed, same start points: only another field can move the map (the tiny model moves it little)
+    assert 0.5 * np.abs(maps[TINY_CALIBRATED_CFG] - maps[0.0]).sum() > 1e-3
 
 
 def test_bf16_sampling_draws_the_same_map_as_fp32(client):
