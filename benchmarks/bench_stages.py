@@ -83,7 +83,8 @@ def main() -> None:
                         result = client.geolocate([(f"photo-{i}.jpg", data)], options)[0]
                         assert result.ok, result.error
                         rows.append((time.perf_counter() - t, result.summary["timings"]))
-                    runs[f"precision {precision}, cfg {result.summary['options']['cfg']:g}"] = rows
+                    ran = f"{result.summary['options']['cfg']:g}"
+                    runs[f"precision {precision}, cfg {ran}" + (" (the model's)" if cfg == "model" else "")] = rows
         finally:
             srv.stop()
     print(f"model {model}, device {info['device']}, options {base}, {args.repeat} runs after a warm-up each")

@@ -1,7 +1,8 @@
 """Choose a model's distribution guidance on held-out geotagged photos and record it in its manifest.
 
 `geoplonk calibrate --model DIR --data CSV_OR_FOLDER [--skip N] [--limit M]` scores the photos' true
-locations under guidance w for each w of a grid (exact likelihood), keeps the w of least mean NLL and
+locations under guidance w for each w of a grid (exact likelihood), keeps the w of least mean NLL (or,
+with --criterion coverage, the w whose credible regions hold nearest their share of truths) and
 writes it to DIR/geoplonk.json as calibration.distribution_cfg, which the server and `geoplonk eval`
 then use for the distribution (engine/calibration.py says why). Use photos the model was not trained
 on, and not the ones you report figures on. A running server reads the new value when it next loads
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--criterion", choices=("nll", "coverage"), default="nll",
                         help="nll: least mean NLL of the truths (one likelihood per photo); coverage: the 50 and "
                              "90 %% credible regions holding nearest their share of truths (--samples own draws "
-                             "per photo, about 30x the time), ties by NLL")
+                             "per photo: 9.5 min against 1 min for 200 photos and 5-7 values), ties by NLL")
     parser.add_argument("--samples", type=int, default=32, help="own draws per photo for --criterion coverage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--likelihood-method", default="rk4", help="fixed-step ODE method of the likelihood")

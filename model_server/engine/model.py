@@ -124,7 +124,11 @@ class GeoModel:
         """Guidance w of the distribution the map shows: the manifest's calibrated value
         (`geoplonk calibrate`), else 0, the distribution as trained (published checkpoints)."""
         calibration = self.manifest.get("calibration")
-        return float(calibration.get("distribution_cfg", 0.0)) if isinstance(calibration, dict) else 0.0
+        value = calibration.get("distribution_cfg", 0.0) if isinstance(calibration, dict) else 0.0
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 20.0:
+            raise ValueError(f"{self.path / 'geoplonk.json'}: calibration.distribution_cfg must be a number in "
+                             f"[-1, 20], got {value!r} (rerun `geoplonk calibrate` or remove the entry)")
+        return float(value)
 
     @property
     def training_encoder_name(self) -> str:

@@ -7,7 +7,9 @@ density-quantile rule, 1996), each taken without its own kernel (leave-one-out).
 the smoothed raster's probability instead misses both ways where one bandwidth cannot fit a
 tight and a broad cluster at once: the kernel spreads the tight one's mass, its 50 % region
 grows and the 90 / 99 % ones shrink (53 / 86 / 95 % of fresh draws against 49 / 91 / 99 % in
-tests/server/test_products.py).  Without samples the raster's probability is added up.
+tests/server/test_products.py).  Without samples, or where more than 1 - p of them stand alone
+(leave-one-out density at the uniform floor, so the threshold would take the whole globe), the
+raster's probability is added up instead; regions are kept nested.
 
 Regions are polygonised in lon/lat with rasterio.features.shapes: the global raster spans exactly [-180, 180], so a
 region crossing the antimeridian comes out as parts that meet at +-180 (valid in
@@ -57,6 +59,8 @@ def hdr_masks(
             # uniform floor): the rule would take the whole globe. The raster's mass rule keeps their kernels.
             masks.append(density_sr >= threshold if threshold > 1.01 * floor
                          else hdr_masks(density_sr, prob, [level])[0])
+        for lower, higher in zip(np.argsort(levels)[:-1], np.argsort(levels)[1:], strict=True):
+            masks[higher] |= masks[lower]  # nested even when one level fell back to the mass rule
         return masks
     flat_d = density_sr.ravel()
     flat_p = prob.ravel()

@@ -69,8 +69,6 @@ def run_unit(
 ) -> None:
     """Process the photos `indices` of a request, emitting progress and one result per photo."""
     pending = list(indices)
-    if options.get("cfg") is None:  # the summary and the raster's tags say which guidance ran
-        options = {**options, "cfg": getattr(model, "distribution_cfg", 0.0)}
 
     def fail(i: int, code: str, message: str, status: str = P.STATUS_FAILED) -> None:
         emit("result", i, status, None, {"code": code, "message": message}, None)
@@ -85,6 +83,8 @@ def run_unit(
         return False
 
     try:
+        if options.get("cfg") is None:  # the summary and the raster's tags say which guidance ran
+            options = {**options, "cfg": getattr(model, "distribution_cfg", 0.0)}
         timings: dict[int, dict[str, float]] = {i: {} for i in indices}
         images, exif, good = [], {}, []
         for i in indices:

@@ -104,3 +104,21 @@ def test_verify_reports_changed_missing_and_extra_files(tmp_path, net):
     assert "not in manifest: extra.txt" in problems
     (out / "encoder" / "weights.bin").unlink()
     assert "missing: encoder/weights.bin" in verify_files(out)
+
+
+def test_calibrated_guidance_is_read_from_the_manifest_and_checked(tmp_path, net):
+    from model_server.engine.model import clear_cache, load_model
+
+    def model_with(calibration):
+        clear_cache()
+        manifest = {"name": "tiny", "encoder": "efficientnet-lite0"}
+        if calibration is not None:
+            manifest["calibration"] = calibration
+        return load_model(save_model_dir(tmp_path / "m", net, manifest))
+
+    assert model_with(None).distribution_cfg == 0.0  # as trained, like a published checkpoint
+    assert model_with({"distribution_cfg": -0.075}).distribution_cfg == -0.075
+    for bad in (None, "wide", 50, True):
+        with pytest.raises(ValueError, match="distribution_cfg must be a number in"):
+            model_with({"distribution_cfg": bad}).distribution_cfg  # noqa: B018 - the property raises
+    clear_cache()

@@ -71,7 +71,7 @@ def test_ninety_percent_region_holds_ninety_percent_of_samples(rng):
 def test_regions_of_a_sharp_and_broad_mixture_hold_their_level_of_fresh_draws():
     """One bandwidth cannot fit a tight cluster and broad ones at once. Adding up the smoothed raster's
     probability then makes the 50 % region too big and the 90 / 99 % ones too small, as on the default
-    model; ranking by the samples' leave-one-out densities keeps every level."""
+    model as trained; ranking by the samples' leave-one-out densities keeps every level."""
     rng = np.random.default_rng(0)
 
     def draw(n):
@@ -98,8 +98,9 @@ def test_regions_of_a_sharp_and_broad_mixture_hold_their_level_of_fresh_draws():
     scattered = np.concatenate([cluster(rng, 0, 0, 1, 95), latlon_to_xyz(rng.uniform(-60, 60, 5),
                                                                          rng.uniform(-180, 180, 5))])
     raster = kde_raster(scattered, Grid.global_grid(0.5))
-    wide, = credible_regions(raster, [0.99], scattered)
+    inner, middle, wide = credible_regions(raster, [0.5, 0.9, 0.99], scattered)
     assert wide.mask.mean() < 0.9  # the quantile rule alone took 100 % of the cells
+    assert not (inner.mask & ~middle.mask).any() and not (middle.mask & ~wide.mask).any()  # still nested
     rows, cols = raster.grid.cell_of(*xyz_to_latlon(scattered))
     assert wide.mask[rows, cols].mean() >= 0.99
 
