@@ -76,6 +76,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.samples < 2 or args.likelihood_steps < 1:
+        raise CommandError(f"--samples must be at least 2 and --likelihood-steps at least 1, got {args.samples} "
+                           f"and {args.likelihood_steps}")
     if not args.model.is_dir():
         raise CommandError(f"model folder not found: {args.model}")
     try:

@@ -113,3 +113,5 @@ def test_clear_errors(tmp_path, model_dir):
     assert r.returncode == 2 and "model folder not found" in r.stderr
     r = geoplonk("calibrate", "--model", model_dir, "--data", tmp_path / "none.csv", "--grid", "0,0.5")
     assert r.returncode == 2 and "[-1, 0]" in r.stderr
+    r = geoplonk("calibrate", "--model", model_dir, "--data", tmp_path / "none.csv", "--samples", "1")
+    assert r.returncode == 2 and "--samples" in r.stderr
