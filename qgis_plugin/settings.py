@@ -52,10 +52,7 @@ class Settings:
         for f in fields(cls):
             default = getattr(defaults, f.name)
             raw = qs.value(PREFIX + f.name, None)
-            if f.name == "cfg":
-                values[f.name] = optional_float(raw)
-            else:
-                values[f.name] = default if raw is None else _coerce(raw, default)
+            values[f.name] = default if raw is None else _coerce(raw, default)
         return cls(**values)
 
     def save(self, qsettings=None) -> None:
@@ -96,6 +93,8 @@ def optional_float(raw: Any) -> float | None:
 
 def _coerce(raw: Any, default: Any) -> Any:
     """QSettings hands back strings on some platforms: convert to the default's type."""
+    if default is None:  # an optional number (cfg): empty means unset
+        return optional_float(raw)
     try:
         if isinstance(default, bool):
             return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")

@@ -105,14 +105,15 @@ def _run(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     truth = torch.from_numpy(unit(data.latlon)).float()
-    lik = {"method": args.likelihood_method}
     if args.criterion == "nll":
-        nll = truth_nll_by_cfg(model.flow, emb, truth, args.grid, steps=args.likelihood_steps, on_step=on_step, **lik)
+        nll = truth_nll_by_cfg(model.flow, emb, truth, args.grid, method=args.likelihood_method,
+                               steps=args.likelihood_steps, on_step=on_step)
         scores = {w: {"nll": v} for w, v in nll.items()}
         chosen = best_cfg(nll)
     else:
         scores = calibration_scores(model.flow, emb, truth, args.grid, samples=args.samples, seed=args.seed,
-                                    likelihood_steps=args.likelihood_steps, on_step=on_step, **lik)
+                                    method=args.likelihood_method, likelihood_steps=args.likelihood_steps,
+                                    on_step=on_step)
         chosen = best_cfg_by_coverage(scores)
     bar.close()
     for w, score in scores.items():

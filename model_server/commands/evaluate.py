@@ -140,7 +140,7 @@ def evaluate_flow(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> tup
     import torch
     from tqdm import tqdm
 
-    from model_server.engine.likelihood import log_density
+    from model_server.engine.likelihood import truth_and_draws_log_density
     from model_server.engine.metrics import coverage, latlon_distance_km, spearman
     from model_server.engine.sampling import sample
 
@@ -153,13 +153,12 @@ def evaluate_flow(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> tup
                         precision=args.precision).numpy()
         single.append(guided[:, 0])
         guess.append(best_guess(guided))
-        dist = sample(flow, e, args.samples, steps=args.steps, cfg=args.distribution_cfg, generator=gen,
-                      precision=args.precision)
-        pts = torch.cat([torch.tensor(truth_xyz[start : start + args.chunk], dtype=torch.float32)[:, None], dist], 1)
-        steps = None if args.likelihood_method == "dopri5" else args.likelihood_steps
-        lp = log_density(flow, e, pts, cfg=args.distribution_cfg, method=args.likelihood_method, steps=steps).numpy()
-        logp_truth.append(lp[:, 0])
-        logp_samples.append(lp[:, 1:])
+        at_truth, at_draws = truth_and_draws_log_density(
+            flow, e, torch.tensor(truth_xyz[start : start + args.chunk]), args.samples, cfg=args.distribution_cfg,
+            steps=args.steps, precision=args.precision, generator=gen, method=args.likelihood_method,
+            likelihood_steps=None if args.likelihood_method == "dopri5" else args.likelihood_steps)
+        logp_truth.append(at_truth.numpy())
+        logp_samples.append(at_draws.numpy())
     single, guess = np.concatenate(single), np.concatenate(guess)
     logp_truth, logp_samples = np.concatenate(logp_truth), np.concatenate(logp_samples)
     d_single = latlon_distance_km(degrees(single), truth_deg)
@@ -188,7 +187,7 @@ def evaluate_map(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> dict
     from model_server.engine.sampling import sample
     from model_server.products.density import kde_raster
     from model_server.products.grid import Grid
-    from model_server.products.regions import hdr_masks
+    from model_server.products.regions import region_masks
 
     levels = list(COVERAGE_LEVELS)
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -200,12 +199,10 @@ def evaluate_map(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> dict
                         precision=args.precision).numpy()
         for x, (lat, lon) in zip(points, truth_deg[start : start + args.chunk], strict=True):
             raster = kde_raster(x, grid)
-            density = raster.density_sr()
             (row_, ), (col, ) = grid.cell_of(np.array([lat]), np.array([lon]))
-            logp.append(float(np.log(density[row_, col])))
-            at_samples = raster.density_at_own_samples(x)
-            inside.append([bool(m[row_, col]) for m in hdr_masks(density, raster.prob, levels, at_samples)])
-            inside_by_mass.append([bool(m[row_, col]) for m in hdr_masks(density, raster.prob, levels)])
+            logp.append(float(raster.log_density_at(np.array([lat]), np.array([lon]))[0]))
+            inside.append([bool(m[row_, col]) for m in region_masks(raster, levels, x)])
+            inside_by_mass.append([bool(m[row_, col]) for m in region_masks(raster, levels)])
     share, share_by_mass = np.mean(np.array(inside), axis=0), np.mean(np.array(inside_by_mass), axis=0)
     out = {"method": f"flow, the server's map (cfg={args.distribution_cfg:g}, {args.map_samples} samples, "
                      f"{args.map_resolution:g} deg raster)",
@@ -310,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        from qgis_plugin.service.client import atomic_write
+        from qgis_plugin.service.naming import atomic_write
 
         atomic_write(args.out, json.dumps(report, indent=2).encode("utf-8"))
     return 0

@@ -78,7 +78,7 @@ def summary_row(photo: Path, result, paths: dict[str, Path]) -> dict[str, Any]:
 
 
 def write_run_summary(out: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> tuple[Path, Path]:
-    from qgis_plugin.service.client import atomic_write
+    from qgis_plugin.service.naming import atomic_write
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .likelihood import log_density
+from .likelihood import log_density, truth_and_draws_log_density
 from .network import GeoAdaLNMLP
 
 # w in [-1, 0]: -1 is the unconditional flow, below it the field points away from the photo.
@@ -86,7 +86,6 @@ def calibration_scores(
     `samples` of the model's own draws (metrics.coverage), all under the same guided field.
     """
     from .metrics import coverage
-    from .sampling import sample
 
     truth_xyz = checked_inputs(emb, truth_xyz, grid)
     out, done, total = {}, 0, len(grid) * len(emb)
@@ -95,11 +94,11 @@ def calibration_scores(
         truth_lp, sample_lp = [], []
         for start in range(0, len(emb), chunk):
             e = emb[start : start + chunk]
-            drawn = sample(flow, e, samples, steps=steps, cfg=w, generator=gen, precision=precision)
-            points = torch.cat([truth_xyz[start : start + chunk, None], drawn], dim=1)
-            lp = log_density(flow, e, points, cfg=w, method=method, steps=likelihood_steps).numpy()
-            truth_lp.append(lp[:, 0])
-            sample_lp.append(lp[:, 1:])
+            at_truth, at_draws = truth_and_draws_log_density(
+                flow, e, truth_xyz[start : start + chunk], samples, cfg=w, steps=steps, precision=precision,
+                generator=gen, method=method, likelihood_steps=likelihood_steps)
+            truth_lp.append(at_truth.numpy())
+            sample_lp.append(at_draws.numpy())
             done += len(e)
             if on_step is not None:
                 on_step(done, total)

@@ -135,11 +135,10 @@ def write_manifest(model_dir: str | os.PathLike, manifest: dict | None = None) -
     data = dict(manifest or {})
     data["format"] = MANIFEST_FORMAT
     data["files"] = hash_tree(model_dir)
-    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=MANIFEST_FILE + ".", suffix=".tmp")  # a name per writer
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the manifest is as readable as the weights
-    os.replace(tmp, model_dir / MANIFEST_FILE)
+    from qgis_plugin.service.naming import atomic_write
+
+    # a temporary name per writer; the manifest is as readable as the weights
+    atomic_write(model_dir / MANIFEST_FILE, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o644)
     return data
 
 

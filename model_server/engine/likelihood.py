@@ -122,6 +122,27 @@ def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk) 
     return torch.cat(out, dim=1).float()
 
 
+def truth_and_draws_log_density(
+    flow: GeoAdaLNMLP,
+    emb: torch.Tensor,
+    truth_xyz: torch.Tensor,
+    n: int,
+    *,
+    cfg: float = 0.0,
+    steps: int = 32,
+    precision: str = "fp32",
+    generator: torch.Generator | None = None,
+    method: str = "rk4",
+    likelihood_steps: int | None = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E,) log-density of each photo's true location and (E, n) of n of the model's own draws, all under
+    guidance cfg in one solve: what coverage and calibration compare (metrics.coverage)."""
+    drawn = sample(flow, emb, n, steps=steps, cfg=cfg, generator=generator, precision=precision)
+    points = torch.cat([torch.as_tensor(truth_xyz, dtype=torch.float32)[:, None], drawn], dim=1)
+    lp = log_density(flow, emb, points, cfg=cfg, method=method, steps=likelihood_steps)
+    return lp[:, 0], lp[:, 1:]
+
+
 def localizability(
     flow: GeoAdaLNMLP,
     emb: torch.Tensor,

@@ -107,12 +107,15 @@ class DensityRaster:
         own = (1.0 - self.uniform_weight) * np.exp(vmf_log_norm(self.kappa) + self.kappa * (cos - 1.0)) / len(s)
         own /= self.normaliser
         floor = self.uniform_weight / (4 * math.pi) / self.normaliser
-        return np.maximum(self.density_sr()[rows, cols] - own, floor)
+        return np.maximum(self.density_at_cells(rows, cols) - own, floor)
 
     def log_density_at(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         """log density per steradian of the cells holding these points (the raster's likelihood)."""
-        rows, cols = self.grid.cell_of(lat, lon)
-        return np.log(self.density_sr()[rows, cols])
+        return np.log(self.density_at_cells(*self.grid.cell_of(lat, lon)))
+
+    def density_at_cells(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """density_sr() of these cells only (without dividing the whole raster)."""
+        return self.prob[rows, cols] / self.grid.cell_areas_sr()[rows]
 
 
 def kde_raster(

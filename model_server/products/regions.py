@@ -76,6 +76,13 @@ def hdr_masks(
     return masks
 
 
+def region_masks(raster: DensityRaster, levels: list[float], samples: np.ndarray | None = None) -> list[np.ndarray]:
+    """hdr_masks of a raster made from `samples` (n, 3), ranked by their leave-one-out densities; without
+    samples, by the raster's probability."""
+    at_samples = raster.density_at_own_samples(samples) if samples is not None else None
+    return hdr_masks(raster.density_sr(), raster.prob, levels, at_samples)
+
+
 def polygonize(mask: np.ndarray, transform) -> MultiPolygon:
     """The cells where mask is True, as one valid MultiPolygon in the transform's coordinates."""
     from rasterio import features
@@ -99,9 +106,8 @@ def credible_regions(
     vectors the raster was made from."""
     grid = raster.grid
     areas = grid.cell_areas_km2()[:, None]
-    at_samples = raster.density_at_own_samples(samples) if samples is not None else None
     regions = []
-    for level, mask in zip(levels, hdr_masks(raster.density_sr(), raster.prob, levels, at_samples), strict=True):
+    for level, mask in zip(levels, region_masks(raster, levels, samples), strict=True):
         geometry = polygonize(mask, grid.transform())
         area = float((mask * areas).sum())
         regions.append(CredibleRegion(float(level), geometry, area, mask))

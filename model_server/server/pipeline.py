@@ -84,7 +84,7 @@ def run_unit(
 
     try:
         if options.get("cfg") is None:  # the summary and the raster's tags say which guidance ran
-            options = {**options, "cfg": getattr(model, "distribution_cfg", 0.0)}
+            options = {**options, "cfg": model.distribution_cfg}
         timings: dict[int, dict[str, float]] = {i: {} for i in indices}
         images, exif, good = [], {}, []
         for i in indices:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import Any
 import zmq
 
 from . import protocol as P
-from .naming import safe_stem
+from .naming import atomic_write, safe_stem
 
 # How often the geolocate loop wakes up to look at is_cancelled(), in seconds.
 CANCEL_POLL_S = 0.1
@@ -83,22 +82,6 @@ class PhotoResult:
         text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
         paths["json"] = atomic_write(out / f"{stem}.json", text.encode("utf-8"))
         return paths
-
-
-def atomic_write(path: Path, data: bytes) -> Path:
-    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def _failed(index: int, name: str, code: str, message: str, status: str = P.STATUS_FAILED) -> PhotoResult:

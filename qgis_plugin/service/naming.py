@@ -1,4 +1,5 @@
-"""Output file names for photos' results: one rule, shared by the plugin, Processing and `geoplonk locate`.
+"""Output files for photos' results: their names (one rule, shared by the plugin, Processing and
+`geoplonk locate`) and how they are written (atomically, also by the server side's tools).
 
 Standard library only, so the plugin can name files before (or without) importing pyzmq.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -49,3 +51,24 @@ def unused_stem(folder: Path, stem: str, taken: set[str] | None = None) -> str:
     return first_free(
         stem, lambda s: s.lower() in taken_lower or any((folder / f"{s}{ext}").exists() for ext in RESULT_EXTENSIONS)
     )
+
+
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> Path:
+    """Write via a temporary file in the same folder and os.replace, so readers never see half a file.
+
+    The temporary file is private (0600) until replaced; `mode` sets other permissions first.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
