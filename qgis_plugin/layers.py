@@ -50,7 +50,7 @@ RAMP_NAME = "Magma"
 # Cells outside the highest-density region holding this much mass are drawn transparent.
 VISIBLE_MASS = 0.999
 DENSITY_OPACITY = 0.8
-# "place, country", without an empty or repeated country (e.g. "open ocean").
+# "place, country", without an empty country (none is named at sea) or a repeated one (older results).
 PLACE_EXPRESSION = (
     "coalesce(\"place\", '') || if(coalesce(\"country\", '') IN ('', coalesce(\"place\", '')), '', "
     "', ' || \"country\")"

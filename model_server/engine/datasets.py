@@ -128,12 +128,16 @@ def load_cache(cache_path: Path) -> dict[str, np.ndarray]:
 
 
 def save_cache(cache_path: Path, cache: dict[str, np.ndarray]) -> None:
-    """Atomic write (temp file + os.replace)."""
+    """Written atomically under a unique temporary name: two runs sharing a cache never see half a file."""
+    import io
+
+    from qgis_plugin.service.naming import atomic_write
+
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(cache)
-    tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
-    np.savez(tmp, keys=np.asarray(keys), embeddings=np.stack([cache[k] for k in keys]).astype(np.float32))
-    os.replace(tmp, cache_path)
+    buffer = io.BytesIO()
+    np.savez(buffer, keys=np.asarray(keys), embeddings=np.stack([cache[k] for k in keys]).astype(np.float32))
+    atomic_write(cache_path, buffer.getvalue())
 
 
 def embed_dataset(

@@ -22,8 +22,8 @@ REMOTE_KM = 300.0
 
 @dataclass(frozen=True)
 class PlaceName:
-    country: str
-    place: str
+    country: str  # "" where no country can be told: the open ocean, Antarctica, land far from any town
+    place: str  # never repeats the country, so "place, country" reads well wherever it is joined
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,11 +87,11 @@ def name_places(lats: list[float], lons: list[float]) -> list[PlaceName]:
         if not on_land:
             near_coast = km <= REMOTE_KM and lat >= -60.0
             names.append(PlaceName(country, f"at sea, {km:.0f} km off {town}") if near_coast
-                         else PlaceName(OPEN_OCEAN, OPEN_OCEAN))
+                         else PlaceName("", OPEN_OCEAN))
         elif lat < -60.0:
-            names.append(PlaceName("Antarctica", "Antarctica"))
-        elif km > REMOTE_KM:
-            names.append(PlaceName("unknown", f"remote land, {km:.0f} km from {town} ({country})"))
+            names.append(PlaceName("", "Antarctica"))
+        elif km > REMOTE_KM:  # the town's country is no evidence of the point's: named, not claimed
+            names.append(PlaceName("", f"remote land, {km:.0f} km from {town} ({country})"))
         else:
             names.append(PlaceName(country, town if km <= NEAR_KM else f"{km:.0f} km from {town}"))
     return names

@@ -79,6 +79,7 @@ def test_embedding_cache_skips_unchanged_files(photo_folder, encoder, tmp_path_f
     os.utime(ds.paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a changed file is re-encoded
     embed_dataset(ds, counting, cache_path=cache, progress=False)
     assert counting.calls == 4
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["emb.npz"]  # written atomically, nothing left over
 
 
 def test_tile_footprint_is_true_ground_distance_at_any_latitude():

@@ -179,8 +179,12 @@ def test_places_at_sea_name_the_coast_they_lie_off():
     offshore, inland, mid_pacific, alps = name_places([31.6, 30.0, 0.0, 46.5], [29.9, 31.2, -140.0, 10.0])
     assert offshore.country == "Egypt" and offshore.place.startswith("at sea, ") and "Alexandria" in offshore.place
     assert inland.country == "Egypt" and not inland.place.startswith("at sea")
-    assert mid_pacific.country == mid_pacific.place == OPEN_OCEAN
+    assert mid_pacific.place == OPEN_OCEAN and mid_pacific.country == ""
     assert alps.country == "Switzerland"
+    # where no country can be told, none is claimed, and the place never repeats one ("place, country" reads well)
+    icecap, pole = name_places([75.0, -80.0], [-40.0, 0.0])
+    assert icecap.country == "" and icecap.place == "remote land, 553 km from Upernavik (Greenland)"
+    assert pole.country == "" and pole.place == "Antarctica"
 
 
 def test_nearest_town_is_nearest_on_the_sphere():
