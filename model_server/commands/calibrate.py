@@ -2,7 +2,8 @@
 
 `geoplonk calibrate --model DIR --data CSV_OR_FOLDER [--skip N] [--limit M]` scores the photos' true
 locations under guidance w for each w of a grid (exact likelihood), keeps the w of least mean NLL (or,
-with --criterion coverage, the w whose credible regions hold nearest their share of truths) and
+with --criterion coverage, the w whose credible regions hold nearest their share of truths; with
+--criterion map, the exact density's and the drawn map's regions together) and
 writes it to DIR/geoplonk.json as calibration.distribution_cfg, which the server and `geoplonk eval`
 then use for the distribution (engine/calibration.py says why). Use photos the model was not trained
 on, and not the ones you report figures on. A running server reads the new value when it next loads
@@ -23,7 +24,11 @@ CRITERIA = {
     "nll": "nll: least mean NLL (nats/sr) of the held-out true locations",
     "coverage": "coverage: the 50 and 90 % credible regions (exact density) holding nearest their share of truths; "
                 "ties by NLL",
+    "map": "map: the 50 and 90 % credible regions of the exact density and of the drawn map (the server's kernel "
+           "density raster) holding nearest their share of truths, both together; ties by NLL",
 }
+# which regions each coverage criterion scores (engine.calibration.coverage_error)
+COVERAGE_KINDS = {"coverage": ("coverage",), "map": ("coverage", "map_coverage")}
 # Guidance values tried by default: the over-confidence seen so far is mended well inside this range.
 DEFAULT_GRID = (-0.3, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0)
 
@@ -46,11 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="then use at most M photos")
     parser.add_argument("--grid", type=_grid, default=list(DEFAULT_GRID),
                         help="guidance values w to try, in [-1, 0] (default %(default)s)")
-    parser.add_argument("--criterion", choices=("nll", "coverage"), default="nll",
+    parser.add_argument("--criterion", choices=tuple(CRITERIA), default="nll",
                         help="nll: least mean NLL of the truths (one likelihood per photo); coverage: the 50 and "
                              "90 %% credible regions holding nearest their share of truths (--samples own draws "
-                             "per photo: 9.5 min against 1 min for 200 photos and 5-7 values), ties by NLL")
-    parser.add_argument("--samples", type=int, default=32, help="own draws per photo for --criterion coverage")
+                             "per photo: 9.5 min against 1 min for 200 photos and 5-7 values), ties by NLL; map: "
+                             "the same for the exact density and the drawn map together (--map-samples draws and "
+                             "a raster per photo and value: slower again)")
+    parser.add_argument("--samples", type=int, default=32, help="own draws per photo for --criterion coverage/map")
+    parser.add_argument("--map-samples", type=int, default=1024,
+                        help="draws per map for --criterion map (the server's default)")
+    parser.add_argument("--map-resolution", type=float, default=0.25,
+                        help="cell size of those maps, degrees (the server's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--likelihood-method", default="rk4", help="fixed-step ODE method of the likelihood")
     parser.add_argument("--likelihood-steps", type=int, default=16)
@@ -68,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         best_cfg,
         best_cfg_by_coverage,
         calibration_scores,
+        map_scores,
         truth_nll_by_cfg,
     )
     from model_server.engine.checkpoint import ModelNotFoundError, read_manifest, verify_files, write_manifest
@@ -79,6 +91,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.samples < 2 or args.likelihood_steps < 1:
         raise CommandError(f"--samples must be at least 2 and --likelihood-steps at least 1, got {args.samples} "
                            f"and {args.likelihood_steps}")
+    if args.criterion == "map":
+        from model_server.products.grid import Grid
+
+        if args.map_samples < 16:
+            raise CommandError(f"--map-samples must be at least 16, got {args.map_samples}")
+        try:
+            Grid.global_grid(args.map_resolution)
+        except ValueError as exc:
+            raise CommandError(f"--map-resolution: {exc}") from None
     if not args.model.is_dir():
         raise CommandError(f"model folder not found: {args.model}")
     try:
@@ -99,10 +120,12 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError(f"no photos left: {len(data)} in {args.data}, --skip {args.skip}, --limit {args.limit}")
     data = data.subset(np.arange(args.skip, stop))
     emb, data = embed_dataset(data, model.encoder, cache_path=args.cache, progress=progress)
-    bar = tqdm(total=len(args.grid) * len(data), desc="calibrate", disable=not progress, file=sys.stderr)
+    parts = 2 if args.criterion == "map" else 1
+    bar = tqdm(total=parts * len(args.grid) * len(data), desc="calibrate", disable=not progress, file=sys.stderr)
+    offset = 0
 
     def on_step(done: int, total: int) -> None:
-        bar.update(done - bar.n)
+        bar.update(offset + done - bar.n)
 
     truth = torch.from_numpy(unit(data.latlon)).float()
     if args.criterion == "nll":
@@ -114,11 +137,15 @@ def _run(args: argparse.Namespace) -> int:
         scores = calibration_scores(model.flow, emb, truth, args.grid, samples=args.samples, seed=args.seed,
                                     method=args.likelihood_method, likelihood_steps=args.likelihood_steps,
                                     on_step=on_step)
-        chosen = best_cfg_by_coverage(scores)
+        if args.criterion == "map":
+            offset = len(args.grid) * len(data)
+            drawn = map_scores(model.flow, emb, truth, args.grid, samples=args.map_samples,
+                               resolution=args.map_resolution, seed=args.seed, on_step=on_step)
+            scores = {w: {**score, **drawn[w]} for w, score in scores.items()}
+        chosen = best_cfg_by_coverage(scores, kinds=COVERAGE_KINDS[args.criterion])
     bar.close()
     for w, score in scores.items():
-        cover = " / ".join(f"{100 * v:.1f}" for k, v in score.items() if k.startswith("coverage_"))
-        print(f"w = {w:+.3f}: NLL {score['nll']:.4f} nats/sr{f', coverage 50/90/99 {cover} %' if cover else ''}"
+        print(f"w = {w:+.3f}: NLL {score['nll']:.4f} nats/sr{_coverage_text(score)}"
               f"{'   <- chosen' if w == chosen else ''}")
     if args.dry_run:
         return 0
@@ -131,13 +158,27 @@ def _run(args: argparse.Namespace) -> int:
         "data": str(args.data), "skip": args.skip, "n": len(data),
         "likelihood": f"{args.likelihood_method}, {args.likelihood_steps} steps",
     }
-    if args.criterion == "coverage":
+    if args.criterion in COVERAGE_KINDS:
         manifest["calibration"]["coverage_by_cfg"] = {f"{w + 0.0:g}": {k: v for k, v in score.items() if k != "nll"}
                                                       for w, score in scores.items()}
         manifest["calibration"].update(samples=args.samples, seed=args.seed)
+    if args.criterion == "map":
+        manifest["calibration"].update(map_samples=args.map_samples, map_resolution=args.map_resolution)
     write_manifest(model.path, manifest)
     print(f"recorded distribution guidance w = {chosen:g} in {model.path / 'geoplonk.json'}")
     return 0
+
+
+def _coverage_text(score: dict) -> str:
+    """", coverage 50/90/99 ... %" for the exact regions, and "; map ..." for the drawn map's when scored."""
+    text = ""
+    for kind, label in (("coverage", "coverage"), ("map_coverage", "map")):
+        shares = [v for k, v in score.items() if k.startswith(f"{kind}_")]
+        if shares:
+            text += f"{'; ' if text else ', '}{label} 50/90/99 {' / '.join(f'{100 * v:.1f}' for v in shares)} %"
+    if "map_nll" in score:
+        text += f" (map NLL {score['map_nll']:.4f})"
+    return text
 
 
 def run(args: argparse.Namespace) -> int:

@@ -185,9 +185,8 @@ def evaluate_map(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> dict
 
     from model_server.engine.metrics import COVERAGE_LEVELS, nll_summary
     from model_server.engine.sampling import sample
-    from model_server.products.density import kde_raster
     from model_server.products.grid import Grid
-    from model_server.products.regions import region_masks
+    from model_server.products.regions import truth_on_map
 
     levels = list(COVERAGE_LEVELS)
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -198,11 +197,10 @@ def evaluate_map(flow, emb, truth_deg: np.ndarray, args, progress: bool) -> dict
         points = sample(flow, e, args.map_samples, steps=args.steps, cfg=args.distribution_cfg, generator=gen,
                         precision=args.precision).numpy()
         for x, (lat, lon) in zip(points, truth_deg[start : start + args.chunk], strict=True):
-            raster = kde_raster(x, grid)
-            (row_, ), (col, ) = grid.cell_of(np.array([lat]), np.array([lon]))
-            logp.append(float(raster.log_density_at(np.array([lat]), np.array([lon]))[0]))
-            inside.append([bool(m[row_, col]) for m in region_masks(raster, levels, x)])
-            inside_by_mass.append([bool(m[row_, col]) for m in region_masks(raster, levels)])
+            scored = truth_on_map(x, lat, lon, grid, levels)
+            logp.append(scored.log_density)
+            inside.append(scored.inside)
+            inside_by_mass.append(scored.inside_by_mass)
     share, share_by_mass = np.mean(np.array(inside), axis=0), np.mean(np.array(inside_by_mass), axis=0)
     out = {"method": f"flow, the server's map (cfg={args.distribution_cfg:g}, {args.map_samples} samples, "
                      f"{args.map_resolution:g} deg raster)",

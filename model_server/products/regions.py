@@ -25,7 +25,8 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, shape
 
-from .density import DensityRaster
+from .density import DensityRaster, kde_raster
+from .grid import Grid
 
 
 @dataclass
@@ -81,6 +82,27 @@ def region_masks(raster: DensityRaster, levels: list[float], samples: np.ndarray
     samples, by the raster's probability."""
     at_samples = raster.density_at_own_samples(samples) if samples is not None else None
     return hdr_masks(raster.density_sr(), raster.prob, levels, at_samples)
+
+
+@dataclass
+class TruthOnMap:
+    """How the map drawn from a photo's samples treats its true location: what eval and calibrate score."""
+
+    log_density: float  # of the truth's cell, per steradian
+    inside: list[bool]  # inside each level's region, cut as the server cuts them
+    inside_by_mass: list[bool]  # inside each level's region by the former rule (the raster's mass added up)
+
+
+def truth_on_map(samples: np.ndarray, lat: float, lon: float, grid: Grid, levels: list[float]) -> TruthOnMap:
+    """Draw the map of `samples` (n, 3) on `grid` as the server does and look up the truth (lat, lon)."""
+    raster = kde_raster(samples, grid)
+    rows, cols = grid.cell_of(np.array([lat]), np.array([lon]))
+    row, col = int(rows[0]), int(cols[0])
+    return TruthOnMap(
+        float(np.log(raster.density_at_cells(rows, cols))[0]),
+        [bool(m[row, col]) for m in region_masks(raster, levels, samples)],
+        [bool(m[row, col]) for m in region_masks(raster, levels)],
+    )
 
 
 def polygonize(mask: np.ndarray, transform) -> MultiPolygon:

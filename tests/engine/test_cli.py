@@ -115,3 +115,9 @@ def test_clear_errors(tmp_path, model_dir):
     assert r.returncode == 2 and "[-1, 0]" in r.stderr
     r = geoplonk("calibrate", "--model", model_dir, "--data", tmp_path / "none.csv", "--samples", "1")
     assert r.returncode == 2 and "--samples" in r.stderr
+    r = geoplonk("calibrate", "--model", model_dir, "--data", tmp_path / "none.csv", "--criterion", "map",
+                 "--map-resolution", "0.7")
+    assert r.returncode == 2 and "--map-resolution" in r.stderr and "does not divide 180" in r.stderr
+    r = geoplonk("calibrate", "--model", model_dir, "--data", tmp_path / "none.csv", "--criterion", "map",
+                 "--map-samples", "8")
+    assert r.returncode == 2 and "--map-samples" in r.stderr

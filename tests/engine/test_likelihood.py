@@ -207,3 +207,29 @@ def test_calibration_by_coverage_scores_credible_regions_of_the_guided_distribut
              -0.1: {"nll": 0.5, "coverage_50": 0.40, "coverage_90": 0.85},
              0.0: {"nll": 0.9, "coverage_50": 0.52, "coverage_90": 0.91}}
     assert best_cfg_by_coverage(picks) == 0.0  # nearest the levels; the tie goes to the lower NLL
+
+
+def test_calibration_by_the_drawn_map_scores_the_servers_regions():
+    from model_server.engine.calibration import best_cfg_by_coverage, map_scores
+
+    net = field(gain=0.6)
+    emb = torch.randn(80, 8)
+    # truths drawn from the model itself: the drawn map's regions hold them at their levels
+    own = sample(net, emb, 1, steps=8, generator=torch.Generator().manual_seed(4))[:, 0]
+    scores = map_scores(net, emb, own, [-0.5, 0.0], samples=256, resolution=2.0, steps=8, chunk=30)
+    self_score = scores[0.0]
+    print("map self-coverage 50/90/99:", [round(self_score[f"map_coverage_{p}"], 3) for p in (50, 90, 99)])
+    assert self_score["map_coverage_50"] == pytest.approx(0.5, abs=0.15)
+    assert self_score["map_coverage_90"] == pytest.approx(0.9, abs=0.1)
+    assert 0 <= self_score["map_coverage_50"] <= self_score["map_coverage_90"] <= self_score["map_coverage_99"] <= 1
+    # another w draws another map; its NLL is per steradian, finite (the raster's uniform floor)
+    assert scores[-0.5] != scores[0.0] and all(np.isfinite(s["map_nll"]) for s in scores.values())
+    # the map criterion weighs both kinds of region: the exact density alone would pick the other w
+    picks = {-0.1: {"nll": 0.5, "coverage_50": 0.50, "coverage_90": 0.90, "map_coverage_50": 0.62,
+                    "map_coverage_90": 0.95},
+             0.0: {"nll": 0.6, "coverage_50": 0.46, "coverage_90": 0.88, "map_coverage_50": 0.50,
+                   "map_coverage_90": 0.90}}
+    assert best_cfg_by_coverage(picks) == -0.1
+    assert best_cfg_by_coverage(picks, kinds=("coverage", "map_coverage")) == 0.0
+    with pytest.raises(ValueError, match=r"in \[-1, 0\]"):
+        map_scores(net, emb, own, [0.5])

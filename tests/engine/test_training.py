@@ -205,6 +205,13 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch):
     calibration = json.loads((out / "geoplonk.json").read_text())["calibration"]
     assert set(calibration["coverage_by_cfg"]["-0.5"]) == {"coverage_50", "coverage_90", "coverage_99"}
     assert calibration["samples"] == 4 and "coverage" in calibration["criterion"] and verify_files(out) == []
+    # by the exact and the drawn map's regions together: the map's shares and NLL are recorded too
+    assert main(calibrate + ["--criterion", "map", "--samples", "4", "--map-samples", "32",
+                             "--map-resolution", "2"]) == 0
+    calibration = json.loads((out / "geoplonk.json").read_text())["calibration"]
+    assert set(calibration["coverage_by_cfg"]["0"]) == {"coverage_50", "coverage_90", "coverage_99", "map_nll",
+                                                        "map_coverage_50", "map_coverage_90", "map_coverage_99"}
+    assert calibration["map_samples"] == 32 and calibration["map_resolution"] == 2 and verify_files(out) == []
     from model_server.engine.model import clear_cache
 
     clear_cache()
