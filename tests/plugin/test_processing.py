@@ -203,6 +203,50 @@ def test_selected_features_of_a_photo_layer(provider, plugin_settings, photo_dir
     check_raster(result["RASTERS"][0])
 
 
+def test_runs_as_a_step_of_a_processing_model(provider, plugin_settings, photo_dir, tmp_path):  # noqa: ARG001
+    """In the graphical modeler: the folder comes from a model input, and the best guesses feed the next step
+    (here a filter on localizability) as any vector output does."""
+    import processing
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterFile,
+        QgsVectorLayer,
+    )
+
+    model = QgsProcessingModelAlgorithm("geolocate then filter", "tests")
+    model.addModelParameter(QgsProcessingParameterFile("photos", "Photos", QgsProcessingParameterFile.Folder),
+                            QgsProcessingModelParameter("photos"))
+    locate = QgsProcessingModelChildAlgorithm(ALG)
+    locate.setChildId("locate")
+    locate.addParameterSources("FOLDER", [QgsProcessingModelChildParameterSource.fromModelParameter("photos")])
+    for name, value in {**FAST_PARAMS, "LOAD_RASTERS": False, "OUTPUT_FOLDER": str(tmp_path / "rasters")}.items():
+        locate.addParameterSources(name, [QgsProcessingModelChildParameterSource.fromStaticValue(value)])
+    model.addChildAlgorithm(locate)
+    keep = QgsProcessingModelChildAlgorithm("native:extractbyexpression")
+    keep.setChildId("keep")
+    keep.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromChildOutput("locate", "OUTPUT")])
+    keep.addParameterSources("EXPRESSION", [QgsProcessingModelChildParameterSource.fromStaticValue(
+        '"localizability" IS NOT NULL')])
+    output = QgsProcessingModelOutput("kept", "Kept guesses")
+    output.setChildId("keep")
+    output.setChildOutputName("OUTPUT")
+    keep.setModelOutputs({"kept": output})
+    model.addChildAlgorithm(keep)
+    assert model.canExecute()[0]
+
+    result = processing.run(model, {"photos": str(photo_dir), "keep:kept": str(tmp_path / "kept.gpkg")},
+                            feedback=RecordingFeedback())
+    kept = QgsVectorLayer(result["keep:kept"], "kept", "ogr")
+    assert kept.isValid() and kept.featureCount() == 3
+    assert sorted(f["photo"] for f in kept.getFeatures()) == ["desert road.png", "forest.tif", "harbour.jpg"]
+    assert sorted(p.name for p in (tmp_path / "rasters").glob("*.tif")) == ["desert_road.tif", "forest.tif",
+                                                                            "harbour.tif"]
+
+
 def test_fails_when_no_photo_succeeds(provider, plugin_settings, tmp_path):  # noqa: ARG001
     from qgis.core import QgsProcessingException
 
