@@ -22,6 +22,10 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BATCH = 64
+# On the CPU a few images per pass keep every activation small: at 64 images each is ~100 MB, which glibc
+# maps and unmaps per operation, and the page faults cost more than the convolutions (over half the time is
+# then spent in the kernel; benchmarks/bench_encoder.py). Whole micro-batches give the same features, bit for bit.
+CPU_MICRO_BATCH = 4
 
 
 class EncoderNotFoundError(FileNotFoundError):
@@ -138,6 +142,10 @@ class EfficientNetLite0Encoder(ImageEncoder):
         return (to_array(image) - 127.0) / 128.0
 
     def forward_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        step = CPU_MICRO_BATCH if pixels.device.type == "cpu" else len(pixels)
+        return torch.cat([self._features(pixels[i : i + step]) for i in range(0, len(pixels), max(1, step))])
+
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         return self.net.extract_features(pixels).mean(dim=(2, 3))
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from model_server.commands.calibrate import COVERAGE_KINDS, CRITERIA
 from model_server.commands.evaluate import best_guess
 from model_server.data.earth_tiles import SAMPLE_SITES
 from model_server.engine.calibration import best_cfg_by_coverage
@@ -44,10 +45,12 @@ def test_default_model_is_committed_and_verifies(model):
     assert "Blue Marble" in model.manifest["licence"]
     # its distribution guidance was chosen on held-out tiles 300-499 (geoplonk calibrate), not the reported ones
     calibration = model.manifest["calibration"]
-    assert calibration["skip"] == 300 and calibration["n"] == 200 and "coverage" in calibration["criterion"]
+    criterion = next(key for key, text in CRITERIA.items() if text == calibration["criterion"])
+    assert calibration["skip"] == 300 and calibration["n"] == 200 and criterion in COVERAGE_KINDS
     scores = {float(w): {"nll": nll, **calibration["coverage_by_cfg"][w]}
               for w, nll in calibration["nll_by_cfg"].items()}
-    assert model.distribution_cfg == best_cfg_by_coverage(scores) and -1 <= model.distribution_cfg <= 0
+    chosen = best_cfg_by_coverage(scores, kinds=COVERAGE_KINDS[criterion])
+    assert model.distribution_cfg == chosen and -1 <= model.distribution_cfg <= 0
 
 
 def test_sample_tiles_carry_their_position():

@@ -54,6 +54,16 @@ def test_efficientnet_lite0_pooled_features(lite0):
     assert pixels.shape == (1, 3, 224, 224) and -1.0 <= pixels.min() and pixels.max() <= 1.0
 
 
+def test_cpu_micro_batches_give_the_one_pass_features(lite0):
+    """A few images per pass on the CPU (small activations, no page-fault storm) changes no feature."""
+    n = 2 * encoders.CPU_MICRO_BATCH + 1
+    pixels = torch.stack([torch.from_numpy(lite0.preprocess(photo(240, 240, s))) for s in range(n)])
+    micro, one_pass = lite0.forward_batch(pixels), lite0._features(pixels)
+    assert micro.shape == (n, 1280)
+    assert torch.equal(micro[:-1], one_pass[:-1])  # whole micro-batches: bit for bit
+    assert torch.allclose(micro, one_pass, atol=1e-5)  # a lone last image may take another kernel
+
+
 def test_view_averaging_makes_embeddings_orientation_free(lite0):
     image = photo(224, 224, 3)
     turned, mirrored = image.transpose(Image.ROTATE_90), image.transpose(Image.FLIP_LEFT_RIGHT)
