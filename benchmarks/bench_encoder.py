@@ -46,7 +46,7 @@ def main() -> None:
     pixels = torch.stack([torch.from_numpy(encoder.preprocess(im)) for im in images])
 
     shipped_ms, shipped = ms_per_image(encoder.forward_batch, pixels, args.repeat)
-    one_pass_ms, one_pass = ms_per_image(encoder._features, pixels, args.repeat)
+    one_pass_ms, one_pass = ms_per_image(encoder.features_in_one_pass, pixels, args.repeat)
     encoder.net = encoder.net.to(memory_format=torch.contiguous_format)
     default_ms, default = ms_per_image(lambda x: encoder.net.extract_features(x).mean(dim=(2, 3)), pixels,
                                        args.repeat)

@@ -142,10 +142,10 @@ class EfficientNetLite0Encoder(ImageEncoder):
         return (to_array(image) - 127.0) / 128.0
 
     def forward_batch(self, pixels: torch.Tensor) -> torch.Tensor:
-        step = CPU_MICRO_BATCH if pixels.device.type == "cpu" else len(pixels)
-        return torch.cat([self._features(pixels[i : i + step]) for i in range(0, len(pixels), max(1, step))])
+        chunks = pixels.split(CPU_MICRO_BATCH) if pixels.device.type == "cpu" else (pixels,)
+        return torch.cat([self.features_in_one_pass(chunk) for chunk in chunks])
 
-    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def features_in_one_pass(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         return self.net.extract_features(pixels).mean(dim=(2, 3))
 

@@ -58,7 +58,7 @@ def test_cpu_micro_batches_give_the_one_pass_features(lite0):
     """A few images per pass on the CPU (small activations, no page-fault storm) changes no feature."""
     n = 2 * encoders.CPU_MICRO_BATCH + 1
     pixels = torch.stack([torch.from_numpy(lite0.preprocess(photo(240, 240, s))) for s in range(n)])
-    micro, one_pass = lite0.forward_batch(pixels), lite0._features(pixels)
+    micro, one_pass = lite0.forward_batch(pixels), lite0.features_in_one_pass(pixels)
     assert micro.shape == (n, 1280)
     assert torch.equal(micro[:-1], one_pass[:-1])  # whole micro-batches: bit for bit
     assert torch.allclose(micro, one_pass, atol=1e-5)  # a lone last image may take another kernel
