@@ -123,7 +123,7 @@ def main() -> None:
         raster = kde_raster(s, grid)
         t_raster += time.perf_counter() - t
         xn = normalize(x).numpy().astype(np.float64)
-        nll["kde"].append(-kde_log_density(xn, s, raster.kappa, raster.uniform_weight)[0])
+        nll["kde"].append(-kde_log_density(xn, s, raster.sample_kappas(len(s)), raster.uniform_weight)[0])
         lat = math.degrees(math.asin(float(xn[0, 2])))
         lon = math.degrees(math.atan2(float(xn[0, 1]), float(xn[0, 0])))
         nll["raster"].append(-float(raster.log_density_at(np.array([lat]), np.array([lon]))[0]))

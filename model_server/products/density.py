@@ -4,7 +4,10 @@ p(x) = (1 - eps) * mean_i vMF(x; mu_i, kappa) + eps / (4 pi), per steradian, wit
 vMF(x; mu, kappa) = kappa / (2 pi (1 - exp(-2 kappa))) * exp(kappa (mu . x - 1)).
 kappa is chosen by leave-one-out likelihood cross-validation on the samples themselves
 (the bandwidth that best predicts held-out samples of the same distribution), capped so
-that the kernel is never narrower than a grid cell.  The probability of a cell is the
+that the kernel is never narrower than a grid cell.  By default each sample then gets its
+own kappa_i by Abramson's square-root law (1982): kernel variance inversely proportional to
+the pilot (fixed-kappa) density at the sample, so a tight mode stays tight while stray draws
+of a broad one are smoothed out (adaptive_kappas).  The probability of a cell is the
 density at its centre times its exact solid angle, renormalised to sum to 1 (the
 renormalisation only corrects the midpoint quadrature; it is within a fraction of a
 percent of 1 at the default bandwidths).  `eps` keeps every cell strictly positive so
@@ -24,11 +27,21 @@ KAPPA_GRID = np.geomspace(2.0, 2.0e5, 41)
 # exp(-CUTOFF) is negligible next to the kernel's peak: contributions beyond are skipped.
 CUTOFF = 30.0
 DEFAULT_UNIFORM_WEIGHT = 1e-4
+# The raster's `kernel` tag: kernel_kappa is the pilot bandwidth the per-sample ones scale.
+KERNEL_NAME = "adaptive von Mises-Fisher KDE (Abramson)"
+# The widest adaptive kernel: kappa0 / 20, about 4.5 times the pilot kernel's standard deviation.
+ADAPTIVE_WIDEST = 20.0
+
+
+def vmf_log_norms(kappas: np.ndarray | float) -> np.ndarray:
+    """log of kappa / (2 pi (1 - exp(-2 kappa))), the vMF constant in the exp(kappa (mu.x - 1)) form."""
+    k = np.asarray(kappas, dtype=np.float64)
+    return np.log(k) - math.log(2 * math.pi) - np.log(-np.expm1(-2.0 * k))
 
 
 def vmf_log_norm(kappa: float) -> float:
-    """log of kappa / (2 pi (1 - exp(-2 kappa))), the vMF constant in the exp(kappa (mu.x - 1)) form."""
-    return math.log(kappa) - math.log(2 * math.pi) - math.log(-math.expm1(-2.0 * kappa))
+    """vmf_log_norms of one kappa."""
+    return float(vmf_log_norms(kappa))
 
 
 def max_kappa_for(resolution_deg: float) -> float:
@@ -65,13 +78,42 @@ def select_kappa(samples: np.ndarray, max_kappa: float | None = None, max_points
     return float(kappas[int(np.argmax(scores))])
 
 
-def kde_log_density(points: np.ndarray, samples: np.ndarray, kappa: float, uniform_weight: float) -> np.ndarray:
-    """log p(points) per steradian under the KDE (same formula as the raster, without gridding)."""
+def adaptive_kappas(samples: np.ndarray, kappa0: float, max_kappa: float | None = None,
+                    chunk: int = 1024) -> np.ndarray:
+    """Per-sample kappa_i = kappa0 * f_i / g (Abramson's law: bandwidth^2 proportional to 1 / f).
+
+    f_i is the leave-one-out density at sample i under the pilot kernel kappa0 and g the geometric
+    mean of the f_i, so kappa0 stays the typical width. Clipped to [kappa0 / ADAPTIVE_WIDEST, max_kappa].
+    A fixed kernel wide enough for a broad mode's stray draws blurs a tight one; on held-out Earth tiles
+    the adaptive one made the drawn map likelier at the same coverage (docs/default-model.md).
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    n = len(x)
+    upper = np.inf if max_kappa is None else float(max_kappa)
+    if n < 3:
+        return np.full(n, min(float(kappa0), upper))
+    log_f = np.empty(n)
+    for start in range(0, n, chunk):
+        a = kappa0 * (np.clip(x[start : start + chunk] @ x.T, -1.0, 1.0) - 1.0)
+        a[np.arange(len(a)), np.arange(start, start + len(a))] = -np.inf
+        m = a.max(axis=1)
+        log_f[start : start + chunk] = m + np.log(np.exp(a - m[:, None]).sum(axis=1))
+    log_f = np.maximum(log_f, np.max(log_f) - 50.0)  # an isolated draw: floored, then clipped below
+    kappas = kappa0 * np.exp(log_f - log_f.mean())
+    return np.clip(kappas, kappa0 / ADAPTIVE_WIDEST, max(upper, kappa0 / ADAPTIVE_WIDEST))
+
+
+def kde_log_density(
+    points: np.ndarray, samples: np.ndarray, kappa: float | np.ndarray, uniform_weight: float
+) -> np.ndarray:
+    """log p(points) per steradian under the KDE (same formula as the raster, without gridding);
+    kappa is one bandwidth or one per sample."""
     p = np.asarray(points, dtype=np.float64)
     s = np.asarray(samples, dtype=np.float64)
-    a = kappa * (np.clip(p @ s.T, -1.0, 1.0) - 1.0)
+    k = np.broadcast_to(np.asarray(kappa, dtype=np.float64), (len(s),))
+    a = k * (np.clip(p @ s.T, -1.0, 1.0) - 1.0) + vmf_log_norms(k)
     m = a.max(axis=1, keepdims=True)
-    log_kde = m[:, 0] + np.log(np.exp(a - m).mean(axis=1)) + vmf_log_norm(kappa)
+    log_kde = m[:, 0] + np.log(np.exp(a - m).mean(axis=1))
     log_u = -math.log(4 * math.pi)
     return np.logaddexp(np.log1p(-uniform_weight) + log_kde, math.log(uniform_weight) + log_u)
 
@@ -82,9 +124,18 @@ class DensityRaster:
 
     grid: Grid
     prob: np.ndarray  # (height, width) float64
-    kappa: float
+    kappa: float  # the fixed (pilot) bandwidth
     uniform_weight: float
     normaliser: float = 1.0  # the KDE's cell-centre sum that prob was divided by (a quadrature correction)
+    kappas: np.ndarray | None = None  # per-sample bandwidths (adaptive kernel), in the samples' order
+
+    def sample_kappas(self, n: int) -> np.ndarray:
+        """The bandwidth of each of the n samples the raster was made from."""
+        if self.kappas is None:
+            return np.full(n, self.kappa)
+        if len(self.kappas) != n:
+            raise ValueError(f"the raster was made from {len(self.kappas)} samples, not {n}")
+        return self.kappas
 
     def density_sr(self) -> np.ndarray:
         """Probability per steradian of each cell (what the highest-density regions rank by)."""
@@ -104,7 +155,8 @@ class DensityRaster:
         rows, cols = self.grid.cell_of(lat, lon)
         centres = latlon_to_xyz(self.grid.lat_centers()[rows], self.grid.lon_centers()[cols])
         cos = np.clip(np.sum(s * centres, axis=1) / np.linalg.norm(s, axis=1), -1.0, 1.0)
-        own = (1.0 - self.uniform_weight) * np.exp(vmf_log_norm(self.kappa) + self.kappa * (cos - 1.0)) / len(s)
+        k = self.sample_kappas(len(s))
+        own = (1.0 - self.uniform_weight) * np.exp(vmf_log_norms(k) + k * (cos - 1.0)) / len(s)
         own /= self.normaliser
         floor = self.uniform_weight / (4 * math.pi) / self.normaliser
         return np.maximum(self.density_at_cells(rows, cols) - own, floor)
@@ -123,35 +175,47 @@ def kde_raster(
     grid: Grid,
     kappa: float | None = None,
     uniform_weight: float = DEFAULT_UNIFORM_WEIGHT,
+    adaptive: bool = True,
 ) -> DensityRaster:
-    """The KDE of unit-vector samples (n, 3) integrated over the cells of a global `grid`."""
+    """The KDE of unit-vector samples (n, 3) integrated over the cells of a global `grid`.
+
+    kappa: the (pilot) bandwidth, by leave-one-out likelihood when None; adaptive: per-sample
+    bandwidths around it (adaptive_kappas), else the one kappa for all.
+    """
     s = np.asarray(samples, dtype=np.float64)
     s = s / np.linalg.norm(s, axis=1, keepdims=True)
+    max_kappa = max_kappa_for(grid.resolution)
     if kappa is None:
-        kappa = select_kappa(s, max_kappa_for(grid.resolution))
+        kappa = select_kappa(s, max_kappa)
+    kappas = adaptive_kappas(s, kappa, max(max_kappa, kappa)) if adaptive else np.full(len(s), float(kappa))
     lat_s = np.arcsin(np.clip(s[:, 2], -1.0, 1.0))
     order = np.argsort(lat_s)
     lat_sorted = lat_s[order]
     s_sorted = s[order].astype(np.float32)
-    reach = math.acos(max(-1.0, 1.0 - CUTOFF / kappa))  # beyond this angle a kernel is negligible
+    k_sorted = kappas[order].astype(np.float32)
+    log_c_sorted = vmf_log_norms(kappas[order]).astype(np.float32)
+    # Beyond this angle from its centre a kernel is negligible (exp(-CUTOFF) of its peak).
+    reach = np.arccos(np.maximum(-1.0, 1.0 - CUTOFF / kappas[order]))
+    widest = float(reach.max()) if len(reach) else 0.0
     lats = np.deg2rad(grid.lat_centers())
     density = np.zeros((grid.height, grid.width))
-    log_c = vmf_log_norm(kappa)
     for row in range(grid.height):
-        lo, hi = np.searchsorted(lat_sorted, [lats[row] - reach, lats[row] + reach])
-        if hi <= lo:
+        lo, hi = np.searchsorted(lat_sorted, [lats[row] - widest, lats[row] + widest])
+        near = np.arange(lo, hi)[np.abs(lat_sorted[lo:hi] - lats[row]) <= reach[lo:hi]]
+        if len(near) == 0:
             continue
-        a = grid.row_xyz(row).astype(np.float32) @ s_sorted[lo:hi].T  # (width, k)
+        a = grid.row_xyz(row).astype(np.float32) @ s_sorted[near].T  # (width, k)
         a -= 1.0
-        a *= np.float32(kappa)
+        a *= k_sorted[near]
+        a += log_c_sorted[near]
         np.exp(a, out=a)
         density[row] = a.sum(axis=1, dtype=np.float64)
-    density *= math.exp(log_c) / len(s)
+    density /= len(s)
     density = (1.0 - uniform_weight) * density + uniform_weight / (4 * math.pi)
     prob = density * grid.cell_areas_sr()[:, None]
     total = float(prob.sum())
     prob /= total
-    return DensityRaster(grid, prob, float(kappa), uniform_weight, total)
+    return DensityRaster(grid, prob, float(kappa), uniform_weight, total, kappas if adaptive else None)
 
 
 def crop_window(prob: np.ndarray, mass: float = 0.999) -> tuple[int, int, int, int]:

@@ -22,6 +22,7 @@ from qgis_plugin.service import protocol as P
 
 from .. import __version__
 from ..images import ImageError, decode_image, read_exif_gps
+from ..products.density import KERNEL_NAME
 from ..products.report import compute_products, summary_fields, write_products
 
 log = logging.getLogger("geoplonk.server")
@@ -162,7 +163,7 @@ def run_unit(
                     "steps": options["steps"], "precision": precision, "cfg": options["cfg"],
                     "samples": options["samples"],
                     "seed": options["seed"], "software_version": __version__,
-                    "kernel": "von Mises-Fisher KDE", "kernel_kappa": f"{products.raster.kappa:.6g}",
+                    "kernel": KERNEL_NAME, "kernel_kappa": f"{products.raster.kappa:.6g}",
                 }
                 tiff, gpkg = write_products(products, float(loc[row]), tags)
                 timings[i]["write"] = time.perf_counter() - t

@@ -41,7 +41,7 @@ def test_raster_sums_to_one_and_matches_the_kde(rng):
     grid = raster.grid
     r, c = 120, 440
     centre = latlon_to_xyz(np.array([grid.lat_centers()[r]]), np.array([grid.lon_centers()[c]]))
-    exact = kde_log_density(centre, samples, raster.kappa, raster.uniform_weight)[0]
+    exact = kde_log_density(centre, samples, raster.sample_kappas(len(samples)), raster.uniform_weight)[0]
     assert np.log(raster.density_sr()[r, c]) == pytest.approx(exact, abs=0.02)
 
 
@@ -69,9 +69,10 @@ def test_ninety_percent_region_holds_ninety_percent_of_samples(rng):
 
 
 def test_regions_of_a_sharp_and_broad_mixture_hold_their_level_of_fresh_draws():
-    """One bandwidth cannot fit a tight cluster and broad ones at once. Adding up the smoothed raster's
+    """One bandwidth cannot fit a tight cluster and broad ones at once. Adding up a fixed-kernel raster's
     probability then makes the 50 % region too big and the 90 / 99 % ones too small, as on the default
-    model as trained; ranking by the samples' leave-one-out densities keeps every level."""
+    model as trained; ranking by the samples' leave-one-out densities keeps every level, and the
+    adaptive kernel (one bandwidth per sample) fits both clusters, so its map is likelier too."""
     rng = np.random.default_rng(0)
 
     def draw(n):
@@ -81,14 +82,21 @@ def test_regions_of_a_sharp_and_broad_mixture_hold_their_level_of_fresh_draws():
 
     samples, fresh = draw(1024), draw(20000)
     raster = kde_raster(samples, Grid.global_grid(0.25))
+    fixed = kde_raster(samples, Grid.global_grid(0.25), adaptive=False)
     rows, cols = raster.grid.cell_of(*xyz_to_latlon(fresh))
     levels = [0.5, 0.9, 0.99]
     by_samples = [fraction_inside(r.mask, rows, cols) for r in credible_regions(raster, levels, samples)]
-    by_mass = [fraction_inside(r.mask, rows, cols) for r in credible_regions(raster, levels)]
-    print(f"fresh draws inside the 50/90/99 % regions: by samples {np.round(by_samples, 3)}, "
-          f"by raster mass {np.round(by_mass, 3)}")
+    fixed_by_samples = [fraction_inside(r.mask, rows, cols) for r in credible_regions(fixed, levels, samples)]
+    fixed_by_mass = [fraction_inside(r.mask, rows, cols) for r in credible_regions(fixed, levels)]
+    log_lik = float(np.log(raster.density_at_cells(rows, cols)).mean())
+    fixed_log_lik = float(np.log(fixed.density_at_cells(rows, cols)).mean())
+    print(f"fresh draws inside the 50/90/99 % regions: adaptive by samples {np.round(by_samples, 3)}, "
+          f"fixed kernel by samples {np.round(fixed_by_samples, 3)}, by raster mass {np.round(fixed_by_mass, 3)}; "
+          f"mean log density {log_lik:.3f} adaptive, {fixed_log_lik:.3f} fixed")
     assert by_samples == pytest.approx(levels, abs=0.025)
-    assert by_mass[0] > 0.52 and by_mass[1] < 0.88  # the rule this replaces
+    assert fixed_by_samples == pytest.approx(levels, abs=0.025)
+    assert fixed_by_mass[0] > 0.52 and fixed_by_mass[1] < 0.88  # the rule this replaces
+    assert log_lik > fixed_log_lik + 0.05
     # each sample's own kernel is left out of its density: a lone far sample is not a peak of its own
     lone = np.concatenate([cluster(rng, 0, 0, 1, 99), latlon_to_xyz(np.array([50.0]), np.array([100.0]))])
     raster = kde_raster(lone, Grid.global_grid(0.5))
