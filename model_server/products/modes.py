@@ -61,6 +61,8 @@ def find_modes(raster: DensityRaster, top_k: int, min_probability: float = 1e-3)
     density = raster.density_sr()
     roots = ascent_roots(density)
     mass = np.bincount(roots, weights=raster.prob.ravel(), minlength=roots.size)
+    # Summed in another order than the raster's normalisation: a lone mode's mass can round a few ulps over 1.
+    np.minimum(mass, 1.0, out=mass)
     candidates = np.flatnonzero(mass >= min_probability)
     candidates = candidates[np.argsort(mass[candidates])[::-1]][:top_k]
     lats = raster.grid.lat_centers()
