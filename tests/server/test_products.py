@@ -205,16 +205,11 @@ def test_nearest_town_is_nearest_on_the_sphere():
 
 
 def test_a_lone_mode_holds_at_most_all_the_mass():
-    """Its mass is summed in another order than the raster's normalisation: unclipped, three of these broad
-    64-draw clusters gave a lone mode 1 + 7e-15 to 1 + 3e-14."""
+    """Its mass is summed in another order than the raster's normalisation: unclipped, six of these twelve
+    broad 64-draw clusters gave a lone mode 1 + 5e-15 to 1 + 5e-14."""
     rng = np.random.default_rng(0)
-    checked = 0
-    for _ in range(40):
-        lat, lon, spread = rng.uniform(-60, 60), rng.uniform(-180, 180), rng.choice([0.3, 1, 3, 10])
-        samples = latlon_to_xyz(np.clip(lat + rng.normal(0, spread, 64), -89.9, 89.9), lon + rng.normal(0, spread, 64))
-        if spread < 10:
-            continue
+    for _ in range(12):
+        lat, lon = rng.uniform(-60, 60), rng.uniform(-180, 180)
+        samples = latlon_to_xyz(np.clip(lat + rng.normal(0, 10, 64), -89.9, 89.9), lon + rng.normal(0, 10, 64))
         modes = find_modes(kde_raster(samples, Grid.global_grid(0.25)), top_k=3)
         assert all(0 < m.probability <= 1.0 for m in modes)
-        checked += 1
-    assert checked >= 3
