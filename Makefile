@@ -43,7 +43,7 @@ $(QGIS_STAMP): $(SYSTEM_STAMP)
 install: $(SERVER_STAMP) $(QGIS_STAMP)
 
 lint: $(SERVER_STAMP)
-	$(SERVER_VENV)/bin/ruff check model_server qgis_plugin tests scripts benchmarks
+	$(SERVER_VENV)/bin/ruff check model_server qgis_plugin geoplonk_service tests scripts benchmarks
 
 test-server: $(SERVER_STAMP)
 	$(SERVER_PY) -m pytest tests/engine tests/server tests/common -p no:cacheprovider
@@ -55,7 +55,7 @@ test: lint test-server test-plugin
 
 plugin: dist/geoplonk.zip
 
-dist/geoplonk.zip: metadata.txt $(shell find qgis_plugin -name '*.py' -o -name '*.svg' 2>/dev/null)
+dist/geoplonk.zip: metadata.txt $(shell find qgis_plugin geoplonk_service -name '*.py' -o -name '*.svg' 2>/dev/null)
 	$(SYSTEM_PYTHON) scripts/build_plugin_zip.py --out $@
 
 demo: $(SERVER_STAMP) $(QGIS_STAMP)

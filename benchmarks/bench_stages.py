@@ -24,8 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qgis_plugin.service.client import GeoPlonkClient  # noqa: E402
-from qgis_plugin.service.launcher import start_local_server  # noqa: E402
+from geoplonk_service.client import GeoPlonkClient  # noqa: E402
+from geoplonk_service.launcher import start_local_server  # noqa: E402
 
 
 def random_model(folder: Path) -> Path:

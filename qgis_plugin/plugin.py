@@ -201,8 +201,8 @@ class GeoPlonkPlugin:
 
         Called from the task thread; raises ServerUnavailable or ServerStartError.
         """
-        from .service.client import GeoPlonkClient, ServerUnavailable
-        from .service.launcher import start_local_server
+        from geoplonk_service.client import GeoPlonkClient, ServerUnavailable
+        from geoplonk_service.launcher import start_local_server
 
         with self._server_lock:
             endpoints = []

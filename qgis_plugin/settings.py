@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .service.protocol import DEFAULT_OPTIONS
+from geoplonk_service.protocol import DEFAULT_OPTIONS
 
 PREFIX = "geoplonk/"
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"

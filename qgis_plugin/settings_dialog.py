@@ -158,8 +158,8 @@ class SettingsDialog(QDialog):
 
     def test_connection(self) -> str:
         """Ask the server for `info` (starting a local one if allowed); shows and returns the text."""
-        from .service.client import ServerError, ServerUnavailable
-        from .service.launcher import ServerStartError
+        from geoplonk_service.client import ServerError, ServerUnavailable
+        from geoplonk_service.launcher import ServerStartError
 
         try:
             settings = self.settings()
@@ -170,7 +170,7 @@ class SettingsDialog(QDialog):
                 if self._connect is not None:
                     client = self._connect(settings)
                 else:
-                    from .service.client import GeoPlonkClient
+                    from geoplonk_service.client import GeoPlonkClient
 
                     client = GeoPlonkClient(settings.endpoint, timeout_s=min(settings.timeout_s, 5.0), retries=0)
                 try:

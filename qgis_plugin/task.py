@@ -16,8 +16,9 @@ from typing import Any
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
+from geoplonk_service.output_files import unused_stem
+
 from . import messages
-from .service.naming import unused_stem
 from .settings import Settings
 
 
@@ -153,8 +154,8 @@ class GeolocateTask(QgsTask):
         self.photoDone.emit(outcome)
 
     def _fail_job(self, exc: Exception) -> None:
-        from .service.client import ServerError, ServerUnavailable
-        from .service.launcher import ServerStartError
+        from geoplonk_service.client import ServerError, ServerUnavailable
+        from geoplonk_service.launcher import ServerStartError
 
         details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         if isinstance(exc, ServerStartError):

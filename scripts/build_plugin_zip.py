@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Build the QGIS plugin zip: a top folder `geoplonk/` with qgis_plugin's files, metadata.txt and icon.svg.
+"""Build the QGIS plugin zip: a top folder `geoplonk/` with qgis_plugin's files, metadata.txt and icon.svg,
+and the shared service layer (`geoplonk_service`) bundled under `geoplonk/libs/`.
 
 Standard library only (runs with Debian's /usr/bin/python3).  Reproducible: sorted entries and a
 fixed timestamp, so the same sources give the same zip.
@@ -14,14 +15,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "qgis_plugin"
+SERVICE = ROOT / "geoplonk_service"
+LIBS = "libs"
 PACKAGE = "geoplonk"
 INCLUDE_SUFFIXES = {".py", ".svg", ".png", ".txt", ".md", ".qml", ".ui", ".json"}
 EXCLUDE_PARTS = {"__pycache__", "tests", ".pytest_cache", ".ruff_cache"}
 FIXED_TIME = (2024, 1, 1, 0, 0, 0)
 
 
-def plugin_files(source: Path = SOURCE) -> list[tuple[Path, str]]:
-    """(file on disk, name in the zip) for everything the plugin needs, sorted."""
+def tree_files(source: Path, prefix: str) -> list[tuple[Path, str]]:
+    """(file on disk, name in the zip under `prefix`) for the shippable files of `source`."""
     out = []
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)
@@ -29,7 +32,13 @@ def plugin_files(source: Path = SOURCE) -> list[tuple[Path, str]]:
             continue
         if path.name.startswith("."):
             continue
-        out.append((path, f"{PACKAGE}/{rel.as_posix()}"))
+        out.append((path, f"{prefix}/{rel.as_posix()}"))
+    return out
+
+
+def plugin_files(source: Path = SOURCE, service: Path = SERVICE) -> list[tuple[Path, str]]:
+    """(file on disk, name in the zip) for everything the plugin needs, sorted."""
+    out = tree_files(source, PACKAGE) + tree_files(service, f"{PACKAGE}/{LIBS}/{service.name}")
     names = {name for _, name in out}
     metadata = ROOT / "metadata.txt"
     if f"{PACKAGE}/metadata.txt" not in names:
@@ -43,8 +52,9 @@ def plugin_files(source: Path = SOURCE) -> list[tuple[Path, str]]:
 def check(files: list[tuple[Path, str]]) -> None:
     """Fail early on a zip QGIS would refuse or that would break at import."""
     names = {name for _, name in files}
-    for needed in ("__init__.py", "metadata.txt", "icon.svg", "plugin.py", "service/protocol.py",
-                   "service/client.py", "service/launcher.py", "service/naming.py"):
+    for needed in ("__init__.py", "metadata.txt", "icon.svg", "plugin.py",
+                   *(f"{LIBS}/geoplonk_service/{m}.py" for m in ("__init__", "protocol", "client", "launcher",
+                                                                 "output_files"))):
         if f"{PACKAGE}/{needed}" not in names:
             raise SystemExit(f"build_plugin_zip: {needed} is missing from the plugin")
 

@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        from qgis_plugin.service.naming import atomic_write
+        from geoplonk_service.output_files import atomic_write
 
         atomic_write(args.out, json.dumps(report, indent=2).encode("utf-8"))
     return 0

@@ -78,7 +78,7 @@ def summary_row(photo: Path, result, paths: dict[str, Path]) -> dict[str, Any]:
 
 
 def write_run_summary(out: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> tuple[Path, Path]:
-    from qgis_plugin.service.naming import atomic_write
+    from geoplonk_service.output_files import atomic_write
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS)
@@ -99,8 +99,8 @@ def default_server_command() -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from qgis_plugin.service.client import GeoPlonkClient, ServerError, ServerUnavailable
-    from qgis_plugin.service.naming import unique_stems
+    from geoplonk_service.client import GeoPlonkClient, ServerError, ServerUnavailable
+    from geoplonk_service.output_files import unique_stems
 
     photos = collect_photos(args.photos, args.recursive)
     if not photos:
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     server = None
     endpoint = args.endpoint or "tcp://127.0.0.1:5555"
     if args.start_server:
-        from qgis_plugin.service.launcher import ServerStartError, start_local_server
+        from geoplonk_service.launcher import ServerStartError, start_local_server
 
         try:
             server = start_local_server(args.server_command or default_server_command(), model=args.model)

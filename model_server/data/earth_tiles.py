@@ -197,7 +197,7 @@ def write_split(
             write_tile(render_tile(image, spec, size), spec, path)
         rows.append({"path": f"{folder.name}/{path.name}", "latitude": spec.lat, "longitude": spec.lon,
                      "footprint_km": round(spec.footprint_km, 1), "rotation_deg": round(spec.rotation_deg, 1)})
-    from qgis_plugin.service.naming import atomic_write
+    from geoplonk_service.output_files import atomic_write
 
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
@@ -243,7 +243,7 @@ def build_earth_tiles(
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from qgis_plugin.service.naming import atomic_write
+    from geoplonk_service.output_files import atomic_write
 
     atomic_write(path, json.dumps(data, indent=2).encode("utf-8"))
 

@@ -135,7 +135,7 @@ def write_manifest(model_dir: str | os.PathLike, manifest: dict | None = None) -
     data = dict(manifest or {})
     data["format"] = MANIFEST_FORMAT
     data["files"] = hash_tree(model_dir)
-    from qgis_plugin.service.naming import atomic_write
+    from geoplonk_service.output_files import atomic_write
 
     # a temporary name per writer; the manifest is as readable as the weights
     atomic_write(model_dir / MANIFEST_FILE, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o644)

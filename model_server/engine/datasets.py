@@ -131,7 +131,7 @@ def save_cache(cache_path: Path, cache: dict[str, np.ndarray]) -> None:
     """Written atomically under a unique temporary name: two runs sharing a cache never see half a file."""
     import io
 
-    from qgis_plugin.service.naming import atomic_write
+    from geoplonk_service.output_files import atomic_write
 
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(cache)

@@ -20,7 +20,7 @@ from .geopackage import geopackage_bytes, points_layer, regions_layer
 from .geotiff import geotiff_bytes
 from .grid import Grid
 from .modes import Mode, best_of_samples, find_modes
-from .naming import PlaceName, name_places
+from .place_names import PlaceName, name_places
 from .regions import CredibleRegion, credible_regions
 
 Stage = Callable[[str], None]

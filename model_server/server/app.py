@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from qgis_plugin.service import protocol as P
+from geoplonk_service import protocol as P
 
 from .. import __version__
 from ..engine.solvers import SOLVERS
@@ -130,7 +130,7 @@ class Server:
         if self.config.preload:
             try:
                 self.models.get(self.models.resolve(None))
-                from ..products.naming import _geocoder
+                from ..products.place_names import _geocoder
 
                 _geocoder()
             except Exception:  # noqa: BLE001 - reported again, per photo, when a request needs it

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qgis_plugin.service import protocol as P
+from geoplonk_service import protocol as P
 
 from .. import __version__
 from ..images import ImageError, decode_image, read_exif_gps

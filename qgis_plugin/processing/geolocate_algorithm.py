@@ -45,8 +45,9 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 
-from ..service.naming import unique_stems
-from ..service.protocol import MAX_IMAGE_BYTES
+from geoplonk_service.output_files import unique_stems
+from geoplonk_service.protocol import MAX_IMAGE_BYTES
+
 from ..settings import Settings, optional_float
 from ..sources import detect_photo_field, is_image_path, photos_in_folder, resolve_photo_path
 
@@ -123,8 +124,8 @@ def resolve_endpoint(endpoint: str | None, settings, feedback: QgsProcessingFeed
     plugin loaded, the plugin's own connection (its local server is shared, not started twice);
     else the configured endpoint, falling back to a local server started with the configured command.
     """
-    from ..service.client import GeoPlonkClient, ServerError, ServerUnavailable
-    from ..service.launcher import ServerStartError
+    from geoplonk_service.client import GeoPlonkClient, ServerError, ServerUnavailable
+    from geoplonk_service.launcher import ServerStartError
 
     plugin = _running_plugin()
     if not endpoint and plugin is not None:
@@ -156,7 +157,7 @@ def resolve_endpoint(endpoint: str | None, settings, feedback: QgsProcessingFeed
 def _start_local_server(command: str, feedback: QgsProcessingFeedback) -> str:
     """Start (once per QGIS process) a local server for runs without the plugin (qgis_process, scripts)."""
     global _local_server
-    from ..service.launcher import ServerStartError, start_local_server
+    from geoplonk_service.launcher import ServerStartError, start_local_server
 
     with _server_lock:
         if _local_server is not None and _local_server.running:
@@ -435,7 +436,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
     # -- run ------------------------------------------------------------------------------------
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):  # noqa: N802
-        from ..service.client import GeoPlonkClient, ServerError, ServerUnavailable
+        from geoplonk_service.client import GeoPlonkClient, ServerError, ServerUnavailable
 
         settings = Settings.load()
         if parameters.get(self.INPUT) not in (None, ""):

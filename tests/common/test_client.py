@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from qgis_plugin.service import protocol as P
-from qgis_plugin.service.client import GeoPlonkClient, PhotoResult, ServerUnavailable, plan_batches
+from geoplonk_service import protocol as P
+from geoplonk_service.client import GeoPlonkClient, PhotoResult, ServerUnavailable, plan_batches
 
 
 def free_port() -> int:

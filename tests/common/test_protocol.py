@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qgis_plugin.service import protocol as P
+from geoplonk_service import protocol as P
 
 
 def roundtrip(msg: P.Message, allowed) -> P.Message:

@@ -60,7 +60,7 @@ def server_command() -> str:
 @pytest.fixture(scope="session")
 def geoplonk_server(qgis_app):  # noqa: ARG001 - QGIS first, so the server's pid watch sees this process
     """A real local server for the whole session (stopped at the end)."""
-    from qgis_plugin.service.launcher import start_local_server
+    from geoplonk_service.launcher import start_local_server
 
     server = start_local_server(server_command(), ready_timeout=300)
     yield server

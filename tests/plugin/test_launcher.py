@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from qgis_plugin.service.client import GeoPlonkClient
-from qgis_plugin.service.launcher import ServerStartError, build_command, free_port, start_local_server
+from geoplonk_service.client import GeoPlonkClient
+from geoplonk_service.launcher import ServerStartError, build_command, free_port, start_local_server
 
 
 def test_build_command_appends_loopback_bind_and_watchdogs():

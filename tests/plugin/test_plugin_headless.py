@@ -17,8 +17,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QItemSelectionModel, QVariant
 
+from geoplonk_service.launcher import free_port
 from qgis_plugin import layers
-from qgis_plugin.service.launcher import free_port
 from qgis_plugin.settings import Settings
 
 # --- helpers -----------------------------------------------------------------------------

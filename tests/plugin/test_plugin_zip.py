@@ -17,7 +17,8 @@ def test_zip_layout_and_import_as_geoplonk(tmp_path, qgis_iface, monkeypatch):
     names = zipfile.ZipFile(out).namelist()
     assert all(n.startswith("geoplonk/") for n in names)
     for needed in ("metadata.txt", "icon.svg", "__init__.py", "plugin.py", "task.py", "layers.py",
-                   "service/protocol.py", "service/client.py", "service/launcher.py", "service/naming.py",
+                   "libs/geoplonk_service/protocol.py", "libs/geoplonk_service/client.py",
+                   "libs/geoplonk_service/launcher.py", "libs/geoplonk_service/output_files.py",
                    "processing/provider.py"):
         assert f"geoplonk/{needed}" in names
     assert not [n for n in names if "__pycache__" in n or "/tests/" in n or n.endswith(".pyc")]

@@ -271,7 +271,7 @@ def test_needs_a_layer_or_a_folder(provider, plugin_settings, tmp_path):  # noqa
 def test_unreachable_server_without_auto_start_is_a_clear_error(provider, plugin_settings, photo_dir, tmp_path):  # noqa: ARG001
     from qgis.core import QgsProcessingException
 
-    from qgis_plugin.service.launcher import free_port
+    from geoplonk_service.launcher import free_port
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with pytest.raises(QgsProcessingException, match=f"No GeoPlonk server answers at {endpoint}"):
@@ -309,7 +309,7 @@ def test_pure_helpers():
 def test_qgis_process_runs_the_installed_plugin(photo_dir, tmp_path):
     """`qgis_process run geoplonk:geolocatephotos` with the plugin installed from the zip in a fresh
     profile; no server runs at the configured endpoint, so the algorithm starts one itself."""
-    from qgis_plugin.service.launcher import free_port
+    from geoplonk_service.launcher import free_port
 
     plugin_zip = build_plugin_zip(tmp_path / "geoplonk.zip")
     profiles = tmp_path / "qgis-profiles"

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from geoplonk_service.launcher import start_local_server
 from model_server.engine.checkpoint import save_model_dir
 from model_server.engine.network import FlowConfig, GeoAdaLNMLP
 from model_server.images import exif_with_gps
-from qgis_plugin.service.launcher import start_local_server
 
 REPO = Path(__file__).resolve().parents[2]
 # Small, quick options for every request the tests send (the 2-core machine is shared).

@@ -10,9 +10,9 @@ import time
 import pytest
 import zmq.auth
 
+from geoplonk_service.client import GeoPlonkClient, ServerUnavailable
+from geoplonk_service.launcher import free_port, start_local_server
 from model_server.commands.keys import make_keys
-from qgis_plugin.service.client import GeoPlonkClient, ServerUnavailable
-from qgis_plugin.service.launcher import free_port, start_local_server
 
 from .conftest import REPO, server_command, server_env
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from qgis_plugin.service.launcher import free_port
+from geoplonk_service.launcher import free_port
 
 from .conftest import FAST, REPO, jpeg_bytes, server_env
 

@@ -182,7 +182,7 @@ def test_best_guess_prefers_the_larger_region_and_stays_sharp_inside_it(rng):
 
 def test_places_at_sea_name_the_coast_they_lie_off():
     """A guess just off the Nile delta is not 'open ocean': it names the coast; mid-Pacific is open ocean."""
-    from model_server.products.naming import OPEN_OCEAN, name_places
+    from model_server.products.place_names import OPEN_OCEAN, name_places
 
     offshore, inland, mid_pacific, alps = name_places([31.6, 30.0, 0.0, 46.5], [29.9, 31.2, -140.0, 10.0])
     assert offshore.country == "Egypt" and offshore.place.startswith("at sea, ") and "Alexandria" in offshore.place
@@ -197,7 +197,7 @@ def test_places_at_sea_name_the_coast_they_lie_off():
 
 def test_nearest_town_is_nearest_on_the_sphere():
     """Across the antimeridian and at high latitude, flat degrees would pick a farther town (or none)."""
-    from model_server.products.naming import name_places
+    from model_server.products.place_names import name_places
 
     off_fiji, baffin_bay = name_places([-16.5, 72.3], [-179.9, -63.8])
     assert off_fiji.country == "Fiji" and off_fiji.place.startswith("at sea, 77 km off")

@@ -14,9 +14,9 @@ import shapely
 import zmq
 from PIL import Image
 
+from geoplonk_service import protocol as P
+from geoplonk_service.client import GeoPlonkClient, ServerError
 from model_server.products.geotiff import read_geotiff
-from qgis_plugin.service import protocol as P
-from qgis_plugin.service.client import GeoPlonkClient, ServerError
 
 from .conftest import FAST, TINY_CALIBRATED_CFG, jpeg_bytes
 

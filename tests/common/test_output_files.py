@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qgis_plugin.service.naming import safe_stem, unique_stems, unused_stem
+from geoplonk_service.output_files import safe_stem, unique_stems, unused_stem
 
 
 def test_safe_stem_keeps_names_readable_and_file_safe():

@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from . import protocol as P
-from .naming import atomic_write, safe_stem
+from .output_files import atomic_write, safe_stem
 
 # How often the geolocate loop wakes up to look at is_cancelled(), in seconds.
 CANCEL_POLL_S = 0.1

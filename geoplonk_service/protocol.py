@@ -54,22 +54,65 @@ E_BAD_IMAGE = "bad_image"
 E_MODEL = "model_unavailable"
 E_INTERNAL = "internal"
 E_CANCELLED = "cancelled"
-E_TIMEOUT = "timeout"
+
+# Where `geoplonk serve` listens unless told otherwise, and where clients look for it.
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+# Sampler names the server accepts (the engine's solvers register under these names).
+SOLVERS = ("euler", "heun")
+PRECISIONS = ("bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class NumberOption:
+    """A numeric `geolocate` option: its type, default and inclusive range, for validators and forms alike."""
+
+    name: str
+    kind: type  # int or float
+    default: float | int | None
+    minimum: float
+    maximum: float
+    label: str
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        return self.minimum <= value <= self.maximum
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a number"
+        if self.maximum >= 2**62:
+            return f"{what} of at least {self.minimum:g}"
+        return f"{what} in [{self.minimum:g}, {self.maximum:g}]"
+
+
+# The numeric options, declared once: the server validates with them, and the settings dialog,
+# Processing's parameters and the command line take their ranges and defaults from them.
+SAMPLES = NumberOption("samples", int, 1024, 16, 65536, "Samples drawn from the distribution")
+STEPS = NumberOption("steps", int, 32, 1, 1000, "ODE solver steps")
+# Guidance w of the distribution; None: the model's calibrated w (0 if it has none). The best guess uses 2.0.
+CFG = NumberOption("cfg", float, None, -1.0, 20.0, "Guidance w (empty: the model's calibrated value)")
+RESOLUTION = NumberOption("resolution", float, 0.25, 0.05, 10.0, "Raster cell size (degrees)")
+TOP_K = NumberOption("top_k", int, 5, 1, 50, "Top places reported")
+SEED = NumberOption("seed", int, 0, 0, 2**63 - 1, "Random seed")
+NUMBER_OPTIONS = {o.name: o for o in (SAMPLES, STEPS, CFG, RESOLUTION, TOP_K, SEED)}
+MAX_LEVELS = 8
 
 # Options a `geolocate` request may carry, with their defaults.
 DEFAULT_OPTIONS: dict[str, Any] = {
     "model": None,  # None: the server's default model
-    "samples": 1024,  # samples drawn from the distribution (cfg = `cfg`)
-    "steps": 32,  # ODE solver steps
-    "solver": "euler",
-    "precision": "bf16",  # the sampler's matmuls: bf16 autocast (several times faster on CPUs) or fp32
-    # Guidance w of the distribution; None: the model's calibrated w (0 if it has none). The best guess uses 2.0.
-    "cfg": None,
-    "resolution": 0.25,  # raster cell size, degrees
+    "samples": SAMPLES.default,
+    "steps": STEPS.default,
+    "solver": SOLVERS[0],
+    "precision": PRECISIONS[0],  # the sampler's matmuls: bf16 autocast (several times faster on CPUs) or fp32
+    "cfg": CFG.default,
+    "resolution": RESOLUTION.default,
     "levels": [0.5, 0.9, 0.99],  # credible region levels
-    "top_k": 5,  # top places reported
+    "top_k": TOP_K.default,
     "crop": False,  # crop the raster to the 99.9 % mass area
-    "seed": 0,
+    "seed": SEED.default,
 }
 
 # Blob order in a successful `result` message.
@@ -168,34 +211,25 @@ def validate_options(options: Any) -> dict[str, Any]:
         if not ok:
             raise ProtocolError(f"option '{name}' must be {what}, got {merged[name]!r}", E_BAD_OPTION)
 
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
     def is_num(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
     check("model", merged["model"] is None or isinstance(merged["model"], str), "a model name or null")
-    check("samples", is_int(merged["samples"]) and 16 <= merged["samples"] <= 65536, "an integer in [16, 65536]")
-    check("steps", is_int(merged["steps"]) and 1 <= merged["steps"] <= 1000, "an integer in [1, 1000]")
-    check("solver", isinstance(merged["solver"], str), "a solver name")
-    check("precision", merged["precision"] in ("bf16", "fp32"), '"bf16" or "fp32"')
-    check("cfg", merged["cfg"] is None or (is_num(merged["cfg"]) and -1 <= merged["cfg"] <= 20),
-          "null (the model's calibrated guidance) or a number in [-1, 20]")
-    check(
-        "resolution",
-        is_num(merged["resolution"]) and 0.05 <= merged["resolution"] <= 10,
-        "a cell size in degrees in [0.05, 10]",
-    )
+    for option in NUMBER_OPTIONS.values():
+        value = merged[option.name]
+        if option.default is None and value is None:
+            continue
+        check(option.name, option.accepts(value), ("null or " if option.default is None else "") + option.describe())
+    check("solver", merged["solver"] in SOLVERS, "one of " + ", ".join(SOLVERS))
+    check("precision", merged["precision"] in PRECISIONS, " or ".join(f'"{p}"' for p in PRECISIONS))
     check(
         "levels",
         isinstance(merged["levels"], list)
-        and 0 < len(merged["levels"]) <= 8
+        and 0 < len(merged["levels"]) <= MAX_LEVELS
         and all(is_num(v) and 0 < v < 1 for v in merged["levels"]),
-        "a list of 1 to 8 probabilities in (0, 1)",
+        f"a list of 1 to {MAX_LEVELS} probabilities in (0, 1)",
     )
-    check("top_k", is_int(merged["top_k"]) and 1 <= merged["top_k"] <= 50, "an integer in [1, 50]")
     check("crop", isinstance(merged["crop"], bool), "true or false")
-    check("seed", is_int(merged["seed"]) and 0 <= merged["seed"] < 2**63, "a non-negative integer")
     merged["levels"] = sorted(float(v) for v in merged["levels"])
     return merged
 
