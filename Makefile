@@ -46,7 +46,7 @@ lint: $(SERVER_STAMP)
 	$(SERVER_VENV)/bin/ruff check model_server qgis_plugin geoplonk_service tests scripts benchmarks
 
 test-server: $(SERVER_STAMP)
-	$(SERVER_PY) -m pytest tests/engine tests/server tests/common -p no:cacheprovider
+	$(SERVER_PY) -m pytest tests/engine tests/server tests/common tests/evaluation -p no:cacheprovider
 
 test-plugin: $(SERVER_STAMP) $(QGIS_STAMP) plugin
 	QT_QPA_PLATFORM=offscreen $(QGIS_PY) -m pytest tests/plugin -p no:cacheprovider -o qgis_gui_enabled=false

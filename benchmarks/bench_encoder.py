@@ -4,7 +4,7 @@ pass over the whole batch and against the library's default layout.
 Embeds the same batch of sample tiles each way in one run and prints ms per image, the ratios and the
 largest differences between the feature sets.
 
-  .venv/server/bin/python benchmarks/bench_encoder.py [--threads 2] [--batch 64] [--repeat 3]
+  .venv/server/bin/python benchmarks/bench_encoder.py [--threads 2] [--batch 64] [--repeat 3] [--record PATH]
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--record", metavar="PATH",
+                   help="also write the figures as JSON (a file, or a folder: benchmarks/results/); "
+                        "then run benchmarks/render_doc.py")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -55,6 +58,20 @@ def main() -> None:
           f"({one_pass_ms / shipped_ms:.2f}x the time); default layout in one pass {default_ms:.1f} "
           f"({default_ms / shipped_ms:.2f}x); largest feature difference {(shipped - one_pass).abs().max():.1e} "
           f"and {(shipped - default).abs().max():.1e}")
+    if args.record:
+        from render_doc import write_record
+
+        write_record(args.record, "bench_encoder", f"EfficientNet-Lite0, batch {args.batch}, threads {args.threads}", [
+            {"what": f"shipped (channels-last, {CPU_MICRO_BATCH} images a pass)", "value": round(shipped_ms, 1),
+             "unit": "ms per image"},
+            {"what": "channels-last, the whole batch in one pass", "value": round(one_pass_ms, 1),
+             "unit": "ms per image",
+             "compare": f"{one_pass_ms / shipped_ms:.2f}x the shipped time",
+             "note": f"largest feature difference {(shipped - one_pass).abs().max():.1e}"},
+            {"what": "the library's default layout, one pass", "value": round(default_ms, 1), "unit": "ms per image",
+             "compare": f"{default_ms / shipped_ms:.2f}x the shipped time",
+             "note": f"largest feature difference {(shipped - default).abs().max():.1e}"},
+        ])
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 
 Prints seconds per photo to draw 1024 samples with 32 Euler steps: ours (fp32, bf16 autocast)
 against the authors' riemannian_flow_sampler in the same run, and log_density throughput.
-Run: .venv/server/bin/python benchmarks/bench_engine.py [--threads N] [--repeats R]
+Run: .venv/server/bin/python benchmarks/bench_engine.py [--threads N] [--repeats R] [--record benchmarks/results/]
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--density-points", type=int, default=128)
+    parser.add_argument("--record", metavar="PATH",
+                        help="also write the figures as JSON (a file, or a folder: benchmarks/results/); "
+                             "then run benchmarks/render_doc.py")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -89,15 +92,25 @@ def main() -> None:
         print(f"  measured {name}: {sec:.3f} s", flush=True)
     print(f"\nsampling {args.n} points x {args.steps} Euler steps, seconds per photo:")
     reference = results.get("reference fp32")
+    figures = []
     for name, sec in results.items():
         ratio = f"  ({reference / sec:.2f}x the reference's speed)" if reference else ""
         print(f"  {name:<16} {sec:8.3f} s{ratio}")
+        figures.append({"what": f"sampling, {name}", "value": round(sec, 3), "unit": "s per photo",
+                        "compare": ratio.strip(" ()") or None})
 
     pts = uniform_sphere(args.density_points, generator=gen).to(device)
     print(f"\nlog_density, {args.density_points} points, one photo:")
     for method, kw in (("rk4", {"steps": 16}), ("dopri5", {"atol": 1e-5, "rtol": 1e-5})):
         sec = best_of(lambda method=method, kw=kw: log_density(net, emb, pts, method=method, **kw), 1)
         print(f"  {method:<7} {str(kw):<30} {sec:8.3f} s  = {args.density_points / sec:8.1f} points/s")
+        figures.append({"what": f"log_density, {method} {kw}, {args.density_points} points", "value": round(sec, 3),
+                        "unit": "s", "compare": f"{args.density_points / sec:.1f} points/s"})
+    if args.record:
+        from render_doc import write_record
+
+        write_record(args.record, "bench_engine", f"{args.n} samples x {args.steps} Euler steps at the published size",
+                     figures, device=str(device), notes=[f"{torch.get_num_threads()} threads, best of {args.repeats}."])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ for held-out (embedding, true location) pairs, compares
   raster: -log of the raster cell's density (probability / cell solid angle)
 all in nats per steradian (uniform = log 4 pi = 2.531).  Prints the figures; asserts nothing.
 
-  .venv/server/bin/python scripts/bench_raster_nll.py [--model DIR --data held_out.npz]
+  .venv/server/bin/python benchmarks/bench_raster_nll.py [--model DIR --data held_out.npz] [--record PATH]
   (held_out.npz: `emb` (N, cond_dim) float32 as the flow expects, `latlon` (N, 2) degrees)
 """
 
@@ -31,9 +31,10 @@ from model_server.engine.network import FlowConfig, GeoAdaLNMLP  # noqa: E402
 from model_server.engine.sampling import sample  # noqa: E402
 from model_server.engine.sphere import normalize  # noqa: E402
 from model_server.engine.training import train_flow  # noqa: E402
-from model_server.products.density import kde_log_density, kde_raster  # noqa: E402
-from model_server.products.geodesy import latlon_to_xyz  # noqa: E402
+from model_server.geodesy import latlon_to_xyz  # noqa: E402
+from model_server.products.density import kde_raster  # noqa: E402
 from model_server.products.grid import Grid  # noqa: E402
+from model_server.products.kde import kde_log_density  # noqa: E402
 
 
 def synthetic_task(n_codes: int, cond_dim: int, seed: int):
@@ -83,6 +84,9 @@ def main() -> None:
     ap.add_argument("--exact-method", default="rk4", help="ODE method of the exact likelihood (dopri5 is very slow)")
     ap.add_argument("--exact-steps", type=int, default=64, help="steps of a fixed-step exact method")
     ap.add_argument("--save", help="with the synthetic task: keep the trained flow in this folder / reuse it")
+    ap.add_argument("--record", metavar="PATH",
+                    help="also write the figures as JSON (a file, or a folder: benchmarks/results/); "
+                         "then run benchmarks/render_doc.py")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.model:
@@ -140,6 +144,25 @@ def main() -> None:
     print(f"gap raster - kde (gridding alone): mean {np.mean(ra - kd):+.4f} nats")
     print(f"time per photo: exact likelihood of 1 point {t_exact / len(ex):.2f} s, "
           f"sampling + raster {t_raster / len(ex):.2f} s")
+    if args.record:
+        from render_doc import write_record
+
+        figures = [{"what": f"{label}, {stat} NLL", "value": f"{fn(v):.3f}", "unit": "nats/sr"}
+                   for label, v in (("exact likelihood", ex), ("kernel density of the samples at the exact point", kd),
+                                    ("raster cell", ra))
+                   for stat, fn in (("mean", np.mean), ("median", np.median))]
+        figures += [{"what": f"gap raster - exact, {stat}", "value": f"{fn(ra - ex):+.3f}", "unit": "nats"}
+                    for stat, fn in (("mean", np.mean), ("median", np.median),
+                                     ("90th percentile", lambda d: np.percentile(d, 90)))]
+        figures += [{"what": "gap raster - kernel density (gridding alone), mean", "value": f"{np.mean(ra - kd):+.4f}",
+                     "unit": "nats"},
+                    {"what": "exact likelihood of 1 point, per photo", "value": round(t_exact / len(ex), 2),
+                     "unit": "s"},
+                    {"what": "sampling + raster, per photo", "value": round(t_raster / len(ex), 2), "unit": "s"}]
+        task = f"model {args.model}" if args.model else "synthetic task"
+        write_record(args.record, "bench_raster_nll", f"{task}, {len(ex)} held-out photos", figures, notes=[
+            f"{args.samples} samples, {args.steps} sampling steps, {args.resolution} deg raster; exact likelihood: "
+            f"{args.exact_method} (--exact-steps {args.exact_steps} for a fixed-step method)."])
 
 
 if __name__ == "__main__":

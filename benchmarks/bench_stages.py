@@ -7,6 +7,7 @@ sampler precision (bf16 autocast, the default, against the reference fp32) and e
 (--cfg model,0: the model's calibrated w, which costs a second network pass per step, against none).
 
   .venv/server/bin/python benchmarks/bench_stages.py [--model DIR] [--photo JPG] [--samples 1024] ...
+      [--record benchmarks/results/]
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def main() -> None:
                     help="sampler precisions to time, comma-separated; the first is compared with the others")
     ap.add_argument("--cfg", default="model",
                     help="distribution guidance values, comma-separated; 'model' sends none (the model's calibrated)")
+    ap.add_argument("--record", metavar="PATH",
+                    help="also write the figures as JSON (a file, or a folder: benchmarks/results/); "
+                         "then run benchmarks/render_doc.py")
     args = ap.parse_args()
     variants = [(precision, cfg) for cfg in args.cfg.split(",") for precision in args.precision.split(",")]
     runs: dict[str, list] = {}
@@ -88,17 +92,30 @@ def main() -> None:
         finally:
             srv.stop()
     print(f"model {model}, device {info['device']}, options {base}, {args.repeat} runs after a warm-up each")
+    figures = []
     for label, rows in runs.items():
         print(f"{label}:")
         for stage in rows[0][1]:
-            print(f"  {stage:15s} {statistics.median(r[1][stage] for r in rows):7.3f} s")
-        print(f"  {'round trip':15s} {statistics.median(r[0] for r in rows):7.3f} s (client-side, one photo)")
+            seconds = statistics.median(r[1][stage] for r in rows)
+            print(f"  {stage:15s} {seconds:7.3f} s")
+            figures.append({"what": f"{label}: {stage}", "value": round(seconds, 3), "unit": "s"})
+        seconds = statistics.median(r[0] for r in rows)
+        print(f"  {'round trip':15s} {seconds:7.3f} s (client-side, one photo)")
+        figures.append({"what": f"{label}: round trip (client side, one photo)", "value": round(seconds, 3),
+                        "unit": "s"})
     first, *others = runs
     for other in others:
         sample_ratio = (statistics.median(r[1]["sample"] for r in runs[first])
                         / statistics.median(r[1]["sample"] for r in runs[other]))
         trip_ratio = statistics.median(r[0] for r in runs[first]) / statistics.median(r[0] for r in runs[other])
         print(f"{first}: sampling {sample_ratio:.2f}x, round trip {trip_ratio:.2f}x the time of {other}")
+        figures += [{"what": f"sampling time, {first} over {other}", "value": round(sample_ratio, 2), "unit": "x"},
+                    {"what": f"round trip time, {first} over {other}", "value": round(trip_ratio, 2), "unit": "x"}]
+    if args.record:
+        from render_doc import write_record
+
+        write_record(args.record, "bench_stages", f"One photo through the server, model {Path(model).name}", figures,
+                     device=info["device"], notes=[f"Options: {base}; median of {args.repeat} runs after a warm-up."])
 
 
 if __name__ == "__main__":

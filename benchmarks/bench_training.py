@@ -3,7 +3,7 @@
 Prints milliseconds per optimiser step (after a warm-up) for the shipped loop (bf16 autocast, fused AdamW,
 one multi-tensor EMA update) against the same loop with per-tensor AdamW and EMA updates (this project's
 loop before 2026-12-04) and against fp32 with per-tensor updates (the reference's training step), in one run.
-Run: .venv/server/bin/python benchmarks/bench_training.py [--threads 1,2] [--steps 300]
+Run: .venv/server/bin/python benchmarks/bench_training.py [--threads 1,2] [--steps 300] [--record PATH]
 """
 
 from __future__ import annotations
@@ -58,7 +58,11 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--record", metavar="PATH",
+                        help="also write the figures as JSON (a file, or a folder: benchmarks/results/); "
+                             "then run benchmarks/render_doc.py")
     args = parser.parse_args()
+    figures = []
     print(f"torch {torch.__version__}, {args.steps} timed steps after {args.warmup} warm-up, batch 256")
     for threads in (int(t) for t in args.threads.split(",")):
         base = None
@@ -71,6 +75,13 @@ def main() -> None:
             base = base or ms
             print(f"threads {threads}: {name}: {ms:.1f} ms/step ({ms / base:.2f}x the shipped time); "
                   f"80,000 steps: {80000 * ms / 60000:.0f} min", flush=True)
+            figures.append({"what": f"{threads} thread{'s' if threads > 1 else ''}: {name}", "value": round(ms, 1),
+                            "unit": "ms/step", "compare": f"{ms / base:.2f}x the shipped time"})
+    if args.record:
+        from render_doc import write_record
+
+        write_record(args.record, "bench_training", "One training step of the default model's head", figures,
+                     notes=[f"{args.steps} timed steps after {args.warmup} warm-up steps, batch 256."])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,17 @@ import zmq
 
 from . import protocol as P
 from .output_files import atomic_write, safe_stem
+from .photos import PhotoFileError, check_size, photo_size, read_photo
 
 # How often the geolocate loop wakes up to look at is_cancelled(), in seconds.
 CANCEL_POLL_S = 0.1
+# Photos per request unless told otherwise: bounds the memory a job holds and keeps results flowing photo by photo.
+BATCH_PHOTOS = 8
+# Resends of a request the server has not answered at all (Lazy Pirate).
+RETRIES = 2
+
+# A photo to geolocate: a file path, or (display name, file bytes).
+Photo = str | os.PathLike | tuple[str, bytes]
 
 
 class ServerUnavailable(ConnectionError):
@@ -88,12 +96,12 @@ def _failed(index: int, name: str, code: str, message: str, status: str = P.STAT
     return PhotoResult(index, name, status, error={"code": code, "message": message})
 
 
-def _result_from_message(msg: P.Message, index_offset: int) -> PhotoResult:
+def _result_from_message(msg: P.Message, index: int) -> PhotoResult:
     f = msg.fields
     blobs = msg.blobs
     ok = f.get("status") == P.STATUS_OK
     return PhotoResult(
-        index=int(f.get("index", -1)) + index_offset,
+        index=index,
         name=str(f.get("name", "")),
         status=str(f.get("status", P.STATUS_FAILED)),
         summary=f.get("summary"),
@@ -101,6 +109,10 @@ def _result_from_message(msg: P.Message, index_offset: int) -> PhotoResult:
         geotiff=blobs[0] if ok and len(blobs) > 0 else None,
         gpkg=blobs[1] if ok and len(blobs) > 1 else None,
     )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def plan_batches(
@@ -127,23 +139,26 @@ class GeoPlonkClient:
 
     def __init__(
         self,
-        endpoint: str = "tcp://127.0.0.1:5555",
+        endpoint: str = P.DEFAULT_ENDPOINT,
         timeout_s: float = 30.0,
-        retries: int = 2,
+        retries: int = RETRIES,
         server_public_key: bytes | None = None,
         client_keys: tuple[bytes, bytes] | None = None,
+        batch_photos: int = BATCH_PHOTOS,
     ):
         """`server_public_key` (Z85) turns on CURVE; `client_keys` = (public, secret), generated if omitted."""
         self.endpoint = endpoint
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
+        self.batch_photos = max(1, int(batch_photos))
         self._server_key = server_public_key
         self._client_keys = client_keys
         if server_public_key is not None and client_keys is None:
             self._client_keys = zmq.curve_keypair()
         self._context = zmq.Context()
         self._socket: zmq.Socket | None = None
-        self._limits: dict[str, int] = {
+        # The server's limits (its `info` reply updates them); photos are checked against them before sending.
+        self.limits: dict[str, int] = {
             "max_image_bytes": P.MAX_IMAGE_BYTES,
             "max_images_per_request": P.MAX_IMAGES_PER_REQUEST,
             "max_message_bytes": P.MAX_MESSAGE_BYTES,
@@ -215,7 +230,7 @@ class GeoPlonkClient:
                     raise ServerError(msg.fields.get("code", P.E_INTERNAL), msg.fields.get("message", ""))
                 if msg.type == P.INFO:
                     limits = msg.fields.get("limits") or {}
-                    self._limits.update({k: int(v) for k, v in limits.items() if k in self._limits})
+                    self.limits.update({k: int(v) for k, v in limits.items() if k in self.limits})
                     return msg.fields
             self._reset()
         raise ServerUnavailable(
@@ -225,44 +240,48 @@ class GeoPlonkClient:
 
     def geolocate(
         self,
-        images: list[tuple[str, bytes]],
+        photos: Sequence[Photo],
         options: dict[str, Any] | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         on_result: Callable[[PhotoResult], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
     ) -> list[PhotoResult]:
-        """Geolocate (name, bytes) photos; one PhotoResult per photo, in input order.
+        """Geolocate photos, given as file paths or as (name, bytes); one PhotoResult per photo, in input order.
 
-        Photos over the image size limit fail here without being sent.  Large batches are
-        split into several requests within the protocol limits; indices stay those of `images`.
-        Raises ServerError when the server rejects a whole request (e.g. a bad option) and
-        ServerUnavailable when it stops answering.
+        Photos go in requests of at most `batch_photos` (fewer where the server's count and size limits say so),
+        and a file is read only when its request is about to be sent: a job holds one request's photos in
+        memory.  A file that cannot be read or is over the server's size limit fails alone, without being sent.
+        `on_progress` gets the server's progress fields with `index` counted in `photos`, plus `fraction`: the
+        share of the whole job done, in [0, 1].  Raises ServerError when the server rejects a whole request
+        (e.g. a bad option) and ServerUnavailable when it stops answering.
         """
         results: dict[int, PhotoResult] = {}
+        names = [photo[0] if isinstance(photo, tuple) else Path(photo).name for photo in photos]
+        max_bytes = self.limits["max_image_bytes"]
 
         def deliver(result: PhotoResult) -> None:
             results[result.index] = result
             if on_result is not None:
                 on_result(result)
 
-        sendable: list[int] = []
-        for i, (name, data) in enumerate(images):
-            if len(data) > self._limits["max_image_bytes"]:
-                deliver(
-                    _failed(
-                        i,
-                        name,
-                        P.E_TOO_LARGE,
-                        f"the file is {len(data) / 1e6:.1f} MB, over the "
-                        f"{self._limits['max_image_bytes'] / 1e6:.0f} MB limit",
-                    )
-                )
-            else:
-                sendable.append(i)
+        def load(i: int, measure: bool) -> int | bytes | None:
+            """The size (measure) or the bytes of photo i; None, with its failure delivered, when it is unusable."""
+            photo = photos[i]
+            try:
+                if isinstance(photo, tuple):
+                    check_size(len(photo[1]), max_bytes)
+                    return len(photo[1]) if measure else photo[1]
+                return photo_size(photo, max_bytes) if measure else read_photo(photo, max_bytes)
+            except PhotoFileError as exc:
+                deliver(_failed(i, names[i], exc.code, str(exc)))
+                return None
+
+        sizes = {i: size for i in range(len(photos)) if (size := load(i, measure=True)) is not None}
+        sendable = list(sizes)
         batches = plan_batches(
-            [len(images[i][1]) for i in sendable],
-            self._limits["max_images_per_request"],
-            self._limits["max_message_bytes"],
+            list(sizes.values()),
+            min(self.limits["max_images_per_request"], self.batch_photos),
+            self.limits["max_message_bytes"],
         )
         cancelled = False
         for batch in batches:
@@ -270,30 +289,43 @@ class GeoPlonkClient:
             if cancelled or (is_cancelled is not None and is_cancelled()):
                 cancelled = True
                 for i in indices:
-                    deliver(_failed(i, images[i][0], P.E_CANCELLED, "cancelled before sending", P.STATUS_CANCELLED))
+                    deliver(_failed(i, names[i], P.E_CANCELLED, "cancelled before sending", P.STATUS_CANCELLED))
                 continue
-            cancelled = self._geolocate_batch(images, indices, options, on_progress, deliver, is_cancelled)
-        return [results[i] for i in range(len(images))]
+            images = [(i, names[i], data) for i in indices if (data := load(i, measure=False)) is not None]
+            if not images:
+                continue
+
+            def job_progress(fields: dict[str, Any], images=images, done_before=len(results)) -> None:
+                out = dict(fields)
+                index, done, total = out.get("index"), out.get("done"), out.get("total")
+                if isinstance(index, int) and 0 <= index < len(images):
+                    out["index"] = images[index][0]
+                part = done / total if _is_number(done) and _is_number(total) and total > 0 else 0.0
+                out["fraction"] = (done_before + min(max(part, 0.0), 1.0) * len(images)) / len(photos)
+                if on_progress is not None:
+                    on_progress(out)
+
+            cancelled = self._geolocate_batch(images, options, job_progress, deliver, is_cancelled)
+        return [results[i] for i in range(len(photos))]
 
     def _geolocate_batch(
         self,
-        images: list[tuple[str, bytes]],
-        indices: list[int],
+        images: list[tuple[int, str, bytes]],
         options: dict[str, Any] | None,
-        on_progress: Callable[[dict[str, Any]], None] | None,
+        on_progress: Callable[[dict[str, Any]], None],
         deliver: Callable[[PhotoResult], None],
         is_cancelled: Callable[[], bool] | None,
     ) -> bool:
-        """Run one request; returns True when it was cancelled."""
-        request = P.geolocate_request([images[i] for i in indices], options)
-        pending = set(range(len(indices)))
+        """Run one request for (index in the job, name, bytes) photos; returns True when it was cancelled."""
+        request = P.geolocate_request([(name, data) for _, name, data in images], options)
+        pending = set(range(len(images)))
         cancel_sent = False
         answered = False
         attempts = 0
 
-        def to_global(result: PhotoResult) -> PhotoResult:
-            result.index = indices[result.index]
-            return result
+        def unanswered(code: str, message: str, status: str) -> None:
+            for j in sorted(pending):
+                deliver(_failed(images[j][0], images[j][1], code, message, status))
 
         self._send(request)
         last_heard = time.monotonic()
@@ -314,42 +346,31 @@ class GeoPlonkClient:
                     continue
                 self._give_up(request.id)
                 if cancel_sent:
-                    for j in sorted(pending):
-                        deliver(to_global(_failed(j, images[indices[j]][0], P.E_CANCELLED, "cancelled",
-                                                  P.STATUS_CANCELLED)))
+                    unanswered(P.E_CANCELLED, "cancelled", P.STATUS_CANCELLED)
                     return True
                 raise ServerUnavailable(
                     f"the GeoPlonk server at {self.endpoint} went silent for {self.timeout_s:g} s "
-                    f"({len(pending)} of {len(indices)} photos unfinished)"
+                    f"({len(pending)} of {len(images)} photos unfinished)"
                 )
             if msg.id != request.id:
                 continue
             answered = True
             last_heard = time.monotonic()
             if msg.type == P.PROGRESS:
-                if on_progress is not None:
-                    on_progress(self._global_progress(msg.fields, indices))
+                on_progress(msg.fields)
             elif msg.type == P.RESULT:
                 j = int(msg.fields.get("index", -1))
                 if j in pending:
                     pending.discard(j)
-                    deliver(to_global(_result_from_message(msg, 0)))
-            elif msg.type == P.DONE:
-                for j in sorted(pending):  # a server that ends early: never leave a photo without an answer
-                    status = P.STATUS_CANCELLED if cancel_sent else P.STATUS_FAILED
-                    code = P.E_CANCELLED if cancel_sent else P.E_INTERNAL
-                    deliver(to_global(_failed(j, images[indices[j]][0], code, "no result from the server", status)))
+                    deliver(_result_from_message(msg, images[j][0]))
+            elif msg.type == P.DONE:  # a server that ends early: never leave a photo without an answer
+                if cancel_sent:
+                    unanswered(P.E_CANCELLED, "no result from the server", P.STATUS_CANCELLED)
+                else:
+                    unanswered(P.E_INTERNAL, "no result from the server", P.STATUS_FAILED)
                 return cancel_sent
             elif msg.type == P.ERROR:
                 raise ServerError(msg.fields.get("code", P.E_INTERNAL), msg.fields.get("message", ""))
-
-    @staticmethod
-    def _global_progress(fields: dict[str, Any], indices: list[int]) -> dict[str, Any]:
-        out = dict(fields)
-        index = out.get("index")
-        if isinstance(index, int) and 0 <= index < len(indices):
-            out["index"] = indices[index]
-        return out
 
     def _give_up(self, request_id: str) -> None:
         """Best-effort cancel so a server that comes back does not keep working for nobody."""

@@ -62,7 +62,6 @@ class LocalServer:
 
     endpoint: str
     process: subprocess.Popen
-    argv: list[str] = field(default_factory=list)
     _stderr_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=STDERR_TAIL_LINES))
 
     @property
@@ -139,7 +138,7 @@ def start_local_server(
             "Check the start command in GeoPlonk settings (e.g. /path/to/venv/bin/geoplonk serve)."
         ) from None
 
-    server = LocalServer(endpoint=f"tcp://127.0.0.1:{port}", process=proc, argv=argv)
+    server = LocalServer(endpoint=f"tcp://127.0.0.1:{port}", process=proc)
     threading.Thread(target=_drain, args=(proc.stderr, server._stderr_tail), daemon=True).start()
 
     ready: list[str] = []

@@ -93,7 +93,7 @@ class NumberOption:
 SAMPLES = NumberOption("samples", int, 1024, 16, 65536, "Samples drawn from the distribution")
 STEPS = NumberOption("steps", int, 32, 1, 1000, "ODE solver steps")
 # Guidance w of the distribution; None: the model's calibrated w (0 if it has none). The best guess uses 2.0.
-CFG = NumberOption("cfg", float, None, -1.0, 20.0, "Guidance w (empty: the model's calibrated value)")
+CFG = NumberOption("cfg", float, None, -1.0, 20.0, "Guidance w of the distribution")
 RESOLUTION = NumberOption("resolution", float, 0.25, 0.05, 10.0, "Raster cell size (degrees)")
 TOP_K = NumberOption("top_k", int, 5, 1, 50, "Top places reported")
 SEED = NumberOption("seed", int, 0, 0, 2**63 - 1, "Random seed")

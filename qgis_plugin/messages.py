@@ -6,6 +6,7 @@ Pure functions returning (title, text, details) so they can be tested without QG
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 LOG_TAG = "GeoPlonk"
 
@@ -71,3 +72,16 @@ def summary(ok: int, failed: int, cancelled: int, seconds: float) -> str:
     if cancelled:
         parts.append(f"{cancelled} cancelled")
     return ", ".join(parts) + f" in {seconds:.1f} s"
+
+
+def describe_info(info: dict[str, Any], separator: str = "\n") -> str:
+    """The server's `info` reply in a few short lines (version, device, models)."""
+    names = [m.get("name", "?") if isinstance(m, dict) else str(m) for m in info.get("models") or []]
+    lines = [
+        f"GeoPlonk server {info.get('server_version') or info.get('version') or ''}".strip(),
+        f"Device: {info.get('device', 'unknown')}",
+        f"Models: {', '.join(names) if names else 'none reported'}",
+    ]
+    if info.get("default_model"):
+        lines.append(f"Default model: {info['default_model']}")
+    return separator.join(lines)

@@ -7,13 +7,14 @@ ZeroMQ (started on demand with the configured command, stopped when QGIS closes)
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsMessageLog, QgsProject
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QFileDialog, QInputDialog
+
+from geoplonk_service.photos import photos_in_folder, unique_paths
 
 from . import layers, messages, sources
 from .settings import Settings
@@ -35,8 +36,9 @@ class GeoPlonkPlugin:
         self.toolbar = None
         self.provider = None
         self.task = None
-        self.local_server = None
-        self._server_lock = threading.Lock()
+        # Hands out clients and owns the local server started on demand (None without pyzmq); the toolbar task,
+        # the settings dialog and Processing runs in this QGIS share it.
+        self.servers = None
         self.last_report = None
         self.last_groups: list = []
         self.choose_files: Callable[[], list[str]] = self._dialog_files
@@ -52,8 +54,9 @@ class GeoPlonkPlugin:
             return
         from .processing.provider import GeoPlonkProvider
 
-        self.provider = GeoPlonkProvider()
-        QgsApplication.processingRegistry().addProvider(self.provider)
+        provider = GeoPlonkProvider()
+        if QgsApplication.processingRegistry().addProvider(provider):  # a refused provider is deleted by QGIS
+            self.provider = provider
 
     def initGui(self) -> None:  # noqa: N802 - QGIS's name
         self.initProcessing()
@@ -85,6 +88,14 @@ class GeoPlonkPlugin:
             self.toolbar.addAction(self.action_zoom)
         for action in self.actions:
             self.iface.addPluginToMenu(MENU, action)
+        try:
+            from geoplonk_service.server_manager import LocalServerManager
+        except ImportError:  # no pyzmq in QGIS's Python: geolocate() says how to install it
+            pass
+        else:
+            self.servers = self.servers or LocalServerManager(
+                log=lambda text: QgsMessageLog.logMessage(text, messages.LOG_TAG, Qgis.Info)
+            )
         app = QgsApplication.instance()
         if app is not None and not self._quit_connected:
             app.aboutToQuit.connect(self.stop_local_server)
@@ -112,6 +123,7 @@ class GeoPlonkPlugin:
                 pass
             self._quit_connected = False
         self.stop_local_server()
+        self.servers = None
 
     # -- photo selection ----------------------------------------------------------------
 
@@ -130,7 +142,7 @@ class GeoPlonkPlugin:
                 paths = sources.photos_from_layer(layer, field)
                 if paths:
                     return paths
-        return sources.unique(self.choose_files() or [])
+        return unique_paths(self.choose_files() or [])
 
     def _dialog_files(self) -> list[str]:
         files, _ = QFileDialog.getOpenFileNames(
@@ -155,7 +167,7 @@ class GeoPlonkPlugin:
     def geolocate_folder(self) -> None:
         folder = self.choose_folder()
         if folder:
-            self.geolocate(sources.photos_in_folder(folder))
+            self.geolocate([str(p) for p in photos_in_folder(folder)])
 
     def geolocate(self, paths: list[str]):
         """Start a background task for `paths`; returns the task (None when nothing was started)."""
@@ -197,42 +209,18 @@ class GeoPlonkPlugin:
             return False
 
     def connect(self, settings: Settings):
-        """A client to a server that answers: the configured endpoint, else our local server (started on demand).
+        """A client to a server that answers: the configured endpoint, else a local server (started on demand).
 
-        Called from the task thread; raises ServerUnavailable or ServerStartError.
+        Called from task threads too; raises ServerUnavailable or ServerStartError, ImportError without pyzmq.
         """
-        from geoplonk_service.client import GeoPlonkClient, ServerUnavailable
-        from geoplonk_service.launcher import start_local_server
-
-        with self._server_lock:
-            endpoints = []
-            if self.local_server is not None and self.local_server.running:
-                endpoints.append(self.local_server.endpoint)
-            endpoints.append(settings.endpoint)
-            probe_timeout = min(settings.timeout_s, 2.0)
-            last: Exception | None = None
-            for endpoint in endpoints:
-                client = GeoPlonkClient(endpoint, timeout_s=probe_timeout, retries=0)
-                try:
-                    client.info()
-                except ServerUnavailable as exc:
-                    client.close()
-                    last = exc
-                    continue
-                client.timeout_s = settings.timeout_s
-                client.retries = 2
-                return client
-            if not settings.auto_start:
-                raise last or ServerUnavailable(f"no server at {settings.endpoint}")
-            QgsMessageLog.logMessage(f"starting a local server: {settings.start_command}", messages.LOG_TAG, Qgis.Info)
-            self.local_server = start_local_server(settings.start_command, idle_timeout=3600)
-            QgsMessageLog.logMessage(f"local server ready at {self.local_server.endpoint}", messages.LOG_TAG, Qgis.Info)
-            return GeoPlonkClient(self.local_server.endpoint, timeout_s=settings.timeout_s)
+        if self.servers is None:
+            raise ImportError("pyzmq is not importable in QGIS's Python")
+        start_command = settings.start_command if settings.auto_start else None
+        return self.servers.connect(settings.endpoint, start_command, settings.timeout_s)
 
     def stop_local_server(self) -> None:
-        server, self.local_server = self.local_server, None
-        if server is not None:
-            server.stop()
+        if self.servers is not None:
+            self.servers.close()
 
     # -- main-thread slots ------------------------------------------------------------------
 

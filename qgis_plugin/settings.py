@@ -1,14 +1,18 @@
-"""The plugin's settings: one dataclass, stored with QgsSettings under "geoplonk/"."""
+"""The plugin's settings: one dataclass, stored with QgsSettings under "geoplonk/".
+
+`Settings` is the contract between the forms and the work: the settings dialog edits it, the toolbar
+task runs with it, and the Processing algorithm loads it and overrides it with its parameters.  Its
+defaults are the protocol's.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from geoplonk_service.protocol import DEFAULT_OPTIONS
+from geoplonk_service import protocol as P
 
 PREFIX = "geoplonk/"
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_START_COMMAND = "geoplonk serve"
 
 
@@ -16,32 +20,22 @@ DEFAULT_START_COMMAND = "geoplonk serve"
 class Settings:
     """What the user can configure; `options()` maps it onto the protocol's geolocate options."""
 
-    endpoint: str = DEFAULT_ENDPOINT
+    endpoint: str = P.DEFAULT_ENDPOINT
     start_command: str = DEFAULT_START_COMMAND
     auto_start: bool = True
     model: str = ""  # empty: the server's default model
-    samples: int = int(DEFAULT_OPTIONS["samples"])
-    steps: int = int(DEFAULT_OPTIONS["steps"])
-    # None: the model's calibrated guidance. A new key, so an old saved "guidance" of 0.0 does not pin it.
-    cfg: float | None = DEFAULT_OPTIONS["cfg"]
-    resolution: float = float(DEFAULT_OPTIONS["resolution"])
-    levels: list[float] = field(default_factory=lambda: list(DEFAULT_OPTIONS["levels"]))
+    samples: int = P.SAMPLES.default
+    steps: int = P.STEPS.default
+    cfg: float | None = P.CFG.default  # None: the model's calibrated guidance
+    resolution: float = P.RESOLUTION.default
+    levels: list[float] = field(default_factory=lambda: list(P.DEFAULT_OPTIONS["levels"]))
     output_folder: str = ""  # empty: the project's folder, else a temporary folder
     timeout_s: float = 30.0
 
     def options(self) -> dict[str, Any]:
-        """The geolocate options sent to the server."""
-        opts: dict[str, Any] = {
-            "samples": int(self.samples),
-            "steps": int(self.steps),
-            "resolution": float(self.resolution),
-            "levels": [float(v) for v in self.levels],
-        }
-        if self.cfg is not None:
-            opts["cfg"] = float(self.cfg)
-        if self.model:
-            opts["model"] = self.model
-        return opts
+        """The geolocate options sent to the server: the fields named like a protocol option, unless unset."""
+        values = {name: getattr(self, name) for name in P.DEFAULT_OPTIONS if hasattr(self, name)}
+        return {name: value for name, value in values.items() if value is not None and value != ""}
 
     @classmethod
     def load(cls, qsettings=None) -> Settings:
@@ -63,7 +57,6 @@ class Settings:
             elif value is None:
                 value = ""  # QSettings cannot hold None on every platform
             qs.setValue(PREFIX + name, value)
-        qs.remove(PREFIX + "guidance")  # the old key of cfg, whose saved 0.0 meant "no guidance"
 
 
 def parse_levels(text: str) -> list[float]:

@@ -23,32 +23,20 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from geoplonk_service import protocol as P
+
+from . import messages
 from .settings import Settings, parse_levels
 
-# The guidance box's bottom value, one step below the protocol's least cfg (-1): "the model's calibrated".
-GUIDANCE_MODEL_DEFAULT = -1.1
-
-
-def describe_info(info: dict[str, Any]) -> str:
-    """The server's `info` reply in one short paragraph (device, models, versions)."""
-    models = info.get("models") or []
-    names = []
-    for m in models:
-        names.append(m.get("name", "?") if isinstance(m, dict) else str(m))
-    lines = [
-        f"Connected: GeoPlonk server {info.get('server_version') or info.get('version') or ''}".strip(),
-        f"Device: {info.get('device', 'unknown')}",
-        f"Models: {', '.join(names) if names else 'none reported'}",
-    ]
-    if info.get("default_model"):
-        lines.append(f"Default model: {info['default_model']}")
-    return "\n".join(lines)
+# The guidance box's bottom value, one step below the protocol's least cfg: "the model's calibrated".
+GUIDANCE_MODEL_DEFAULT = P.CFG.minimum - 0.1
 
 
 class SettingsDialog(QDialog):
     """Edit a Settings copy; `settings()` returns the edited values (the caller saves them)."""
 
-    def __init__(self, settings: Settings, parent: QWidget | None = None, connect: Callable | None = None):
+    def __init__(self, settings: Settings, parent: QWidget | None, connect: Callable[[Settings], Any]):
+        """`connect(settings)` returns a client to a server that answers (the plugin's, which may start one)."""
         super().__init__(parent)
         self.setWindowTitle("GeoPlonk settings")
         self.setObjectName("GeoPlonkSettingsDialog")
@@ -57,7 +45,7 @@ class SettingsDialog(QDialog):
         form = QFormLayout()
 
         self.endpoint = QLineEdit(settings.endpoint)
-        self.endpoint.setToolTip("ZeroMQ address of a running `geoplonk serve`, e.g. tcp://127.0.0.1:5555")
+        self.endpoint.setToolTip(f"ZeroMQ address of a running `geoplonk serve`, e.g. {P.DEFAULT_ENDPOINT}")
         form.addRow("Server endpoint", self.endpoint)
         self.start_command = QLineEdit(settings.start_command)
         self.start_command.setToolTip(
@@ -72,15 +60,15 @@ class SettingsDialog(QDialog):
         self.model.setPlaceholderText("server default")
         form.addRow("Model", self.model)
         self.samples = QSpinBox()
-        self.samples.setRange(16, 65536)
+        self.samples.setRange(P.SAMPLES.minimum, P.SAMPLES.maximum)
         self.samples.setValue(settings.samples)
         form.addRow("Samples", self.samples)
         self.steps = QSpinBox()
-        self.steps.setRange(1, 1000)
+        self.steps.setRange(P.STEPS.minimum, P.STEPS.maximum)
         self.steps.setValue(settings.steps)
         form.addRow("Solver steps", self.steps)
         self.guidance = QDoubleSpinBox()
-        self.guidance.setRange(GUIDANCE_MODEL_DEFAULT, 20.0)
+        self.guidance.setRange(GUIDANCE_MODEL_DEFAULT, P.CFG.maximum)
         self.guidance.setSingleStep(0.1)
         self.guidance.setSpecialValueText("model's calibrated")  # shown at the minimum: send no cfg
         self.guidance.setValue(GUIDANCE_MODEL_DEFAULT if settings.cfg is None else settings.cfg)
@@ -91,7 +79,7 @@ class SettingsDialog(QDialog):
         form.addRow("Guidance (cfg)", self.guidance)
         self.resolution = QDoubleSpinBox()
         self.resolution.setDecimals(3)
-        self.resolution.setRange(0.05, 10.0)
+        self.resolution.setRange(P.RESOLUTION.minimum, P.RESOLUTION.maximum)
         self.resolution.setSingleStep(0.05)
         self.resolution.setSuffix(" °")
         self.resolution.setValue(settings.resolution)
@@ -137,7 +125,7 @@ class SettingsDialog(QDialog):
             model=self.model.text().strip(),
             samples=self.samples.value(),
             steps=self.steps.value(),
-            cfg=None if self.guidance.value() < -1.0 else self.guidance.value(),  # below the protocol's range
+            cfg=None if self.guidance.value() < P.CFG.minimum else self.guidance.value(),
             resolution=self.resolution.value(),
             levels=parse_levels(self.levels.text()),
             output_folder=self.output_folder.text().strip(),
@@ -167,16 +155,8 @@ class SettingsDialog(QDialog):
             text = str(exc)
         else:
             try:
-                if self._connect is not None:
-                    client = self._connect(settings)
-                else:
-                    from geoplonk_service.client import GeoPlonkClient
-
-                    client = GeoPlonkClient(settings.endpoint, timeout_s=min(settings.timeout_s, 5.0), retries=0)
-                try:
-                    text = describe_info(client.info())
-                finally:
-                    client.close()
+                with self._connect(settings) as client:
+                    text = "Connected: " + messages.describe_info(client.info())
             except ServerStartError as exc:
                 text = f"The local server did not start:\n{exc.stderr or exc.summary}"
             except ServerUnavailable:

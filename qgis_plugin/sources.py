@@ -1,4 +1,4 @@
-"""Where the photos come from: layer features, files or a folder, the Browser panel.
+"""Where the photos come from: layer features, files, the Browser panel (folders: geoplonk_service.photos).
 
 Path logic is pure (testable without QGIS); the few functions that touch QGIS
 objects take them as arguments.
@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif")
+from geoplonk_service.photos import PHOTO_EXTENSIONS, is_photo_path, unique_paths
+
 # Field names that hold a photo path, in order of preference (matched case-insensitively).
 PHOTO_FIELD_NAMES = ("photo", "path", "filepath", "image")
-FILE_DIALOG_FILTER = "Photos (" + " ".join(f"*{e} *{e.upper()}" for e in IMAGE_EXTENSIONS) + ");;All files (*)"
-
-
-def is_image_path(path: str | os.PathLike) -> bool:
-    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+FILE_DIALOG_FILTER = "Photos (" + " ".join(f"*{e} *{e.upper()}" for e in PHOTO_EXTENSIONS) + ");;All files (*)"
 
 
 def detect_photo_field(field_names: Iterable[str]) -> str | None:
@@ -31,6 +29,19 @@ def detect_photo_field(field_names: Iterable[str]) -> str | None:
         for name in names:
             if wanted in name.lower():
                 return name
+    return None
+
+
+def guess_photo_field(field_names: Iterable[str], sample_values: dict[str, list[Any]] | None = None) -> str | None:
+    """detect_photo_field, then any field whose sample values all look like photo paths."""
+    names = list(field_names)
+    found = detect_photo_field(names)
+    if found is not None:
+        return found
+    for name in names:
+        values = [v for v in (sample_values or {}).get(name, []) if isinstance(v, str) and v]
+        if values and all(is_photo_path(v) for v in values):
+            return name
     return None
 
 
@@ -49,34 +60,17 @@ def resolve_photo_path(value, base_dir: str | None = None) -> str | None:
     return str(path)
 
 
-def photos_in_folder(folder: str | os.PathLike, recursive: bool = False) -> list[str]:
-    """Image files in `folder`, sorted by name (hidden files skipped)."""
-    root = Path(folder)
-    it = root.rglob("*") if recursive else root.iterdir()
-    return sorted(str(p) for p in it if p.is_file() and is_image_path(p) and not p.name.startswith("."))
+def photos_from_layer(layer, field_name: str) -> list[str]:
+    """Photo paths from a vector layer's selected features; relative paths resolve from the layer's folder."""
+    base_dir = layer_folder(layer)
+    paths = (resolve_photo_path(f[field_name], base_dir) for f in layer.getSelectedFeatures())
+    return unique_paths(p for p in paths if p)
 
 
-def unique(paths: Iterable[str]) -> list[str]:
-    """Drop repeats, keep order."""
-    seen: set[str] = set()
-    out = []
-    for p in paths:
-        key = os.path.normcase(os.path.abspath(p))
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
-
-
-def photos_from_layer(layer, field_name: str | None, selected_only: bool = True) -> list[str]:
-    """Photo paths from a vector layer's (selected) features; relative paths resolve from the layer's folder."""
-    if field_name is None:
-        return []
-    source = layer.source().split("|")[0]
-    base_dir = os.path.dirname(source) if os.path.exists(source) else None
-    feats = layer.getSelectedFeatures() if selected_only else layer.getFeatures()
-    paths = (resolve_photo_path(f[field_name], base_dir) for f in feats)
-    return unique(p for p in paths if p)
+def layer_folder(layer) -> str | None:
+    """The folder of a file-based layer's source (relative photo paths resolve from it), else None."""
+    source = layer.source().split("|")[0] if layer is not None else ""
+    return os.path.dirname(source) if source and os.path.exists(source) else None
 
 
 def layer_field_names(layer) -> list[str]:
@@ -100,10 +94,10 @@ def browser_selected_paths(main_window) -> list[str]:
             if item is None:
                 continue
             for candidate in _item_paths(item):
-                if is_image_path(candidate) and os.path.isfile(candidate):
+                if is_photo_path(candidate) and os.path.isfile(candidate):
                     paths.append(candidate)
                     break
-    return unique(paths)
+    return unique_paths(paths)
 
 
 def _item_paths(item) -> list[str]:

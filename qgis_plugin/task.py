@@ -1,4 +1,4 @@
-"""The background job: read photos, talk to the server, save each result as it arrives.
+"""The background job: send the photos to the server, save each result as it arrives.
 
 Runs in a QgsTask thread so QGIS never freezes.  It touches no layers: each saved
 result is emitted (`photoDone`) and the plugin adds the layers on the main thread.
@@ -17,6 +17,7 @@ from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from geoplonk_service.output_files import unused_stem
+from geoplonk_service.protocol import E_MODEL
 
 from . import messages
 from .settings import Settings
@@ -32,7 +33,6 @@ class PhotoOutcome:
     files: dict[str, str] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
     error: str = ""
-    code: str = ""
 
 
 @dataclass
@@ -44,22 +44,6 @@ class TaskReport:
     error_title: str = ""  # set when the whole job failed (server down, start failed, model missing)
     error_text: str = ""
     error_details: str = ""
-
-
-def read_photos(paths: list[str]) -> tuple[list[tuple[int, str, bytes]], list[tuple[int, str]]]:
-    """(index, name, bytes) for readable photos and (index, reason) for unreadable ones."""
-    readable, unreadable = [], []
-    for i, path in enumerate(paths):
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            unreadable.append((i, f"cannot read the file: {exc.strerror or exc}"))
-            continue
-        if not data:
-            unreadable.append((i, "the file is empty"))
-            continue
-        readable.append((i, Path(path).name, data))
-    return readable, unreadable
 
 
 class GeolocateTask(QgsTask):
@@ -79,7 +63,6 @@ class GeolocateTask(QgsTask):
         self.out_dir = Path(out_dir)
         self._connect = connect
         self.report = TaskReport()
-        self.outcomes: list[PhotoOutcome] = []
         self._stems: set[str] = set()
         self._finished_count = 0
         self.last_stage: str | None = None  # the server's latest progress stage (e.g. "embed", "sample")
@@ -96,49 +79,31 @@ class GeolocateTask(QgsTask):
         return not self.report.error_title
 
     def _run(self) -> None:
-        readable, unreadable = read_photos(self.paths)
-        for i, reason in unreadable:
-            self._emit(PhotoOutcome(self.paths[i], Path(self.paths[i]).name, "failed", error=reason, code="unreadable"))
-        if not readable or self.isCanceled():
-            return
-        client = self._connect()
-        try:
-            n = len(self.paths)
+        def on_progress(progress: dict) -> None:
+            self.last_stage = str(progress.get("stage") or "")
+            self.setProgress(100.0 * progress["fraction"])
 
-            def on_progress(p: dict) -> None:
-                self.last_stage = str(p.get("stage") or "")
-                total = max(int(p.get("total") or 1), 1)
-                frac = min(max(float(p.get("done") or 0) / total, 0.0), 1.0)
-                self.setProgress(100.0 * min((self._finished_count + frac) / n, 1.0))
-
-            def on_result(r) -> None:
-                self._save(r, readable)
-
+        with self._connect() as client:
             client.geolocate(
-                [(name, data) for _, name, data in readable],
+                self.paths,
                 self.settings.options(),
                 on_progress=on_progress,
-                on_result=on_result,
+                on_result=self._save,
                 is_cancelled=self.isCanceled,
             )
-        finally:
-            client.close()
 
-    def _save(self, result, readable: list[tuple[int, str, bytes]]) -> None:
-        path = self.paths[readable[result.index][0]]
-        outcome = PhotoOutcome(path, result.name, result.status, summary=result.summary)
+    def _save(self, result) -> None:
+        outcome = PhotoOutcome(self.paths[result.index], result.name, result.status, summary=result.summary)
         if result.ok:
             try:
                 stem = unused_stem(self.out_dir, result.default_stem(), self._stems)
                 self._stems.add(stem)
                 outcome.files = {k: str(v) for k, v in result.save(self.out_dir, stem).items()}
             except OSError as exc:
-                outcome.status, outcome.code = "failed", "write"
+                outcome.status = "failed"
                 outcome.error = f"cannot write the result to {self.out_dir}: {exc.strerror or exc}"
         else:
-            err = result.error or {}
-            outcome.code = str(err.get("code", ""))
-            outcome.error = str(err.get("message", "")) or outcome.status
+            outcome.error = str((result.error or {}).get("message", "")) or outcome.status
         self._emit(outcome)
 
     def _emit(self, outcome: PhotoOutcome) -> None:
@@ -149,7 +114,6 @@ class GeolocateTask(QgsTask):
             self.report.cancelled += 1
         else:
             self.report.failed += 1
-        self.outcomes.append(outcome)
         self.setProgress(100.0 * self._finished_count / max(len(self.paths), 1))
         self.photoDone.emit(outcome)
 
@@ -162,7 +126,7 @@ class GeolocateTask(QgsTask):
             title, text, more = messages.server_start_failed(self.settings.start_command, exc.stderr or exc.summary)
         elif isinstance(exc, ServerUnavailable):
             title, text, more = messages.server_unreachable(self.settings.endpoint, self.settings.auto_start, str(exc))
-        elif isinstance(exc, ServerError) and exc.code == "model_unavailable":
+        elif isinstance(exc, ServerError) and exc.code == E_MODEL:
             title, text, more = messages.model_missing(exc.message)
         elif isinstance(exc, ServerError):
             title, text, more = "GeoPlonk: the server refused the job", f"{exc.message} ({exc.code})", ""

@@ -54,7 +54,8 @@ def check(files: list[tuple[Path, str]]) -> None:
     names = {name for _, name in files}
     for needed in ("__init__.py", "metadata.txt", "icon.svg", "plugin.py",
                    *(f"{LIBS}/geoplonk_service/{m}.py" for m in ("__init__", "protocol", "client", "launcher",
-                                                                 "output_files"))):
+                                                                 "output_files", "photos", "result_rows",
+                                                                 "server_manager"))):
         if f"{PACKAGE}/{needed}" not in names:
             raise SystemExit(f"build_plugin_zip: {needed} is missing from the plugin")
 

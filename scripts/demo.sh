@@ -61,7 +61,7 @@ for row in doc["photos"]:
         print(f"  {Path(row['photo']).name}: {row['status']} {row['error']}")
         continue
     where = ", ".join(p for p in (row["place"], row["country"]) if p)
-    print(f"  {Path(row['photo']).name}: best guess {row['best_lat']:.2f}, {row['best_lon']:.2f} ({where}); "
+    print(f"  {Path(row['photo']).name}: best guess {row['lat']:.2f}, {row['lon']:.2f} ({where}); "
           f"localizability {row['localizability']:.2f}; 90 % region {row['area_90_km2']:,.0f} km2")
     print(f"      {row['geotiff']}\n      {row['gpkg']}")
 PY

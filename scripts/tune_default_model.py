@@ -24,15 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_server.commands.evaluate import best_guess, degrees, unit
 from model_server.engine.datasets import embed_dataset, read_dataset, targets_xyz
 from model_server.engine.encoders import load_encoder
 from model_server.engine.likelihood import log_density
-from model_server.engine.metrics import coverage, geoscore, latlon_distance_km, spearman
 from model_server.engine.network import FlowConfig
 from model_server.engine.runtime import configure_cpu_math
 from model_server.engine.sampling import sample
 from model_server.engine.training import TrainConfig, train_flow
+from model_server.evaluation.flow_scores import best_guesses
+from model_server.evaluation.metrics import coverage, geoscore, spearman
+from model_server.geodesy import degrees_to_xyz, latlon_distance_km, xyz_to_degrees
 
 GUESS_CFGS = (1.0, 2.0, 3.0)
 ENCODER = "efficientnet-lite0"
@@ -52,14 +53,14 @@ def load_split(work: Path, split: str, views: str = "") -> tuple[np.ndarray, np.
 
 def score(net, emb: np.ndarray, truth_deg: np.ndarray, own_samples: int, guess_samples: int) -> dict:
     gen = torch.Generator().manual_seed(0)
-    truth = torch.tensor(unit(truth_deg), dtype=torch.float32)
+    truth = torch.tensor(degrees_to_xyz(truth_deg), dtype=torch.float32)
     guesses: dict[float, list[np.ndarray]] = {c: [] for c in GUESS_CFGS}
     logp_truth, logp_own = [], []
     for start in range(0, len(emb), 25):
         e = torch.from_numpy(emb[start : start + 25])
         for c in GUESS_CFGS:
             x = sample(net, e, guess_samples, steps=32, cfg=c, generator=gen, precision="bf16").numpy()
-            guesses[c].append(best_guess(x))
+            guesses[c].append(best_guesses(x))
         own = sample(net, e, own_samples, steps=32, generator=gen, precision="bf16")
         lp = log_density(net, e, torch.cat([truth[start : start + 25, None], own], 1), method="rk4", steps=16)
         logp_truth.append(lp[:, 0].numpy())
@@ -67,7 +68,7 @@ def score(net, emb: np.ndarray, truth_deg: np.ndarray, own_samples: int, guess_s
     lpt, lps = np.concatenate(logp_truth), np.concatenate(logp_own)
     out = {}
     for c in GUESS_CFGS:
-        d = latlon_distance_km(degrees(np.concatenate(guesses[c])), truth_deg)
+        d = latlon_distance_km(xyz_to_degrees(np.concatenate(guesses[c])), truth_deg)
         out[f"geoscore_cfg{c:g}"] = float(geoscore(d).mean())
         out[f"median_km_cfg{c:g}"] = float(np.median(d))
         if c == 2.0:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sample import (
+from .common import (
     CommandError,
     add_model_arguments,
     embedding_for,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 
@@ -12,26 +11,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=1, help="client key pairs to make (default %(default)s)")
 
 
-def make_keys(out: Path, clients: int = 1) -> dict[str, Path]:
-    """server.key(+_secret), client-N.key(+_secret), and authorized_clients/ holding the clients' public keys."""
-    import zmq.auth
-
-    out.mkdir(parents=True, exist_ok=True)
-    allowed = out / "authorized_clients"
-    allowed.mkdir(exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(out), "server")
-    paths = {"server_public": Path(public), "server_secret": Path(secret)}
-    for i in range(1, clients + 1):
-        c_public, c_secret = zmq.auth.create_certificates(str(out), f"client-{i}")
-        shutil.copy2(c_public, allowed / Path(c_public).name)
-        paths[f"client-{i}_public"] = Path(c_public)
-        paths[f"client-{i}_secret"] = Path(c_secret)
-    for path in out.glob("*.key_secret"):
-        path.chmod(0o600)
-    return paths
-
-
 def run(args: argparse.Namespace) -> int:
+    from model_server.server.curve_keys import make_keys
+
     paths = make_keys(args.out, args.clients)
     for kind, path in paths.items():
         print(f"{kind}: {path}")

@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .sample import CommandError, run_guarded
+from .common import CommandError, run_guarded
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +60,7 @@ def _list(args) -> int:
 
 def _describe(path: Path) -> dict | None:
     from model_server.engine.checkpoint import ModelNotFoundError, load_config, read_manifest, resolve_model_dir
-    from model_server.engine.model import _display_name, infer_encoder
+    from model_server.engine.model import display_name, infer_encoder
 
     try:
         folder = resolve_model_dir(path)
@@ -73,7 +73,7 @@ def _describe(path: Path) -> dict | None:
     except ModelNotFoundError:
         return None
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    return {"name": manifest.get("name") or _display_name(folder), "encoder": encoder, "size_mb": size / 1e6,
+    return {"name": manifest.get("name") or display_name(folder), "encoder": encoder, "size_mb": size / 1e6,
             "path": str(folder), "config": config.to_dict(), "manifest": manifest}
 
 
@@ -113,14 +113,14 @@ def _pack(args) -> int:
         resolve_model_dir,
         write_manifest,
     )
-    from model_server.engine.model import _display_name, infer_encoder
+    from model_server.engine.model import display_name, infer_encoder
 
     folder = resolve_model_dir(args.dir)
     manifest = dict(read_manifest(folder) or {})
     manifest.pop("files", None)
     enc_name, enc_dir = infer_encoder(folder, manifest)
     enc_dir = args.encoder_dir or enc_dir
-    name = args.name or manifest.get("name") or _display_name(folder).split("/")[-1]
+    name = args.name or manifest.get("name") or display_name(folder).split("/")[-1]
     # keep the manifest's own encoder entry (its query views too); a published folder gets one from its name
     spec = manifest.get("encoder") or enc_name
     spec = {"name": spec} if isinstance(spec, str) else {k: v for k, v in spec.items() if k != "path"}

@@ -7,9 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
+from geoplonk_service.protocol import DEFAULT_ENDPOINT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint to bind (default %(default)s)")
+    parser.add_argument("--bind", default=DEFAULT_ENDPOINT, help="ZeroMQ endpoint to bind (default %(default)s)")
     parser.add_argument("--port", type=int, help="shortcut for --bind tcp://127.0.0.1:PORT (0 = any free port)")
     parser.add_argument("--model", help="default model: a name or a folder (default: the embedded earth-tiles)")
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")

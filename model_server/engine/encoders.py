@@ -134,7 +134,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
             raise EncoderNotFoundError(f"efficientnet-lite0 weights file not found: {path}")
         with contextlib.redirect_stdout(io.StringIO()):  # the library prints a banner on stdout
             net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path))
-        # channels-last convolutions run about 1.8x faster on the CPU (benchmarks/bench_encoder.py); same features
+        # channels-last convolutions are faster on the CPU (benchmarks/bench_encoder.py); same features
         self.net = net.to(self.device, memory_format=torch.channels_last).eval()
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
@@ -244,10 +244,10 @@ VIEWS = {"rot4": rotations, "d8": dihedral}
 class ViewAveragedEncoder(ImageEncoder):
     """The mean embedding over symmetric views of each image (`efficientnet-lite0+rot4`).
 
-    An overhead tile has no "up", and ImageNet features are not rotation invariant: on held-out Earth tiles
-    the mean over the four quarter turns lifted retrieval's GeoScore from 1288 to 1753 and the same flow's from
-    1252 to 1427 (docs/default-model.md). Only for imagery whose orientation is arbitrary: ground-level
-    photos have an up.
+    An overhead tile has no "up", and ImageNet features are not rotation invariant, so the mean over the
+    views makes the embedding (nearly) invariant to how the tile was turned (the effect on the default model
+    is measured in docs/default-model-build-log.md). Only for imagery whose orientation is arbitrary:
+    ground-level photos have an up.
     """
 
     def __init__(self, base: ImageEncoder, views: str):

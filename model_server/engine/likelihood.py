@@ -22,6 +22,7 @@ from .network import GeoAdaLNMLP
 from .runtime import configure_cpu_math
 from .sampling import as_embeddings, sample
 from .schedule import gamma, gamma_derivative
+from .solvers import guided_velocity
 from .sphere import LOG_SPHERE_AREA, normalize, project_tangent
 
 try:
@@ -32,16 +33,8 @@ except ImportError:  # pragma: no cover - torchdiffeq is in the server extra
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
 
 
-def _velocity(flow: GeoAdaLNMLP, emb: torch.Tensor, cfg: float):
-    """v(x, g) with guidance; emb is (E, 1, cond) and broadcasts over the points."""
-    if cfg == 0:
-        return lambda x, g: flow(x, g, emb)
-    zeros = torch.zeros_like(emb)
-    return lambda x, g: (1 + cfg) * flow(x, g, emb) - cfg * flow(x, g, zeros)
-
-
 def field_and_divergence(velocity, x: torch.Tensor, t: torch.Tensor, projected: bool = True):
-    """u(x, t) and the trace of its 3x3 Jacobian, per point, by three vector-Jacobian products.
+    """u(x, t) and the trace of its 3x3 Jacobian, per point, by three vector-Jacobian products, one per axis.
 
     Points never interact in the network, so grad(sum_points u_i, x)[..., i] is d u_i / d x_i for
     every point at once (three backward passes measured faster here than one vmapped batch).
@@ -102,7 +95,7 @@ def log_density(
 
 def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk) -> torch.Tensor:
     dtype, device = points.dtype, points.device
-    velocity = _velocity(flow, emb, cfg)
+    velocity = guided_velocity(flow, emb, cfg, joint=False)
 
     options = {}
     if method in FIXED_STEP_METHODS:
@@ -136,31 +129,21 @@ def truth_and_draws_log_density(
     likelihood_steps: int | None = 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(E,) log-density of each photo's true location and (E, n) of n of the model's own draws, all under
-    guidance cfg in one solve: what coverage and calibration compare (metrics.coverage)."""
+    guidance cfg in one solve: what coverage and calibration compare (evaluation.metrics.coverage)."""
     drawn = sample(flow, emb, n, steps=steps, cfg=cfg, generator=generator, precision=precision)
     points = torch.cat([torch.as_tensor(truth_xyz, dtype=torch.float32)[:, None], drawn], dim=1)
     lp = log_density(flow, emb, points, cfg=cfg, method=method, steps=likelihood_steps)
     return lp[:, 0], lp[:, 1:]
 
 
-def localizability(
-    flow: GeoAdaLNMLP,
-    emb: torch.Tensor,
-    n: int = 1024,
-    *,
-    steps: int = 32,
-    cfg: float = 0.0,
-    generator: torch.Generator | None = None,
-    **density_kwargs,
-) -> torch.Tensor:
-    """The reference's localizability, per image -> (E,).
+def localizability(draws_log_density):
+    """The reference's localizability per image, from the log-densities (E, n) (torch or numpy) of n of the
+    model's own draws per image -> (E,).
 
     Defined in the authors' pipeline (`compute_localizability`) as the mean log-density (nats per
     steradian) of the model's own samples divided by 4 pi ln 2: a Monte-Carlo estimate of the
     negative entropy, on their scale. Higher = more localizable; uniform gives
-    -log(4 pi) / (4 pi ln 2) = -0.2906. The samples use guidance `cfg`; their density is taken
-    without it, as in the reference.
+    -log(4 pi) / (4 pi ln 2) = -0.2906. The reference draws the samples with guidance and takes their
+    density without it.
     """
-    x = sample(flow, emb, n, steps=steps, cfg=cfg, generator=generator)
-    logp = log_density(flow, emb, x, **density_kwargs)
-    return logp.mean(dim=-1) / (4 * math.pi * math.log(2))
+    return draws_log_density.mean(-1) / (4 * math.pi * math.log(2))

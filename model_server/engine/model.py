@@ -179,7 +179,7 @@ def load_model(
     enc_name, enc_dir = infer_encoder(model_dir, manifest)
     if encoder_dir:
         enc_dir = Path(encoder_dir)
-    name = manifest.get("name") or _display_name(model_dir)
+    name = manifest.get("name") or display_name(model_dir)
     model = GeoModel(load_flow(model_dir, dev), manifest, name, model_dir, dev, enc_name, enc_dir)
     with _CACHE_LOCK:
         _CACHE[key] = model
@@ -193,7 +193,9 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def _display_name(model_dir: Path) -> str:
+def display_name(model_dir: Path) -> str:
+    """A model's name when its manifest gives none: "owner/name" for a Hugging Face cache snapshot, else the
+    folder's name."""
     for part in reversed(model_dir.parts):
         if part.startswith("models--"):
             return part.removeprefix("models--").replace("--", "/")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..products.geodesy import EARTH_RADIUS_KM
+from ..geodesy import EARTH_RADIUS_KM
 from .network import FlowConfig, GeoAdaLNMLP
 from .schedule import gamma
 from .sphere import exp_map, geodesic_distance, normalize, project_tangent, uniform_sphere
@@ -213,7 +213,7 @@ def train_flow(
         step = int(resume["step"])
         if "input_map" in resume:
             m, m0 = resume["input_map"], resume["input_offset"]
-        else:  # a state saved before input maps: plain standardisation
+        else:  # a state holding only the mean and std: their plain standardisation
             m, m0 = standardisation_map(resume["mean"], resume["std"])
     z = emb @ m.T + m0
     zero_z = m0.unsqueeze(0)  # a raw zero embedding, mapped: still "unconditional" after the fold

@@ -1,17 +1,11 @@
 """Density raster from samples: a von Mises-Fisher kernel density estimate on the lat/lon grid.
 
-p(x) = (1 - eps) * mean_i vMF(x; mu_i, kappa) + eps / (4 pi), per steradian, with
-vMF(x; mu, kappa) = kappa / (2 pi (1 - exp(-2 kappa))) * exp(kappa (mu . x - 1)).
-kappa is chosen by leave-one-out likelihood cross-validation on the samples themselves
-(the bandwidth that best predicts held-out samples of the same distribution), capped so
-that the kernel is never narrower than a grid cell.  By default each sample then gets its
-own kappa_i by Abramson's square-root law (1982): kernel variance inversely proportional to
-the pilot (fixed-kappa) density at the sample, so a tight mode stays tight while stray draws
-of a broad one are smoothed out (adaptive_kappas).  The probability of a cell is the
-density at its centre times its exact solid angle, renormalised to sum to 1 (the
-renormalisation only corrects the midpoint quadrature; it is within a fraction of a
-percent of 1 at the default bandwidths).  `eps` keeps every cell strictly positive so
-the log-likelihood of any location stays finite.
+p(x) = (1 - eps) * mean_i vMF(x; mu_i, kappa_i) + eps / (4 pi), per steradian: the kernels, their
+bandwidths (leave-one-out pilot kappa, then one kappa_i per sample by Abramson's law) and the same density
+off the grid are in kde.py.  The probability of a cell is the density at its centre times its exact solid
+angle, renormalised to sum to 1 (the renormalisation only corrects the midpoint quadrature; it is within a
+fraction of a percent of 1 at the default bandwidths).  `eps` keeps every cell strictly positive so the
+log-likelihood of any location stays finite.
 """
 
 from __future__ import annotations
@@ -20,102 +14,16 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp
 
+from ..geodesy import latlon_to_xyz, xyz_to_latlon
 from .grid import Grid
+from .kde import adaptive_kappas, max_kappa_for, select_kappa, vmf_log_norms
 
-KAPPA_GRID = np.geomspace(2.0, 2.0e5, 41)
 # exp(-CUTOFF) is negligible next to the kernel's peak: contributions beyond are skipped.
 CUTOFF = 30.0
 DEFAULT_UNIFORM_WEIGHT = 1e-4
 # The raster's `kernel` tag: kernel_kappa is the pilot bandwidth the per-sample ones scale.
 KERNEL_NAME = "adaptive von Mises-Fisher KDE (Abramson)"
-# The widest adaptive kernel: kappa0 / 20, about 4.5 times the pilot kernel's standard deviation.
-ADAPTIVE_WIDEST = 20.0
-
-
-def vmf_log_norms(kappas: np.ndarray | float) -> np.ndarray:
-    """log of kappa / (2 pi (1 - exp(-2 kappa))), the vMF constant in the exp(kappa (mu.x - 1)) form."""
-    k = np.asarray(kappas, dtype=np.float64)
-    return np.log(k) - math.log(2 * math.pi) - np.log(-np.expm1(-2.0 * k))
-
-
-def vmf_log_norm(kappa: float) -> float:
-    """vmf_log_norms of one kappa."""
-    return float(vmf_log_norms(kappa))
-
-
-def max_kappa_for(resolution_deg: float) -> float:
-    """The sharpest kernel a grid can carry: standard deviation about one cell."""
-    return 1.0 / math.radians(resolution_deg) ** 2
-
-
-def loo_log_likelihood(samples: np.ndarray, kappas: np.ndarray) -> np.ndarray:
-    """Mean leave-one-out log-likelihood of the samples under the KDE of the others, per kappa."""
-    x = np.asarray(samples, dtype=np.float64)
-    n = len(x)
-    if n < 2:
-        return np.zeros(len(kappas))
-    d = np.clip(x @ x.T, -1.0, 1.0) - 1.0  # (n, n), <= 0
-    np.fill_diagonal(d, -np.inf)
-    out = np.empty(len(kappas))
-    for i, kappa in enumerate(kappas):
-        a = kappa * d
-        m = a.max(axis=1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(a - m).sum(axis=1))
-        out[i] = float(np.mean(lse - math.log(n - 1) + vmf_log_norm(kappa)))
-    return out
-
-
-def select_kappa(samples: np.ndarray, max_kappa: float | None = None, max_points: int = 2048) -> float:
-    """Bandwidth by leave-one-out likelihood over KAPPA_GRID (on at most max_points samples)."""
-    x = np.asarray(samples, dtype=np.float64)
-    if len(x) > max_points:
-        x = x[np.linspace(0, len(x) - 1, max_points).astype(int)]
-    kappas = KAPPA_GRID if max_kappa is None else KAPPA_GRID[KAPPA_GRID <= max_kappa]
-    if len(kappas) == 0:
-        return float(max_kappa)
-    scores = loo_log_likelihood(x, kappas)
-    return float(kappas[int(np.argmax(scores))])
-
-
-def adaptive_kappas(samples: np.ndarray, kappa0: float, max_kappa: float | None = None,
-                    chunk: int = 1024) -> np.ndarray:
-    """Per-sample kappa_i = kappa0 * f_i / g (Abramson's law: bandwidth^2 proportional to 1 / f).
-
-    f_i is the leave-one-out density at sample i under the pilot kernel kappa0 and g the geometric
-    mean of the f_i, so kappa0 stays the typical width. Clipped to [kappa0 / ADAPTIVE_WIDEST, max_kappa].
-    A fixed kernel wide enough for a broad mode's stray draws blurs a tight one; on held-out Earth tiles
-    the adaptive one made the drawn map likelier at the same coverage (docs/default-model.md).
-    """
-    x = np.asarray(samples, dtype=np.float64)
-    n = len(x)
-    upper = np.inf if max_kappa is None else float(max_kappa)
-    if n < 3:
-        return np.full(n, min(float(kappa0), upper))
-    log_f = np.empty(n)
-    for start in range(0, n, chunk):  # in row blocks: n x n at once is 800 MB for 10,000 draws
-        a = kappa0 * (np.clip(x[start : start + chunk] @ x.T, -1.0, 1.0) - 1.0)
-        a[np.arange(len(a)), np.arange(start, start + len(a))] = -np.inf  # leave each draw out
-        log_f[start : start + chunk] = logsumexp(a, axis=1)
-    log_f = np.maximum(log_f, np.max(log_f) - 50.0)  # an isolated draw: floored, then clipped below
-    kappas = kappa0 * np.exp(log_f - log_f.mean())
-    return np.clip(kappas, kappa0 / ADAPTIVE_WIDEST, max(upper, kappa0 / ADAPTIVE_WIDEST))
-
-
-def kde_log_density(
-    points: np.ndarray, samples: np.ndarray, kappa: float | np.ndarray, uniform_weight: float
-) -> np.ndarray:
-    """log p(points) per steradian under the KDE (same formula as the raster, without gridding);
-    kappa is one bandwidth or one per sample."""
-    p = np.asarray(points, dtype=np.float64)
-    s = np.asarray(samples, dtype=np.float64)
-    k = np.broadcast_to(np.asarray(kappa, dtype=np.float64), (len(s),))
-    a = k * (np.clip(p @ s.T, -1.0, 1.0) - 1.0) + vmf_log_norms(k)
-    m = a.max(axis=1, keepdims=True)
-    log_kde = m[:, 0] + np.log(np.exp(a - m).mean(axis=1))
-    log_u = -math.log(4 * math.pi)
-    return np.logaddexp(np.log1p(-uniform_weight) + log_kde, math.log(uniform_weight) + log_u)
 
 
 @dataclass
@@ -148,8 +56,6 @@ class DensityRaster:
         Ranking the samples by the raster's plain density instead puts each one on its own kernel's
         peak, and the regions drawn from those ranks come out too small.
         """
-        from .geodesy import latlon_to_xyz, xyz_to_latlon
-
         s = np.asarray(samples, dtype=np.float64)
         lat, lon = xyz_to_latlon(s)
         rows, cols = self.grid.cell_of(lat, lon)

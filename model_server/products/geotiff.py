@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import rasterio
 from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 
@@ -43,16 +42,3 @@ def geotiff_bytes(prob: np.ndarray, grid: Grid, tags: dict[str, object] | None =
                 dst.build_overviews(factors, Resampling.average)
                 dst.update_tags(ns="rio_overview", resampling="average")
         return memfile.read()
-
-
-def read_geotiff(data: bytes) -> tuple[np.ndarray, dict]:
-    """(band 1, profile + tags) from GeoTIFF bytes, for tests and tools."""
-    with MemoryFile(data) as memfile, memfile.open() as src:
-        meta = dict(src.profile)
-        meta["tags"] = src.tags()
-        meta["bounds"] = tuple(src.bounds)
-        meta["overviews"] = src.overviews(1)
-        return src.read(1), meta
-
-
-__all__ = ["geotiff_bytes", "read_geotiff", "NODATA", "rasterio"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geodesy import EARTH_RADIUS_KM, latlon_to_xyz
+from ..geodesy import EARTH_RADIUS_KM, latlon_to_xyz
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..geodesy import EARTH_RADIUS_KM
 from .density import DensityRaster
-from .geodesy import EARTH_RADIUS_KM
+from .kde import log_kernel_sums, max_kappa_for, select_kappa
 
 
 @dataclass
@@ -74,12 +75,6 @@ def find_modes(raster: DensityRaster, top_k: int, min_probability: float = 1e-3)
     return modes
 
 
-def _log_kde_at_samples(x: np.ndarray, kappa: float) -> np.ndarray:
-    a = kappa * (np.clip(x @ x.T, -1.0, 1.0) - 1.0)
-    m = a.max(axis=1, keepdims=True)
-    return m[:, 0] + np.log(np.exp(a - m).sum(axis=1))
-
-
 # The coarse kernel of the best guess: kappa 30 is a ~1,200 km standard deviation, the scale of GeoScore's
 # exp(-d / 1492.7 km). The guess lies within REGION_KM of the coarse mode.
 REGION_KAPPA = 30.0
@@ -87,15 +82,22 @@ REGION_KM = 1000.0
 
 
 def best_of_samples(samples: np.ndarray, kappa: float) -> int:
-    """Index of the best single guess among the samples: coarse to fine.
+    """Index of the best single guess among the samples (n, 3): coarse to fine.
 
     The region holding the most mass at GeoScore's scale is found first (the plain finest mode can be a
     small, tight cluster beside a larger spread-out one); within REGION_KM of it the sample of highest
-    density under `kappa` is the guess. On held-out Earth tiles this raised GeoScore from 1188 to 1221
-    (docs/default-model.md).
+    density under `kappa` is the guess.
     """
     x = np.asarray(samples, dtype=np.float64)
-    centre = x[int(np.argmax(_log_kde_at_samples(x, REGION_KAPPA)))]
-    fine = _log_kde_at_samples(x, kappa)
+    centre = x[int(np.argmax(log_kernel_sums(x, x, REGION_KAPPA)))]
+    fine = log_kernel_sums(x, x, kappa)
     fine[x @ centre < np.cos(REGION_KM / EARTH_RADIUS_KM)] = -np.inf
     return int(np.argmax(fine))
+
+
+def best_guess(samples: np.ndarray, resolution: float) -> np.ndarray:
+    """The single best guess among one photo's samples (n, 3), as a unit vector (3,): best_of_samples with
+    the kernel the density raster of `resolution` degrees would fit to them (select_kappa, at most a cell
+    wide). The server's summary and `geoplonk eval` both report this guess."""
+    x = np.asarray(samples, dtype=np.float64)
+    return x[best_of_samples(x, select_kappa(x, max_kappa_for(resolution)))]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geodesy import haversine_km, latlon_to_xyz
+from ..geodesy import haversine_km, latlon_to_xyz
 
 OPEN_OCEAN = "open ocean"
 # Beyond this distance from the nearest GeoNames town the place is described as "near <town>".
@@ -27,10 +27,12 @@ class PlaceName:
 
 
 @functools.lru_cache(maxsize=1)
-def _geocoder():
+def load_geocoder():
+    """The GeoNames towns' reverse geocoder, loaded once (about 0.3 s): a server loads it before its first
+    request."""
     import reverse_geocoder
 
-    # Loads the bundled cities1000 table once (about 0.3 s); mode=1 is single-process.
+    # mode=1 is single-process.
     with contextlib.redirect_stdout(io.StringIO()):
         return reverse_geocoder.RGeocoder(mode=1, verbose=False)
 
@@ -41,7 +43,7 @@ def _towns():
     antimeridian and near the poles too (the library's own tree is over raw degrees)."""
     from scipy.spatial import cKDTree
 
-    towns = _geocoder().locations
+    towns = load_geocoder().locations
     lat = np.array([float(t["lat"]) for t in towns])
     lon = np.array([float(t["lon"]) for t in towns])
     return cKDTree(latlon_to_xyz(lat, lon)), towns

@@ -6,8 +6,8 @@ its threshold is the (1 - p) quantile of the density at the model's own samples 
 density-quantile rule, 1996), each taken without its own kernel (leave-one-out).  Adding up
 the smoothed raster's probability instead misses both ways where one bandwidth cannot fit a
 tight and a broad cluster at once: the kernel spreads the tight one's mass, its 50 % region
-grows and the 90 / 99 % ones shrink (53 / 86 / 95 % of fresh draws against 49 / 91 / 99 % in
-tests/server/test_products.py).  Without samples, or where more than 1 - p of them stand alone
+grows and the 90 / 99 % ones shrink (tests/server/test_products.py measures both rules on such a
+mixture).  Without samples, or where more than 1 - p of them stand alone
 (leave-one-out density at the uniform floor, so the threshold would take the whole globe), the
 raster's probability is added up instead; regions are kept nested.
 
@@ -25,8 +25,7 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, shape
 
-from .density import DensityRaster, kde_raster
-from .grid import Grid
+from .density import DensityRaster
 
 
 @dataclass
@@ -55,7 +54,7 @@ def hdr_masks(
         floor = float(density_sr.min())
         masks = []
         for level in levels:
-            threshold = float(np.quantile(at_samples, 1.0 - level))  # as engine.metrics.hpd_thresholds
+            threshold = float(np.quantile(at_samples, 1.0 - level))  # as evaluation.metrics.hpd_thresholds
             # More than 1 - level of the samples stand alone (their density, less their own kernel, is the
             # uniform floor): the rule would take the whole globe. The raster's mass rule keeps their kernels.
             masks.append(density_sr >= threshold if threshold > 1.01 * floor
@@ -82,27 +81,6 @@ def region_masks(raster: DensityRaster, levels: list[float], samples: np.ndarray
     samples, by the raster's probability."""
     at_samples = raster.density_at_own_samples(samples) if samples is not None else None
     return hdr_masks(raster.density_sr(), raster.prob, levels, at_samples)
-
-
-@dataclass
-class TruthOnMap:
-    """How the map drawn from a photo's samples treats its true location: what eval and calibrate score."""
-
-    log_density: float  # of the truth's cell, per steradian
-    inside: list[bool]  # inside each level's region, cut as the server cuts them
-    inside_by_mass: list[bool]  # inside each level's region by the former rule (the raster's mass added up)
-
-
-def truth_on_map(samples: np.ndarray, lat: float, lon: float, grid: Grid, levels: list[float]) -> TruthOnMap:
-    """Draw the map of `samples` (n, 3) on `grid` as the server does and look up the truth (lat, lon)."""
-    raster = kde_raster(samples, grid)
-    rows, cols = grid.cell_of(np.array([lat]), np.array([lon]))
-    row, col = int(rows[0]), int(cols[0])
-    return TruthOnMap(
-        float(np.log(raster.density_at_cells(rows, cols))[0]),
-        [bool(m[row, col]) for m in region_masks(raster, levels, samples)],
-        [bool(m[row, col]) for m in region_masks(raster, levels)],
-    )
 
 
 def polygonize(mask: np.ndarray, transform) -> MultiPolygon:
@@ -135,7 +113,3 @@ def credible_regions(
         regions.append(CredibleRegion(float(level), geometry, area, mask))
     return regions
 
-
-def fraction_inside(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> float:
-    """Share of points (given by their cells) that fall inside a region mask."""
-    return float(mask[rows, cols].mean()) if len(rows) else 0.0

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from .density import DensityRaster, crop_window, kde_raster, max_kappa_for, select_kappa
-from .geodesy import haversine_km, xyz_to_latlon
+from ..geodesy import haversine_km, xyz_to_latlon
+from .density import DensityRaster, crop_window, kde_raster
 from .geopackage import geopackage_bytes, points_layer, regions_layer
 from .geotiff import geotiff_bytes
 from .grid import Grid
-from .modes import Mode, best_of_samples, find_modes
+from .modes import Mode, best_guess, find_modes
 from .place_names import PlaceName, name_places
 from .regions import CredibleRegion, credible_regions
 
@@ -53,7 +53,7 @@ def compute_products(
 ) -> Products:
     """Samples (n, 3) of the distribution and samples (m, 3) at cfg 2 -> all products.
 
-    Best guess: among the cfg-2 samples, the densest one in the region of most mass (best_of_samples).
+    Best guess: among the cfg-2 samples, the densest one in the region of most mass (modes.best_guess).
     """
     timings: dict[str, float] = {}
 
@@ -74,9 +74,7 @@ def compute_products(
 
     t = stage("places")
     modes = find_modes(raster, top_k)
-    guess = np.asarray(guess_samples, dtype=np.float64)
-    kappa_guess = select_kappa(guess, max_kappa_for(resolution)) if len(guess) > 1 else raster.kappa
-    b_lat, b_lon = xyz_to_latlon(guess[best_of_samples(guess, kappa_guess)])
+    b_lat, b_lon = xyz_to_latlon(best_guess(guess_samples, resolution))
     best = (float(b_lat), float(b_lon))
     names = name_places([m.lat for m in modes] + [best[0]], [m.lon for m in modes] + [best[1]])
     exif = None

@@ -25,7 +25,6 @@ import zmq
 from geoplonk_service import protocol as P
 
 from .. import __version__
-from ..engine.solvers import SOLVERS
 from .models import ModelRegistry, available_models
 from .pipeline import run_unit
 from .scheduler import FairQueue, Request, Unit
@@ -39,7 +38,7 @@ STAGES = ("queued", "load", "decode", "embed", "sample", "localizability", "dens
 
 @dataclass
 class ServerConfig:
-    bind: str = "tcp://127.0.0.1:5555"
+    bind: str = P.DEFAULT_ENDPOINT
     model: str | None = None
     device: str | None = None
     parent_pid: int | None = None
@@ -130,9 +129,9 @@ class Server:
         if self.config.preload:
             try:
                 self.models.get(self.models.resolve(None))
-                from ..products.place_names import _geocoder
+                from ..products.place_names import load_geocoder
 
-                _geocoder()
+                load_geocoder()
             except Exception:  # noqa: BLE001 - reported again, per photo, when a request needs it
                 log.error("preloading the default model failed:\n%s", traceback.format_exc())
         while not self._stop.is_set():
@@ -252,8 +251,6 @@ class Server:
                 raise P.ProtocolError(f"images[{i}] lacks a string 'name'")
             names.append(name[:1024])
         options = P.validate_options(msg.fields.get("options"))
-        if options["solver"] not in SOLVERS:
-            raise P.ProtocolError(f"option 'solver' must be one of {', '.join(SOLVERS)}", P.E_BAD_OPTION)
         if abs(180.0 / options["resolution"] - round(180.0 / options["resolution"])) > 1e-6:
             raise P.ProtocolError("option 'resolution' must divide 180 degrees (e.g. 0.1, 0.25, 0.5, 1)",
                                   P.E_BAD_OPTION)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 import traceback
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from ..products.report import compute_products, summary_fields, write_products
 log = logging.getLogger("geoplonk.server")
 
 Emit = Callable[..., None]
-# Samples at cfg 2 drawn for the single best guess (products.modes.best_of_samples picks it).
+# Samples at cfg 2 drawn for the single best guess (products.modes.best_guess picks it).
 GUESS_SAMPLES = 256
 GUESS_CFG = 2.0
 # Own samples whose exact log-density estimates localizability (the paper uses 1024).
@@ -55,7 +54,7 @@ def localizability(model, emb: torch.Tensor, samples: torch.Tensor) -> tuple[np.
 
     pts = samples[:, :LOCALIZABILITY_SAMPLES]
     logp = likelihood.log_density(model.flow, emb, pts, method="midpoint", steps=LOCALIZABILITY_STEPS)
-    return (logp.mean(dim=1) / (4 * math.pi * math.log(2))).cpu().numpy(), "exact-midpoint"
+    return likelihood.localizability(logp).cpu().numpy(), "exact-midpoint"
 
 
 def run_unit(

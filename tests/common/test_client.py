@@ -26,7 +26,7 @@ def test_plan_batches_respects_count_and_bytes():
 
 def test_oversized_photo_fails_locally_without_a_server():
     with GeoPlonkClient(f"tcp://127.0.0.1:{free_port()}", timeout_s=0.5, retries=0) as client:
-        client._limits["max_image_bytes"] = 10
+        client.limits["max_image_bytes"] = 10
         seen = []
         results = client.geolocate([("big.jpg", b"x" * 11)], on_result=seen.append)
     assert [r.status for r in results] == ["failed"] and seen == results

@@ -9,18 +9,16 @@ import pytest
 from PIL import Image
 
 from model_server.data.earth_tiles import (
-    EARTH_RADIUS_KM,
     TileSpec,
     build_earth_tiles,
     heldout_centres,
-    latlon_to_xyz,
     sample_plate_carree,
     tile_lonlat,
     uniform_centres,
 )
 from model_server.engine.datasets import embed_dataset, read_csv, read_dataset
 from model_server.engine.encoders import load_encoder
-from model_server.engine.metrics import haversine_km
+from model_server.geodesy import EARTH_RADIUS_KM, haversine_km, latlon_to_xyz
 from model_server.images import exif_with_gps
 
 POSITIONS = [(30.05, 31.25), (-33.9, 151.2), (64.1, -21.9)]

@@ -9,15 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from model_server.commands.calibrate import COVERAGE_KINDS, CRITERIA
-from model_server.commands.evaluate import best_guess
+from geoplonk_service.protocol import RESOLUTION
 from model_server.data.earth_tiles import SAMPLE_SITES
-from model_server.engine.calibration import best_cfg_by_coverage
 from model_server.engine.checkpoint import verify_files
+from model_server.engine.likelihood import localizability, log_density
 from model_server.engine.model import find_model_dir, load_model
 from model_server.engine.sampling import sample
 from model_server.engine.sphere import xyz_to_degrees
+from model_server.evaluation.criteria import COVERAGE_KINDS, CRITERIA, best_cfg_by_coverage
+from model_server.geodesy import haversine_km
 from model_server.images import read_exif_gps
+from model_server.products.modes import best_guess
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 # Distinctive tiles the committed model places near their true site; featureless ones (open ocean) need not be.
@@ -26,8 +28,8 @@ MAX_KM = 2500.0  # "the right continent" at the 2,500 km accuracy level of the p
 
 
 def guess_of(points: np.ndarray) -> np.ndarray:
-    """The server's best guess among one photo's samples."""
-    return best_guess(points[None])[0]
+    """The server's best guess among one photo's samples (on its default map)."""
+    return best_guess(points, RESOLUTION.default)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +63,6 @@ def test_sample_tiles_carry_their_position():
 
 
 def test_default_model_places_distinctive_samples(model):
-    from model_server.engine.metrics import haversine_km
-
     names = list(SAMPLE_SITES)
     images = [Image.open(SAMPLES / f"{n}.jpg").convert("RGB") for n in names]
     emb = model.encoder.embed(images)
@@ -79,16 +79,14 @@ def test_default_model_places_distinctive_samples(model):
 def test_featureless_tiles_are_less_localizable_than_distinctive_ones(model):
     """Open ocean must read as 'could be anywhere like this': low localizability and samples spread far
     apart; a distinctive coast or mountain range as a tight map."""
-    from model_server.engine.likelihood import localizability
-    from model_server.engine.metrics import haversine_km
-
     names = ["ocean", "nile_delta", "greenland", "himalaya"]
     images = [Image.open(SAMPLES / f"{n}.jpg").convert("RGB") for n in names]
     emb = model.encoder.embed(images)
     gen = torch.Generator().manual_seed(0)
     # the map's draws, as the server makes them: at the calibrated guidance (their density without it)
     w = model.distribution_cfg
-    loc = localizability(model.flow, emb, 128, cfg=w, generator=gen, method="rk4", steps=16).tolist()
+    own = sample(model.flow, emb, 128, cfg=w, generator=gen)
+    loc = localizability(log_density(model.flow, emb, own, method="rk4", steps=16)).tolist()
     x = sample(model.flow, emb, 256, steps=32, cfg=w, generator=gen)
     lat, lon = xyz_to_degrees(x).unbind(-1)
     spread = []  # median distance of a sample to the image's best guess

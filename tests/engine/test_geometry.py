@@ -8,15 +8,9 @@ import pytest
 import torch
 
 from model_server.engine import schedule
-from model_server.engine.sphere import (
-    degrees_to_xyz,
-    exp_map,
-    geodesic_distance,
-    geodesic_interpolant,
-    log_map,
-    uniform_sphere,
-    xyz_to_degrees,
-)
+from model_server.engine.sphere import degrees_to_xyz, exp_map, geodesic_distance, uniform_sphere, xyz_to_degrees
+
+from .geodesics import geodesic_interpolant, log_map
 
 
 def test_degrees_round_trip_including_poles_and_antimeridian():

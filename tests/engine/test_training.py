@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from model_server.engine.likelihood import log_density
-from model_server.engine.metrics import EARTH_RADIUS_KM, UNIFORM_NLL
 from model_server.engine.network import FlowConfig, GeoAdaLNMLP
 from model_server.engine.sampling import sample
 from model_server.engine.schedule import gamma
-from model_server.engine.sphere import geodesic_distance, geodesic_interpolant, log_map, uniform_sphere
+from model_server.engine.sphere import geodesic_distance, uniform_sphere
 from model_server.engine.training import (
     ema_update,
     fold_input_map,
@@ -24,6 +23,10 @@ from model_server.engine.training import (
     lr_factor,
     train_flow,
 )
+from model_server.evaluation.metrics import UNIFORM_NLL
+from model_server.geodesy import EARTH_RADIUS_KM
+
+from .geodesics import geodesic_interpolant, log_map
 
 KAPPA = 300.0  # ~ 370 km spread
 COND_DIM = 16
@@ -238,7 +241,5 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch):
     # the map as the server draws it: its regions' coverage grows with the level, and it has no distance figures
     assert drawn_map["method"].startswith("flow, the server's map") and "geoscore" not in drawn_map
     assert 0 <= drawn_map["coverage_50"] <= drawn_map["coverage_90"] <= drawn_map["coverage_99"] <= 1
-    by_mass = drawn_map["coverage_by_raster_mass"]  # the former rule, for comparison
-    assert 0 <= by_mass["50"] <= by_mass["90"] <= by_mass["99"] <= 1
     assert np.isfinite(drawn_map["nll_mean"])
     assert abs(report["rows"][0]["nll_mean"] - UNIFORM_NLL) < 1e-9

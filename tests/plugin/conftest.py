@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,25 +32,10 @@ DEFAULT_SERVER_COMMAND = f"{ROOT / '.venv/server/bin/geoplonk'} serve"
 FAST_OPTIONS = {"samples": 64, "steps": 4, "resolution": 2.0}
 
 
-def _tiny_model_dir() -> str | None:
-    """While no default model is committed, build the server tests' tiny model with the server's Python."""
-    if (ROOT / "model_server/models/earth-tiles/config.json").exists():
-        return None
-    python = ROOT / ".venv/server/bin/python"
-    target = _XDG / "tiny-model"
-    if not (target / "config.json").exists():
-        code = (
-            "import sys, pathlib; "
-            "from tests.server.conftest import make_tiny_model as m; m(pathlib.Path(sys.argv[1]))"
-        )
-        subprocess.run([str(python), "-c", code, str(target)], cwd=ROOT, check=True, timeout=600)
-    return str(target)
-
-
 def server_command() -> str:
-    """The command that starts a server, with the test model ($GEOPLONK_TEST_MODEL) when one is needed."""
+    """The command that starts a server: the committed default model, or $GEOPLONK_TEST_MODEL when set."""
     command = os.environ.get("GEOPLONK_SERVER_COMMAND", DEFAULT_SERVER_COMMAND)
-    model = os.environ.get("GEOPLONK_TEST_MODEL") or _tiny_model_dir()
+    model = os.environ.get("GEOPLONK_TEST_MODEL")
     if model:
         command += " --model " + shlex.quote(model)
     return command

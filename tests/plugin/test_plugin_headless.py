@@ -267,7 +267,7 @@ def test_auto_start_uses_and_stops_a_local_server(plugin, plugin_settings, photo
 
     report = run_action(plugin, plugin.action_geolocate, wait_for_task, timeout_s=400)
     assert (report.ok, report.error_title) == (1, "")
-    server = plugin.local_server
+    server = plugin.servers.local_server
     assert server is not None and server.running
     plugin.unload()  # QGIS closing or the plugin unloaded: the server goes with it
     assert not server.running

@@ -19,6 +19,8 @@ def test_zip_layout_and_import_as_geoplonk(tmp_path, qgis_iface, monkeypatch):
     for needed in ("metadata.txt", "icon.svg", "__init__.py", "plugin.py", "task.py", "layers.py",
                    "libs/geoplonk_service/protocol.py", "libs/geoplonk_service/client.py",
                    "libs/geoplonk_service/launcher.py", "libs/geoplonk_service/output_files.py",
+                   "libs/geoplonk_service/photos.py", "libs/geoplonk_service/result_rows.py",
+                   "libs/geoplonk_service/server_manager.py",
                    "processing/provider.py"):
         assert f"geoplonk/{needed}" in names
     assert not [n for n in names if "__pycache__" in n or "/tests/" in n or n.endswith(".pyc")]

@@ -155,8 +155,8 @@ def test_folder_run_writes_rasters_and_merged_best_guesses(provider, plugin_sett
         assert row["_xy"] == pytest.approx((row["lon"], row["lat"]))
         assert math.isfinite(row["localizability"])
         assert 0 < row["top_probability"] <= 1
-        assert row["raster"] in result["RASTERS"]
-        summary = json.loads((out / (row["raster"].rsplit("/", 1)[-1][:-4] + ".json")).read_text())
+        assert row["geotiff"] in result["RASTERS"]
+        summary = json.loads((out / (row["geotiff"].rsplit("/", 1)[-1][:-4] + ".json")).read_text())
         assert row["lat"] == pytest.approx(summary["best_guess"]["lat"])
         assert row["country"] == summary["best_guess"]["country"]
         # no guidance given: the server drew the model's calibrated distribution and says which w that was
@@ -278,32 +278,56 @@ def test_unreachable_server_without_auto_start_is_a_clear_error(provider, plugin
         run_raising({"FOLDER": str(photo_dir), "OUTPUT_FOLDER": str(tmp_path / "out"), "ENDPOINT": endpoint})
 
 
-def test_pure_helpers():
-    from qgis_plugin.processing.geolocate_algorithm import best_guess_row, guess_photo_field
+def auto_start_settings(plugin_settings, command: str):
+    """Saved settings whose endpoint answers nothing, so a run must start a local server with `command`."""
+    from dataclasses import replace
+
+    from geoplonk_service.launcher import free_port
+
+    replace(plugin_settings, endpoint=f"tcp://127.0.0.1:{free_port()}", auto_start=True, start_command=command).save()
+
+
+def started_endpoint(feedback) -> str:
+    (line,) = [i for i in feedback.infos if i.startswith("Local GeoPlonk server ready at ")]
+    return line.rsplit(" ", 1)[-1]
+
+
+def test_a_run_without_the_plugin_stops_the_server_it_started(provider, plugin_settings, photo_dir, tmp_path,
+                                                              geoplonk_server_command):
+    from geoplonk_service.client import GeoPlonkClient, ServerUnavailable
+
+    auto_start_settings(plugin_settings, geoplonk_server_command)
+    feedback = RecordingFeedback()
+    result = run({"FOLDER": str(photo_dir), "OUTPUT_FOLDER": str(tmp_path / "out"), **FAST_PARAMS}, feedback)
+    assert result["SUCCEEDED"] == 3
+    with GeoPlonkClient(started_endpoint(feedback), timeout_s=0.5, retries=0) as client, \
+            pytest.raises(ServerUnavailable):
+        client.info()
+
+
+def test_with_the_plugin_loaded_a_run_shares_its_local_server(provider, plugin, plugin_settings, photo_dir, tmp_path,
+                                                              geoplonk_server_command, monkeypatch):
+    import qgis.utils
+
+    from qgis_plugin.settings import Settings
+
+    monkeypatch.setitem(qgis.utils.plugins, "qgis_plugin", plugin)
+    auto_start_settings(plugin_settings, geoplonk_server_command)
+    feedback = RecordingFeedback()
+    result = run({"FOLDER": str(photo_dir), "OUTPUT_FOLDER": str(tmp_path / "out"), **FAST_PARAMS}, feedback)
+    assert result["SUCCEEDED"] == 3
+    server = plugin.servers.local_server
+    assert server is not None and server.running and server.endpoint == started_endpoint(feedback)
+    with plugin.connect(Settings.load()) as client:  # the toolbar gets the same server, already running
+        assert client.endpoint == server.endpoint
+
+
+def test_photo_field_guess():
+    from qgis_plugin.sources import guess_photo_field
 
     assert guess_photo_field(["id", "Photo"]) == "Photo"
     assert guess_photo_field(["id", "pic"], {"id": [1, 2], "pic": ["a.JPG", "b.heic"]}) == "pic"
     assert guess_photo_field(["id", "note"], {"note": ["hello"]}) is None
-    row = best_guess_row(
-        {
-            "best_guess": {"lat": 1.5, "lon": -2, "country": "FR", "place": "Paris"},
-            "localizability": 0.25,
-            "top_places": [{"probability": 0.4}],
-            "exif": {"lat": 0, "lon": 0, "error_km": 12.5},
-            "model": "m",
-        }
-    )
-    assert row == {
-        "lat": 1.5,
-        "lon": -2.0,
-        "localizability": 0.25,
-        "country": "FR",
-        "place": "Paris",
-        "top_probability": 0.4,
-        "exif_error_km": 12.5,
-        "model": "m",
-    }
-    assert best_guess_row({"best_guess": {"lat": 0, "lon": 0}, "exif": None})["exif_error_km"] is None
 
 
 def test_qgis_process_runs_the_installed_plugin(photo_dir, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from qgis.core import QgsSettings
 
+from geoplonk_service.photos import photos_in_folder
 from qgis_plugin import messages, sources
 from qgis_plugin.settings import Settings, parse_levels
 
@@ -26,7 +27,7 @@ def test_detect_photo_field(fields, expected):
 def test_image_formats_and_folder_listing(tmp_path):
     for name in ("a.JPG", "b.heic", "c.webp", "d.tiff", "e.png", "notes.txt", ".hidden.jpg"):
         (tmp_path / name).write_bytes(b"x")
-    found = [p.rsplit("/", 1)[-1] for p in sources.photos_in_folder(tmp_path)]
+    found = [p.name for p in photos_in_folder(tmp_path)]
     assert found == ["a.JPG", "b.heic", "c.webp", "d.tiff", "e.png"]
 
 
@@ -77,7 +78,7 @@ def test_levels_parse_percent_or_fraction():
 def test_settings_dialog_edits_and_validates(qgis_iface):
     from qgis_plugin.settings_dialog import SettingsDialog
 
-    dialog = SettingsDialog(Settings(), qgis_iface.mainWindow())
+    dialog = SettingsDialog(Settings(), qgis_iface.mainWindow(), connect=lambda s: pytest.fail("no server needed"))
     dialog.samples.setValue(300)
     dialog.levels.setText("50, 80")
     dialog.auto_start.setChecked(False)

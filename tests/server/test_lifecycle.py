@@ -12,7 +12,7 @@ import zmq.auth
 
 from geoplonk_service.client import GeoPlonkClient, ServerUnavailable
 from geoplonk_service.launcher import free_port, start_local_server
-from model_server.commands.keys import make_keys
+from model_server.server.curve_keys import make_keys
 
 from .conftest import REPO, server_command, server_env
 

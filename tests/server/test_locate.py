@@ -53,3 +53,24 @@ def test_locate_all_failed_or_server_down(endpoint, tmp_path):
     down = locate(str(bad), "--out", str(tmp_path / "o2"), "--endpoint", f"tcp://127.0.0.1:{free_port()}",
                   "--timeout", "1")
     assert down.returncode == 3 and "not answering" in down.stderr
+
+
+def test_locate_starts_and_stops_its_own_server(tiny_model, tmp_path):
+    photo = tmp_path / "harbour.jpg"
+    photo.write_bytes(jpeg_bytes(33))
+    out = tmp_path / "out"
+    command = f"{sys.executable} -m model_server.cli serve --model {tiny_model}"
+    proc = locate(str(photo), "--out", str(out), "--start-server", "--server-command", command, *fast_args())
+    assert proc.returncode == 0, proc.stderr
+    assert "Starting a local GeoPlonk server" in proc.stderr and "1 of 1 photos located" in proc.stdout
+    (row,) = list(csv.DictReader((out / "summary.csv").open()))
+    assert (row["photo"], row["path"], row["status"]) == ("harbour.jpg", str(photo), "ok")
+    assert -90 <= float(row["lat"]) <= 90 and row["model"] == "tiny-test"
+
+
+def test_locate_refuses_options_outside_the_protocols_ranges(tmp_path):
+    for args, needle in ((["--samples", "3"], "samples must be an integer in [16, 65536]"),
+                         (["--solver", "rk4"], "invalid choice"),
+                         (["--levels", "0.5,1.5"], "probabilities in (0, 1)")):
+        proc = locate("x.jpg", "--out", str(tmp_path), *args)
+        assert proc.returncode == 2 and needle in proc.stderr, proc.stderr

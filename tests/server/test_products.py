@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import shapely
 
-from model_server.products.density import crop_window, kde_log_density, kde_raster, select_kappa
-from model_server.products.geodesy import haversine_km, latlon_to_xyz, xyz_to_latlon
+from model_server.geodesy import haversine_km, latlon_to_xyz, xyz_to_latlon
+from model_server.products.density import crop_window, kde_raster
 from model_server.products.grid import Grid
-from model_server.products.modes import best_of_samples, find_modes
-from model_server.products.regions import credible_regions, fraction_inside
+from model_server.products.kde import kde_log_density, log_kernel_sums, select_kappa
+from model_server.products.modes import best_guess, best_of_samples, find_modes
+from model_server.products.regions import credible_regions
 
 
 def cluster(rng, lat, lon, spread_deg, n):
@@ -18,6 +19,11 @@ def cluster(rng, lat, lon, spread_deg, n):
     lats = lat + rng.normal(0, spread_deg, n)
     lons = lon + rng.normal(0, spread_deg, n) / max(np.cos(np.deg2rad(lat)), 0.2)
     return latlon_to_xyz(np.clip(lats, -89.9, 89.9), lons)
+
+
+def fraction_inside(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> float:
+    """Share of points (given by their cells) that fall inside a region mask."""
+    return float(mask[rows, cols].mean()) if len(rows) else 0.0
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +101,7 @@ def test_regions_of_a_sharp_and_broad_mixture_hold_their_level_of_fresh_draws():
           f"mean log density {log_lik:.3f} adaptive, {fixed_log_lik:.3f} fixed")
     assert by_samples == pytest.approx(levels, abs=0.025)
     assert fixed_by_samples == pytest.approx(levels, abs=0.025)
-    assert fixed_by_mass[0] > 0.52 and fixed_by_mass[1] < 0.88  # the rule this replaces
+    assert fixed_by_mass[0] > 0.52 and fixed_by_mass[1] < 0.88  # adding up the raster's mass misses both ways
     assert log_lik > fixed_log_lik + 0.05
     # each sample's own kernel is left out of its density: a lone far sample is not a peak of its own
     lone = np.concatenate([cluster(rng, 0, 0, 1, 99), latlon_to_xyz(np.array([50.0]), np.array([100.0]))])
@@ -179,6 +185,29 @@ def test_best_guess_prefers_the_larger_region_and_stays_sharp_inside_it(rng):
     g = one[best_of_samples(one, select_kappa(one, 1e5))]
     assert haversine_km(np.degrees(np.arcsin(g[2])), np.degrees(np.arctan2(g[1], g[0])), 10, 10) < 60
 
+
+def test_the_summary_reports_the_best_guess_of_the_guess_samples(rng):
+    """The server's best guess is products.modes.best_guess of its cfg-2 draws, the one `geoplonk eval` scores."""
+    from model_server.products.report import compute_products
+
+    samples = cluster(rng, 20, 30, 3, 200)
+    guess = np.concatenate([cluster(rng, 20, 30, 1, 60), cluster(rng, -40, 150, 0.2, 20)])
+    products = compute_products(samples, guess, 1.0, [0.5, 0.9], 3, False)
+    lat, lon = xyz_to_latlon(best_guess(guess, 1.0))
+    assert products.best == (float(lat), float(lon))
+    assert haversine_km(*products.best, 20, 30) < 300
+    assert np.array_equal(best_guess(guess[:1], 1.0), guess[0])  # one draw is its own guess
+
+
+def test_kernel_sums_leave_each_point_out_block_by_block(rng):
+    x = cluster(rng, 0, 0, 5, 50)
+    kappas = np.linspace(100.0, 300.0, 50)
+    terms = kappas * (np.clip(x @ x.T, -1.0, 1.0) - 1.0)
+    np.fill_diagonal(terms, -np.inf)
+    expected = np.log(np.exp(terms).sum(axis=1))
+    got = log_kernel_sums(x, x, kappas, leave_out_own=True, chunk=7)
+    assert np.allclose(got, expected, rtol=0, atol=1e-12)
+    assert np.allclose(log_kernel_sums(x, x, 200.0, chunk=7), log_kernel_sums(x, x, 200.0), rtol=0, atol=1e-12)
 
 def test_places_at_sea_name_the_coast_they_lie_off():
     """A guess just off the Nile delta is not 'open ocean': it names the coast; mid-Pacific is open ocean."""

@@ -16,9 +16,20 @@ from PIL import Image
 
 from geoplonk_service import protocol as P
 from geoplonk_service.client import GeoPlonkClient, ServerError
-from model_server.products.geotiff import read_geotiff
 
 from .conftest import FAST, TINY_CALIBRATED_CFG, jpeg_bytes
+
+
+def read_geotiff(data: bytes) -> tuple[np.ndarray, dict]:
+    """(band 1, profile + tags) from GeoTIFF bytes."""
+    from rasterio.io import MemoryFile
+
+    with MemoryFile(data) as memfile, memfile.open() as src:
+        meta = dict(src.profile)
+        meta["tags"] = src.tags()
+        meta["bounds"] = tuple(src.bounds)
+        meta["overviews"] = src.overviews(1)
+        return src.read(1), meta
 
 
 @pytest.fixture

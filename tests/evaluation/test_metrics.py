@@ -6,15 +6,9 @@ import math
 
 import numpy as np
 
-from model_server.engine.metrics import (
-    accuracy_within,
-    coverage,
-    distance_summary,
-    geoscore,
-    haversine_km,
-    kde_log_density,
-    nll_summary,
-)
+from model_server.evaluation.metrics import accuracy_within, coverage, distance_summary, geoscore, nll_summary
+from model_server.geodesy import degrees_to_xyz, haversine_km, latlon_distance_km, xyz_to_degrees, xyz_to_latlon
+from model_server.products.kde import mixture_log_density
 
 
 def fibonacci_sphere(n: int) -> np.ndarray:
@@ -29,6 +23,20 @@ def test_haversine_known_distances():
     assert abs(haversine_km(48.8566, 2.3522, 51.5074, -0.1278) - 343.5) < 1.0  # Paris - London
     assert abs(haversine_km(0, 0, 0, 180) - math.pi * 6371) < 1e-6
     assert abs(haversine_km(10, 179.5, 10, -179.5) - haversine_km(10, 0, 10, 1)) < 1e-9  # across the antimeridian
+    rows = np.array([[48.8566, 2.3522], [0.0, 0.0]])
+    assert np.allclose(latlon_distance_km(rows, [[51.5074, -0.1278], [0.0, 180.0]]),
+                       [haversine_km(48.8566, 2.3522, 51.5074, -0.1278), math.pi * 6371])
+
+
+def test_degrees_and_unit_vectors_round_trip_in_their_precision():
+    rows = np.array([[0.0, 0.0], [45.0, 90.0], [-33.9, 151.2], [10.0, 179.999], [-89.9999, -77.0]])
+    xyz = degrees_to_xyz(rows)
+    assert np.allclose(np.linalg.norm(xyz, axis=-1), 1.0) and np.allclose(xyz[1], [0.0, 0.7071068, 0.7071068])
+    assert np.allclose(xyz_to_degrees(xyz), rows, atol=1e-9)
+    assert np.allclose(np.stack(xyz_to_latlon(2 * xyz), axis=-1), rows, atol=1e-9)  # normalised first
+    # float32 draws stay float32 (eval's single-sample row is scored so); xyz_to_latlon is float64 always
+    assert xyz_to_degrees(xyz.astype(np.float32)).dtype == np.float32
+    assert xyz_to_latlon(xyz.astype(np.float32))[0].dtype == np.float64
 
 
 def test_geoscore_and_accuracy():
@@ -59,6 +67,6 @@ def test_vmf_mixture_density_integrates_to_one():
     centres = np.array([[[1.0, 0, 0], [0, 0, 1.0]]])
     weights = np.array([[0.3, 0.7]])
     for kappa in (1.0, 50.0, 2000.0):
-        logp = kde_log_density(pts[None], centres, weights, kappa)
+        logp = mixture_log_density(pts[None], centres, weights, kappa)
         total = np.exp(logp).mean() * 4 * math.pi
         assert abs(total - 1) < 0.01, (kappa, total)

@@ -1,6 +1,6 @@
 """Geolocation metrics as pure numpy functions (the definitions of the PLONK / OSV-5M papers).
 
-Distances are great-circle (haversine, R = 6371 km); GeoScore = 5000 exp(-d / 1492.7);
+Distances are great-circle (geodesy.haversine_km, R = 6371 km); GeoScore = 5000 exp(-d / 1492.7);
 NLL is in nats per steradian (uniform on the sphere = log 4 pi = 2.531 nats).
 """
 
@@ -10,18 +10,10 @@ import math
 
 import numpy as np
 
-from ..products.geodesy import EARTH_RADIUS_KM, haversine_km  # noqa: F401 - the one definition, re-exported
-
 GEOSCORE_SCALE_KM = 1492.7
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
 COVERAGE_LEVELS = (0.5, 0.9, 0.99)
 UNIFORM_NLL = math.log(4 * math.pi)
-
-
-def latlon_distance_km(pred_deg: np.ndarray, true_deg: np.ndarray) -> np.ndarray:
-    """Distances between (..., 2) lat/lon arrays in degrees."""
-    pred_deg, true_deg = np.asarray(pred_deg), np.asarray(true_deg)
-    return haversine_km(pred_deg[..., 0], pred_deg[..., 1], true_deg[..., 0], true_deg[..., 1])
 
 
 def geoscore(distance_km) -> np.ndarray:
@@ -75,18 +67,3 @@ def spearman(a, b) -> float:
 
     return float(spearmanr(np.asarray(a), np.asarray(b)).statistic)
 
-
-def kde_log_density(
-    query_xyz: np.ndarray, centres_xyz: np.ndarray, weights: np.ndarray, kappa: float
-) -> np.ndarray:
-    """log of a von Mises-Fisher mixture on the sphere, nats per steradian.
-
-    query (E, M, 3), centres (E, K, 3), weights (E, K) summing to 1 -> (E, M). Used for the
-    retrieval baseline's density.
-    """
-    dots = np.einsum("emd,ekd->emk", query_xyz, centres_xyz)
-    # vMF normaliser kappa / (4 pi sinh kappa), written stably: log C = log kappa - log 2 pi - kappa - log1p(-e^-2k)
-    log_c = math.log(kappa) - math.log(2 * math.pi) - kappa - math.log1p(-math.exp(-2 * kappa))
-    terms = log_c + kappa * dots + np.log(np.clip(np.asarray(weights, np.float64), 1e-300, None))[:, None, :]
-    top = terms.max(axis=-1, keepdims=True)
-    return (top + np.log(np.exp(terms - top).sum(axis=-1, keepdims=True)))[..., 0]

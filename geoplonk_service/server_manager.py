@@ -1,0 +1,117 @@
+"""LocalServerManager: a client to a GeoPlonk server that answers, starting a local one when none does.
+
+The toolbar task, the Processing algorithm and `geoplonk locate` all get their client here.  The
+configured endpoint is tried first; when nothing answers there and a start command is given, a local
+`geoplonk serve` is started with it (launcher.py) and used from then on in place of that endpoint,
+until close() stops it.  Thread-safe: QGIS tasks and Processing runs ask from their own threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from .client import RETRIES, GeoPlonkClient, ServerUnavailable
+from .launcher import LocalServer, start_local_server
+
+# How long a probe waits for the server's `info` reply: a server that answers does so at once.
+PROBE_TIMEOUT_S = 2.0
+# A local server nobody asks for this long exits by itself (it also exits when this process does).
+IDLE_TIMEOUT_S = 3600.0
+
+
+class LocalServerManager:
+    """Hands out clients; owns at most one local server, stopped by close() (or leaving a `with` block)."""
+
+    def __init__(
+        self,
+        log: Callable[[str], None] | None = None,
+        idle_timeout: float | None = IDLE_TIMEOUT_S,
+        ready_timeout: float = 300.0,
+        env: dict[str, str] | None = None,
+    ):
+        """`log` reports starting a server; `env` adds to the started server's environment."""
+        self.log = log
+        self.idle_timeout = idle_timeout
+        self.ready_timeout = ready_timeout
+        self.env = env
+        self.local_server: LocalServer | None = None
+        self._stands_in_for: str | None = None  # the endpoint that did not answer when the local server started
+        self._lock = threading.Lock()
+
+    def connect(
+        self,
+        endpoint: str | None,
+        start_command: str | None = None,
+        timeout_s: float = 30.0,
+        model: str | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> GeoPlonkClient:
+        """A client (the caller closes it) to a server that answers.
+
+        `endpoint`: the server to use; our local server stands in for it once it failed to answer.  None: only
+        a local server.  `start_command`: starts the local server when needed (`model` becomes its default
+        model); None: never start one.  `log` overrides the manager's for this call.
+        Raises ServerUnavailable when nothing answers and nothing may start, ServerStartError when the start fails.
+        """
+        with self._lock:
+            local = self.local_server if self.local_server is not None and self.local_server.running else None
+            candidates = [endpoint] if endpoint else []
+            if local is not None and start_command:  # ours first where it stands in for the endpoint, else after it
+                first = endpoint in (None, self._stands_in_for)
+                candidates = [local.endpoint] if first else [*candidates, local.endpoint]
+            failure: ServerUnavailable | None = None
+            for candidate in candidates:
+                try:
+                    client = self._probe(candidate, timeout_s)
+                except ServerUnavailable as exc:
+                    failure = exc
+                    continue
+                if local is not None and candidate == local.endpoint:
+                    self._stands_in_for = endpoint
+                return client
+            if not start_command:
+                raise failure or ServerUnavailable("no server endpoint given and no local server to start")
+            return self._start(endpoint, start_command, timeout_s, model, log or self.log)
+
+    def close(self) -> None:
+        """Stop the local server, if one runs; a later connect() may start another."""
+        with self._lock:
+            server, self.local_server = self.local_server, None
+            if server is not None:
+                server.stop()
+
+    def __enter__(self) -> LocalServerManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _probe(endpoint: str, timeout_s: float) -> GeoPlonkClient:
+        """A client to `endpoint` once it answered `info` (which also tells the client the server's limits)."""
+        client = GeoPlonkClient(endpoint, timeout_s=min(timeout_s, PROBE_TIMEOUT_S), retries=0)
+        try:
+            client.info()
+        except BaseException:
+            client.close()
+            raise
+        client.timeout_s = timeout_s
+        client.retries = RETRIES
+        return client
+
+    def _start(
+        self, endpoint: str | None, command: str, timeout_s: float, model: str | None, log: Callable[[str], None] | None
+    ) -> GeoPlonkClient:
+        if self.local_server is not None:
+            self.local_server.stop()  # it died or stopped answering
+            self.local_server = None
+        if log is not None:
+            log(f"Starting a local GeoPlonk server: {command}")
+        self.local_server = start_local_server(
+            command, idle_timeout=self.idle_timeout, ready_timeout=self.ready_timeout, model=model, env=self.env
+        )
+        self._stands_in_for = endpoint
+        if log is not None:
+            log(f"Local GeoPlonk server ready at {self.local_server.endpoint}")
+        return GeoPlonkClient(self.local_server.endpoint, timeout_s=timeout_s)

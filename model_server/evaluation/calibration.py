@@ -1,0 +1,222 @@
+"""Choosing a model's distribution guidance w on held-out photos, and recording it in the model's manifest.
+
+Sampling the guided field (1 + w) v(x, c) - w v(x, 0) with a small negative w moves the flow towards the
+unconditional one and widens it, which mends a flow whose credible regions hold fewer truths than their
+level (over-confidence, as embedding noise on a small training set gives); its likelihood stays exact (the
+same ODE with another field). w is picked from a grid, either by the held-out truths' mean NLL (a proper
+score, cheap: one likelihood per photo) or by how near the credible regions hold their share of truths:
+the exact density's, or those and the drawn map's too (map_scores.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geoplonk_service import protocol as P
+
+from ..engine.likelihood import log_density, truth_and_draws_log_density
+from ..engine.network import GeoAdaLNMLP
+from ..geodesy import xyz_to_latlon
+from .criteria import COVERAGE_KINDS, CRITERIA, MIN_CFG, best_cfg, best_cfg_by_coverage
+from .map_scores import score_maps
+from .metrics import COVERAGE_LEVELS, coverage
+
+Progress = Callable[[int, int], None]
+
+
+def checked_inputs(emb: torch.Tensor, truth_xyz: torch.Tensor, grid: Sequence[float]) -> torch.Tensor:
+    """The truths as float32 (E, 3), or ValueError naming a wrong shape or a w outside [-1, 0]."""
+    truth_xyz = torch.as_tensor(truth_xyz, dtype=torch.float32)
+    if truth_xyz.shape != (len(emb), 3):
+        raise ValueError(f"truth must be ({len(emb)}, 3) unit vectors, got {tuple(truth_xyz.shape)}")
+    outside = [w for w in grid if not MIN_CFG <= w <= 0]
+    if outside:
+        raise ValueError(f"calibration guidance must lie in [{MIN_CFG:g}, 0], got {outside[0]:g}")
+    return truth_xyz
+
+
+def truth_nll_by_cfg(
+    flow: GeoAdaLNMLP,
+    emb: torch.Tensor,
+    truth_xyz: torch.Tensor,
+    grid: Sequence[float],
+    *,
+    method: str = "rk4",
+    steps: int = 16,
+    chunk: int = 64,
+    on_step: Progress | None = None,
+) -> dict[float, float]:
+    """Mean NLL (nats per steradian) of each photo's true location (E, 3) under guidance w, per w."""
+    truth_xyz = checked_inputs(emb, truth_xyz, grid)
+    out, done, total = {}, 0, len(grid) * len(emb)
+    for w in grid:
+        nll = []
+        for start in range(0, len(emb), chunk):
+            e, x = emb[start : start + chunk], truth_xyz[start : start + chunk, None]
+            nll.append(-log_density(flow, e, x, cfg=w, method=method, steps=steps)[:, 0].numpy())
+            done += len(e)
+            if on_step is not None:
+                on_step(done, total)
+        out[float(w)] = float(np.concatenate(nll).mean())
+    return out
+
+
+def calibration_scores(
+    flow: GeoAdaLNMLP,
+    emb: torch.Tensor,
+    truth_xyz: torch.Tensor,
+    grid: Sequence[float],
+    *,
+    samples: int = 32,
+    steps: int = P.STEPS.default,
+    method: str = "rk4",
+    likelihood_steps: int = 16,
+    levels: Sequence[float] = COVERAGE_LEVELS,
+    seed: int = 0,
+    chunk: int = 20,
+    precision: str = P.DEFAULT_OPTIONS["precision"],
+    on_step: Progress | None = None,
+) -> dict[float, dict]:
+    """Per w: the truths' mean NLL and the share of truths inside the distribution's credible regions.
+
+    A truth is inside the p-region when its density is above the (1 - p) quantile of the density at
+    `samples` of the model's own draws (metrics.coverage), all under the same guided field.
+    """
+    truth_xyz = checked_inputs(emb, truth_xyz, grid)
+    out, done, total = {}, 0, len(grid) * len(emb)
+    for w in grid:
+        gen = torch.Generator().manual_seed(seed)  # the same draws for every w
+        truth_lp, sample_lp = [], []
+        for start in range(0, len(emb), chunk):
+            e = emb[start : start + chunk]
+            at_truth, at_draws = truth_and_draws_log_density(
+                flow, e, truth_xyz[start : start + chunk], samples, cfg=w, steps=steps, precision=precision,
+                generator=gen, method=method, likelihood_steps=likelihood_steps)
+            truth_lp.append(at_truth.numpy())
+            sample_lp.append(at_draws.numpy())
+            done += len(e)
+            if on_step is not None:
+                on_step(done, total)
+        truth_lp, sample_lp = np.concatenate(truth_lp), np.concatenate(sample_lp)
+        out[float(w)] = {"nll": float(-truth_lp.mean()), **coverage(truth_lp, sample_lp, tuple(levels))}
+    return out
+
+
+def map_scores(
+    flow: GeoAdaLNMLP,
+    emb: torch.Tensor,
+    truth_xyz: torch.Tensor,
+    grid: Sequence[float],
+    *,
+    on_step: Progress | None = None,
+    **settings,
+) -> dict[float, dict]:
+    """Per w: the drawn map's mean NLL at the truths' cells and the share of truths inside its credible
+    regions, keyed map_nll and map_coverage_50 ...: map_scores.score_maps, whose keywords `settings` are
+    (samples, resolution, levels, steps, precision, seed, chunk)."""
+    truth_xyz = checked_inputs(emb, truth_xyz, grid)
+    lat, lon = xyz_to_latlon(truth_xyz.double().numpy())
+    out = {}
+    for k, w in enumerate(grid):
+        def progress(done: int, k: int = k) -> None:
+            if on_step is not None:
+                on_step(k * len(emb) + done, len(grid) * len(emb))
+
+        scored = score_maps(flow, emb, lat, lon, cfg=w, on_step=progress, **settings)
+        out[float(w)] = {"map_nll": scored.nll(),
+                         **{f"map_coverage_{key}": v for key, v in scored.shares().items()}}
+    return out
+
+
+def score_guidance(
+    flow: GeoAdaLNMLP,
+    emb: torch.Tensor,
+    truth_xyz: torch.Tensor,
+    grid: Sequence[float],
+    *,
+    criterion: str,
+    samples: int = 32,
+    map_samples: int = P.SAMPLES.default,
+    map_resolution: float = P.RESOLUTION.default,
+    seed: int = 0,
+    likelihood_method: str = "rk4",
+    likelihood_steps: int = 16,
+    on_step: Progress | None = None,
+) -> tuple[dict[float, dict], float]:
+    """Scores per w of the grid by `criterion` (a key of CRITERIA), and the chosen w.
+
+    Every score holds the truths' mean NLL ("nll"); the coverage criteria add the exact regions' shares and
+    "map" the drawn map's too. on_step(done, total) counts photos scored over every part.
+    """
+    if criterion == "nll":
+        nll = truth_nll_by_cfg(flow, emb, truth_xyz, grid, method=likelihood_method, steps=likelihood_steps,
+                               on_step=on_step)
+        return {w: {"nll": v} for w, v in nll.items()}, best_cfg(nll)
+    if criterion not in COVERAGE_KINDS:
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    parts = 2 if criterion == "map" else 1
+    total = parts * len(grid) * len(emb)
+
+    def exact_part(done: int, _: int) -> None:
+        if on_step is not None:
+            on_step(done, total)
+
+    def map_part(done: int, _: int) -> None:
+        if on_step is not None:
+            on_step(len(grid) * len(emb) + done, total)
+
+    scores = calibration_scores(flow, emb, truth_xyz, grid, samples=samples, seed=seed, method=likelihood_method,
+                                likelihood_steps=likelihood_steps, on_step=exact_part)
+    if criterion == "map":
+        drawn = map_scores(flow, emb, truth_xyz, grid, samples=map_samples, resolution=map_resolution, seed=seed,
+                           on_step=map_part)
+        scores = {w: {**score, **drawn[w]} for w, score in scores.items()}
+    return scores, best_cfg_by_coverage(scores, kinds=COVERAGE_KINDS[criterion])
+
+
+def calibration_record(
+    scores: dict[float, dict],
+    chosen: float,
+    *,
+    criterion: str,
+    data: Path | str,
+    skip: int,
+    n: int,
+    likelihood_method: str,
+    likelihood_steps: int,
+    samples: int,
+    seed: int,
+    map_samples: int,
+    map_resolution: float,
+) -> dict:
+    """The manifest's `calibration` entry: the chosen w, how it was chosen and on what, the scores per w."""
+    record = {
+        "distribution_cfg": chosen + 0.0,
+        "criterion": CRITERIA[criterion],
+        "nll_by_cfg": {f"{w + 0.0:g}": round(v["nll"], 6) for w, v in scores.items()},  # + 0.0: no "-0" key
+        "data": str(data), "skip": skip, "n": n,
+        "likelihood": f"{likelihood_method}, {likelihood_steps} steps",
+    }
+    if criterion in COVERAGE_KINDS:
+        record["coverage_by_cfg"] = {f"{w + 0.0:g}": {k: v for k, v in score.items() if k != "nll"}
+                                     for w, score in scores.items()}
+        record.update(samples=samples, seed=seed)
+    if criterion == "map":
+        record.update(map_samples=map_samples, map_resolution=map_resolution)
+    return record
+
+
+def record_calibration(model_dir: Path, record: dict) -> Path:
+    """Write `record` as the calibration of the model in model_dir (its manifest's file hashes are refreshed);
+    returns the manifest's path."""
+    from ..engine.checkpoint import MANIFEST_FILE, read_manifest, write_manifest
+
+    manifest = dict(read_manifest(model_dir))
+    manifest.pop("files", None)
+    manifest["calibration"] = record
+    write_manifest(model_dir, manifest)
+    return model_dir / MANIFEST_FILE

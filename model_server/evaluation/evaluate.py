@@ -1,0 +1,73 @@
+"""A model scored on geotagged photos: the rows of `geoplonk eval`'s report.
+
+The flow's rows (flow_scores.py), the drawn map's row when asked (map_scores.py) and, with a training set,
+the uniform and retrieval baselines first (baselines.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geoplonk_service import protocol as P
+
+from .baselines import baseline_rows
+from .flow_scores import FlowScoring, evaluate_flow
+from .map_scores import map_row, score_maps
+
+# (stage, done, total): "flow" and "maps" count photos.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Evaluation:
+    rows: list[dict]
+    per_image: dict
+    n: int  # photos scored
+
+
+def evaluate_model(
+    model,
+    data: Path,
+    scoring: FlowScoring,
+    *,
+    map_samples: int = 0,
+    map_resolution: float = P.RESOLUTION.default,
+    limit: int | None = None,
+    cache: Path | None = None,
+    train_data: Path | None = None,
+    train_cache: Path | None = None,
+    train_limit: int | None = None,
+    progress: bool = True,
+    on_step: Progress | None = None,
+) -> Evaluation:
+    """Score `model` on the photos of `data` (CSV or folder; the first `limit` only): the flow's rows, the
+    drawn map's row when map_samples > 0, and with train_data the baselines, which come first."""
+    from ..engine.datasets import embed_dataset, read_dataset
+
+    def stage(name: str, total: int) -> Callable[[int], None]:
+        return lambda done: on_step(name, done, total) if on_step is not None else None
+
+    photos = read_dataset(data, progress=progress)
+    if limit:
+        photos = photos.subset(np.arange(min(limit, len(photos))))
+    emb, photos = embed_dataset(photos, model.encoder, cache_path=cache, progress=progress)
+    rows, per_image = evaluate_flow(model.flow, emb, photos.latlon, scoring, on_step=stage("flow", len(emb)))
+    if map_samples:
+        lat, lon = photos.latlon[:, 0], photos.latlon[:, 1]
+        scores = score_maps(model.flow, emb, lat, lon, cfg=scoring.distribution_cfg, samples=map_samples,
+                            resolution=map_resolution, steps=scoring.steps, precision=scoring.precision,
+                            seed=scoring.seed, chunk=scoring.chunk, on_step=stage("maps", len(emb)))
+        rows.append(map_row(scores, cfg=scoring.distribution_cfg, samples=map_samples, resolution=map_resolution))
+    if train_data is not None:
+        train = read_dataset(train_data, progress=progress)
+        if train_limit:
+            train = train.subset(np.arange(min(train_limit, len(train))))
+        # The gallery is embedded as the flow's training photos were (one view each), the query as photos are located.
+        train_encoder = model.encoder if model.training_encoder_name == model.encoder_name else model.encoder.base
+        train_emb, train = embed_dataset(train, train_encoder, cache_path=train_cache, progress=progress)
+        rows = baseline_rows(train_emb.numpy(), train.latlon, emb.numpy(), photos.latlon, seed=scoring.seed) + rows
+    return Evaluation(rows, per_image, len(photos))

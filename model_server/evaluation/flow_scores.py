@@ -1,0 +1,94 @@
+"""The flow's rows of the report: its single sample and its best guess at the guess guidance, and its
+distribution (at the distribution guidance) scored by the exact likelihood of the truths and the coverage
+of its credible regions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from geoplonk_service import protocol as P
+
+from ..engine.likelihood import localizability, truth_and_draws_log_density
+from ..engine.sampling import sample
+from ..geodesy import degrees_to_xyz, latlon_distance_km, xyz_to_degrees
+from ..products.modes import best_guess
+from .metrics import coverage, spearman
+from .report import row
+
+
+@dataclass(frozen=True)
+class FlowScoring:
+    """How the flow's rows are drawn and scored: the guess at guidance `cfg` from `guess_samples` draws, the
+    distribution at `distribution_cfg` from `samples` draws and the exact likelihood, `chunk` photos at a time."""
+
+    distribution_cfg: float
+    cfg: float = 2.0
+    guess_samples: int = 256
+    samples: int = 64
+    steps: int = P.STEPS.default
+    precision: str = P.DEFAULT_OPTIONS["precision"]
+    likelihood_method: str = "midpoint"
+    likelihood_steps: int = 8
+    seed: int = 0
+    chunk: int = 20
+
+
+def best_guesses(xyz: np.ndarray, resolution: float = P.RESOLUTION.default) -> np.ndarray:
+    """(E, n, 3) guess samples -> (E, 3): each photo's best guess as the server picks it on a map of
+    `resolution` degrees (products.modes.best_guess)."""
+    return np.stack([best_guess(x, resolution) for x in np.asarray(xyz, dtype=np.float64)])
+
+
+def evaluate_flow(
+    flow,
+    emb: torch.Tensor,
+    truth_deg: np.ndarray,
+    scoring: FlowScoring,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[list[dict], dict]:
+    """The flow's three rows and its per-photo figures, for photos `emb` (E, cond_dim) at truth_deg (E, 2).
+
+    Per chunk of photos: `guess_samples` draws at guidance `cfg` (the first is the single sample, the best
+    guess is picked among all), then `samples` draws at `distribution_cfg` whose exact log-densities, solved
+    together with the truth's, give its NLL, the coverage of its credible regions and the photo's
+    localizability. on_step(done) after each chunk.
+    """
+    cfg, guess_samples, distribution_cfg = scoring.cfg, scoring.guess_samples, scoring.distribution_cfg
+    steps, precision, chunk = scoring.steps, scoring.precision, scoring.chunk
+    likelihood_method = scoring.likelihood_method
+    gen = torch.Generator().manual_seed(scoring.seed)
+    truth_xyz = degrees_to_xyz(truth_deg)
+    single, guess, logp_truth, logp_samples = [], [], [], []
+    for start in range(0, len(emb), chunk):
+        e = emb[start : start + chunk]
+        guided = sample(flow, e, guess_samples, steps=steps, cfg=cfg, generator=gen, precision=precision).numpy()
+        single.append(guided[:, 0])
+        guess.append(best_guesses(guided))
+        at_truth, at_draws = truth_and_draws_log_density(
+            flow, e, torch.tensor(truth_xyz[start : start + chunk]), scoring.samples, cfg=distribution_cfg,
+            steps=steps, precision=precision, generator=gen, method=likelihood_method,
+            likelihood_steps=None if likelihood_method == "dopri5" else scoring.likelihood_steps)
+        logp_truth.append(at_truth.numpy())
+        logp_samples.append(at_draws.numpy())
+        if on_step is not None:
+            on_step(start + len(e))
+    single, guess = np.concatenate(single), np.concatenate(guess)
+    logp_truth, logp_samples = np.concatenate(logp_truth), np.concatenate(logp_samples)
+    d_single = latlon_distance_km(xyz_to_degrees(single), truth_deg)
+    d_guess = latlon_distance_km(xyz_to_degrees(guess), truth_deg)
+    loc = localizability(logp_samples)
+    rows = [
+        row(f"flow, cfg={cfg:g} single sample", d_single, None),
+        row(f"flow, cfg={cfg:g} best guess of {guess_samples} samples", d_guess, None),
+        {**row(f"flow, distribution (cfg={distribution_cfg:g})", d_guess, logp_truth),
+         **coverage(logp_truth, logp_samples),
+         "spearman_localizability_vs_error": spearman(loc, d_guess)},
+    ]
+    rows[-1]["note"] = "distance figures of the distribution row are those of the best guess"
+    per_image = {"localizability": loc.tolist(), "error_km_guess": d_guess.tolist(),
+                 "guess_deg": xyz_to_degrees(guess).tolist()}
+    return rows, per_image

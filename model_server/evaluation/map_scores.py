@@ -1,0 +1,107 @@
+"""Scoring the map the server draws: the kernel density raster of a photo's draws and its credible regions,
+looked up at the photo's true location.
+
+The map is what an analyst sees, and its kernel smooths the flow's density: its regions can hold more or
+fewer truths than the exact density's, so `geoplonk eval` reports it as a row of its own and `geoplonk
+calibrate --criterion map` weighs it in the choice of guidance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from geoplonk_service import protocol as P
+
+from ..engine.sampling import sample
+from ..products.density import kde_raster
+from ..products.grid import Grid
+from ..products.regions import region_masks
+from .metrics import COVERAGE_LEVELS, nll_summary
+
+
+@dataclass
+class TruthOnMap:
+    """How the map drawn from a photo's samples treats its true location."""
+
+    log_density: float  # of the truth's cell, per steradian
+    inside: list[bool]  # inside each level's region, cut as the server cuts them
+
+
+def truth_on_map(samples: np.ndarray, lat: float, lon: float, grid: Grid, levels: Sequence[float]) -> TruthOnMap:
+    """Draw the map of `samples` (n, 3) on `grid` as the server does and look up the truth (lat, lon)."""
+    raster = kde_raster(samples, grid)
+    rows, cols = grid.cell_of(np.array([lat]), np.array([lon]))
+    row, col = int(rows[0]), int(cols[0])
+    return TruthOnMap(
+        float(np.log(raster.density_at_cells(rows, cols))[0]),
+        [bool(m[row, col]) for m in region_masks(raster, list(levels), samples)],
+    )
+
+
+@dataclass
+class MapScores:
+    """The drawn maps of E photos at their truths."""
+
+    levels: tuple[float, ...]
+    log_density: np.ndarray  # (E,) of each truth's cell, per steradian
+    inside: np.ndarray  # (E, len(levels)) bool: each truth inside each level's region
+
+    def nll(self) -> float:
+        """Mean NLL of the truths' cells, nats per steradian."""
+        return float(-np.mean(self.log_density))
+
+    def shares(self) -> dict[str, float]:
+        """Share of truths inside each level's region, keyed '50', '90', '99'."""
+        share = np.mean(self.inside, axis=0)
+        return {f"{round(100 * lv)}": float(v) for lv, v in zip(self.levels, share, strict=True)}
+
+
+def score_maps(
+    flow,
+    emb: torch.Tensor,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    *,
+    cfg: float,
+    samples: int = P.SAMPLES.default,
+    resolution: float = P.RESOLUTION.default,
+    levels: Sequence[float] = COVERAGE_LEVELS,
+    steps: int = P.STEPS.default,
+    precision: str = P.DEFAULT_OPTIONS["precision"],
+    seed: int = 0,
+    chunk: int = 20,
+    on_step: Callable[[int], None] | None = None,
+) -> MapScores:
+    """Draw each photo's map as the server would (`samples` draws under guidance cfg, a kernel density raster
+    of `resolution` degrees, its credible regions) and look up its truth (lat, lon in degrees, (E,) each).
+
+    The draws come from seed + 1 (other draws than those the exact density is scored on, which start from
+    seed). on_step(done) after each chunk of photos.
+    """
+    grid = Grid.global_grid(resolution)
+    levels = tuple(levels)
+    gen = torch.Generator().manual_seed(seed + 1)
+    logp, inside = [], []
+    for start in range(0, len(emb), chunk):
+        e = emb[start : start + chunk]
+        points = sample(flow, e, samples, steps=steps, cfg=cfg, generator=gen, precision=precision).numpy()
+        for i, x in enumerate(points, start):
+            scored = truth_on_map(x, lat[i], lon[i], grid, levels)
+            logp.append(scored.log_density)
+            inside.append(scored.inside)
+        if on_step is not None:
+            on_step(start + len(e))
+    return MapScores(levels, np.array(logp), np.array(inside, dtype=bool).reshape(len(logp), len(levels)))
+
+
+def map_row(scores: MapScores, *, cfg: float, samples: int, resolution: float) -> dict:
+    """The report's row of the drawn map: its NLL and its regions' coverage (no distance figures)."""
+    out = {"method": f"flow, the server's map (cfg={cfg:g}, {samples} samples, {resolution:g} deg raster)",
+           "n": len(scores.log_density), **nll_summary(scores.log_density)}
+    out.update({f"coverage_{key}": v for key, v in scores.shares().items()})
+    out["note"] = "no distance figures: this row scores the raster and its credible regions"
+    return out

@@ -1,0 +1,117 @@
+"""Choosing the distribution guidance: the truths' NLL, the exact regions' and the drawn map's coverage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from engine.test_likelihood import field  # the random flow, smooth in time, the likelihood tests use
+
+from model_server.engine.likelihood import log_density
+from model_server.engine.sampling import sample
+from model_server.engine.sphere import uniform_sphere
+from model_server.evaluation.calibration import calibration_scores, map_scores, score_guidance, truth_nll_by_cfg
+from model_server.evaluation.criteria import best_cfg, best_cfg_by_coverage
+
+
+def test_calibration_scores_the_guided_density_and_picks_the_least_nll():
+    net = field(gain=0.6)
+    emb = torch.randn(5, 8)
+    truth = uniform_sphere(5, generator=torch.Generator().manual_seed(1))
+    nll = truth_nll_by_cfg(net, emb, truth, [-1.0, -0.1, 0.0], method="rk4", steps=8, chunk=2)
+    own = -log_density(net, emb, truth[:, None], method="rk4", steps=8)[:, 0]
+    assert nll[0.0] == pytest.approx(float(own.mean()), abs=1e-5)
+    # w = -1 is the unconditional flow: the photo's embedding no longer matters
+    blind = -log_density(net, torch.zeros_like(emb), truth[:, None], method="rk4", steps=8)[:, 0]
+    assert nll[-1.0] == pytest.approx(float(blind.mean()), abs=1e-5)
+    assert len(set(nll.values())) == 3
+    assert best_cfg(nll) == min(nll, key=nll.get)
+    assert best_cfg({-0.2: 1.0, -0.1: 0.5, 0.0: 0.5}) == 0.0  # a tie goes to the model as trained
+    with pytest.raises(ValueError, match=r"in \[-1, 0\]"):
+        truth_nll_by_cfg(net, emb, truth, [0.5])
+    with pytest.raises(ValueError, match="truth must be"):
+        truth_nll_by_cfg(net, emb, truth[:3], [0.0])
+
+
+def test_calibration_by_coverage_scores_credible_regions_of_the_guided_distribution():
+    net = field(gain=0.6)
+    emb = torch.randn(4, 8)
+    truth = uniform_sphere(4, generator=torch.Generator().manual_seed(2))
+    scores = calibration_scores(net, emb, truth, [-0.5, 0.0], samples=16, steps=8, likelihood_steps=8, chunk=3)
+    # the truths' NLL is the one the cheap criterion computes, whatever draws share its likelihood solve
+    nll = truth_nll_by_cfg(net, emb, truth, [-0.5, 0.0], steps=8)
+    for w, score in scores.items():
+        assert score["nll"] == pytest.approx(nll[w], abs=1e-4)
+        assert 0 <= score["coverage_50"] <= score["coverage_90"] <= score["coverage_99"] <= 1
+    # truths drawn from the model itself are exchangeable with its own draws: the levels hold
+    emb = torch.randn(150, 8)
+    own = sample(net, emb, 1, steps=8, generator=torch.Generator().manual_seed(3))[:, 0]
+    self_score = calibration_scores(net, emb, own, [0.0], samples=64, steps=8, likelihood_steps=8)[0.0]
+    print("self-coverage 50/90/99:", [round(self_score[f"coverage_{p}"], 3) for p in (50, 90, 99)])
+    assert self_score["coverage_50"] == pytest.approx(0.5, abs=0.13)
+    assert self_score["coverage_90"] == pytest.approx(0.9, abs=0.08)
+    picks = {-0.2: {"nll": 1.0, "coverage_50": 0.52, "coverage_90": 0.91},
+             -0.1: {"nll": 0.5, "coverage_50": 0.40, "coverage_90": 0.85},
+             0.0: {"nll": 0.9, "coverage_50": 0.52, "coverage_90": 0.91}}
+    assert best_cfg_by_coverage(picks) == 0.0  # nearest the levels; the tie goes to the lower NLL
+
+
+def test_calibration_by_the_drawn_map_scores_the_servers_regions():
+    net = field(gain=0.6)
+    emb = torch.randn(80, 8)
+    # truths drawn from the model itself: the drawn map's regions hold them at their levels
+    own = sample(net, emb, 1, steps=8, generator=torch.Generator().manual_seed(4))[:, 0]
+    scores = map_scores(net, emb, own, [-0.5, 0.0], samples=256, resolution=2.0, steps=8, chunk=30)
+    self_score = scores[0.0]
+    print("map self-coverage 50/90/99:", [round(self_score[f"map_coverage_{p}"], 3) for p in (50, 90, 99)])
+    assert self_score["map_coverage_50"] == pytest.approx(0.5, abs=0.15)
+    assert self_score["map_coverage_90"] == pytest.approx(0.9, abs=0.1)
+    assert 0 <= self_score["map_coverage_50"] <= self_score["map_coverage_90"] <= self_score["map_coverage_99"] <= 1
+    # another w draws another map; its NLL is per steradian, finite (the raster's uniform floor)
+    assert scores[-0.5] != scores[0.0] and all(np.isfinite(s["map_nll"]) for s in scores.values())
+    # the map criterion weighs both kinds of region: the exact density alone would pick the other w
+    picks = {-0.1: {"nll": 0.5, "coverage_50": 0.50, "coverage_90": 0.90, "map_coverage_50": 0.62,
+                    "map_coverage_90": 0.95},
+             0.0: {"nll": 0.6, "coverage_50": 0.46, "coverage_90": 0.88, "map_coverage_50": 0.50,
+                   "map_coverage_90": 0.90}}
+    assert best_cfg_by_coverage(picks) == -0.1
+    assert best_cfg_by_coverage(picks, kinds=("coverage", "map_coverage")) == 0.0
+    with pytest.raises(ValueError, match=r"in \[-1, 0\]"):
+        map_scores(net, emb, own, [0.5])
+
+
+def test_score_guidance_runs_each_criterion_and_counts_every_part():
+    net = field(gain=0.6)
+    emb = torch.randn(6, 8)
+    truth = sample(net, emb, 1, steps=8, generator=torch.Generator().manual_seed(5))[:, 0]
+    grid = [-0.5, 0.0]
+    scores, chosen = score_guidance(net, emb, truth, grid, criterion="nll", likelihood_steps=4)
+    assert scores == {w: {"nll": v} for w, v in truth_nll_by_cfg(net, emb, truth, grid, steps=4).items()}
+    assert chosen == best_cfg({w: s["nll"] for w, s in scores.items()})
+    seen = []
+    scores, chosen = score_guidance(net, emb, truth, grid, criterion="map", samples=4, map_samples=32,
+                                    map_resolution=5.0, likelihood_steps=4, on_step=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (2 * len(grid) * len(emb),) * 2 and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert set(scores[0.0]) == {"nll", "coverage_50", "coverage_90", "coverage_99", "map_nll", "map_coverage_50",
+                                "map_coverage_90", "map_coverage_99"}
+    assert chosen == best_cfg_by_coverage(scores, kinds=("coverage", "map_coverage"))
+    with pytest.raises(ValueError, match="unknown criterion"):
+        score_guidance(net, emb, truth, grid, criterion="entropy")
+
+
+def test_the_map_row_of_eval_and_the_map_scores_of_calibrate_are_one_computation():
+    from model_server.evaluation.map_scores import map_row, score_maps
+    from model_server.geodesy import xyz_to_latlon
+
+    net = field(gain=0.6)
+    emb = torch.randn(7, 8)
+    truth = sample(net, emb, 1, steps=8, generator=torch.Generator().manual_seed(6))[:, 0]
+    lat, lon = xyz_to_latlon(truth.double().numpy())
+    kw = {"samples": 64, "resolution": 5.0, "steps": 8, "seed": 3, "chunk": 4}
+    scores = score_maps(net, emb, lat, lon, cfg=-0.2, **kw)
+    assert scores.inside.shape == (7, 3) and np.all(np.isfinite(scores.log_density))
+    row = map_row(scores, cfg=-0.2, samples=64, resolution=5.0)
+    assert row["method"] == "flow, the server's map (cfg=-0.2, 64 samples, 5 deg raster)" and row["n"] == 7
+    calibrated = map_scores(net, emb, truth, [-0.2], **kw)[-0.2]
+    assert calibrated["map_nll"] == row["nll_mean"]
+    assert all(calibrated[f"map_coverage_{p}"] == row[f"coverage_{p}"] for p in (50, 90, 99))
