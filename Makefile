@@ -13,11 +13,12 @@ QGIS_STAMP := $(QGIS_VENV)/.installed
 export GEOPLONK_SERVER_COMMAND ?= $(CURDIR)/$(SERVER_VENV)/bin/geoplonk serve
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help demo test test-server test-plugin lint plugin default-model clean
+.PHONY: help demo test test-server test-plugin lint plugin default-model clean fuzz
 
 help:
 	@echo "make demo           install what is missing, geolocate the sample photos, render a map"
 	@echo "make test           install what is missing and run the whole test suite"
+	@echo "make fuzz           fuzz the protocol and image decoders longer (FUZZ_EXAMPLES=20000 per property)"
 	@echo "make plugin         build dist/geoplonk.zip for QGIS 'Install from ZIP'"
 	@echo "make default-model  rebuild the embedded default model from scratch"
 
@@ -52,6 +53,11 @@ test-plugin: $(SERVER_STAMP) $(QGIS_STAMP) plugin
 	QT_QPA_PLATFORM=offscreen $(QGIS_PY) -m pytest tests/plugin -p no:cacheprovider -o qgis_gui_enabled=false
 
 test: lint test-server test-plugin
+
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(SERVER_STAMP)
+	GEOPLONK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(SERVER_PY) -m pytest tests/server/test_fuzz.py -p no:cacheprovider -q -s \
+		-W ignore::UserWarning
 
 plugin: dist/geoplonk.zip
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ CANCEL_POLL_S = 0.1
 BATCH_PHOTOS = 8
 # Resends of a request the server has not answered at all (Lazy Pirate).
 RETRIES = 2
+# A `busy` server (its queue is full): resend after a backoff doubling from BUSY_FIRST_S up to BUSY_MAX_S,
+# for at most `busy_timeout_s` in all (then ServerError busy).
+BUSY_FIRST_S = 0.25
+BUSY_MAX_S = 8.0
+BUSY_TIMEOUT_S = 600.0
 
 # A photo to geolocate: a file path, or (display name, file bytes).
 Photo = str | os.PathLike | tuple[str, bytes]
@@ -145,12 +151,15 @@ class GeoPlonkClient:
         server_public_key: bytes | None = None,
         client_keys: tuple[bytes, bytes] | None = None,
         batch_photos: int = BATCH_PHOTOS,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
     ):
         """`server_public_key` (Z85) turns on CURVE; `client_keys` = (public, secret), generated if omitted."""
         self.endpoint = endpoint
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
         self.batch_photos = max(1, int(batch_photos))
+        self.busy_timeout_s = float(busy_timeout_s)
+        self.busy_retries = 0  # requests sent again after a `busy` answer, over this client's life
         self._server_key = server_public_key
         self._client_keys = client_keys
         if server_public_key is not None and client_keys is None:
@@ -170,6 +179,8 @@ class GeoPlonkClient:
         if self._socket is None:
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if "[" in self.endpoint:  # an IPv6 address such as tcp://[::1]:5555
+                sock.setsockopt(zmq.IPV6, 1)
             if self._server_key is not None and self._client_keys is not None:
                 sock.curve_serverkey = self._server_key
                 sock.curve_publickey, sock.curve_secretkey = self._client_keys
@@ -253,7 +264,10 @@ class GeoPlonkClient:
         memory.  A file that cannot be read or is over the server's size limit fails alone, without being sent.
         `on_progress` gets the server's progress fields with `index` counted in `photos`, plus `fraction`: the
         share of the whole job done, in [0, 1].  Raises ServerError when the server rejects a whole request
-        (e.g. a bad option) and ServerUnavailable when it stops answering.
+        (e.g. a bad option) and ServerUnavailable when it stops answering.  While it waits it renews the
+        request's lease every heartbeat (docs/protocol.md, `renew`): the callbacks must return within the
+        server's `lease_s` (10 s by default), or the server cancels the request.  A `busy` server is retried
+        with a doubling backoff for up to `busy_timeout_s`.
         """
         results: dict[int, PhotoResult] = {}
         names = [photo[0] if isinstance(photo, tuple) else Path(photo).name for photo in photos]
@@ -322,6 +336,11 @@ class GeoPlonkClient:
         cancel_sent = False
         answered = False
         attempts = 0
+        busy_waits = 0
+        busy_since: float | None = None
+        # the server's heartbeat_s, from its `queued` progress; a server that announces no lease gets no renew
+        renew_every: float | None = None
+        next_renew = float("inf")
 
         def unanswered(code: str, message: str, status: str) -> None:
             for j in sorted(pending):
@@ -334,7 +353,10 @@ class GeoPlonkClient:
                 self._send(P.cancel_request(request.id))
                 cancel_sent = True
                 last_heard = time.monotonic()
-            msg = self._recv(CANCEL_POLL_S)
+            if renew_every is not None and time.monotonic() >= next_renew:  # keep the request's lease
+                self._send(P.renew_request(request.id))
+                next_renew = time.monotonic() + renew_every
+            msg = self._recv(min(CANCEL_POLL_S, max(0.0, next_renew - time.monotonic())))
             if msg is None:
                 if time.monotonic() - last_heard < self.timeout_s:
                     continue
@@ -354,9 +376,33 @@ class GeoPlonkClient:
                 )
             if msg.id != request.id:
                 continue
+            if msg.type == P.ERROR and msg.fields.get("code") == P.E_BUSY and not answered and not cancel_sent:
+                # nothing was accepted: wait (backing off) and send the same request again
+                now = time.monotonic()
+                busy_since = now if busy_since is None else busy_since
+                if now - busy_since >= self.busy_timeout_s:
+                    raise ServerError(P.E_BUSY, str(msg.fields.get("message", "")))
+                hint = msg.fields.get("retry_after_s")
+                delay = min(BUSY_MAX_S, BUSY_FIRST_S * 2 ** busy_waits)
+                delay = max(delay, float(hint) if _is_number(hint) and 0 < hint <= BUSY_MAX_S else 0.0)
+                busy_waits += 1
+                self.busy_retries += 1
+                wake = now + delay * random.uniform(0.75, 1.25)
+                while time.monotonic() < wake:
+                    if is_cancelled is not None and is_cancelled():
+                        unanswered(P.E_CANCELLED, "cancelled while the server was busy", P.STATUS_CANCELLED)
+                        return True
+                    time.sleep(min(CANCEL_POLL_S, max(0.0, wake - time.monotonic())))
+                self._send(request)
+                last_heard = time.monotonic()
+                continue
             answered = True
             last_heard = time.monotonic()
             if msg.type == P.PROGRESS:
+                heartbeat = msg.fields.get("heartbeat_s")
+                if _is_number(heartbeat) and heartbeat > 0 and "lease_s" in msg.fields:
+                    renew_every = min(float(heartbeat), P.HEARTBEAT_S * 5)
+                    next_renew = min(next_renew, time.monotonic() + renew_every)
                 on_progress(msg.fields)
             elif msg.type == P.RESULT:
                 j = int(msg.fields.get("index", -1))

@@ -56,14 +56,17 @@ def unused_stem(folder: Path, stem: str, taken: set[str] | None = None) -> str:
 def atomic_write(path: Path, data: bytes, mode: int | None = None) -> Path:
     """Write via a temporary file in the same folder and os.replace, so readers never see half a file.
 
-    The temporary file is private (0600) until replaced; `mode` sets other permissions first.
+    The temporary file is private (0600) while it is written; before the replace it gets `mode`, by default
+    the permissions any program's new file gets under the user's umask (0644 with the usual 022), so
+    colleagues on a shared drive can open the results.
     """
+    if mode is None:
+        mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -72,3 +75,10 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> Path:
             pass
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -29,6 +29,7 @@ MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 INFO = "info"
 GEOLOCATE = "geolocate"
 CANCEL = "cancel"
+RENEW = "renew"  # keeps an open request's lease alive (the reference client sends one every heartbeat_s)
 # Server -> client
 PROGRESS = "progress"
 RESULT = "result"
@@ -36,7 +37,7 @@ DONE = "done"
 ERROR = "error"
 # `info` is also the reply type to an `info` request.
 
-CLIENT_TYPES = frozenset({INFO, GEOLOCATE, CANCEL})
+CLIENT_TYPES = frozenset({INFO, GEOLOCATE, CANCEL, RENEW})
 SERVER_TYPES = frozenset({INFO, PROGRESS, RESULT, DONE, ERROR})
 
 # Per-photo outcome in a `result` message.
@@ -54,6 +55,16 @@ E_BAD_IMAGE = "bad_image"
 E_MODEL = "model_unavailable"
 E_INTERNAL = "internal"
 E_CANCELLED = "cancelled"
+E_BUSY = "busy"  # the queue is full: nothing was accepted, retry later (the error carries `retry_after_s`)
+
+# Liveness: the server repeats progress every HEARTBEAT_S; a client renews each open request's lease at least
+# as often, and a request not renewed for LEASE_HEARTBEATS heartbeats is cancelled (its client is gone).
+HEARTBEAT_S = 1.0
+LEASE_HEARTBEATS = 10
+# Queue bounds (photos not yet answered, in open requests): beyond them a `geolocate` gets `busy`.
+QUEUE_PHOTOS_PER_CLIENT = 512
+QUEUE_PHOTOS_TOTAL = 2048
+QUEUE_BYTES_TOTAL = 2 * 512 * 1024 * 1024
 
 # Where `geoplonk serve` listens unless told otherwise, and where clients look for it.
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
@@ -99,6 +110,26 @@ TOP_K = NumberOption("top_k", int, 5, 1, 50, "Top places reported")
 SEED = NumberOption("seed", int, 0, 0, 2**63 - 1, "Random seed")
 NUMBER_OPTIONS = {o.name: o for o in (SAMPLES, STEPS, CFG, RESOLUTION, TOP_K, SEED)}
 MAX_LEVELS = 8
+# Work bounds of one photo, beyond the options' own ranges.  The density raster evaluates every sample's
+# kernel at every cell near it, so its time grows with samples x cells (about 7 s per 10^9 on two CPU cores
+# for a broad distribution): 2^33 admits the defaults (1024 x 1,036,800 cells at 0.25 degrees) with room
+# to spare (8192 samples at 0.25, 1024 at 0.1, 65536 at 1) and refuses what ran for 19 minutes
+# (65536 samples at 0.05 degrees: 1.7 x 10^12).  Info's `limits` reports it as `max_sample_cells`.
+MAX_SAMPLE_CELLS = 2**33
+# Samples (photos x samples per photo) that the sampler carries at once in one unit of work: a request's
+# photos are cut into units of at most max(1, MAX_UNIT_SAMPLES // samples) photos (and the server's batch
+# size), which bounds the memory of one unit and keeps the queue fair per photo.
+MAX_UNIT_SAMPLES = 65536
+
+
+def raster_cells(resolution: float) -> int:
+    """Cells of the global raster at this cell size (360 / r columns x 180 / r rows)."""
+    return round(360 / resolution) * round(180 / resolution)
+
+
+def photos_per_unit(samples: int, batch_size: int) -> int:
+    """How many photos of a request one unit of work holds: the batch size, fewer for many samples."""
+    return max(1, min(int(batch_size), MAX_UNIT_SAMPLES // max(1, int(samples))))
 
 # Options a `geolocate` request may carry, with their defaults.
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -160,13 +191,15 @@ def decode(frames: list[bytes], allowed_types: frozenset[str] | None = None) -> 
             f"header frame is {len(raw)} bytes, over the {MAX_HEADER_BYTES} byte limit", E_TOO_LARGE
         )
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"header frame is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("header frame nests too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
     version = header.pop("v", None)
-    if version != PROTOCOL_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version != PROTOCOL_VERSION:
         raise ProtocolError(
             f"protocol version {version!r} is not supported (this side speaks {PROTOCOL_VERSION})",
             E_VERSION,
@@ -180,6 +213,20 @@ def decode(frames: list[bytes], allowed_types: frozenset[str] | None = None) -> 
     if allowed_types is not None and msg_type not in allowed_types:
         raise ProtocolError(f"unknown message type {msg_type!r}", E_UNKNOWN_TYPE)
     return Message(msg_type, msg_id, header, [bytes(f) for f in frames[1:]])
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a key given twice is refused (which one counts would be a guess)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ProtocolError(f"header repeats the key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ProtocolError(f"header holds {name}, which is not JSON (no NaN or Infinity)")
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -230,6 +277,17 @@ def validate_options(options: Any) -> dict[str, Any]:
         f"a list of 1 to {MAX_LEVELS} probabilities in (0, 1)",
     )
     check("crop", isinstance(merged["crop"], bool), "true or false")
+    cells = raster_cells(merged["resolution"])
+    if merged["samples"] * cells > MAX_SAMPLE_CELLS:
+        most = MAX_SAMPLE_CELLS // cells
+        raise ProtocolError(
+            f"options 'samples' {merged['samples']} x 'resolution' {merged['resolution']:g} ask the density raster "
+            f"for {merged['samples']:,} samples x {cells:,} cells = {merged['samples'] * cells:.3g}, over the "
+            f"limit max_sample_cells = {MAX_SAMPLE_CELLS:,}: at this resolution at most "
+            + (f"{most:,} samples" if most >= SAMPLES.minimum else "no number of samples")
+            + "; use fewer samples or a coarser resolution",
+            E_BAD_OPTION,
+        )
     merged["levels"] = sorted(float(v) for v in merged["levels"])
     return merged
 
@@ -255,6 +313,10 @@ def geolocate_request(
 
 def cancel_request(request_id: str) -> Message:
     return Message(CANCEL, request_id)
+
+
+def renew_request(request_id: str) -> Message:
+    return Message(RENEW, request_id)
 
 
 def progress_message(

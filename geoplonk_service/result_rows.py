@@ -19,7 +19,10 @@ RESULT_FIELDS: tuple[tuple[str, type], ...] = (
     ("country", str),
     ("place", str),
     ("localizability", float),
-    ("top_probability", float),  # the most probable place's probability
+    ("top_place", str),  # the first of the top places (the largest basin)
+    ("top_p_within_100km", float),  # the probability of lying within 100 km of it
+    ("top_p_within_500km", float),  # ... and within 500 km
+    ("top_basin_share", float),  # the mass of its ascent basin (not the chance of being near the place)
     ("area_90_km2", float),  # the 90 % credible region's area (when 0.9 is among the requested levels)
     ("exif_error_km", float),  # distance from the photo's EXIF GPS position, when it has one
     ("model", str),
@@ -59,7 +62,10 @@ def summary_row(path: str | os.PathLike, result, files: dict[str, Any] | None = 
         "country": _text(best.get("country")),
         "place": _text(best.get("place")),
         "localizability": _number(summary.get("localizability")),
-        "top_probability": _number(top[0].get("probability")),
+        "top_place": _text(top[0].get("place")),
+        "top_p_within_100km": _number(top[0].get("p_within_100km")),
+        "top_p_within_500km": _number(top[0].get("p_within_500km")),
+        "top_basin_share": _number(top[0].get("basin_share")),
         "area_90_km2": _number(areas.get(0.9)),
         "exif_error_km": _number(exif.get("error_km")),
         "model": _text(summary.get("model")),

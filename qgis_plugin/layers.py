@@ -40,12 +40,18 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QColor
 
 GROUP_PROPERTY = "geoplonk/result"  # custom property marking our groups (value: the summary JSON path)
-DENSITY_NAME = "Probability density"
-REGIONS_NAME = "Credible regions"
-PLACES_NAME = "Top places"
-SAMPLES_NAME = "Samples"
+ROLE_PROPERTY = "geoplonk/role"  # custom property of each layer: which product it shows (one of the names below)
+# A layer is named "<photo stem>: <role>" ("nile_delta: probability"), so layer pickers are unambiguous.
+DENSITY_NAME = "probability"
+REGIONS_NAME = "credible regions"
+PLACES_NAME = "top places"
+SAMPLES_NAME = "samples"
 EXIF_NAME = "EXIF position"
-BEST_NAME = "Best guess"
+BEST_NAME = "best guess"
+BASEMAP_NAME = "World map (offline basemap)"
+BASEMAP_PROPERTY = "geoplonk/basemap"
+# Label priorities (0-10): the best guess wins over the top places, which win over region labels.
+PRIORITY = {BEST_NAME: 10, EXIF_NAME: 9, PLACES_NAME: 6, REGIONS_NAME: 2}
 RAMP_NAME = "Magma"
 # Cells outside the highest-density region holding this much mass are drawn transparent.
 VISIBLE_MASS = 0.999
@@ -56,6 +62,12 @@ PLACE_EXPRESSION = (
     "', ' || \"country\")"
 )
 REGION_COLOURS = {0.5: "#ffffff", 0.9: "#36c5f0", 0.99: "#2b6cb0"}
+# A top place's label: the probability of lying within 100 and 500 km of it (not its basin's share of the mass).
+PLACES_LABEL = (
+    PLACE_EXPRESSION + " || '\n' || format_number(\"p_within_100km\" * 100, 0) || ' % within 100 km, ' || "
+    "format_number(\"p_within_500km\" * 100, 0) || ' % within 500 km'"
+)
+GROUP_SEPARATOR = " · "  # group name: "<photo file name> · <model>"
 
 # --- pure styling math -------------------------------------------------------------
 
@@ -96,17 +108,19 @@ def level_label(level: float) -> str:
 # --- output folder ---------------------------------------------------------------
 
 
+USER_RESULTS_FOLDER = ("GeoPlonk", "results")  # under the user's home: results outlive a temporary folder
+
+
 def output_folder(configured: str = "", project: QgsProject | None = None) -> Path:
-    """Where results go: the configured folder, else `<project folder>/geoplonk`, else a temp folder."""
+    """Where results go: the configured folder, else `<project folder>/geoplonk` when the project is saved,
+    else `~/GeoPlonk/results` (never a temporary folder: a saved project's layers must find their files)."""
     if configured:
         return Path(configured).expanduser()
     project = project or QgsProject.instance()
     home = project.homePath() if project is not None else ""
     if home and project.fileName():
         return Path(home) / "geoplonk"
-    import tempfile
-
-    return Path(tempfile.gettempdir()) / "geoplonk"
+    return Path.home().joinpath(*USER_RESULTS_FOLDER)
 
 
 # --- styles ----------------------------------------------------------------------
@@ -181,13 +195,23 @@ def _text_format(size: float = 9.0, colour: str = "#111111") -> QgsTextFormat:
     return fmt
 
 
-def _label(layer: QgsVectorLayer, expression: str, size: float = 9.0, placement=None) -> None:
+def _label(layer: QgsVectorLayer, expression: str, size: float = 9.0, placement=None, priority: int = 5) -> None:
+    """Labels that do not pile up: placed around points (several candidates), never over each other, and the
+    more important layers' labels win the space (`priority`, 0-10)."""
+    from qgis.core import QgsLabelObstacleSettings
+
     settings = QgsPalLayerSettings()
     settings.fieldName = expression
     settings.isExpression = True
     settings.setFormat(_text_format(size))
-    if placement is not None:
-        settings.placement = placement
+    settings.placement = placement if placement is not None else QgsPalLayerSettings.OrderedPositionsAroundPoint
+    settings.priority = priority
+    settings.displayAll = False  # a label that would overlap another is left out
+    settings.dist = 1.0  # mm from the marker
+    obstacle = settings.obstacleSettings()
+    obstacle.setIsObstacle(True)
+    obstacle.setType(QgsLabelObstacleSettings.PolygonBoundary)
+    settings.setObstacleSettings(obstacle)
     layer.setLabeling(QgsVectorLayerSimpleLabeling(settings))
     layer.setLabelsEnabled(True)
 
@@ -203,7 +227,8 @@ def style_regions(layer: QgsVectorLayer) -> None:
         )
         categories.append(QgsRendererCategory(level, symbol, level_label(level)))
     layer.setRenderer(QgsCategorizedSymbolRenderer("level", categories))
-    _label(layer, "coalesce(\"label\", format_number(\"level\" * 100, 0) || ' %')", 8.0, QgsPalLayerSettings.Line)
+    _label(layer, "coalesce(\"label\", format_number(\"level\" * 100, 0) || ' %')", 8.0, QgsPalLayerSettings.Line,
+           PRIORITY[REGIONS_NAME])
     layer.triggerRepaint()
 
 
@@ -212,7 +237,7 @@ def style_places(layer: QgsVectorLayer) -> None:
         {"name": "circle", "color": "#ffd166", "outline_color": "#222222", "size": "2.6"}
     )
     layer.setRenderer(QgsSingleSymbolRenderer(symbol))
-    _label(layer, "format_number(\"probability\" * 100, 1) || ' %  ' || " + PLACE_EXPRESSION)
+    _label(layer, PLACES_LABEL, 8.5, priority=PRIORITY[PLACES_NAME])
 
 
 def style_samples(layer: QgsVectorLayer) -> None:
@@ -227,7 +252,8 @@ def style_exif(layer: QgsVectorLayer) -> None:
         {"name": "star", "color": "#38a169", "outline_color": "#ffffff", "size": "4.5"}
     )
     layer.setRenderer(QgsSingleSymbolRenderer(symbol))
-    _label(layer, "'EXIF GPS: ' || format_number(\"error_km\", 0) || ' km from best guess'")
+    _label(layer, "'EXIF GPS: ' || format_number(\"error_km\", 0) || ' km from best guess'",
+           priority=PRIORITY[EXIF_NAME])
 
 
 def style_best_guess(layer: QgsVectorLayer) -> None:
@@ -235,11 +261,11 @@ def style_best_guess(layer: QgsVectorLayer) -> None:
         {"name": "cross2", "color": "#e53e3e", "outline_color": "#e53e3e", "outline_width": "0.8", "size": "5"}
     )
     layer.setRenderer(QgsSingleSymbolRenderer(symbol))
-    _label(layer, "'Best guess: ' || " + PLACE_EXPRESSION)
+    _label(layer, "'Best guess: ' || " + PLACE_EXPRESSION, 9.5, priority=PRIORITY[BEST_NAME])
 
 
 def map_tip_html(photo_path: str | None, summary: dict[str, Any]) -> str:
-    """Thumbnail + localizability + best guess, used as the best-guess layer's map tip."""
+    """Thumbnail, model, warnings, best guess, localizability and the top places' odds: the layers' map tip."""
     best = summary.get("best_guess") or {}
     loc = summary.get("localizability")
     parts = []
@@ -247,15 +273,94 @@ def map_tip_html(photo_path: str | None, summary: dict[str, Any]) -> str:
         uri = Path(photo_path).resolve().as_uri()
         parts.append(f'<img src="{html.escape(uri)}" width="240"/>')
     parts.append(f"<b>{html.escape(Path(photo_path).name if photo_path else summary.get('name', ''))}</b>")
+    if summary.get("model"):
+        encoder = f" ({summary['encoder']})" if summary.get("encoder") else ""
+        parts.append(f"Model: {html.escape(str(summary['model']) + encoder)}")
+    for warning in summary.get("warnings") or []:
+        parts.append(f'<span style="color:#b00020">⚠ {html.escape(str(warning))}</span>')
     if best:
         place = ", ".join(p for p in (best.get("place"), best.get("country")) if p)
         parts.append(f"Best guess: {html.escape(place)} ({best.get('lat', 0):.3f}, {best.get('lon', 0):.3f})")
     if isinstance(loc, (int, float)):
         parts.append(f"Localizability: {loc:.2f}")
+    for top in (summary.get("top_places") or [])[:3]:
+        if "p_within_100km" not in top:
+            continue
+        place = ", ".join(p for p in (top.get("place"), top.get("country")) if p)
+        parts.append(
+            f"{top.get('p_within_100km', 0) * 100:.0f} % within 100 km, {top.get('p_within_500km', 0) * 100:.0f} %"
+            f" within 500 km of {html.escape(place)} (basin share {top.get('basin_share', 0) * 100:.0f} %)"
+        )
     exif = summary.get("exif")
     if exif:
         parts.append(f"EXIF GPS: {exif.get('error_km', 0):.0f} km from the best guess")
     return "<br/>".join(parts)
+
+
+def layer_role(layer) -> str:
+    """Which product a GeoPlonk layer shows (DENSITY_NAME, REGIONS_NAME...), '' for other layers."""
+    return str(layer.customProperty(ROLE_PROPERTY, "") or "") if layer is not None else ""
+
+
+def group_name(photo_name: str, summary: dict[str, Any]) -> str:
+    """'nile_delta.jpg · earth-tiles': the photo and the model that placed it."""
+    model = summary.get("model")
+    return f"{photo_name}{GROUP_SEPARATOR}{model}" if model else photo_name
+
+
+def photo_of_group(group) -> str:
+    """The photo file name a result group is named after."""
+    return group.name().split(GROUP_SEPARATOR)[0]
+
+
+# --- basemap ---------------------------------------------------------------------------
+
+
+def world_map_path() -> str | None:
+    """QGIS's own offline world map (resources/data/world_map.gpkg), found through QGIS's paths."""
+    from qgis.core import QgsApplication
+
+    candidates = [os.path.join(QgsApplication.pkgDataPath(), "resources", "data", "world_map.gpkg")]
+    try:
+        candidates.insert(0, os.path.join(QgsApplication.resolvePkgPath(), "resources", "data", "world_map.gpkg"))
+    except AttributeError:
+        pass
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def has_basemap(project: QgsProject) -> bool:
+    """A basemap is there: ours, or any raster, line or polygon layer that is not a GeoPlonk result (the
+    analyst's own map; a layer of photo points is no basemap)."""
+    from qgis.core import QgsWkbTypes
+
+    for layer in project.mapLayers().values():
+        if layer.customProperty(BASEMAP_PROPERTY) or (not layer_role(layer) and (
+                isinstance(layer, QgsRasterLayer)
+                or (isinstance(layer, QgsVectorLayer) and layer.geometryType() != QgsWkbTypes.PointGeometry))):
+            return True
+    return False
+
+
+def add_basemap(project: QgsProject | None = None) -> QgsVectorLayer | None:
+    """When the project has no other layer, add QGIS's offline world map at the bottom of the layer tree:
+    land in a light grey, countries outlined.  Returns the layer (None when there was one already or no map)."""
+    project = project or QgsProject.instance()
+    if has_basemap(project):
+        return None
+    path = world_map_path()
+    if path is None:
+        return None
+    layer = QgsVectorLayer(f"{path}|layername=countries", BASEMAP_NAME, "ogr")
+    if not layer.isValid():
+        return None
+    symbol = QgsFillSymbol.createSimple(
+        {"color": "#eeeae2", "outline_color": "#9a9a9a", "outline_width": "0.2", "style": "solid"}
+    )
+    layer.setRenderer(QgsSingleSymbolRenderer(symbol))
+    layer.setCustomProperty(BASEMAP_PROPERTY, True)
+    project.addMapLayer(layer, False)
+    project.layerTreeRoot().addLayer(layer)  # last: drawn under the results
+    return layer
 
 
 # --- building the group ------------------------------------------------------------
@@ -279,30 +384,33 @@ def add_result_group(
     """
     project = project or QgsProject.instance()
     root = project.layerTreeRoot()
-    group = root.insertGroup(0, name)
+    group = root.insertGroup(0, group_name(name, summary))
     group.setCustomProperty(GROUP_PROPERTY, str(files.get("json", "")))
+    stem = Path(name).stem
     tif, gpkg = str(files["geotiff"]), str(files["gpkg"])
 
-    density = QgsRasterLayer(tif, DENSITY_NAME, "gdal")
+    density = QgsRasterLayer(tif, f"{stem}: {DENSITY_NAME}", "gdal")
     if not density.isValid():
         raise ValueError(f"the density raster {tif} cannot be opened")
+    density.setCustomProperty(ROLE_PROPERTY, DENSITY_NAME)
     style_density(density, max_probability=(summary.get("raster") or {}).get("max_probability"))
 
     vectors = []
-    for layer_name, title, styler, required in (
+    for layer_name, role, styler, required in (
         ("best_guess", BEST_NAME, style_best_guess, False),
         ("exif_truth", EXIF_NAME, style_exif, False),
         ("top_places", PLACES_NAME, style_places, True),
         ("credible_regions", REGIONS_NAME, style_regions, True),
         ("samples", SAMPLES_NAME, style_samples, False),
     ):
-        layer = _vector(gpkg, layer_name, title)
+        layer = _vector(gpkg, layer_name, f"{stem}: {role}")
         if not layer.isValid():
             if required:
                 raise ValueError(f"layer {layer_name!r} is missing from {gpkg}")
             continue
         if layer_name == "exif_truth" and layer.featureCount() == 0:
             continue
+        layer.setCustomProperty(ROLE_PROPERTY, role)
         styler(layer)
         vectors.append(layer)
 
@@ -310,18 +418,19 @@ def add_result_group(
     for layer in [*vectors, density]:
         project.addMapLayer(layer, False)
         node = group.addLayer(layer)
-        if layer.name() == SAMPLES_NAME:
+        if layer_role(layer) == SAMPLES_NAME:
             node.setItemVisibilityChecked(False)
-        if isinstance(layer, QgsVectorLayer) and layer.name() in (BEST_NAME, PLACES_NAME):
+        if isinstance(layer, QgsVectorLayer) and layer_role(layer) in (BEST_NAME, PLACES_NAME):
             layer.setMapTipTemplate(tip)
         layer.setCustomProperty("geoplonk/photo", photo_path or "")
+        layer.setCustomProperty("geoplonk/model", summary.get("model") or "")
     return group
 
 
 def group_extent(group: QgsLayerTreeGroup, min_size_deg: float = 2.0) -> QgsRectangle:
     """The extent of the group's credible regions (else all its layers), padded to at least `min_size_deg`."""
     layers = [n.layer() for n in group.findLayers() if n.layer() is not None]
-    regions = [lyr for lyr in layers if lyr.name() == REGIONS_NAME]
+    regions = [lyr for lyr in layers if layer_role(lyr) == REGIONS_NAME]
     extent = QgsRectangle()
     for layer in regions or layers:
         extent.combineExtentWith(layer.extent())

@@ -65,6 +65,39 @@ def no_photos() -> tuple[str, str, str]:
     )
 
 
+def skipped_features(layer_name: str, field: str, skipped: dict[str, int], used: int) -> tuple[str, str, str]:
+    """Selected features whose photo path is empty or points at no file: how many, and why."""
+    reasons = []
+    if skipped.get("empty"):
+        n = skipped["empty"]
+        reasons.append(f"{n} with an empty '{field}' field")
+    if skipped.get("missing"):
+        n = skipped["missing"]
+        reasons.append(f"{n} whose photo file does not exist")
+    total = sum(skipped.values())
+    head = f"{total} of the {total + used} selected feature{'s' if total + used != 1 else ''} in '{layer_name}' skipped"
+    return ("GeoPlonk", f"{head}: {' and '.join(reasons)}.", "")
+
+
+def no_photos_in_features(layer_name: str, field: str, skipped: dict[str, int]) -> tuple[str, str, str]:
+    title, text, _ = skipped_features(layer_name, field, skipped, 0)
+    return (title, f"No photos to geolocate. {text} Fill the '{field}' field or pick other features.", "")
+
+
+def saved_to(folder: str) -> str:
+    """Where the results are, as a link the message bar opens."""
+    from pathlib import Path
+
+    return f'Results saved in <a href="{Path(folder).as_uri()}">{folder}</a>'
+
+
+def cancelled(ok: int, cancelled: int, failed: int) -> str:
+    parts = [f"{ok} photo{'s' if ok != 1 else ''} geolocated before the cancel", f"{cancelled} not geolocated"]
+    if failed:
+        parts.append(f"{failed} failed")
+    return ", ".join(parts) + "."
+
+
 def summary(ok: int, failed: int, cancelled: int, seconds: float) -> str:
     parts = [f"{ok} photo{'s' if ok != 1 else ''} geolocated"]
     if failed:

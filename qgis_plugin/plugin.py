@@ -11,16 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsMessageLog, QgsProject
-from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtCore import QUrl
+from qgis.PyQt.QtGui import QDesktopServices, QIcon
 from qgis.PyQt.QtWidgets import QAction, QFileDialog, QInputDialog
 
 from geoplonk_service.photos import photos_in_folder, unique_paths
 
 from . import layers, messages, sources
 from .settings import Settings
+from .translation import install_translator, tr
 
 MENU = "&GeoPlonk"
 ICON_PATH = os.path.join(os.path.dirname(__file__), "icon.svg")
+ZOOM_ICON = "/mActionZoomToLayer.svg"  # QGIS's own theme icon
+HELP_URL = "https://github.com/geoplonk/geoplonk#analysts-guide-qgis"
 
 
 class GeoPlonkPlugin:
@@ -41,6 +45,7 @@ class GeoPlonkPlugin:
         self.servers = None
         self.last_report = None
         self.last_groups: list = []
+        self.last_out_dir: Path | None = None
         self.choose_files: Callable[[], list[str]] = self._dialog_files
         self.choose_folder: Callable[[], str] = self._dialog_folder
         self.choose_field: Callable[[list[str]], str | None] = self._dialog_field
@@ -59,27 +64,33 @@ class GeoPlonkPlugin:
             self.provider = provider
 
     def initGui(self) -> None:  # noqa: N802 - QGIS's name
+        install_translator()
         self.initProcessing()
         icon = QIcon(ICON_PATH)
         main = self.iface.mainWindow()
-        self.action_geolocate = QAction(icon, "Geolocate photos", main)
+        self.action_geolocate = QAction(icon, tr("Geolocate photos"), main)
         self.action_geolocate.setObjectName("geoplonkGeolocate")
-        self.action_geolocate.setToolTip("Geolocate selected photos")
+        self.action_geolocate.setToolTip(tr("Geolocate selected photos"))
         self.action_geolocate.setStatusTip(
-            "Geolocate the photos selected in the Browser panel or the active layer, or pick photo files"
+            tr("Geolocate the photos selected in the Browser panel or the active layer, or pick photo files")
         )
         self.action_geolocate.triggered.connect(self.geolocate_selected)
-        self.action_folder = QAction(icon, "Geolocate a folder of photos…", main)
+        self.action_folder = QAction(icon, tr("Geolocate a folder of photos…"), main)
         self.action_folder.setObjectName("geoplonkGeolocateFolder")
         self.action_folder.triggered.connect(self.geolocate_folder)
-        self.action_zoom = QAction("Zoom to result", main)
+        self.action_zoom = QAction(QgsApplication.getThemeIcon(ZOOM_ICON), tr("Zoom to result"), main)
         self.action_zoom.setObjectName("geoplonkZoom")
-        self.action_zoom.setToolTip("Zoom the map to the selected GeoPlonk result group")
+        self.action_zoom.setToolTip(tr("Zoom the map to the selected GeoPlonk result group"))
         self.action_zoom.triggered.connect(self.zoom_to_result)
-        self.action_settings = QAction("GeoPlonk settings…", main)
+        self.action_settings = QAction(tr("GeoPlonk settings…"), main)
         self.action_settings.setObjectName("geoplonkSettings")
         self.action_settings.triggered.connect(self.show_settings)
-        self.actions = [self.action_geolocate, self.action_folder, self.action_zoom, self.action_settings]
+        self.action_help = QAction(QgsApplication.getThemeIcon("/mActionHelpContents.svg"), tr("GeoPlonk help"), main)
+        self.action_help.setObjectName("geoplonkHelp")
+        self.action_help.setToolTip(tr("Open the analyst's guide (README) in the web browser"))
+        self.action_help.triggered.connect(self.open_help)
+        self.actions = [self.action_geolocate, self.action_folder, self.action_zoom, self.action_settings,
+                        self.action_help]
 
         self.toolbar = self.iface.addToolBar("GeoPlonk")
         if self.toolbar is not None:
@@ -127,8 +138,12 @@ class GeoPlonkPlugin:
 
     # -- photo selection ----------------------------------------------------------------
 
-    def selected_photos(self) -> list[str]:
-        """Browser selection first, then selected features of the active layer, then the file dialog."""
+    def selected_photos(self) -> list[str] | None:
+        """Browser selection first, then selected features of the active layer, then the file dialog.
+
+        With features selected, no file dialog opens: features without a usable photo path are skipped and
+        counted in the message bar.  None: nothing to do, and the analyst has been told why (or cancelled).
+        """
         paths = sources.browser_selected_paths(self.iface.mainWindow())
         if paths:
             return paths
@@ -138,31 +153,37 @@ class GeoPlonkPlugin:
             field = sources.detect_photo_field(names)
             if field is None and names:
                 field = self.choose_field(names)
-            if field:
-                paths = sources.photos_from_layer(layer, field)
-                if paths:
-                    return paths
+            if not field:
+                return None  # the field prompt was cancelled
+            paths, skipped = sources.selected_layer_photos(layer, field)
+            if not paths:
+                self._show(*messages.no_photos_in_features(layer.name(), field, skipped), level=Qgis.Warning)
+                return None
+            if skipped:
+                self._show(*messages.skipped_features(layer.name(), field, skipped, len(paths)), level=Qgis.Info)
+            return paths
         return unique_paths(self.choose_files() or [])
 
     def _dialog_files(self) -> list[str]:
         files, _ = QFileDialog.getOpenFileNames(
-            self.iface.mainWindow(), "Geolocate photos", "", sources.FILE_DIALOG_FILTER
+            self.iface.mainWindow(), tr("Geolocate photos"), "", sources.FILE_DIALOG_FILTER
         )
         return list(files)
 
     def _dialog_folder(self) -> str:
-        return QFileDialog.getExistingDirectory(self.iface.mainWindow(), "Geolocate all photos in a folder")
+        return QFileDialog.getExistingDirectory(self.iface.mainWindow(), tr("Geolocate all photos in a folder"))
 
     def _dialog_field(self, names: list[str]) -> str | None:
         name, ok = QInputDialog.getItem(
-            self.iface.mainWindow(), "GeoPlonk", "Which field holds the photo file path?", names, 0, False
+            self.iface.mainWindow(), "GeoPlonk", tr("Which field holds the photo file path?"), names, 0, False
         )
         return name if ok and name else None
 
     # -- running ------------------------------------------------------------------------
 
-    def geolocate_selected(self) -> None:
-        self.geolocate(self.selected_photos())
+    def geolocate_selected(self):
+        paths = self.selected_photos()
+        return None if paths is None else self.geolocate(paths)
 
     def geolocate_folder(self) -> None:
         folder = self.choose_folder()
@@ -180,19 +201,14 @@ class GeoPlonkPlugin:
             self._show(*messages.no_photos(), level=Qgis.Warning)
             return None
         if self.task is not None and self._task_running():
-            self._show("GeoPlonk", "A geolocation is already running; cancel it in the task manager first.", "",
+            self._show("GeoPlonk", tr("A geolocation is already running; cancel it in the task manager first."), "",
                        level=Qgis.Warning)
             return None
         from .task import GeolocateTask
 
         settings = Settings.load()
         out_dir = layers.output_folder(settings.output_folder)
-        if not settings.output_folder and not QgsProject.instance().fileName():
-            QgsMessageLog.logMessage(
-                f"The project is not saved and no output folder is set: results go to {out_dir}",
-                messages.LOG_TAG,
-                Qgis.Info,
-            )
+        self.last_out_dir = out_dir
         self.last_groups = []
         self.last_report = None
         task = GeolocateTask(paths, settings, out_dir, lambda: self.connect(settings))
@@ -234,6 +250,10 @@ class GeoPlonkPlugin:
                            level=Qgis.Warning)
                 return
             self.last_groups.append(group)
+            if len(self.last_groups) == 1:
+                layers.add_basemap()  # only when the project has none: QGIS's offline world map, under the results
+            for warning in (outcome.summary or {}).get("warnings") or []:
+                self._show(tr("GeoPlonk: check the model"), f"{outcome.name}: {warning}", "", level=Qgis.Warning)
             view = self._layer_tree_view()
             if view is not None and len(self.last_groups) == 1:
                 view.setCurrentIndex(view.layerTreeModel().node2index(group))  # "Zoom to result" acts on it
@@ -245,8 +265,14 @@ class GeoPlonkPlugin:
         if report.error_title:
             self._show(report.error_title, report.error_text, report.error_details, level=Qgis.Critical)
             return
+        folder = messages.saved_to(str(self.last_out_dir)) if report.ok else ""
+        if report.cancelled:
+            text = messages.cancelled(report.ok, report.cancelled, report.failed)
+            self._show(tr("GeoPlonk: cancelled"), f"{text} {folder}".strip(), "", level=Qgis.Warning)
+            return
         text = messages.summary(report.ok, report.failed, report.cancelled, report.seconds)
-        self._show("GeoPlonk", text, "", level=Qgis.Success if report.failed == 0 else Qgis.Warning)
+        self._show("GeoPlonk", f"{text}. {folder}" if folder else text, "",
+                   level=Qgis.Success if report.failed == 0 else Qgis.Warning)
 
     def _show(self, title: str, text: str, details: str = "", level=Qgis.Info) -> None:
         """Message bar text in plain language; details go to the log panel."""
@@ -264,7 +290,7 @@ class GeoPlonkPlugin:
         if group is None and self.last_groups:
             group = self.last_groups[-1]
         if group is None:
-            self._show("GeoPlonk", "Select a GeoPlonk result group in the Layers panel first.", level=Qgis.Info)
+            self._show("GeoPlonk", tr("Select a GeoPlonk result group in the Layers panel first."), level=Qgis.Info)
             return
         canvas = self.iface.mapCanvas()
         extent = layers.group_extent(group)
@@ -272,10 +298,14 @@ class GeoPlonkPlugin:
         if dest.authid() != "EPSG:4326":
             from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
 
-            tr = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), dest, QgsProject.instance())
-            extent = tr.transformBoundingBox(extent)
+            transform = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), dest, QgsProject.instance())
+            extent = transform.transformBoundingBox(extent)
         canvas.setExtent(extent)
         canvas.refresh()
+
+    def open_help(self) -> bool:
+        """The README's analyst's guide in the web browser."""
+        return QDesktopServices.openUrl(QUrl(HELP_URL))
 
     def _layer_tree_view(self):
         """The Layers panel's view, or None (test stand-ins of iface may not have a real one)."""

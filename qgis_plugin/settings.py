@@ -7,6 +7,7 @@ defaults are the protocol's.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -14,6 +15,8 @@ from geoplonk_service import protocol as P
 
 PREFIX = "geoplonk/"
 DEFAULT_START_COMMAND = "geoplonk serve"
+# The start command when the settings hold none: lets qgis_process and scripts run without editing QGIS3.ini.
+START_COMMAND_ENV = "GEOPLONK_SERVER_COMMAND"
 
 
 @dataclass
@@ -29,7 +32,7 @@ class Settings:
     cfg: float | None = P.CFG.default  # None: the model's calibrated guidance
     resolution: float = P.RESOLUTION.default
     levels: list[float] = field(default_factory=lambda: list(P.DEFAULT_OPTIONS["levels"]))
-    output_folder: str = ""  # empty: the project's folder, else a temporary folder
+    output_folder: str = ""  # empty: the project's folder when saved, else ~/GeoPlonk/results
     timeout_s: float = 30.0
 
     def options(self) -> dict[str, Any]:
@@ -46,6 +49,8 @@ class Settings:
         for f in fields(cls):
             default = getattr(defaults, f.name)
             raw = qs.value(PREFIX + f.name, None)
+            if raw is None and f.name == "start_command" and os.environ.get(START_COMMAND_ENV, "").strip():
+                raw = os.environ[START_COMMAND_ENV].strip()
             values[f.name] = default if raw is None else _coerce(raw, default)
         return cls(**values)
 

@@ -62,9 +62,27 @@ def resolve_photo_path(value, base_dir: str | None = None) -> str | None:
 
 def photos_from_layer(layer, field_name: str) -> list[str]:
     """Photo paths from a vector layer's selected features; relative paths resolve from the layer's folder."""
+    return selected_layer_photos(layer, field_name)[0]
+
+
+def selected_layer_photos(layer, field_name: str) -> tuple[list[str], dict[str, int]]:
+    """(photo paths, skipped features by reason) from a vector layer's selected features.
+
+    Reasons: "empty" (no photo path in the field), "missing" (no such file).  Relative paths resolve
+    from the layer's folder.
+    """
     base_dir = layer_folder(layer)
-    paths = (resolve_photo_path(f[field_name], base_dir) for f in layer.getSelectedFeatures())
-    return unique_paths(p for p in paths if p)
+    paths: list[str] = []
+    skipped = {"empty": 0, "missing": 0}
+    for feature in layer.getSelectedFeatures():
+        path = resolve_photo_path(feature[field_name], base_dir)
+        if not path:
+            skipped["empty"] += 1
+        elif not os.path.isfile(path):
+            skipped["missing"] += 1
+        else:
+            paths.append(path)
+    return unique_paths(paths), {k: v for k, v in skipped.items() if v}
 
 
 def layer_folder(layer) -> str | None:
@@ -77,27 +95,64 @@ def layer_field_names(layer) -> list[str]:
     return [f.name() for f in layer.fields()]
 
 
-def browser_selected_paths(main_window) -> list[str]:
-    """Image files selected in any Browser panel (QgsBrowserTreeView) under `main_window`."""
+BROWSER_VIEW_CLASSES = ("QgsBrowserTreeView", "QgsDockBrowserTreeView")
+
+
+def browser_views(main_window) -> list:
+    """The Browser panels' tree views under `main_window`.
+
+    The real Browser dock's view is a C++ QgsDockBrowserTreeView that sip hands back as a plain QTreeView,
+    so `findChildren(QgsBrowserTreeView)` misses it: look at every QTreeView's Qt class instead.
+    """
     if main_window is None:
         return []
-    from qgis.gui import QgsBrowserTreeView
+    from qgis.PyQt.QtWidgets import QTreeView
 
+    views = []
+    for view in main_window.findChildren(QTreeView):
+        meta = view.metaObject()
+        while meta is not None:
+            if meta.className() in BROWSER_VIEW_CLASSES:
+                views.append(view)
+                break
+            meta = meta.superClass()
+    return views
+
+
+def browser_selected_paths(main_window) -> list[str]:
+    """Image files selected in any Browser panel under `main_window` (the dock's, or a Browser widget's).
+
+    Paths are read through the view's model with QgsBrowserModel's data roles, which work through the
+    dock's QgsBrowserProxyModel as well as on a plain QgsBrowserModel.
+    """
     paths: list[str] = []
-    for view in main_window.findChildren(QgsBrowserTreeView):
+    for view in browser_views(main_window):
         model = view.model()
         selection = view.selectionModel()
-        if model is None or selection is None or not hasattr(model, "dataItem"):
+        if model is None or selection is None:
             continue
         for index in selection.selectedRows():
-            item = model.dataItem(index)
-            if item is None:
-                continue
-            for candidate in _item_paths(item):
+            for candidate in _index_paths(model, index):
                 if is_photo_path(candidate) and os.path.isfile(candidate):
                     paths.append(candidate)
                     break
     return unique_paths(paths)
+
+
+def _index_paths(model, index) -> list[str]:
+    """Candidate file paths of one Browser row: the path and layer-URI roles, then the data item's getters."""
+    from qgis.core import QgsBrowserModel
+
+    out = []
+    value = model.data(index, QgsBrowserModel.PathRole)
+    if isinstance(value, str) and value and not value.startswith("/vsi"):
+        out.append(value.split("|")[0])
+    while not hasattr(model, "dataItem") and hasattr(model, "mapToSource"):  # the dock's proxy model
+        model, index = model.sourceModel(), model.mapToSource(index)
+    item = model.dataItem(index) if hasattr(model, "dataItem") else None
+    if item is not None:
+        out.extend(_item_paths(item))
+    return out
 
 
 def _item_paths(item) -> list[str]:

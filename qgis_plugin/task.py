@@ -22,6 +22,37 @@ from geoplonk_service.protocol import E_MODEL
 from . import messages
 from .settings import Settings
 
+# How far one photo is when the server reports a stage (its share of the photo's work, measured roughly on the
+# default model: sampling dominates).  Stages of the whole batch have no index; the others name one photo.
+STAGE_SHARE = {
+    "queued": 0.0, "load": 0.02, "decode": 0.05, "embed": 0.15, "sample": 0.25, "localizability": 0.65,
+    "density": 0.7, "regions": 0.8, "places": 0.88, "write": 0.95,
+}  # fmt: skip
+
+
+STAGE_ORDER = list(STAGE_SHARE)
+
+
+def stage_progress(progress: dict, photos: int, creep: float = 0.0) -> float:
+    """Percent of the job done from one of the server's progress messages (the client's `fraction` counts
+    finished photos; the stage adds the photos still in the request by how far that stage is).
+
+    `creep` (0-1): how far into the stage the job is, from the heartbeats that repeat it (a long stage such as
+    sampling then moves the bar steadily towards the next stage's share instead of jumping at its end)."""
+    done_fraction = float(progress.get("fraction") or 0.0)
+    stage = str(progress.get("stage") or "")
+    share = STAGE_SHARE.get(stage, 0.0)
+    if stage in STAGE_SHARE and stage != STAGE_ORDER[-1]:
+        share += min(max(creep, 0.0), 1.0) * (STAGE_SHARE[STAGE_ORDER[STAGE_ORDER.index(stage) + 1]] - share)
+    done, total = progress.get("done"), progress.get("total")
+    in_flight = max(int(total) - int(done), 0) if isinstance(done, int) and isinstance(total, int) else 0
+    if in_flight and progress.get("index") is not None and share >= STAGE_SHARE["localizability"]:
+        # one photo at a per-photo stage after the batch stages: the others in the request are past those
+        extra = share + (in_flight - 1) * STAGE_SHARE["localizability"]
+    else:
+        extra = share * in_flight
+    return 100.0 * min(done_fraction + extra / max(photos, 1), 1.0)
+
 
 @dataclass
 class PhotoOutcome:
@@ -66,11 +97,13 @@ class GeolocateTask(QgsTask):
         self._stems: set[str] = set()
         self._finished_count = 0
         self.last_stage: str | None = None  # the server's latest progress stage (e.g. "embed", "sample")
+        self.progress_log: list[tuple[float, str, float]] = []  # (seconds since start, stage, percent)
+        self._started = time.monotonic()
 
     # -- task thread ----------------------------------------------------------------
 
     def run(self) -> bool:
-        start = time.monotonic()
+        start = self._started = time.monotonic()
         try:
             self._run()
         except Exception as exc:  # noqa: BLE001 - reported in plain language, never raised into QGIS
@@ -79,9 +112,16 @@ class GeolocateTask(QgsTask):
         return not self.report.error_title
 
     def _run(self) -> None:
+        creep = {"key": None, "value": 0.0}
+
         def on_progress(progress: dict) -> None:
             self.last_stage = str(progress.get("stage") or "")
-            self.setProgress(100.0 * progress["fraction"])
+            key = (self.last_stage, progress.get("index"), progress.get("done"), progress.get("fraction"))
+            if key == creep["key"]:  # a heartbeat: the same stage still runs; move a third of the way left
+                creep["value"] += (0.9 - creep["value"]) / 3
+            else:
+                creep["key"], creep["value"] = key, 0.0
+            self._advance(stage_progress(progress, len(self.paths), creep["value"]), self.last_stage)
 
         with self._connect() as client:
             client.geolocate(
@@ -91,6 +131,12 @@ class GeolocateTask(QgsTask):
                 on_result=self._save,
                 is_cancelled=self.isCanceled,
             )
+
+    def _advance(self, percent: float, stage: str) -> None:
+        """Progress only moves forward (a heartbeat repeats the latest stage)."""
+        if percent > self.progress():
+            self.setProgress(percent)
+        self.progress_log.append((time.monotonic() - self._started, stage, self.progress()))
 
     def _save(self, result) -> None:
         outcome = PhotoOutcome(self.paths[result.index], result.name, result.status, summary=result.summary)
@@ -114,7 +160,7 @@ class GeolocateTask(QgsTask):
             self.report.cancelled += 1
         else:
             self.report.failed += 1
-        self.setProgress(100.0 * self._finished_count / max(len(self.paths), 1))
+        self._advance(100.0 * self._finished_count / max(len(self.paths), 1), "result")
         self.photoDone.emit(outcome)
 
     def _fail_job(self, exc: Exception) -> None:

@@ -18,7 +18,7 @@ SOURCE = ROOT / "qgis_plugin"
 SERVICE = ROOT / "geoplonk_service"
 LIBS = "libs"
 PACKAGE = "geoplonk"
-INCLUDE_SUFFIXES = {".py", ".svg", ".png", ".txt", ".md", ".qml", ".ui", ".json"}
+INCLUDE_SUFFIXES = {".py", ".svg", ".png", ".txt", ".md", ".qml", ".ui", ".json", ".ts", ".qm"}
 EXCLUDE_PARTS = {"__pycache__", "tests", ".pytest_cache", ".ruff_cache"}
 FIXED_TIME = (2024, 1, 1, 0, 0, 0)
 

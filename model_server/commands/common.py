@@ -58,7 +58,9 @@ def load_model_for(args: argparse.Namespace):
     from model_server.engine.model import load_model
 
     try:
-        return load_model(args.model, device=args.device, encoder_dir=args.encoder_dir)
+        # Ready-made embeddings need no encoder: any published folder (config.json + model.safetensors) will do.
+        need_encoder = getattr(args, "embedding", None) is None
+        return load_model(args.model, device=args.device, encoder_dir=args.encoder_dir, need_encoder=need_encoder)
     except (ModelNotFoundError, EncoderNotFoundError) as exc:
         raise CommandError(str(exc)) from None
 

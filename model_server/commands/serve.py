@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
+from geoplonk_service import protocol as P
 from geoplonk_service.protocol import DEFAULT_ENDPOINT
 
 
@@ -20,6 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve-keys", type=Path, help="folder made by `geoplonk keys`: encrypt with CURVE")
     parser.add_argument("--batch-size", type=int, default=8, help="photos processed together (default %(default)s)")
     parser.add_argument("--no-preload", action="store_true", help="load the model on the first request only")
+    parser.add_argument("--heartbeat", type=float, default=P.HEARTBEAT_S,
+                        help="seconds between heartbeats; clients renew their requests as often (default %(default)s)")
+    parser.add_argument("--lease", type=float,
+                        help=f"cancel a request its client has not renewed for this long "
+                             f"(default {P.LEASE_HEARTBEATS} heartbeats)")
+    parser.add_argument("--queue-photos-per-client", type=int, default=P.QUEUE_PHOTOS_PER_CLIENT,
+                        help="photos one client may have waiting; beyond, `busy` (default %(default)s)")
+    parser.add_argument("--queue-photos", type=int, default=P.QUEUE_PHOTOS_TOTAL,
+                        help="photos all clients together may have waiting; beyond, `busy` (default %(default)s)")
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -35,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
         bind = "tcp://127.0.0.1:*"
     config = ServerConfig(bind=bind, model=args.model, device=args.device, parent_pid=args.parent_pid,
                           idle_timeout=args.idle_timeout, curve_keys=args.curve_keys,
-                          batch_size=max(1, args.batch_size), preload=not args.no_preload)
+                          batch_size=max(1, args.batch_size), preload=not args.no_preload,
+                          heartbeat_s=max(0.05, args.heartbeat), lease_s=args.lease,
+                          queue_photos_per_client=max(1, args.queue_photos_per_client),
+                          queue_photos_total=max(1, args.queue_photos))
     server = Server(config)
     try:
         server.models.check_default()
@@ -50,4 +64,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"GEOPLONK READY {endpoint}", flush=True)
     logging.getLogger("geoplonk.server").info("serving on %s (device %s)", endpoint, server.models.device)
-    return server.serve()
+    code = server.serve()
+    if server.worker_alive:
+        # The worker is still inside a long torch call: letting the interpreter finalise around it aborts
+        # ("terminate called without an active exception", exit 134). Its requests were already answered.
+        logging.getLogger("geoplonk.server").warning("worker still busy at exit: leaving without waiting")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

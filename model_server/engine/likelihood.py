@@ -15,6 +15,7 @@ which is what they published; it is kept to compare against their code.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -68,11 +69,13 @@ def log_density(
     projected: bool = True,
     chunk: int = 4096,
     dtype: torch.dtype = torch.float32,
+    on_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Natural log-density per steradian at `points`, for each image -> (E, M) float32.
 
     points: (M, 3) unit vectors shared by every image, or (E, M, 3). Uniform on the sphere is
     -log(4 pi) = -2.531. Adaptive `method`s use atol/rtol; fixed-step ones take `steps` (default 32).
+    on_step is called before every evaluation of the field; it may raise to stop the solve (the server's cancel).
     """
     if odeint is None:
         raise RuntimeError("log_density needs torchdiffeq: pip install torchdiffeq")
@@ -90,10 +93,10 @@ def log_density(
         raise ValueError(f"dtype {dtype} differs from the network's {flow_dtype}; cast the network first")
     with torch.inference_mode(False):  # callers may be in inference mode; autograd needs normal tensors
         return _solve(flow, emb.to(dtype).unsqueeze(1).clone(), normalize(points.to(device, dtype)).clone(),
-                      float(cfg), method, atol, rtol, steps, projected, chunk)
+                      float(cfg), method, atol, rtol, steps, projected, chunk, on_step)
 
 
-def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk) -> torch.Tensor:
+def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk, on_step=None) -> torch.Tensor:
     dtype, device = points.dtype, points.device
     velocity = guided_velocity(flow, emb, cfg, joint=False)
 
@@ -102,6 +105,8 @@ def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk) 
         options["step_size"] = 1.0 / (steps or 32)
 
     def rhs(t, state):
+        if on_step is not None:
+            on_step()
         x, _ = state
         return field_and_divergence(velocity, x, t, projected)
 

@@ -73,8 +73,18 @@ def find_model_dir(name_or_dir: str | os.PathLike | None = None) -> Path:
     )
 
 
-def infer_encoder(model_dir: Path, manifest: dict | None) -> tuple[str, Path | None]:
-    """(encoder name, weights folder or None) from the manifest, else from the published folder's name."""
+def no_encoder_message(model_dir: Path) -> str:
+    return (f"{model_dir} names no encoder: add a geoplonk.json manifest with "
+            '{"encoder": {"name": "streetclip" | "dinov2-reg" | "efficientnet-lite0"}}, or give ready-made '
+            "embeddings (--embedding)")
+
+
+def infer_encoder(model_dir: Path, manifest: dict | None, required: bool = True) -> tuple[str | None, Path | None]:
+    """(encoder name, weights folder or None) from the manifest, else from the published folder's name.
+
+    A published folder (config.json + model.safetensors) under any other name has no known encoder:
+    ModelNotFoundError when `required`, else (None, None) (the flow alone, for ready-made embeddings).
+    """
     spec = (manifest or {}).get("encoder")
     if isinstance(spec, str):
         spec = {"name": spec}
@@ -86,10 +96,9 @@ def infer_encoder(model_dir: Path, manifest: dict | None) -> tuple[str, Path | N
     for key, encoder in _ENCODER_BY_NAME:
         if key in lowered:
             return encoder, (model_dir / "encoder") if (model_dir / "encoder").is_dir() else None
-    raise ModelNotFoundError(
-        f"{model_dir} names no encoder: add a geoplonk.json manifest with "
-        '{"encoder": {"name": "streetclip" | "dinov2-reg" | "efficientnet-lite0"}}'
-    )
+    if required:
+        raise ModelNotFoundError(no_encoder_message(model_dir))
+    return None, None
 
 
 class GeoModel:
@@ -102,7 +111,7 @@ class GeoModel:
         name: str,
         path: Path,
         device: torch.device,
-        encoder_name: str,
+        encoder_name: str | None,
         encoder_dir: Path | None = None,
     ):
         self.flow = flow
@@ -135,12 +144,14 @@ class GeoModel:
         """The encoder the training photos went through: the query encoder less its query-time views."""
         spec = self.manifest.get("encoder")
         views = spec.get("views") if isinstance(spec, dict) else None
-        return self.encoder_name.removesuffix(f"+{views}") if views else self.encoder_name
+        return self.encoder_name.removesuffix(f"+{views}") if views and self.encoder_name else self.encoder_name
 
     @property
     def encoder(self) -> ImageEncoder:
         with self._lock:
             if self._encoder is None:
+                if self.encoder_name is None:
+                    raise ModelNotFoundError(no_encoder_message(self.path))
                 encoder = load_encoder(self.encoder_name, self.encoder_dir, device=self.device)
                 if encoder.dim != self.cond_dim:
                     raise ValueError(
@@ -162,10 +173,13 @@ def load_model(
     name_or_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     encoder_dir: str | os.PathLike | None = None,
+    need_encoder: bool = True,
 ) -> GeoModel:
     """Load (or reuse from a small cache) a model by folder or name; None = the default model.
 
     encoder_dir (or $GEOPLONK_ENCODER_DIR) points a published PLONK folder at its encoder's weights.
+    need_encoder=False accepts a folder whose encoder is unknown (any published config.json +
+    model.safetensors folder): the flow works on ready-made embeddings, and `.encoder` raises.
     """
     model_dir = find_model_dir(name_or_dir)
     dev = pick_device(device)
@@ -174,9 +188,11 @@ def load_model(
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
+            if need_encoder and _CACHE[key].encoder_name is None:
+                raise ModelNotFoundError(no_encoder_message(model_dir))
             return _CACHE[key]
     manifest = read_manifest(model_dir) or {}
-    enc_name, enc_dir = infer_encoder(model_dir, manifest)
+    enc_name, enc_dir = infer_encoder(model_dir, manifest, required=need_encoder)
     if encoder_dir:
         enc_dir = Path(encoder_dir)
     name = manifest.get("name") or display_name(model_dir)

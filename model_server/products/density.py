@@ -11,6 +11,7 @@ log-likelihood of any location stays finite.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,18 +83,25 @@ def kde_raster(
     kappa: float | None = None,
     uniform_weight: float = DEFAULT_UNIFORM_WEIGHT,
     adaptive: bool = True,
+    check: Callable[[], None] | None = None,
 ) -> DensityRaster:
     """The KDE of unit-vector samples (n, 3) integrated over the cells of a global `grid`.
 
     kappa: the (pilot) bandwidth, by leave-one-out likelihood when None; adaptive: per-sample
-    bandwidths around it (adaptive_kappas), else the one kappa for all.
+    bandwidths around it (adaptive_kappas), else the one kappa for all. check, when given, is called
+    in the bandwidth selection and before every row; it may raise to stop (the server's cancel).
     """
     s = np.asarray(samples, dtype=np.float64)
     s = s / np.linalg.norm(s, axis=1, keepdims=True)
     max_kappa = max_kappa_for(grid.resolution)
     if kappa is None:
-        kappa = select_kappa(s, max_kappa)
-    kappas = adaptive_kappas(s, kappa, max(max_kappa, kappa)) if adaptive else np.full(len(s), float(kappa))
+        kappa = select_kappa(s, max_kappa, check=check)
+    if check is not None:
+        check()
+    if adaptive:
+        kappas = adaptive_kappas(s, kappa, max(max_kappa, kappa), check=check)
+    else:
+        kappas = np.full(len(s), float(kappa))
     lat_s = np.arcsin(np.clip(s[:, 2], -1.0, 1.0))
     order = np.argsort(lat_s)
     lat_sorted = lat_s[order]
@@ -106,6 +114,8 @@ def kde_raster(
     lats = np.deg2rad(grid.lat_centers())
     density = np.zeros((grid.height, grid.width))
     for row in range(grid.height):
+        if check is not None:
+            check()
         lo, hi = np.searchsorted(lat_sorted, [lats[row] - widest, lats[row] + widest])
         near = np.arange(lo, hi)[np.abs(lat_sorted[lo:hi] - lats[row]) <= reach[lo:hi]]
         if len(near) == 0:

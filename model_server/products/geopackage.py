@@ -8,10 +8,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
+from pyogrio import set_gdal_config_options
 from pyogrio.raw import write as ogr_write
 from shapely.geometry import MultiPolygon, Point
 
 CRS = "EPSG:4326"
+# GDAL stamps gpkg_contents.last_change with the clock, so two identical results gave different bytes.
+# A fixed stamp (GDAL's documented OGR_CURRENT_DATE) makes the same photo and options give the same file.
+FIXED_TIMESTAMP = "2000-01-01T00:00:00.000Z"
 
 
 @dataclass
@@ -51,6 +55,7 @@ def _write_layer(path: str, layer: Layer, append: bool) -> None:
 
 def geopackage_bytes(layers: list[Layer]) -> bytes:
     """All layers in one GeoPackage, returned as bytes."""
+    set_gdal_config_options({"OGR_CURRENT_DATE": FIXED_TIMESTAMP})
     with tempfile.TemporaryDirectory(prefix="geoplonk-gpkg-") as tmp:
         path = os.path.join(tmp, "result.gpkg")
         for i, layer in enumerate(layers):

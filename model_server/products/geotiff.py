@@ -10,6 +10,8 @@ from .grid import Grid
 
 NODATA = -1.0  # probabilities are >= 0, so -1 can never be a real value
 OVERVIEW_FACTORS = (2, 4, 8, 16)
+TILE = 256
+MIN_OVERVIEW_PIXELS = 8  # an overview is built while its longer side keeps at least this many pixels
 
 
 def geotiff_bytes(prob: np.ndarray, grid: Grid, tags: dict[str, object] | None = None) -> bytes:
@@ -29,9 +31,11 @@ def geotiff_bytes(prob: np.ndarray, grid: Grid, tags: dict[str, object] | None =
         "compress": "deflate",
         "predictor": 3,
     }
-    if grid.width >= 256 and grid.height >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    factors = [f for f in OVERVIEW_FACTORS if min(grid.height, grid.width) // f >= 16]
+    # Always tiled (as the contract says), cropped and coarse rasters too: 256 x 256 tiles, or one tile (a
+    # multiple of 16, as TIFF requires) when the whole raster is smaller.
+    block = min(TILE, -(-max(grid.height, grid.width) // 16) * 16)
+    profile.update(tiled=True, blockxsize=block, blockysize=block)
+    factors = [f for f in OVERVIEW_FACTORS if max(grid.height, grid.width) // f >= MIN_OVERVIEW_PIXELS]
     with MemoryFile() as memfile:
         with memfile.open(**profile) as dst:
             dst.write(data, 1)

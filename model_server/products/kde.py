@@ -14,6 +14,7 @@ are smoothed out.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from scipy.special import logsumexp
@@ -43,6 +44,7 @@ def log_kernel_sums(
     *,
     leave_out_own: bool = False,
     chunk: int = 1024,
+    check: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """log sum_j exp(kappa_j (x . c_j - 1) + log_weights_j) at each point x: a kernel sum over the centres.
 
@@ -50,7 +52,7 @@ def log_kernel_sums(
     centres per photo); kappa is one bandwidth or one per centre (..., n); log_weights (..., n) are added to
     each centre's term (normalisers, mixture weights). leave_out_own: the points are the centres, and each
     one's own kernel is left out. Done in blocks of `chunk` points: n x n terms at once are 800 MB for
-    10,000 draws. -> (..., M)
+    10,000 draws. -> (..., M). check, when given, is called before every block (it may raise to stop).
     """
     p = np.asarray(points, dtype=np.float64)
     c = np.asarray(centres, dtype=np.float64)
@@ -62,6 +64,8 @@ def log_kernel_sums(
     c_t = np.swapaxes(c, -1, -2)
     out = []
     for start in range(0, p.shape[-2], chunk):
+        if check is not None:
+            check()
         a = k * (np.clip(p[..., start : start + chunk, :] @ c_t, -1.0, 1.0) - 1.0)
         if log_weights is not None:
             a += log_weights
@@ -91,7 +95,8 @@ def mixture_log_density(points: np.ndarray, centres: np.ndarray, weights: np.nda
     return log_kernel_sums(points, centres, kappa, log_w)
 
 
-def loo_log_likelihood(samples: np.ndarray, kappas: np.ndarray) -> np.ndarray:
+def loo_log_likelihood(samples: np.ndarray, kappas: np.ndarray,
+                       check: Callable[[], None] | None = None) -> np.ndarray:
     """Mean leave-one-out log-likelihood of the samples under the KDE of the others, per kappa."""
     x = np.asarray(samples, dtype=np.float64)
     n = len(x)
@@ -101,11 +106,14 @@ def loo_log_likelihood(samples: np.ndarray, kappas: np.ndarray) -> np.ndarray:
     np.fill_diagonal(d, -np.inf)
     out = np.empty(len(kappas))
     for i, kappa in enumerate(kappas):
+        if check is not None:
+            check()
         out[i] = float(np.mean(logsumexp(kappa * d, axis=1) - math.log(n - 1) + vmf_log_norms(kappa)))
     return out
 
 
-def select_kappa(samples: np.ndarray, max_kappa: float | None = None, max_points: int = 2048) -> float:
+def select_kappa(samples: np.ndarray, max_kappa: float | None = None, max_points: int = 2048,
+                 check: Callable[[], None] | None = None) -> float:
     """Bandwidth by leave-one-out likelihood over KAPPA_GRID (on at most max_points samples)."""
     x = np.asarray(samples, dtype=np.float64)
     if len(x) > max_points:
@@ -113,12 +121,12 @@ def select_kappa(samples: np.ndarray, max_kappa: float | None = None, max_points
     kappas = KAPPA_GRID if max_kappa is None else KAPPA_GRID[KAPPA_GRID <= max_kappa]
     if len(kappas) == 0:
         return float(max_kappa)
-    scores = loo_log_likelihood(x, kappas)
+    scores = loo_log_likelihood(x, kappas, check)
     return float(kappas[int(np.argmax(scores))])
 
 
 def adaptive_kappas(samples: np.ndarray, kappa0: float, max_kappa: float | None = None,
-                    chunk: int = 1024) -> np.ndarray:
+                    chunk: int = 1024, check: Callable[[], None] | None = None) -> np.ndarray:
     """Per-sample kappa_i = kappa0 * f_i / g (Abramson's law: bandwidth^2 proportional to 1 / f).
 
     f_i is the leave-one-out density at sample i under the pilot kernel kappa0 and g the geometric
@@ -130,7 +138,9 @@ def adaptive_kappas(samples: np.ndarray, kappa0: float, max_kappa: float | None 
     upper = np.inf if max_kappa is None else float(max_kappa)
     if n < 3:
         return np.full(n, min(float(kappa0), upper))
-    log_f = log_kernel_sums(x, x, kappa0, leave_out_own=True, chunk=chunk)
+    # blocks of at most 2^24 terms (128 MB) for many samples; the default 1024 x 1024 blocks are unchanged
+    chunk = max(1, min(chunk, 2**24 // max(n, 1)))
+    log_f = log_kernel_sums(x, x, kappa0, leave_out_own=True, chunk=chunk, check=check)
     log_f = np.maximum(log_f, np.max(log_f) - 50.0)  # an isolated draw: floored, then clipped below
     kappas = kappa0 * np.exp(log_f - log_f.mean())
     return np.clip(kappas, kappa0 / ADAPTIVE_WIDEST, max(upper, kappa0 / ADAPTIVE_WIDEST))

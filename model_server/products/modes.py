@@ -1,15 +1,17 @@
-"""Main modes of the density raster and the probability mass each one holds.
+"""Main modes of the density raster: the probability of lying near each, and the mass of its basin.
 
 Every cell points to its densest neighbour (8-neighbourhood, longitude wrapping round the
 antimeridian, the top and bottom rows also seeing the densest cell of their row, i.e. the
 neighbours across the pole).  Following the pointers to their fixed points (pointer
 jumping) is a steepest-ascent watershed: fixed points are the local maxima (the modes),
-and the mass of a mode is the probability of all the cells that climb to it.
+and the basin share of a mode is the probability of all the cells that climb to it.  The basin share is
+not the chance of being near the place (a basin can span a continent): `mass_within` gives that, the
+probability of lying within a stated radius of the mode, for WITHIN_RADII_KM.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,14 +19,39 @@ from ..geodesy import EARTH_RADIUS_KM
 from .density import DensityRaster
 from .kde import log_kernel_sums, max_kappa_for, select_kappa
 
+# The radii of the top places' "probability of lying within R km of the place" (summary, GeoPackage, labels).
+WITHIN_RADII_KM = (100.0, 500.0)
+
 
 @dataclass
 class Mode:
     lat: float
     lon: float
-    probability: float
+    probability: float  # the basin share: the mass of all cells that climb to this mode
     row: int
     col: int
+    within: dict[float, float] = field(default_factory=dict)  # radius km -> probability of lying within it
+
+    @property
+    def basin_share(self) -> float:
+        return self.probability
+
+
+def within_field(radius_km: float) -> str:
+    """The summary key and GeoPackage field of the probability within `radius_km`: 'p_within_100km'."""
+    return f"p_within_{radius_km:g}km"
+
+
+def mass_within(raster: DensityRaster, lat: float, lon: float, radii_km=WITHIN_RADII_KM) -> dict[float, float]:
+    """Probability of lying within each radius (great-circle km) of (lat, lon), summed over the raster's cells
+    whose centres lie within it."""
+    grid = raster.grid
+    lat_c = np.radians(grid.lat_centers())[:, None]
+    lon_c = np.radians(grid.lon_centers())[None, :]
+    p_lat, p_lon = np.radians(lat), np.radians(lon)
+    cos_d = np.sin(lat_c) * np.sin(p_lat) + np.cos(lat_c) * np.cos(p_lat) * np.cos(lon_c - p_lon)
+    distance = EARTH_RADIUS_KM * np.arccos(np.clip(cos_d, -1.0, 1.0))
+    return {float(r): float(min(raster.prob[distance <= r].sum(), 1.0)) for r in radii_km}
 
 
 def ascent_roots(density: np.ndarray) -> np.ndarray:
@@ -71,7 +98,9 @@ def find_modes(raster: DensityRaster, top_k: int, min_probability: float = 1e-3)
     modes = []
     for flat in candidates:
         row, col = divmod(int(flat), raster.grid.width)
-        modes.append(Mode(float(lats[row]), float(lons[col]), float(mass[flat]), row, col))
+        mode = Mode(float(lats[row]), float(lons[col]), float(mass[flat]), row, col)
+        mode.within = mass_within(raster, mode.lat, mode.lon)
+        modes.append(mode)
     return modes
 
 

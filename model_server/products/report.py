@@ -19,7 +19,7 @@ from .density import DensityRaster, crop_window, kde_raster
 from .geopackage import geopackage_bytes, points_layer, regions_layer
 from .geotiff import geotiff_bytes
 from .grid import Grid
-from .modes import Mode, best_guess, find_modes
+from .modes import WITHIN_RADII_KM, Mode, best_guess, find_modes, within_field
 from .place_names import PlaceName, name_places
 from .regions import CredibleRegion, credible_regions
 
@@ -50,6 +50,7 @@ def compute_products(
     crop: bool,
     exif_latlon: tuple[float, float] | None = None,
     on_stage: Stage | None = None,
+    check: Callable[[], None] | None = None,
 ) -> Products:
     """Samples (n, 3) of the distribution and samples (m, 3) at cfg 2 -> all products.
 
@@ -64,7 +65,7 @@ def compute_products(
 
     t = stage("density")
     grid = Grid.global_grid(resolution)
-    raster = kde_raster(samples, grid)
+    raster = kde_raster(samples, grid, check=check)
     window = crop_window(raster.prob) if crop else (0, grid.height, 0, grid.width)
     timings["density"] = time.perf_counter() - t
 
@@ -108,13 +109,14 @@ def write_products(products: Products, localizability: float, tags: dict[str, An
             [m.lon for m in modes],
             {
                 "rank": list(range(1, len(modes) + 1)),
-                "probability": [m.probability for m in modes],
+                **{within_field(r): [m.within[r] for m in modes] for r in WITHIN_RADII_KM},
+                "basin_share": [m.basin_share for m in modes],
                 "country": [n.country for n in products.mode_names],
                 "place": [n.place for n in products.mode_names],
-                "label": [f"{i}. {n.place} ({m.probability * 100:.0f} %)" for i, (m, n) in
+                "label": [f"{i}. {n.place} ({place_odds(m)})" for i, (m, n) in
                           enumerate(zip(modes, products.mode_names, strict=True), 1)],
             },
-            {"rank": "int32", "probability": "float64"},
+            {"rank": "int32", "basin_share": "float64", **{within_field(r): "float64" for r in WITHIN_RADII_KM}},
         ),
         regions_layer(
             "credible_regions",
@@ -146,6 +148,11 @@ def write_products(products: Products, localizability: float, tags: dict[str, An
     return tiff, geopackage_bytes(layers)
 
 
+def place_odds(mode: Mode) -> str:
+    """'12 % within 100 km, 48 % within 500 km': how likely the photo lies near a top place."""
+    return ", ".join(f"{mode.within[r] * 100:.0f} % within {r:g} km" for r in WITHIN_RADII_KM)
+
+
 def summary_fields(products: Products, localizability: float) -> dict[str, Any]:
     """The product part of the result summary (the server adds model, device, options, timings)."""
     prob, grid = output_grid(products)
@@ -162,7 +169,8 @@ def summary_fields(products: Products, localizability: float) -> dict[str, Any]:
                 "rank": i,
                 "lat": m.lat,
                 "lon": m.lon,
-                "probability": m.probability,
+                **{within_field(r): m.within[r] for r in WITHIN_RADII_KM},
+                "basin_share": m.basin_share,
                 "country": n.country,
                 "place": n.place,
             }

@@ -25,14 +25,18 @@ import zmq
 from geoplonk_service import protocol as P
 
 from .. import __version__
-from .models import ModelRegistry, available_models
+from .models import ModelRegistry, available_models, model_cards
 from .pipeline import run_unit
 from .scheduler import FairQueue, Request, Unit
 
 log = logging.getLogger("geoplonk.server")
 
-HEARTBEAT_S = 1.0
+HEARTBEAT_S = P.HEARTBEAT_S
 POLL_MS = 200
+# At shutdown, how long the worker gets to finish its current step once its requests are cancelled.
+STOP_JOIN_S = 10.0
+# How long the answers of a shutdown (cancelled results, done) may take to leave the socket.
+STOP_LINGER_MS = 2000
 STAGES = ("queued", "load", "decode", "embed", "sample", "localizability", "density", "regions", "places", "write")
 
 
@@ -46,13 +50,22 @@ class ServerConfig:
     curve_keys: Path | None = None
     batch_size: int = 8
     preload: bool = True
+    heartbeat_s: float = P.HEARTBEAT_S
+    lease_s: float | None = None  # None: P.LEASE_HEARTBEATS heartbeats
+    queue_photos_per_client: int = P.QUEUE_PHOTOS_PER_CLIENT
+    queue_photos_total: int = P.QUEUE_PHOTOS_TOTAL
+    queue_bytes_total: int = P.QUEUE_BYTES_TOTAL
+
+    @property
+    def lease(self) -> float:
+        return self.lease_s if self.lease_s is not None else self.heartbeat_s * P.LEASE_HEARTBEATS
 
 
 def is_loopback(endpoint: str) -> bool:
     if endpoint.startswith(("ipc://", "inproc://")):
         return True
     host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    return host in ("127.0.0.1", "localhost", "::1", "0:0:0:0:0:0:0:1") or host.startswith("127.")
 
 
 def parent_alive(pid: int) -> bool:
@@ -79,6 +92,8 @@ class Server:
         self.router: zmq.Socket | None = None
         self._wake_addr = f"inproc://geoplonk-wake-{id(self)}"
         self._last_activity = time.monotonic()
+        self._lease_until: dict[tuple[bytes, str], float] = {}  # open request -> when its lease runs out
+        self.worker_alive = False  # still running after serve() returned: the caller must exit with os._exit
 
     # ------------------------------------------------------------ setup
 
@@ -88,6 +103,8 @@ class Server:
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         router.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
+        if "[" in self.config.bind:  # an IPv6 address such as tcp://[::1]:5555
+            router.setsockopt(zmq.IPV6, 1)
         if self.config.curve_keys is not None:
             self._setup_curve(router, Path(self.config.curve_keys))
         elif not is_loopback(self.config.bind):
@@ -192,6 +209,7 @@ class Server:
     def _finish_if_done(self, req: Request) -> None:
         if req.finished and req.key in self.requests:
             del self.requests[req.key]
+            self._lease_until.pop(req.key, None)
             c = req.counts
             self.send(req.envelope, P.done_message(req.id, c["ok"], c["failed"], c["cancelled"]))
             req.blobs = []  # free the photos
@@ -224,6 +242,11 @@ class Server:
             elif msg.type == P.CANCEL:
                 self._expect_blobs(msg, 0)
                 self.cancel(envelope, msg.id)
+            elif msg.type == P.RENEW:  # silent; a renew of an unknown or finished request is ignored
+                self._expect_blobs(msg, 0)
+                key = (b"\0".join(envelope), msg.id)
+                if key in self._lease_until:
+                    self._lease_until[key] = time.monotonic() + self.config.lease
             elif msg.type == P.GEOLOCATE:
                 self.accept(envelope, msg)
         except P.ProtocolError as exc:
@@ -261,35 +284,87 @@ class Server:
         req = Request(envelope, msg.id, names, msg.blobs, options)
         if req.key in self.requests:
             raise P.ProtocolError(f"request id {msg.id!r} is already in progress")
+        full = self._queue_full(req)
+        if full:
+            self.send(envelope, P.Message(P.ERROR, msg.id, {
+                "code": P.E_BUSY, "message": f"the server is busy ({full}); nothing was accepted, retry later",
+                "retry_after_s": self.config.heartbeat_s}))
+            return
         self.requests[req.key] = req
-        self._progress(req)  # "queued": the client knows it was received
+        self._lease_until[req.key] = time.monotonic() + self.config.lease
+        # "queued": the client knows it was received, and how often to renew the request's lease
+        self.send(envelope, P.Message(P.PROGRESS, req.id, {
+            **P.progress_message(req.id, "queued", 0, req.total).fields,
+            "heartbeat_s": self.config.heartbeat_s, "lease_s": self.config.lease}))
+        req.last_sent = time.monotonic()
         self.queue.put(req, self.config.batch_size)
+
+    def _queue_full(self, new: Request) -> str:
+        """Why `new` would overflow the queue bounds (photos per client, photos and bytes in all), or ''."""
+        mine = photos = size = 0
+        for req in self.requests.values():
+            left = req.total - len(req.answered)
+            photos += left
+            size += sum(len(b) for b in req.blobs)
+            if req.client == new.client:
+                mine += left
+        cfg = self.config
+        if mine + new.total > cfg.queue_photos_per_client:
+            return f"{mine} photos of this client are waiting; at most {cfg.queue_photos_per_client} per client"
+        if photos + new.total > cfg.queue_photos_total:
+            return f"{photos} photos are waiting; at most {cfg.queue_photos_total} in all"
+        if size + sum(len(b) for b in new.blobs) > cfg.queue_bytes_total:
+            return f"{size} bytes of photos are waiting; at most {cfg.queue_bytes_total} in all"
+        return ""
 
     def cancel(self, envelope: list[bytes], request_id: str) -> None:
         req = self.requests.get((b"\0".join(envelope), request_id))
         if req is None:
             self.send(envelope, P.error_message(request_id, P.E_MALFORMED, "no request with this id is in progress"))
             return
+        self._cancel(req, "cancelled")
+
+    def _cancel(self, req: Request, message: str) -> None:
         req.cancelled.set()
         for i in self.queue.remove(req):
-            self._result(req, i, P.STATUS_CANCELLED, None, {"code": P.E_CANCELLED, "message": "cancelled"}, None)
+            self._result(req, i, P.STATUS_CANCELLED, None, {"code": P.E_CANCELLED, "message": message}, None)
         self._finish_if_done(req)
+
+    def _close_request(self, req: Request, message: str) -> None:
+        """Answer every photo not yet answered with `cancelled`, then `done` (at shutdown)."""
+        req.cancelled.set()
+        for i in range(req.total):
+            if i not in req.answered:
+                req.answered.add(i)
+                req.counts[P.STATUS_CANCELLED] += 1
+                self.send(req.envelope, P.result_message(req.id, i, req.names[i], P.STATUS_CANCELLED, None,
+                                                         {"code": P.E_CANCELLED, "message": message}))
+        if self.requests.pop(req.key, None) is not None:
+            c = req.counts
+            self.send(req.envelope, P.done_message(req.id, c["ok"], c["failed"], c["cancelled"]))
 
     def info_fields(self) -> dict[str, Any]:
         return {
             "version": __version__,
             "protocol": P.PROTOCOL_VERSION,
             "models": available_models(self.config.model),
+            "model_cards": model_cards(self.config.model),
             "default_model": self.models.default_name,
             "loaded_models": self.models.loaded(),
             "device": self.models.device,
             "stages": list(STAGES),
-            "heartbeat_s": HEARTBEAT_S,
+            "heartbeat_s": self.config.heartbeat_s,
+            "lease_s": self.config.lease,
             "limits": {
                 "max_header_bytes": P.MAX_HEADER_BYTES,
                 "max_image_bytes": P.MAX_IMAGE_BYTES,
                 "max_images_per_request": P.MAX_IMAGES_PER_REQUEST,
                 "max_message_bytes": P.MAX_MESSAGE_BYTES,
+                "queue_photos_per_client": self.config.queue_photos_per_client,
+                "queue_photos_total": self.config.queue_photos_total,
+                "queue_bytes_total": self.config.queue_bytes_total,
+                "max_sample_cells": P.MAX_SAMPLE_CELLS,
+                "max_unit_samples": P.MAX_UNIT_SAMPLES,
             },
             "default_options": P.DEFAULT_OPTIONS,
             "queued_units": self.queue.queued(),
@@ -297,6 +372,14 @@ class Server:
         }
 
     # ------------------------------------------------------------ main loop
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self._handle_event(event)
 
     def request_stop(self, *_: Any) -> None:
         self._stop.set()
@@ -322,12 +405,7 @@ class Server:
                 if wake in ready:
                     while wake.poll(0):
                         wake.recv()
-                while True:
-                    try:
-                        event = self.events.get_nowait()
-                    except queue.Empty:
-                        break
-                    self._handle_event(event)
+                self._drain_events()
                 if self.router in ready:
                     for _ in range(64):  # bounded, so events and heartbeats are never starved
                         try:
@@ -338,7 +416,11 @@ class Server:
                         self.handle_frames(frames)
                 now = time.monotonic()
                 for req in list(self.requests.values()):
-                    if now - req.last_sent >= HEARTBEAT_S:
+                    if now > self._lease_until.get(req.key, now):
+                        log.warning("request %s: lease expired (its client stopped renewing): cancelled", req.id)
+                        self._lease_until.pop(req.key, None)
+                        self._cancel(req, "cancelled: the client stopped renewing the request's lease")
+                    elif now - req.last_sent >= self.config.heartbeat_s:
                         self._progress(req)
                 if self.requests:
                     self._last_activity = now
@@ -354,13 +436,17 @@ class Server:
             self._stop.set()
             self.queue.close()
             for req in list(self.requests.values()):
-                req.cancelled.set()
-            worker.join(timeout=5)
+                req.cancelled.set()  # the worker returns at its next cancel check
+            worker.join(timeout=STOP_JOIN_S)
+            self._drain_events()  # the photos finished before the stop are delivered
+            for req in list(self.requests.values()):
+                self._close_request(req, "cancelled: the server is shutting down")
             wake.close(linger=0)
-            self.router.close(linger=0)
+            self.router.close(linger=STOP_LINGER_MS)
             if self._auth is not None:
                 self._auth.stop()
-            if not worker.is_alive():  # a worker stuck in a long torch call keeps its socket: skip term
+            self.worker_alive = worker.is_alive()
+            if not self.worker_alive:  # a worker stuck in a long torch call keeps its socket: skip term
                 self.ctx.term()
         log.info("server stopping: %s", reason)
         return 0

@@ -1,6 +1,14 @@
 """Requests and the fair work queue: photos of each request cut into batches ("units"),
-handed out round-robin by client identity so that one client's big job cannot starve
-another's.  Thread-safe: the socket thread enqueues and cancels, the worker takes."""
+handed out so that every client with work waiting gets the same number of photos processed,
+whatever the size of its requests: one client's big job (or its many small ones) cannot starve
+another's.  Thread-safe: the socket thread enqueues and cancels, the worker takes.
+
+Fairness is per photo (start-time fair queueing with one photo as the unit of cost): each client
+has a count of photos served; the next unit goes to the waiting client with the lowest count, and a
+client that starts waiting again is brought up to the lowest count of those already waiting, so
+idle time earns no credit.  A unit holds at most `batch_size` photos, fewer when each photo asks
+for many samples (protocol.photos_per_unit), so one unit's memory is bounded.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,8 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from geoplonk_service.protocol import photos_per_unit
 
 
 @dataclass(eq=False)
@@ -53,18 +63,25 @@ class Unit:
 
 
 class FairQueue:
-    """Round-robin over clients; each client's units in arrival order."""
+    """Per-photo fair queueing over clients; each client's units in arrival order."""
 
     def __init__(self) -> None:
         self._clients: OrderedDict[bytes, deque[Unit]] = OrderedDict()
+        self._served: dict[bytes, float] = {}  # photos handed out per client (virtual time)
         self._cond = threading.Condition()
         self._closed = False
 
     def put(self, request: Request, batch_size: int) -> None:
-        units = [Unit(request, list(range(i, min(i + batch_size, request.total))))
-                 for i in range(0, request.total, batch_size)]
+        size = photos_per_unit(request.options.get("samples", 1), batch_size)
+        units = [Unit(request, list(range(i, min(i + size, request.total))))
+                 for i in range(0, request.total, size)]
         with self._cond:
             request.units_left += len(units)
+            if request.client not in self._clients:  # (re)starts waiting: no credit for idle time
+                floor = min((self._served.get(c, 0.0) for c in self._clients), default=None)
+                if floor is None:
+                    floor = max(self._served.values(), default=0.0)
+                self._served[request.client] = max(self._served.get(request.client, 0.0), floor)
             self._clients.setdefault(request.client, deque()).extend(units)
             self._cond.notify()
 
@@ -75,11 +92,16 @@ class FairQueue:
                 return None
             if self._closed:
                 return None
-            client, units = next(iter(self._clients.items()))
+            # lowest count first; ties go to the client waiting longest (insertion order)
+            client = min(self._clients, key=lambda c: self._served.get(c, 0.0))
+            units = self._clients[client]
             unit = units.popleft()
+            self._served[client] = self._served.get(client, 0.0) + len(unit.indices)
             del self._clients[client]
             if units:
                 self._clients[client] = units  # back of the line
+            elif len(self._served) > 4096:  # forget idle clients' counts now and then
+                self._served = {c: v for c, v in self._served.items() if c in self._clients or c == client}
             return unit
 
     def unit_finished(self, request: Request) -> None:

@@ -1,10 +1,9 @@
 """Processing algorithm `geoplonk:geolocatephotos`: geolocate a folder or a layer of photos in batch.
 
-The same algorithm serves the toolbox, batch mode, the graphical modeler and `qgis_process`.  It holds
-the parameters and outputs only: the work is the toolbar's (Settings, the shared client and local-server
-manager, the result rows of geoplonk_service).  Per photo it writes `<stem>.tif` + `<stem>.gpkg` into
-the output folder, and one merged point layer of best guesses.  A photo that fails is reported and
-skipped; the run fails only when no photo succeeds.
+One algorithm for the toolbox, batch mode, the graphical modeler and `qgis_process`. It holds the parameters
+and outputs only; the work is the toolbar's (Settings, the shared client, server manager and result rows).
+Per photo it writes `<stem>.tif` + `<stem>.gpkg`, and one merged point layer of best guesses. A photo that
+fails is reported and skipped; the run fails only when no photo succeeds.
 """
 
 from __future__ import annotations
@@ -73,7 +72,6 @@ def number_parameter(name: str, label: str, option: P.NumberOption, default, opt
     return QgsProcessingParameterNumber(name, label, kind, default, optional, option.minimum, option.maximum)
 
 
-# ---------------------------------------------------------------------------------------------
 # Styling rasters loaded on completion, the way the plugin styles them.
 
 _postprocessors: list = []  # QGIS keeps raw pointers: Python must keep the objects alive
@@ -95,9 +93,6 @@ class _StyleDensityRaster(QgsProcessingLayerPostProcessorInterface):
             feedback.reportError(f"Could not style {layer.name()}: {exc}", False)
 
 
-# ---------------------------------------------------------------------------------------------
-
-
 class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
     """Geolocate photos from a layer's path field or a folder; one raster per photo + merged best guesses."""
 
@@ -111,6 +106,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
     STEPS = "STEPS"
     RESOLUTION = "RESOLUTION"
     ENDPOINT = "ENDPOINT"
+    SERVER_COMMAND = "SERVER_COMMAND"
     LOAD_RASTERS = "LOAD_RASTERS"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     OUTPUT = "OUTPUT"
@@ -148,7 +144,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             "For each photo, <stem>.tif (probability per cell, summing to 1) and <stem>.gpkg (samples, "
             "top places, credible regions, best guess, EXIF truth) are written to the output folder. "
             "The output layer holds one best guess per photo with its localizability, country, place, "
-            "top place probability and, when the photo has GPS EXIF, the error in km.\n\n"
+            "the first top place with the probabilities of lying within 100 and 500 km of it, its basin share "
+            "and, when the photo has GPS EXIF, the error in km.\n\n"
             "The server endpoint and the local start command come from the GeoPlonk settings; a photo "
             "that cannot be read fails alone."
         )
@@ -191,6 +188,14 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         )
         endpoint.setFlags(endpoint.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(endpoint)
+        command = QgsProcessingParameterString(
+            self.SERVER_COMMAND,
+            self.tr("Command that starts a local server (empty: $GEOPLONK_SERVER_COMMAND, else GeoPlonk settings)"),
+            "",
+            optional=True,
+        )
+        command.setFlags(command.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(command)
         load = QgsProcessingParameterBoolean(self.LOAD_RASTERS, self.tr("Add the rasters to the project"), True)
         load.setFlags(load.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(load)
@@ -221,8 +226,11 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
     def _settings(self, parameters, context) -> Settings:
         """The saved settings, overridden by the parameters: what the toolbar would run with."""
         settings = Settings.load()
+        command = (self.parameterAsString(parameters, self.SERVER_COMMAND, context) or "").strip()
         return replace(
             settings,
+            start_command=command or settings.start_command,
+            auto_start=True if command else settings.auto_start,
             endpoint=self.parameterAsString(parameters, self.ENDPOINT, context) or settings.endpoint,
             model=(self.parameterAsString(parameters, self.MODEL, context) or "").strip(),
             samples=self.parameterAsInt(parameters, self.SAMPLES, context),

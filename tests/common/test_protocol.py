@@ -71,12 +71,27 @@ def test_result_ok_failed_cancelled():
         ([json.dumps({"v": 1, "type": "info", "id": "x" * 129}).encode()], P.E_MALFORMED),
         ([json.dumps({"v": 1, "type": "result", "id": "a"}).encode()], P.E_UNKNOWN_TYPE),
         ([b" " * (P.MAX_HEADER_BYTES + 1)], P.E_TOO_LARGE),
+        # issue 22: NaN/Infinity are not JSON, `v` is an integer (true == 1 in Python), a key given twice
+        ([b'{"v":1,"type":"info","id":"a","x":NaN}'], P.E_MALFORMED),
+        ([b'{"v":1,"type":"info","id":"a","x":[-Infinity]}'], P.E_MALFORMED),
+        ([b'{"v":true,"type":"info","id":"a"}'], P.E_VERSION),
+        ([b'{"v":1.0,"type":"info","id":"a"}'], P.E_VERSION),
+        ([b'{"v":1,"type":"info","id":"a","id":"b"}'], P.E_MALFORMED),
+        ([b'{"v":1,"type":"info","id":"a","options":{"seed":1,"seed":2}}'], P.E_MALFORMED),
+        ([b"[" * 100_000 + b"]" * 100_000], P.E_MALFORMED),  # nesting deeper than the parser's recursion
     ],
 )
 def test_decode_refuses(frames, code):
     with pytest.raises(P.ProtocolError) as err:
         P.decode(frames, P.CLIENT_TYPES)
     assert err.value.code == code
+
+
+def test_renew_round_trips_and_is_a_client_type():
+    back = roundtrip(P.renew_request("r1"), P.CLIENT_TYPES)
+    assert (back.type, back.id, back.fields) == (P.RENEW, "r1", {})
+    busy = P.Message(P.ERROR, "r1", {"code": P.E_BUSY, "message": "full", "retry_after_s": 1.0})
+    assert roundtrip(busy, P.SERVER_TYPES).fields["retry_after_s"] == 1.0
 
 
 def test_nan_is_never_sent():

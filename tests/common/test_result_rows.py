@@ -8,7 +8,10 @@ from geoplonk_service.result_rows import RESULT_COLUMNS, describe_row, summary_r
 SUMMARY = {
     "best_guess": {"lat": 1.5, "lon": -2, "country": "FR", "place": "Paris"},
     "localizability": 0.25,
-    "top_places": [{"probability": 0.4}, {"probability": 0.1}],
+    "top_places": [
+        {"place": "Paris", "p_within_100km": 0.2, "p_within_500km": 0.6, "basin_share": 0.9},
+        {"place": "Lyon", "p_within_100km": 0.05, "p_within_500km": 0.3, "basin_share": 0.1},
+    ],
     "credible_regions": [{"level": 0.5, "area_km2": 10.0}, {"level": 0.9, "area_km2": 250.0}],
     "exif": {"lat": 0, "lon": 0, "error_km": 12.25},
     "model": "m",
@@ -30,7 +33,10 @@ def test_row_of_a_located_photo():
         "country": "FR",
         "place": "Paris",
         "localizability": 0.25,
-        "top_probability": 0.4,
+        "top_place": "Paris",
+        "top_p_within_100km": 0.2,
+        "top_p_within_500km": 0.6,
+        "top_basin_share": 0.9,
         "area_90_km2": 250.0,
         "exif_error_km": 12.25,
         "model": "m",
@@ -41,7 +47,7 @@ def test_row_of_a_located_photo():
 
 def test_row_without_optional_parts_or_of_a_failure():
     sparse = summary_row("x.jpg", PhotoResult(0, "x.jpg", "ok", {"best_guess": {"lat": 0, "lon": 0}, "exif": None}))
-    assert sparse["exif_error_km"] is None and sparse["top_probability"] is None and sparse["area_90_km2"] is None
+    assert sparse["exif_error_km"] is None and sparse["top_p_within_100km"] is None and sparse["area_90_km2"] is None
     assert describe_row(sparse) == "x.jpg: 0.000, 0.000 (?)"
     failed = PhotoResult(1, "bad.jpg", "failed", error={"code": "bad_image", "message": "not a recognised image"})
     row = summary_row("/p/bad.jpg", failed)

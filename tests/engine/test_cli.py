@@ -121,3 +121,29 @@ def test_clear_errors(tmp_path, model_dir):
     r = geoplonk("calibrate", "--model", model_dir, "--data", tmp_path / "none.csv", "--criterion", "map",
                  "--map-samples", "8")
     assert r.returncode == 2 and "--map-samples" in r.stderr
+
+
+def test_a_published_folder_of_any_name_needs_no_encoder_for_embeddings(tmp_path, model_dir, net):
+    """Issue 22 (7): config.json + model.safetensors under a name that names no hub model, used with --embedding,
+    demanded a manifest; now only --image needs to know the encoder."""
+    import shutil
+
+    published = tmp_path / "my-checkpoint"
+    published.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model_dir / name, published / name)
+    emb = np.random.default_rng(3).normal(size=(1, 1280)).astype(np.float32)
+    np.save(tmp_path / "e.npy", emb)
+    r = geoplonk("sample", "--model", published, "--embedding", tmp_path / "e.npy", "--n", "20", "--seed", "1",
+                 "--out", tmp_path / "s.npy")
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "s.npy").shape == (20, 2)
+    np.save(tmp_path / "p.npy", np.array([[48.85, 2.35], [-33.9, 151.2]]))
+    r = geoplonk("density", "--model", published, "--embedding", tmp_path / "e.npy", "--points", tmp_path / "p.npy",
+                 "--out", tmp_path / "d.npy")
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "d.npy").shape == (2,)
+    # a photo still needs the encoder, and the error says how to name it
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.jpg")
+    r = geoplonk("sample", "--model", published, "--image", tmp_path / "a.jpg", "--out", tmp_path / "t.npy")
+    assert r.returncode == 2 and "names no encoder" in r.stderr and "geoplonk.json" in r.stderr

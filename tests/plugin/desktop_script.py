@@ -1,13 +1,15 @@
 """Runs inside full desktop QGIS (`qgis --code desktop_script.py`), driven by tests/plugin/test_desktop.py.
 
-What an analyst does: open a photo point layer, select its features, click GeoPlonk's
-toolbar button, wait for the result groups, zoom to the result.  Then it saves a
+What an analyst does: open a photo point layer and select its features (a decoy: the Browser
+selection comes first), add the photo folder to Favorites in the real Browser dock, expand it, select
+two JPEGs there, click GeoPlonk's toolbar button, wait for the result groups, zoom to the result.  Then it saves a
 screenshot of the main window and a JSON report of what QGIS shows, clears the
 project (no "save changes?" dialog) and quits.
 
 Configuration comes from the environment: GEOPLONK_DESKTOP_LAYER (the photo layer),
 GEOPLONK_DESKTOP_OUT (folder for report.json, desktop.png, canvas.png),
-GEOPLONK_DESKTOP_TIMEOUT (seconds to wait for the results).
+GEOPLONK_DESKTOP_TIMEOUT (seconds to wait for the results), GEOPLONK_DESKTOP_BROWSER_DIR (the folder
+to add to Favorites) and GEOPLONK_DESKTOP_BROWSER_FILES (comma-separated names to select in it).
 Everything is driven by a QTimer: QGIS's event loop must keep running.
 """
 
@@ -28,6 +30,8 @@ PLUGIN = "geoplonk"
 OUT = Path(os.environ["GEOPLONK_DESKTOP_OUT"])
 LAYER = os.environ["GEOPLONK_DESKTOP_LAYER"]
 TIMEOUT_S = float(os.environ.get("GEOPLONK_DESKTOP_TIMEOUT", "300"))
+BROWSER_DIR = os.environ.get("GEOPLONK_DESKTOP_BROWSER_DIR", "")
+BROWSER_FILES = [n for n in os.environ.get("GEOPLONK_DESKTOP_BROWSER_FILES", "").split(",") if n]
 TICK_MS = 200
 
 
@@ -75,14 +79,100 @@ class DesktopRun(QObject):
         iface.setActiveLayer(layer)
         layer.selectAll()
         self.report["photo_layer"] = {"name": layer.name(), "selected": layer.selectedFeatureCount()}
+        if BROWSER_DIR:
+            iface.browserModel().addFavoriteDirectory(BROWSER_DIR)
+            self.log(f"added {BROWSER_DIR} to the Browser's Favorites")
+            self.state = self.select_in_browser
+        else:
+            self.click_geolocate()
+
+    def browser_view(self):
+        """The real Browser dock's tree view (sip wraps the C++ QgsDockBrowserTreeView as a QTreeView)."""
+        from qgis.PyQt.QtWidgets import QTreeView
+
+        for view in iface.mainWindow().findChildren(QTreeView):
+            if view.metaObject().className() == "QgsDockBrowserTreeView":
+                return view
+        return None
+
+    def select_in_browser(self):
+        """Expand Favorites > the photo folder in the dock, then select BROWSER_FILES through its selection model."""
+        from qgis.core import QgsBrowserModel
+        from qgis.PyQt.QtCore import QItemSelectionModel
+
+        view = self.browser_view()
+        if view is None:
+            raise RuntimeError("no Browser dock view (QgsDockBrowserTreeView) in the main window")
+        dock = view.parent()
+        while dock is not None and not dock.inherits("QDockWidget"):
+            dock = dock.parent()
+        if dock is not None and not dock.isVisible():
+            dock.show()
+        proxy = view.model()
+
+        def child_with_path(parent, *paths):
+            for row in range(proxy.rowCount(parent)):
+                index = proxy.index(row, 0, parent)
+                if proxy.data(index, QgsBrowserModel.PathRole) in paths:
+                    return index
+            return None
+
+        favourites = child_with_path(view.rootIndex(), "favorites:")
+        if favourites is None:
+            return
+        view.expand(favourites)
+        if proxy.canFetchMore(favourites):
+            proxy.fetchMore(favourites)
+        folder = None  # 3.22 names a favourite "favorites:/|work|main|samples" and shows the folder's path
+        for row in range(proxy.rowCount(favourites)):
+            index = proxy.index(row, 0, favourites)
+            path = str(proxy.data(index, QgsBrowserModel.PathRole) or "")
+            if BROWSER_DIR in (path, proxy.data(index, Qt.DisplayRole)) or path.endswith(BROWSER_DIR.replace("/", "|")):
+                folder = index
+        self.report["browser_favourites"] = [str(proxy.data(proxy.index(r, 0, favourites), QgsBrowserModel.PathRole))
+                                             for r in range(proxy.rowCount(favourites))]
+        if folder is None:
+            return
+        view.expand(folder)
+        if proxy.canFetchMore(folder):
+            proxy.fetchMore(folder)
+        wanted = [os.path.join(BROWSER_DIR, name) for name in BROWSER_FILES]
+        rows = [child_with_path(folder, path) for path in wanted]
+        if any(row is None for row in rows):
+            return  # the folder's children are still being listed
+        selection = view.selectionModel()
+        selection.clearSelection()
+        for row in rows:
+            selection.select(row, QItemSelectionModel.Select | QItemSelectionModel.Rows)
+        view.scrollTo(rows[-1])
+        self.report["browser"] = {
+            "view_class": view.metaObject().className(),
+            "model_class": proxy.metaObject().className(),
+            "selected": sorted(proxy.data(i, QgsBrowserModel.PathRole) for i in selection.selectedRows()),
+            "children": proxy.rowCount(folder),
+            "plugin_sees": sorted(self.plugin_sources().browser_selected_paths(iface.mainWindow())),
+        }
+        self.log(f"selected {len(rows)} photos in the Browser dock")
+        self.click_geolocate()
+
+    def plugin_sources(self):
+        return sys.modules[type(self.plugin).__module__.rsplit(".", 1)[0] + ".sources"]
+
+    def click_geolocate(self):
+        plugin = self.plugin
         button = self.toolbar_button(plugin.action_geolocate)
         self.report["toolbar_button"] = {"found": button is not None, "tooltip": button.toolTip() if button else ""}
         if button is None:
             raise RuntimeError("no toolbar button for GeoPlonk's action")
-        self.log(f"clicking the toolbar button ({layer.selectedFeatureCount()} photos selected)")
+        self.log("clicking the toolbar button")
         self.clicked_at = time.monotonic()
+        plugin.choose_files = self.file_dialog_opened  # the file dialog must not open
         QTest.mouseClick(button, Qt.LeftButton)
         self.state = self.wait_for_results
+
+    def file_dialog_opened(self):
+        self.report["errors"].append("the file dialog opened although photos were selected in the Browser")
+        return []
 
     @staticmethod
     def toolbar_button(action):
@@ -105,6 +195,7 @@ class DesktopRun(QObject):
             "seconds": report.seconds,
             "error": report.error_title,
             "error_text": report.error_text,
+            "paths": list(getattr(self.plugin.task, "paths", [])),
         }
         self.report["timings"] = {
             "click_to_first_layer_s": (self.first_group_at or time.monotonic()) - self.clicked_at,
@@ -112,7 +203,14 @@ class DesktopRun(QObject):
         }
         self.log(f"task done: {report.ok} ok, {report.failed} failed {report.error_title}")
         if self.result_groups():
-            self.plugin.zoom_to_result()
+            self.plugin.zoom_to_result()  # the analyst's button; then out to all the results, for the screenshot
+            layers = sys.modules[type(self.plugin).__module__.rsplit(".", 1)[0] + ".layers"]
+            extent = None
+            for group in self.result_groups():
+                box = layers.group_extent(group)
+                extent = box if extent is None else extent.combineExtentWith(box) or extent
+            extent.scale(1.4)  # room for the labels at the edges
+            iface.mapCanvas().setExtent(extent)
         iface.mapCanvas().refreshAllLayers()
         self.render_started = time.monotonic()
         self.state = self.wait_for_render
@@ -150,6 +248,9 @@ class DesktopRun(QObject):
                 layer = node.layer()
                 entry = {
                     "name": node.name(),
+                    "role": str(layer.customProperty("geoplonk/role", "")) if layer else "",
+                    "map_tip": layer.mapTipTemplate() if layer and hasattr(layer, "mapTipTemplate") else "",
+                    "labels": bool(layer and hasattr(layer, "labelsEnabled") and layer.labelsEnabled()),
                     "visible": node.isVisible(),
                     "valid": bool(layer and layer.isValid()),
                     "source": layer.source() if layer else "",
@@ -163,12 +264,24 @@ class DesktopRun(QObject):
                     ramp = shader.sourceColorRamp()
                     if ramp is not None:
                         entry["ramp_samples"] = [ramp.color(i / 63).name() for i in range(64)]
-                if node.name() == "Credible regions" and layer is not None:
+                if entry["role"] == "credible regions" and layer is not None:
                     symbols = layer.renderer().symbols(QgsRenderContext())
                     entry["outline_colours"] = sorted({s.symbolLayer(0).strokeColor().name() for s in symbols})
                 children.append(entry)
-            groups.append({"name": group.name(), "visible": group.isVisible(), "layers": children})
+            groups.append({"name": group.name(), "photo": group.name().split(" · ")[0], "visible": group.isVisible(),
+                           "layers": children})
         self.report["groups"] = groups
+        labelling = {}
+        for group in self.result_groups()[:1]:
+            for node in group.findLayers():
+                layer = node.layer()
+                if layer is not None and hasattr(layer, "labelsEnabled") and layer.labelsEnabled():
+                    settings = layer.labeling().settings()
+                    labelling[str(layer.customProperty("geoplonk/role", ""))] = {
+                        "priority": settings.priority, "display_all": settings.displayAll,
+                        "placement": int(settings.placement), "expression": settings.fieldName,
+                    }
+        self.report["labelling"] = labelling
         view = iface.layerTreeView()
         model = view.model()
         rows = []
@@ -178,6 +291,11 @@ class DesktopRun(QObject):
             rows.append({"text": model.data(index, Qt.DisplayRole), "shown": view.isVisible() and rect.isValid()})
         self.report["layers_panel"] = {"visible": view.isVisible(), "rows": rows}
         self.report["canvas_layers"] = [layer.name() for layer in canvas.layers()]
+        self.report["tree_order"] = [node.name() for node in QgsProject.instance().layerTreeRoot().children()]
+        self.report["basemap"] = [
+            {"name": layer.name(), "source": layer.source(), "valid": layer.isValid()}
+            for layer in QgsProject.instance().mapLayers().values() if layer.customProperty("geoplonk/basemap")
+        ]
 
     def finish(self):
         self.timer.stop()

@@ -20,7 +20,9 @@ from plugin_install import ROOT, build_plugin_zip, make_profile, qgis_env
 SCRIPT = Path(__file__).with_name("desktop_script.py")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TIMEOUT_S = 300
-PHOTOS = ("harbour.jpg", "forest.tif")
+LAYER_PHOTOS = ("harbour.jpg", "forest.tif")  # the active layer's selected features: the Browser selection wins
+SAMPLES = ROOT / "samples"
+PHOTOS = ("himalaya.jpg", "nile_delta.jpg")  # selected in the real Browser dock, among the seven samples
 
 
 def make_photo_layer(path: Path, photos: list[Path]) -> Path:
@@ -59,7 +61,9 @@ def desktop(geoplonk_server, photo_dir, tmp_path_factory):
     env = qgis_env(tmp / "home")
     env.pop("QT_QPA_PLATFORM", None)  # a real (virtual) X screen this time
     env.update(
-        GEOPLONK_DESKTOP_LAYER=str(make_photo_layer(tmp / "photos.gpkg", [photo_dir / p for p in PHOTOS])),
+        GEOPLONK_DESKTOP_LAYER=str(make_photo_layer(tmp / "photos.gpkg", [photo_dir / p for p in LAYER_PHOTOS])),
+        GEOPLONK_DESKTOP_BROWSER_DIR=str(SAMPLES),
+        GEOPLONK_DESKTOP_BROWSER_FILES=",".join(PHOTOS),
         GEOPLONK_DESKTOP_OUT=str(out),
         GEOPLONK_DESKTOP_TIMEOUT=str(TIMEOUT_S),
     )
@@ -125,25 +129,40 @@ def test_qgis_exits_by_itself(desktop):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def test_photos_selected_in_the_real_browser_dock_and_only_they_are_geolocated(desktop):
+    _, report, _ = desktop
+    browser = report["browser"]
+    assert browser["view_class"] == "QgsDockBrowserTreeView", browser  # the dock's own view, not a stand-in
+    assert browser["children"] >= len(list(SAMPLES.glob("*.jpg")))
+    wanted = sorted(str(SAMPLES / p) for p in PHOTOS)
+    assert browser["selected"] == wanted and browser["plugin_sees"] == wanted, browser
+    assert report["photo_layer"]["selected"] == len(LAYER_PHOTOS)  # selected features too, yet ignored
+    assert sorted(report["task"]["paths"]) == wanted, report["task"]
+    assert sorted(g["photo"] for g in report["groups"]) == sorted(PHOTOS)
+
+
 def test_button_click_puts_styled_groups_in_the_layers_panel(desktop):
     _, report, _ = desktop
     assert report["toolbar_button"]["found"]
-    assert report["photo_layer"]["selected"] == len(PHOTOS)
     assert report["task"]["ok"] == len(PHOTOS) and report["task"]["failed"] == 0, report["task"]
-    groups = {g["name"]: g for g in report["groups"]}
+    groups = {g["photo"]: g for g in report["groups"]}
     assert set(groups) == set(PHOTOS)
-    for group in groups.values():
+    for photo, group in groups.items():
         assert group["visible"]
-        by_name = {layer["name"]: layer for layer in group["layers"]}
+        assert group["name"] == f"{photo} · earth-tiles"  # the model that placed it
+        by_role = {layer["role"]: layer for layer in group["layers"]}
         assert all(layer["valid"] for layer in group["layers"])
-        density = by_name["Probability density"]
+        stem = Path(photo).stem
+        assert all(layer["name"] == f"{stem}: {layer['role']}" for layer in group["layers"])  # "nile_delta: ..."
+        density = by_role["probability"]
         assert density["visible"] and density["renderer"] == "singlebandpseudocolor"
-        assert by_name["Credible regions"]["visible"] and by_name["Credible regions"]["features"] >= 1
-        assert by_name["Top places"]["visible"]
-        assert not by_name["Samples"]["visible"]  # hidden by default
+        assert by_role["credible regions"]["visible"] and by_role["credible regions"]["features"] >= 1
+        assert by_role["top places"]["visible"]
+        assert not by_role["samples"]["visible"]  # hidden by default
+        assert "Model: earth-tiles" in by_role["top places"]["map_tip"]
     panel = report["layers_panel"]
     shown = [row["text"] for row in panel["rows"] if row["shown"]]
-    assert panel["visible"] and set(PHOTOS) <= set(shown), panel
+    assert panel["visible"] and {groups[p]["name"] for p in PHOTOS} <= set(shown), panel
     print("click-to-layer timings (s):", report["timings"])
 
 
@@ -152,14 +171,31 @@ def test_screenshot_shows_the_raster_and_the_credible_regions(desktop):
     assert report["screenshot_saved"] and screenshot.is_file()
     canvas = image_pixels(screenshot, report["canvas_rect"])
     assert canvas.shape[0] > 300 and canvas.shape[1] > 300, canvas.shape
-    density = next(layer for g in report["groups"] for layer in g["layers"] if layer["name"] == "Probability density")
+    density = next(layer for g in report["groups"] for layer in g["layers"] if layer["role"] == "probability")
     # The ramp's colours, less the ones a white canvas or grey widgets could supply on their own.
     ramp = [c for c in density["ramp_samples"] + density["ramp_colours"] if max(c[1:3], c[3:5], c[5:7]) < "e0"]
     ramp = [over_white(c, density.get("opacity", 1.0)) for c in ramp]  # the layer is drawn translucent
     raster_px = count_near(canvas, ramp, tolerance=20)  # 64 ramp samples: rendered colours fall between them
     assert raster_px > 0.02 * canvas.shape[0] * canvas.shape[1], f"only {raster_px} raster-coloured pixels"
-    regions = next(layer for g in report["groups"] for layer in g["layers"] if layer["name"] == "Credible regions")
+    regions = next(layer for g in report["groups"] for layer in g["layers"] if layer["role"] == "credible regions")
     outline = [c for c in regions["outline_colours"] if c != "#ffffff"]
     assert outline, regions
     outline_px = count_near(canvas, outline, tolerance=30)
     assert outline_px > 100, f"only {outline_px} pixels of the credible region outlines {outline}"
+
+
+def test_an_offline_basemap_lies_under_the_results(desktop):
+    _, report, _ = desktop
+    (basemap,) = report["basemap"]
+    assert basemap["valid"] and basemap["source"].split("|")[0].endswith("resources/data/world_map.gpkg")
+    assert report["tree_order"][-1] == basemap["name"]  # the bottom of the layer tree: drawn under the results
+    assert basemap["name"] in report["canvas_layers"]
+
+
+def test_labels_of_both_results_use_placement_and_priority(desktop):
+    _, report, _ = desktop
+    labelling = report["labelling"]
+    assert labelling["best guess"]["priority"] > labelling["top places"]["priority"] > labelling["credible regions"][
+        "priority"]
+    assert not labelling["top places"]["display_all"]  # overlapping labels are dropped, not piled up
+    assert "within 100 km" in labelling["top places"]["expression"]

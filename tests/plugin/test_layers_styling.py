@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from qgis.core import QgsProject
@@ -40,7 +42,7 @@ def test_percent_labels(value, label):
 def test_output_folder_rules(tmp_path, qgis_new_project):  # noqa: ARG001
     assert layers.output_folder(str(tmp_path / "chosen")) == tmp_path / "chosen"
     project = QgsProject.instance()
-    assert layers.output_folder("").name == "geoplonk"  # unsaved project: a temporary folder
+    assert layers.output_folder("") == Path.home() / "GeoPlonk" / "results"  # unsaved project: a lasting folder
     project.setFileName(str(tmp_path / "study" / "case.qgz"))
     assert layers.output_folder("") == tmp_path / "study" / "geoplonk"
     project.setFileName("")

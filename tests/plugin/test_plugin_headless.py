@@ -25,12 +25,18 @@ from qgis_plugin.settings import Settings
 
 
 def result_groups(project: QgsProject) -> dict:
-    return {g.name(): g for g in project.layerTreeRoot().children() if g.customProperty(layers.GROUP_PROPERTY)}
+    """Result groups by the photo they are named after ("harbour.jpg · earth-tiles" -> "harbour.jpg")."""
+    return {layers.photo_of_group(g): g for g in project.layerTreeRoot().children()
+            if g.customProperty(layers.GROUP_PROPERTY)}
+
+
+def by_role(group) -> dict:
+    return {layers.layer_role(n.layer()): n for n in group.findLayers()}
 
 
 def assert_result_group(group) -> None:
     """The group holds a valid pseudocolor density raster, regions and places, with files on disk."""
-    by_name = {n.layer().name(): n for n in group.findLayers()}
+    by_name = by_role(group)
     assert {layers.DENSITY_NAME, layers.REGIONS_NAME, layers.PLACES_NAME, layers.SAMPLES_NAME} <= set(by_name)
     for node in by_name.values():
         layer = node.layer()
@@ -86,7 +92,7 @@ def test_file_dialog_source_end_to_end(plugin, plugin_settings, photos, wait_for
     assert set(groups) == {"harbour.jpg", "desert road.png"}
     for group in groups.values():
         assert_result_group(group)
-    assert project.layerTreeRoot().children()[0].name() in groups  # results go on top of the layer tree
+    assert layers.photo_of_group(project.layerTreeRoot().children()[0]) in groups  # results on top of the tree
     assert Path(plugin_settings.output_folder, "harbour.tif").is_file()
 
     image = render_canvas(qtbot, qgis_canvas, project, plugin)
@@ -291,7 +297,7 @@ def test_project_reopens_with_the_same_styled_layers(plugin, plugin_settings, ph
     assert after == before
     (group,) = result_groups(project).values()
     assert_result_group(group)
-    density = next(n.layer() for n in group.findLayers() if n.layer().name() == layers.DENSITY_NAME)
+    density = next(n.layer() for n in group.findLayers() if layers.layer_role(n.layer()) == layers.DENSITY_NAME)
     assert "harbour" in density.source()
 
 
@@ -299,7 +305,7 @@ def test_map_tip_shows_thumbnail_localizability_and_best_guess(plugin, plugin_se
     plugin.choose_files = lambda: photos[:1]
     assert run_action(plugin, plugin.action_geolocate, wait_for_task).ok == 1
     (group,) = result_groups(QgsProject.instance()).values()
-    places = next(n.layer() for n in group.findLayers() if n.layer().name() == layers.PLACES_NAME)
+    places = next(n.layer() for n in group.findLayers() if layers.layer_role(n.layer()) == layers.PLACES_NAME)
     tip = places.mapTipTemplate()
     assert Path(photos[0]).name in tip and "<img src=\"file://" in tip
     assert "Localizability" in tip and "Best guess" in tip
@@ -323,7 +329,7 @@ def test_exif_position_shown_with_its_error(plugin, plugin_settings, photo_dir, 
 
     assert run_action(plugin, plugin.action_geolocate, wait_for_task).ok == 1
     (group,) = result_groups(QgsProject.instance()).values()
-    exif_layer = next(n.layer() for n in group.findLayers() if n.layer().name() == layers.EXIF_NAME)
+    exif_layer = next(n.layer() for n in group.findLayers() if layers.layer_role(n.layer()) == layers.EXIF_NAME)
     (feature,) = list(exif_layer.getFeatures())
     point = feature.geometry().asPoint()
     assert (point.y(), point.x()) == pytest.approx((48.8584, 2.2945), abs=1e-3)

@@ -154,7 +154,7 @@ def test_folder_run_writes_rasters_and_merged_best_guesses(provider, plugin_sett
         assert -90 <= row["lat"] <= 90 and -180 <= row["lon"] <= 180
         assert row["_xy"] == pytest.approx((row["lon"], row["lat"]))
         assert math.isfinite(row["localizability"])
-        assert 0 < row["top_probability"] <= 1
+        assert 0 <= row["top_p_within_100km"] <= row["top_p_within_500km"] <= 1 and 0 < row["top_basin_share"] <= 1
         assert row["geotiff"] in result["RASTERS"]
         summary = json.loads((out / (row["geotiff"].rsplit("/", 1)[-1][:-4] + ".json")).read_text())
         assert row["lat"] == pytest.approx(summary["best_guess"]["lat"])
@@ -384,3 +384,68 @@ def test_qgis_process_runs_the_installed_plugin(photo_dir, tmp_path):
     # Nothing answered at the configured endpoint: the run used a server started with the configured command.
     used = [line for line in report["log"]["info"] if line.startswith("GeoPlonk server at tcp://127.0.0.1:")]
     assert used and configured not in used[0], report["log"]
+
+
+def readme_qgis_process_lines() -> list[str]:
+    """The shell lines of the README's qgis_process block (the one after its marker comment)."""
+    from plugin_install import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- qgis_process lines:", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_readme_qgis_process_lines_work_on_debian_12(photo_dir, tmp_path):
+    """The README's two lines, run as written by bash: enable the plugin installed from the zip (not enabled
+    yet), then run the algorithm with the start command from $GEOPLONK_SERVER_COMMAND and no GeoPlonk settings
+    in QGIS3.ini.  `$HOME/geoplonk` is this repository; `samples` holds the test photos."""
+    import zipfile
+
+    from plugin_install import ROOT
+
+    lines = readme_qgis_process_lines()
+    assert len(lines) == 3 and lines[1] == "qgis_process.bin plugins enable geoplonk"
+    assert "qgis_process.bin run geoplonk:geolocatephotos" in lines[2] and "GEOPLONK_SERVER_COMMAND=" in lines[2]
+    home = tmp_path / "home"
+    env = qgis_env(home)
+    env.pop("QT_QPA_PLATFORM", None)
+    env.pop("GEOPLONK_SERVER_COMMAND", None)  # only the README line's own
+    env.pop("QGIS_CUSTOM_CONFIG_PATH", None)
+    (home / "geoplonk").symlink_to(ROOT)
+    profile = home / "xdg_data_home" / "QGIS" / "QGIS3" / "profiles" / "default"
+    plugins = profile / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    with zipfile.ZipFile(build_plugin_zip(tmp_path / "geoplonk.zip")) as zf:  # what "Install from ZIP" unpacks
+        zf.extractall(plugins)
+    ini = profile / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True)
+    ini.write_text("[qgis]\ncheckVersion=false\nallowVersionCheck=false\n", encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "samples").symlink_to(photo_dir)
+
+    enable = subprocess.run(["bash", "-e", "-c", "\n".join(lines[:2])], cwd=work, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert enable.returncode == 0, enable.stdout[-2000:] + enable.stderr[-2000:]
+    assert "geoplonk=true" in ini.read_text().replace(" ", "")
+    run = subprocess.run(["bash", "-e", "-c", "\n".join([lines[0], lines[2]])], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = work / "geoplonk-results"
+    assert sorted(p.name for p in out.glob("*.tif")) == ["desert_road.tif", "forest.tif", "harbour.tif"], run.stdout
+    assert "[geoplonk]" not in ini.read_text()  # nothing was configured in the ini
+
+
+def test_debian_qgis_process_wrapper_is_what_the_readme_avoids():
+    """Debian's /usr/bin/qgis_process passes $QGIS_OPTS (--noversioncheck), which 3.22's program refuses: the
+    reason the README calls qgis_process.bin."""
+    import os
+
+    if not os.path.exists("/etc/default/qgis") or "noversioncheck" not in open("/etc/default/qgis").read():
+        pytest.skip("not Debian's qgis wrapper")
+    wrapped = subprocess.run(["qgis_process", "--version"], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    direct = subprocess.run(["qgis_process.bin", "--version"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert direct.returncode == 0 and "QGIS" in direct.stdout
+    assert wrapped.returncode != 0 or "noversioncheck" in wrapped.stdout + wrapped.stderr

@@ -74,3 +74,17 @@ def test_locate_refuses_options_outside_the_protocols_ranges(tmp_path):
                          (["--levels", "0.5,1.5"], "probabilities in (0, 1)")):
         proc = locate("x.jpg", "--out", str(tmp_path), *args)
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+
+
+def test_locate_sends_levels_top_k_and_solver(endpoint, tmp_path):
+    photo = tmp_path / "quay.jpg"
+    photo.write_bytes(jpeg_bytes(34))
+    out = tmp_path / "out"
+    proc = locate(str(photo), "--out", str(out), "--endpoint", endpoint, *fast_args(),
+                  "--levels", "0.6,0.95", "--top-k", "2", "--solver", "heun")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "quay.json").read_text())
+    assert summary["options"]["levels"] == [0.6, 0.95]
+    assert (summary["options"]["top_k"], summary["options"]["solver"]) == (2, "heun")
+    assert [r["level"] for r in summary["credible_regions"]] == [0.6, 0.95]
+    assert 1 <= len(summary["top_places"]) <= 2

@@ -242,3 +242,31 @@ def test_a_lone_mode_holds_at_most_all_the_mass():
         samples = latlon_to_xyz(np.clip(lat + rng.normal(0, 10, 64), -89.9, 89.9), lon + rng.normal(0, 10, 64))
         modes = find_modes(kde_raster(samples, Grid.global_grid(0.25)), top_k=3)
         assert all(0 < m.probability <= 1.0 for m in modes)
+
+
+def test_cropped_and_coarse_geotiffs_are_tiled_with_overviews():
+    """Issue 22 (6): the contract says tiled with overviews; a cropped raster (and any under 256 cells) had neither."""
+    from rasterio.io import MemoryFile
+
+    from model_server.products.geotiff import geotiff_bytes
+
+    for grid, overviews in [(Grid.global_grid(0.25).window(100, 140, 200, 260), [2, 4]),  # 60 x 40 cropped
+                            (Grid.global_grid(1.0), [2, 4, 8, 16]),  # 360 x 180
+                            (Grid.global_grid(0.25), [2, 4, 8, 16])]:
+        data = np.random.default_rng(0).random((grid.height, grid.width)) / (grid.height * grid.width)
+        with MemoryFile(geotiff_bytes(data, grid)) as mem, mem.open() as src:
+            assert src.profile["tiled"], grid
+            assert src.block_shapes[0][0] % 16 == 0
+            assert src.overviews(1) == overviews
+
+
+def test_geopackage_bytes_do_not_depend_on_the_clock():
+    """Issue 22 (6): GeoPackage bytes differed between identical runs (GDAL's last_change timestamp)."""
+    import time
+
+    from model_server.products.geopackage import geopackage_bytes, points_layer
+
+    layers = [points_layer("samples", [1.0, 2.0], [3.0, 4.0])]
+    first = geopackage_bytes(layers)
+    time.sleep(1.1)
+    assert geopackage_bytes(layers) == first

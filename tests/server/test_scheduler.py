@@ -35,3 +35,57 @@ def test_remove_returns_the_queued_photos():
     assert q.get(timeout=0) is None
     q.close()
     assert q.get(timeout=None) is None
+
+
+def test_fair_per_photo_not_per_request():
+    """Issue 22 (4): a client sending 4-photo requests got 28 of 63 photos while three 1-photo clients
+    got 5-6 each.  Closed loop: each client keeps one request queued, and sends the next when it is served."""
+    q = FairQueue()
+    sizes = {b"A": 4, b"B": 1, b"C": 1, b"D": 1}
+    served = dict.fromkeys(sizes, 0)
+    sent = dict.fromkeys(sizes, 0)
+
+    def send(client: bytes) -> None:
+        sent[client] += 1
+        q.put(request(client, f"{client.decode()}{sent[client]}", sizes[client]), batch_size=8)
+
+    for client in sizes:
+        send(client)
+    photos = 0
+    while photos < 64:
+        unit = q.get(timeout=0)
+        q.unit_finished(unit.request)
+        served[unit.request.client] += len(unit.indices)
+        photos += len(unit.indices)
+        if unit.request.units_left == 0:
+            send(unit.request.client)
+    assert served[b"A"] <= 20, served  # was 36 of 64 (one 4-photo unit per round of 1-photo units)
+    assert min(served[c] for c in (b"B", b"C", b"D")) >= 14, served
+
+
+def test_a_client_back_from_idle_gets_no_credit():
+    q = FairQueue()
+    q.put(request(b"A", "a1", 1), batch_size=8)
+    q.unit_finished(q.get(timeout=0).request)
+    busy = request(b"B", "b", 40)
+    q.put(busy, batch_size=1)
+    for _ in range(20):  # B alone for a while
+        q.unit_finished(q.get(timeout=0).request)
+    q.put(request(b"A", "a2", 30), batch_size=1)
+    order = [q.get(timeout=0).request.client for _ in range(6)]
+    assert order.count(b"A") == 3 and order.count(b"B") == 3, order  # alternate, A does not take 19 in a row
+
+
+def test_many_samples_make_smaller_units():
+    """Issue 22 (4): a unit's memory is bounded: photos x samples <= MAX_UNIT_SAMPLES (at least one photo)."""
+    from geoplonk_service.protocol import MAX_UNIT_SAMPLES
+
+    for samples, expected in [(1024, [3, 3, 3, 1]), (MAX_UNIT_SAMPLES // 2, [2, 2, 2, 2, 2]),
+                              (MAX_UNIT_SAMPLES, [1] * 10)]:
+        q = FairQueue()
+        req = Request([b"A"], "r", [str(i) for i in range(10)], [b""] * 10, {"samples": samples})
+        q.put(req, batch_size=3)
+        sizes = []
+        while (unit := q.get(timeout=0)) is not None:
+            sizes.append(len(unit.indices))
+        assert sizes == expected
