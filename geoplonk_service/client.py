@@ -399,9 +399,11 @@ class GeoPlonkClient:
             answered = True
             last_heard = time.monotonic()
             if msg.type == P.PROGRESS:
-                heartbeat = msg.fields.get("heartbeat_s")
+                heartbeat, lease = msg.fields.get("heartbeat_s"), msg.fields.get("lease_s")
                 if _is_number(heartbeat) and heartbeat > 0 and "lease_s" in msg.fields:
                     renew_every = min(float(heartbeat), P.HEARTBEAT_S * 5)
+                    if _is_number(lease) and lease > 0:
+                        renew_every = min(renew_every, float(lease) / 3)
                     next_renew = min(next_renew, time.monotonic() + renew_every)
                 on_progress(msg.fields)
             elif msg.type == P.RESULT:
@@ -416,6 +418,9 @@ class GeoPlonkClient:
                     unanswered(P.E_INTERNAL, "no result from the server", P.STATUS_FAILED)
                 return cancel_sent
             elif msg.type == P.ERROR:
+                if cancel_sent:  # e.g. "busy" or "no such request" crossing our cancel: the outcome is a cancel
+                    unanswered(P.E_CANCELLED, "cancelled", P.STATUS_CANCELLED)
+                    return True
                 raise ServerError(msg.fields.get("code", P.E_INTERNAL), msg.fields.get("message", ""))
 
     def _give_up(self, request_id: str) -> None:

@@ -77,8 +77,23 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> Path:
     return path
 
 
-def current_umask() -> int:
-    """The process's umask (read by setting it and restoring it at once)."""
+def _umask_by_setting() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# Setting and restoring the umask changes it for every thread for a moment: do it once, at import.
+_UMASK_AT_IMPORT = _umask_by_setting()
+
+
+def current_umask() -> int:
+    """The process's umask: from /proc where the kernel shows it (no side effect), else as it was at import."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT

@@ -115,7 +115,7 @@ def output_folder(configured: str = "", project: QgsProject | None = None) -> Pa
     """Where results go: the configured folder, else `<project folder>/geoplonk` when the project is saved,
     else `~/GeoPlonk/results` (never a temporary folder: a saved project's layers must find their files)."""
     if configured:
-        return Path(configured).expanduser()
+        return Path(configured).expanduser().resolve()
     project = project or QgsProject.instance()
     home = project.homePath() if project is not None else ""
     if home and project.fileName():

@@ -86,9 +86,11 @@ def no_photos_in_features(layer_name: str, field: str, skipped: dict[str, int]) 
 
 def saved_to(folder: str) -> str:
     """Where the results are, as a link the message bar opens."""
+    from html import escape
     from pathlib import Path
 
-    return f'Results saved in <a href="{Path(folder).as_uri()}">{folder}</a>'
+    path = Path(folder).expanduser().resolve()
+    return f'Results saved in <a href="{escape(path.as_uri())}">{escape(str(path))}</a>'
 
 
 def cancelled(ok: int, cancelled: int, failed: int) -> str:

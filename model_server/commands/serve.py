@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import ModelNotFoundError
     from ..server.app import Server, ServerConfig, install_signal_handlers
 
+    if args.lease is not None and args.lease <= 2 * max(0.05, args.heartbeat):
+        print(f"geoplonk serve: --lease {args.lease:g} must be more than two heartbeats "
+              f"(--heartbeat {args.heartbeat:g}): clients renew once a heartbeat", file=sys.stderr)
+        return 2
     bind = f"tcp://127.0.0.1:{args.port}" if args.port is not None else args.bind
     if args.port == 0:
         bind = "tcp://127.0.0.1:*"

@@ -74,7 +74,7 @@ def compute_products(
     timings["regions"] = time.perf_counter() - t
 
     t = stage("places")
-    modes = find_modes(raster, top_k)
+    modes = find_modes(raster, top_k, samples=samples)
     b_lat, b_lon = xyz_to_latlon(best_guess(guess_samples, resolution))
     best = (float(b_lat), float(b_lon))
     names = name_places([m.lat for m in modes] + [best[0]], [m.lon for m in modes] + [best[1]])

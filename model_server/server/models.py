@@ -156,5 +156,8 @@ def camera_exif(blob: bytes) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - no EXIF is no warning
         return {}
     if focal:
-        found["focal length"] = f"{float(focal):g} mm"
+        try:
+            found["focal length"] = f"{float(focal):g} mm"
+        except (TypeError, ValueError):  # a string or several rationals: still a camera's tag
+            found["focal length"] = str(focal)
     return {k: v for k, v in found.items() if v}

@@ -131,7 +131,11 @@ def _run(model, device, request_names, request_blobs, indices, options, emit, pe
             continue
         gps, exif_problem = exif_gps(request_blobs[i])
         exif[i] = (gps.lat, gps.lon) if gps is not None else None
-        warnings[i] = photo_warnings(model.name, getattr(model, "manifest", None), request_blobs[i], image.size)
+        try:
+            warnings[i] = photo_warnings(model.name, getattr(model, "manifest", None), request_blobs[i], image.size)
+        except Exception:  # noqa: BLE001 - a warning's own trouble must never fail the photo
+            log.exception("model-fit warnings of %s", request_names[i])
+            warnings[i] = []
         if exif_problem:  # out of range or unreadable GPS: never fails the photo, but says why it is ignored
             warnings[i].append(exif_problem)
         images.append(image)

@@ -190,7 +190,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(endpoint)
         command = QgsProcessingParameterString(
             self.SERVER_COMMAND,
-            self.tr("Command that starts a local server (empty: $GEOPLONK_SERVER_COMMAND, else GeoPlonk settings)"),
+            self.tr("Command that starts a local server (empty: GeoPlonk settings, else $GEOPLONK_SERVER_COMMAND)"),
             "",
             optional=True,
         )

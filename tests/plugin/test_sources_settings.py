@@ -101,3 +101,10 @@ def test_pyzmq_help_names_each_platform():
         title, text, details = messages.pyzmq_missing(platform)
         assert "pyzmq" in title and needle in text
         assert all(word in details for word in ("apt", "OSGeo4W", "QGIS.app"))
+
+
+def test_saved_to_links_a_relative_or_odd_folder_without_raising(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = messages.saved_to("results & more")
+    assert (tmp_path / "results & more").as_uri() in text.replace("&amp;", "&")
+    assert "results &amp; more</a>" in text

@@ -48,3 +48,13 @@ def test_overhead_model_warns_on_camera_exif_and_on_a_non_square_frame():
     assert "640 x 480" in shape_warning
     assert photo_warnings("earth-tiles", manifest, jpeg((224, 224)), (224, 224)) == []  # a tile: no warning
     assert len(photo_warnings("earth-tiles", manifest, jpeg((640, 480), camera()), (640, 480))) == 2
+
+
+def test_a_focal_length_that_is_not_a_number_is_still_read_and_never_raises():
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"  # Make
+    exif.get_ifd(0x8769)[0x920A] = "abc"  # FocalLength as text: seen in the wild
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(out, "JPEG", exif=exif)
+    found = camera_exif(out.getvalue())
+    assert found["make"] == "PhoneMaker" and found["focal length"] == "abc"

@@ -23,19 +23,29 @@ def test_a_broad_lone_mode_holds_all_the_mass_but_little_of_it_is_near_the_place
     rng = np.random.default_rng(3)
     samples = spread(rng, 28, 30, 6.0, 800)  # one basin about 1,300 km across
     raster = kde_raster(samples, Grid.global_grid(0.5))
-    (top, *_) = find_modes(raster, top_k=3)
+    (top, *_) = find_modes(raster, top_k=3, samples=samples)
     assert top.basin_share > 0.5  # the old, misleading "59 %"
     assert top.within[100.0] < 0.1 * top.basin_share  # what lies near the place: far less
     assert top.within[100.0] < top.within[500.0] < top.basin_share
-    assert top.within[100.0] == mass_within(raster, top.lat, top.lon, (100.0,))[100.0]
+    assert top.within[100.0] == mass_within(samples, top.lat, top.lon, (100.0,))[100.0]
 
 
 def test_within_grows_with_the_radius_and_covers_a_tight_cluster():
     rng = np.random.default_rng(4)
-    raster = kde_raster(spread(rng, -10, 120, 0.2, 600), Grid.global_grid(0.25))
-    probs = mass_within(raster, -10, 120, (50.0, 100.0, 500.0, 20000.0))
+    probs = mass_within(spread(rng, -10, 120, 0.2, 600), -10, 120, (50.0, 100.0, 500.0, 20000.0))
     assert probs[50.0] <= probs[100.0] <= probs[500.0] <= probs[20000.0]
     assert probs[500.0] > 0.95 and abs(probs[20000.0] - 1.0) < 1e-6
+
+
+def test_within_does_not_depend_on_the_raster_resolution():
+    rng = np.random.default_rng(6)
+    samples = spread(rng, 40, 10, 3.0, 2000)
+    per_resolution = []
+    for resolution in (0.25, 1.0, 5.0, 10.0):
+        (top, *_) = find_modes(kde_raster(samples, Grid.global_grid(resolution)), top_k=1, samples=samples)
+        per_resolution.append(mass_within(samples, 40, 10)[500.0])
+        assert 0 < top.within[100.0] < top.within[500.0] < 1
+    assert max(per_resolution) == min(per_resolution) and 0.3 < per_resolution[0] < 0.8
 
 
 def test_summary_and_geopackage_name_the_radius_and_the_basin_share():
