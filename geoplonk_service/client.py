@@ -117,10 +117,6 @@ def _result_from_message(msg: P.Message, index: int) -> PhotoResult:
     )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def plan_batches(
     sizes: list[int], max_images: int = P.MAX_IMAGES_PER_REQUEST, max_bytes: int = P.MAX_MESSAGE_BYTES
 ) -> list[list[int]]:
@@ -314,7 +310,7 @@ class GeoPlonkClient:
                 index, done, total = out.get("index"), out.get("done"), out.get("total")
                 if isinstance(index, int) and 0 <= index < len(images):
                     out["index"] = images[index][0]
-                part = done / total if _is_number(done) and _is_number(total) and total > 0 else 0.0
+                part = done / total if P.is_number(done) and P.is_number(total) and total > 0 else 0.0
                 out["fraction"] = (done_before + min(max(part, 0.0), 1.0) * len(images)) / len(photos)
                 if on_progress is not None:
                     on_progress(out)
@@ -384,7 +380,7 @@ class GeoPlonkClient:
                     raise ServerError(P.E_BUSY, str(msg.fields.get("message", "")))
                 hint = msg.fields.get("retry_after_s")
                 delay = min(BUSY_MAX_S, BUSY_FIRST_S * 2 ** busy_waits)
-                delay = max(delay, float(hint) if _is_number(hint) and 0 < hint <= BUSY_MAX_S else 0.0)
+                delay = max(delay, float(hint) if P.is_number(hint) and 0 < hint <= BUSY_MAX_S else 0.0)
                 busy_waits += 1
                 self.busy_retries += 1
                 wake = now + delay * random.uniform(0.75, 1.25)
@@ -400,9 +396,9 @@ class GeoPlonkClient:
             last_heard = time.monotonic()
             if msg.type == P.PROGRESS:
                 heartbeat, lease = msg.fields.get("heartbeat_s"), msg.fields.get("lease_s")
-                if _is_number(heartbeat) and heartbeat > 0 and "lease_s" in msg.fields:
+                if P.is_number(heartbeat) and heartbeat > 0 and "lease_s" in msg.fields:
                     renew_every = min(float(heartbeat), P.HEARTBEAT_S * 5)
-                    if _is_number(lease) and lease > 0:
+                    if P.is_number(lease) and lease > 0:
                         renew_every = min(renew_every, float(lease) / 3)
                     next_renew = min(next_renew, time.monotonic() + renew_every)
                 on_progress(msg.fields)

@@ -74,6 +74,11 @@ SOLVERS = ("euler", "heun")
 PRECISIONS = ("bf16", "fp32")
 
 
+def is_number(value: Any) -> bool:
+    """A JSON number: int or float, and not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class NumberOption:
     """A numeric `geolocate` option: its type, default and inclusive range, for validators and forms alike."""
@@ -86,7 +91,7 @@ class NumberOption:
     label: str
 
     def accepts(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             return False
         if self.kind is int and not isinstance(value, int):
             return False
@@ -103,11 +108,14 @@ class NumberOption:
 # Processing's parameters and the command line take their ranges and defaults from them.
 SAMPLES = NumberOption("samples", int, 1024, 16, 65536, "Samples drawn from the distribution")
 STEPS = NumberOption("steps", int, 32, 1, 1000, "ODE solver steps")
-# Guidance w of the distribution; None: the model's calibrated w (0 if it has none). The best guess uses 2.0.
+# Guidance w of the distribution; None: the model's calibrated w (0 if it has none).
 CFG = NumberOption("cfg", float, None, -1.0, 20.0, "Guidance w of the distribution")
 RESOLUTION = NumberOption("resolution", float, 0.25, 0.05, 10.0, "Raster cell size (degrees)")
 TOP_K = NumberOption("top_k", int, 5, 1, 50, "Top places reported")
 SEED = NumberOption("seed", int, 0, 0, 2**63 - 1, "Random seed")
+# A result's best guess is picked among GUESS_SAMPLES draws at guidance GUESS_CFG (not options: fixed).
+GUESS_SAMPLES = 256
+GUESS_CFG = 2.0
 NUMBER_OPTIONS = {o.name: o for o in (SAMPLES, STEPS, CFG, RESOLUTION, TOP_K, SEED)}
 MAX_LEVELS = 8
 # Work bounds of one photo, beyond the options' own ranges.  The density raster evaluates every sample's
@@ -258,9 +266,6 @@ def validate_options(options: Any) -> dict[str, Any]:
         if not ok:
             raise ProtocolError(f"option '{name}' must be {what}, got {merged[name]!r}", E_BAD_OPTION)
 
-    def is_num(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
     check("model", merged["model"] is None or isinstance(merged["model"], str), "a model name or null")
     for option in NUMBER_OPTIONS.values():
         value = merged[option.name]
@@ -273,7 +278,7 @@ def validate_options(options: Any) -> dict[str, Any]:
         "levels",
         isinstance(merged["levels"], list)
         and 0 < len(merged["levels"]) <= MAX_LEVELS
-        and all(is_num(v) and 0 < v < 1 for v in merged["levels"]),
+        and all(is_number(v) and 0 < v < 1 for v in merged["levels"]),
         f"a list of 1 to {MAX_LEVELS} probabilities in (0, 1)",
     )
     check("crop", isinstance(merged["crop"], bool), "true or false")

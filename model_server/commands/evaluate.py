@@ -27,8 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training set: adds the uniform and nearest-neighbour retrieval baselines")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N photos only")
     parser.add_argument("--samples", type=int, default=64, help="samples per photo for coverage / localizability")
-    parser.add_argument("--guess-samples", type=int, default=256, help="cfg=2 samples per photo for the best guess")
-    parser.add_argument("--cfg", type=float, default=2.0, help="guidance for the single guess")
+    parser.add_argument("--guess-samples", type=int, default=P.GUESS_SAMPLES,
+                        help="samples per photo at --cfg for the best guess (default: the server's, %(default)s)")
+    parser.add_argument("--cfg", type=float, default=P.GUESS_CFG,
+                        help="guidance of the best guess (default: the server's, %(default)s)")
     parser.add_argument("--distribution-cfg", type=float, default=None,
                         help="guidance w of the distribution (default: the model's calibrated w, 0 if none)")
     parser.add_argument("--steps", type=int, default=P.STEPS.default, help="sampler steps")

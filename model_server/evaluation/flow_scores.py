@@ -26,8 +26,8 @@ class FlowScoring:
     distribution at `distribution_cfg` from `samples` draws and the exact likelihood, `chunk` photos at a time."""
 
     distribution_cfg: float
-    cfg: float = 2.0
-    guess_samples: int = 256
+    cfg: float = P.GUESS_CFG
+    guess_samples: int = P.GUESS_SAMPLES
     samples: int = 64
     steps: int = P.STEPS.default
     precision: str = P.DEFAULT_OPTIONS["precision"]

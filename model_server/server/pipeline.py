@@ -28,9 +28,6 @@ from .models import photo_warnings
 log = logging.getLogger("geoplonk.server")
 
 Emit = Callable[..., None]
-# Samples at cfg 2 drawn for the single best guess (products.modes.best_guess picks it).
-GUESS_SAMPLES = 256
-GUESS_CFG = 2.0
 # Own samples whose exact log-density estimates localizability (the paper uses 1024).
 LOCALIZABILITY_SAMPLES = 64
 LOCALIZABILITY_STEPS = 16
@@ -173,14 +170,14 @@ def _run(model, device, request_names, request_blobs, indices, options, emit, pe
         n = options["samples"]
         x0 = start_points(n, options["seed"])
         kw = {"steps": options["steps"], "solver": options["solver"], "precision": precision}
-        m = min(GUESS_SAMPLES, n)
+        m = min(P.GUESS_SAMPLES, n)
         # Photo by photo, for the same reason as the embeddings: in fp32 the network's matmuls round
         # differently for a batch of photos than for one, and the samples must not depend on the batch.
         drawn, guessed = [], []
         for row in range(emb.shape[0]):
             one = emb[row : row + 1]
             drawn.append(sample(model.flow, one, n, cfg=options["cfg"], x0=x0, on_step=check, **kw))
-            guessed.append(sample(model.flow, one, m, cfg=GUESS_CFG, x0=x0[:m], on_step=check, **kw))
+            guessed.append(sample(model.flow, one, m, cfg=P.GUESS_CFG, x0=x0[:m], on_step=check, **kw))
         samples, guess = torch.cat(drawn), torch.cat(guessed)
     if cancel_rest():
         return

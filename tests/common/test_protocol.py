@@ -71,7 +71,7 @@ def test_result_ok_failed_cancelled():
         ([json.dumps({"v": 1, "type": "info", "id": "x" * 129}).encode()], P.E_MALFORMED),
         ([json.dumps({"v": 1, "type": "result", "id": "a"}).encode()], P.E_UNKNOWN_TYPE),
         ([b" " * (P.MAX_HEADER_BYTES + 1)], P.E_TOO_LARGE),
-        # issue 22: NaN/Infinity are not JSON, `v` is an integer (true == 1 in Python), a key given twice
+        # NaN/Infinity are not JSON, `v` is an integer (true == 1 in Python), a key given twice
         ([b'{"v":1,"type":"info","id":"a","x":NaN}'], P.E_MALFORMED),
         ([b'{"v":1,"type":"info","id":"a","x":[-Infinity]}'], P.E_MALFORMED),
         ([b'{"v":true,"type":"info","id":"a"}'], P.E_VERSION),

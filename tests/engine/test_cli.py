@@ -124,8 +124,8 @@ def test_clear_errors(tmp_path, model_dir):
 
 
 def test_a_published_folder_of_any_name_needs_no_encoder_for_embeddings(tmp_path, model_dir, net):
-    """Issue 22 (7): config.json + model.safetensors under a name that names no hub model, used with --embedding,
-    demanded a manifest; now only --image needs to know the encoder."""
+    """config.json + model.safetensors under a name that names no hub model loads with --embedding and no
+    manifest; only --image needs to know the encoder."""
     import shutil
 
     published = tmp_path / "my-checkpoint"

@@ -1,4 +1,4 @@
-"""Issue 20: the analyst's path through the widgets a person uses (toolbar action, settings dialog buttons,
+"""The analyst's path through the widgets a person uses (toolbar action, settings dialog buttons,
 message bar, Layers panel), in headless QGIS against a real `geoplonk serve`.  The Browser dock, the basemap
 and the label settings are checked in real desktop QGIS by test_desktop.py.
 """

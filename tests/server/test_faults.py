@@ -1,4 +1,4 @@
-"""Faults (issue 22): a client killed mid-request, a server stopped mid-batch, a full queue, odd framing, IPv6.
+"""Faults: a client killed mid-request, a server stopped mid-batch, a full queue, odd framing, IPv6.
 
 Each test starts its own server (tiny model, loopback only) with short heartbeats and leases, so that what
 is measured in seconds stays small; every wait is bounded.

@@ -1,4 +1,4 @@
-"""Load (issue 22): 8 clients x 25 requests in flight at once on one server, loopback only, tiny options.
+"""Load: 8 clients x 25 requests in flight at once on one server, loopback only, tiny options.
 
 Every request gets exactly its own replies (no reply lost, none crossed to another request or client), and
 the server's memory stays flat: its RSS (from /proc) after the load is within a generous bound of before.

@@ -1,4 +1,4 @@
-"""Model cards in `info`, and the warning when a photo is not the kind of view its model was made for (issue 20)."""
+"""Model cards in `info`, and the warning when a photo is not the kind of view its model was made for ."""
 
 from __future__ import annotations
 

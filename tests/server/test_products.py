@@ -245,7 +245,7 @@ def test_a_lone_mode_holds_at_most_all_the_mass():
 
 
 def test_cropped_and_coarse_geotiffs_are_tiled_with_overviews():
-    """Issue 22 (6): the contract says tiled with overviews; a cropped raster (and any under 256 cells) had neither."""
+    """The contract says tiled with overviews: cropped rasters and rasters under 256 cells too."""
     from rasterio.io import MemoryFile
 
     from model_server.products.geotiff import geotiff_bytes
@@ -261,7 +261,7 @@ def test_cropped_and_coarse_geotiffs_are_tiled_with_overviews():
 
 
 def test_geopackage_bytes_do_not_depend_on_the_clock():
-    """Issue 22 (6): GeoPackage bytes differed between identical runs (GDAL's last_change timestamp)."""
+    """Identical runs give identical GeoPackage bytes (GDAL's last_change timestamp is fixed)."""
     import time
 
     from model_server.products.geopackage import geopackage_bytes, points_layer

@@ -38,8 +38,8 @@ def test_remove_returns_the_queued_photos():
 
 
 def test_fair_per_photo_not_per_request():
-    """Issue 22 (4): a client sending 4-photo requests got 28 of 63 photos while three 1-photo clients
-    got 5-6 each.  Closed loop: each client keeps one request queued, and sends the next when it is served."""
+    """Fairness per photo, not per request: a client sending 4-photo requests gets no more photos than
+    1-photo clients.  Closed loop: each client keeps one request queued, and sends the next when it is served."""
     q = FairQueue()
     sizes = {b"A": 4, b"B": 1, b"C": 1, b"D": 1}
     served = dict.fromkeys(sizes, 0)
@@ -59,7 +59,7 @@ def test_fair_per_photo_not_per_request():
         photos += len(unit.indices)
         if unit.request.units_left == 0:
             send(unit.request.client)
-    assert served[b"A"] <= 20, served  # was 36 of 64 (one 4-photo unit per round of 1-photo units)
+    assert served[b"A"] <= 20, served
     assert min(served[c] for c in (b"B", b"C", b"D")) >= 14, served
 
 
@@ -77,7 +77,7 @@ def test_a_client_back_from_idle_gets_no_credit():
 
 
 def test_many_samples_make_smaller_units():
-    """Issue 22 (4): a unit's memory is bounded: photos x samples <= MAX_UNIT_SAMPLES (at least one photo)."""
+    """A unit's memory is bounded: photos x samples <= MAX_UNIT_SAMPLES (at least one photo)."""
     from geoplonk_service.protocol import MAX_UNIT_SAMPLES
 
     for samples, expected in [(1024, [3, 3, 3, 1]), (MAX_UNIT_SAMPLES // 2, [2, 2, 2, 2, 2]),
