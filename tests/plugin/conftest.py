@@ -8,6 +8,7 @@ directory, if any, from $GEOPLONK_TEST_MODEL.
 
 from __future__ import annotations
 
+import gc
 import os
 import shlex
 import sys
@@ -39,6 +40,14 @@ def server_command() -> str:
     if model:
         command += " --model " + shlex.quote(model)
     return command
+
+
+@pytest.fixture(autouse=True, scope="session")
+def collect_garbage_while_qgis_lives(qgis_app):  # noqa: ARG001 - set up after QGIS, so torn down before exitQgis
+    """Free unreachable QGIS objects (layers in reference cycles) while QGIS still runs: pytest's own final
+    garbage collection comes after exitQgis(), where destroying a layer segfaults the process."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
