@@ -13,12 +13,13 @@ QGIS_STAMP := $(QGIS_VENV)/.installed
 export GEOPLONK_SERVER_COMMAND ?= $(CURDIR)/$(SERVER_VENV)/bin/geoplonk serve
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help demo test test-server test-plugin lint plugin default-model clean fuzz
+.PHONY: help demo test test-server test-plugin lint plugin default-model clean fuzz bench
 
 help:
 	@echo "make demo           install what is missing, geolocate the sample photos, render a map"
 	@echo "make test           install what is missing and run the whole test suite"
 	@echo "make fuzz           fuzz the protocol and image decoders longer (FUZZ_EXAMPLES=20000 per property)"
+	@echo "make bench          every benchmark in one run (~15 min; BENCH_ARGS=--quick: < 2 min), recorded in benchmarks/results/"
 	@echo "make plugin         build dist/geoplonk.zip for QGIS 'Install from ZIP'"
 	@echo "make default-model  rebuild the embedded default model from scratch"
 
@@ -30,7 +31,7 @@ $(SYSTEM_STAMP): scripts/install-system.sh
 $(SERVER_STAMP): pyproject.toml $(SYSTEM_STAMP)
 	test -x $(SERVER_PY) || $(SYSTEM_PYTHON) -m venv $(SERVER_VENV)
 	$(SERVER_PY) -m pip install -q torch==2.13.0
-	$(SERVER_PY) -m pip install -q -e '.[server,dev]'
+	$(SERVER_PY) -m pip install -q -e '.[server,scale,dev]'
 	$(SERVER_PY) -m pip install -q --no-deps diff-plonk==0.4 && $(SERVER_PY) -m pip install -q einops torchdiffeq geoopt
 	touch $@
 
@@ -47,7 +48,7 @@ lint: $(SERVER_STAMP)
 	$(SERVER_VENV)/bin/ruff check model_server qgis_plugin geoplonk_service tests scripts benchmarks
 
 test-server: $(SERVER_STAMP)
-	$(SERVER_PY) -m pytest tests/engine tests/server tests/common tests/evaluation -p no:cacheprovider
+	$(SERVER_PY) -m pytest tests/engine tests/server tests/common tests/evaluation tests/scale -p no:cacheprovider
 
 test-plugin: $(SERVER_STAMP) $(QGIS_STAMP) plugin
 	QT_QPA_PLATFORM=offscreen $(QGIS_PY) -m pytest tests/plugin -p no:cacheprovider -o qgis_gui_enabled=false
@@ -58,6 +59,11 @@ FUZZ_EXAMPLES ?= 20000
 fuzz: $(SERVER_STAMP)
 	GEOPLONK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(SERVER_PY) -m pytest tests/server/test_fuzz.py -p no:cacheprovider -q -s \
 		-W ignore::UserWarning
+
+# Every figure of docs/benchmarks.md's `make bench` section in one process; records benchmarks/results/<date>.json and
+# regenerates docs/benchmarks.md and README.md's Performance table (BENCH_ARGS=--quick: a smoke run, recorded nowhere).
+bench: $(SERVER_STAMP)
+	$(SERVER_PY) benchmarks/bench_all.py $(BENCH_ARGS)
 
 plugin: dist/geoplonk.zip
 

@@ -1,10 +1,11 @@
 """Regenerate docs/benchmarks.md from the recorded runs in benchmarks/results/*.json (standard library only).
 
-  /usr/bin/python3 benchmarks/render_doc.py           # rewrite docs/benchmarks.md
-  /usr/bin/python3 benchmarks/render_doc.py --check   # exit 1 when docs/benchmarks.md is out of date
+  /usr/bin/python3 benchmarks/render_doc.py           # rewrite docs/benchmarks.md (and README.md's table)
+  /usr/bin/python3 benchmarks/render_doc.py --check   # exit 1 when either is out of date
 
 The benchmark scripts record a run with `--record PATH` (a .json file, or a folder such as
-benchmarks/results/) through `write_record` below. A record is one JSON object (schema 1):
+benchmarks/results/) through `write_record` below; `make bench` (benchmarks/bench_all.py) writes
+benchmarks/results/<YYYY-MM-DD>.json through `write_json`. A record is one JSON object (schema 1):
 
   schema      1
   benchmark   the script's name without .py (bench_stages, ...), or the name of a measurement made otherwise
@@ -18,6 +19,13 @@ benchmarks/results/) through `write_record` below. A record is one JSON object (
   figures     [{"what", "value", "unit", "compare" (optional), "note" (optional)}]; "value" is a number,
               or a string kept digit for digit as first published
   notes       optional: a list of sentences
+
+bench_all's records add, all optional (records without them render as before):
+  parts       [{"part", "title", "about"}]: the run's sections in order; a figure's "part" names its section
+  targets     [{"key", "what", "goal", "value", "unit", "met" (true/false), "note" (optional)}]
+  figure "key" a stable name of the figure; README.md's Performance table picks the newest bench_all
+              record's figures by key (README_ROWS) between the README_BEGIN and README_END lines
+  sizes       the run's sizes and repeat counts
 """
 
 from __future__ import annotations
@@ -36,11 +44,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DOC = REPO / "docs" / "benchmarks.md"
+README = REPO / "README.md"
 SCHEMA = 1
 REQUIRED = ("benchmark", "title", "date", "machine", "command", "figures")
 
 # Sections in this order (others follow alphabetically): heading and what the benchmark measures.
 BENCHMARKS = {
+    "bench_all": (
+        "Every figure in one run (`make bench`)",
+        "`benchmarks/bench_all.py`: the matmul roofline, sampling at the PLONK size against the reference, accuracy "
+        "against cost per solver, exact log-density, one photo and a batch through a warm server, and how the time "
+        "grows, measured in one process; the issue's targets (issue 21) met or not. Each figure is the median of "
+        "several runs after a warm-up; each comparison a ratio within the run.",
+    ),
     "bench_stages": (
         "One photo through the server",
         "`benchmarks/bench_stages.py`: one photo through a real `geoplonk serve`; the server's stage timings "
@@ -50,6 +66,18 @@ BENCHMARKS = {
         "Sampling at the published model size",
         "`benchmarks/bench_engine.py`: 1,024 samples x 32 Euler steps with random weights at the published "
         "PLONK size (dim 512, depth 12, cond 1024), ours against the authors' sampler in the same run.",
+    ),
+    "bench_roofline": (
+        "Sampling against the matmul roofline",
+        "`benchmarks/bench_roofline.py`: 1,024 samples x 32 Euler steps at the PLONK size (random weights), "
+        "bf16 by autocast and by the engine's bf16 evaluator, and fp32, as FLOP/s (counted from the network's "
+        "matmuls) and as a share of the fastest matmul timed in the same rounds.",
+    ),
+    "bench_solvers": (
+        "Sampler accuracy against time",
+        "`benchmarks/bench_solvers.py`: per solver and step count, the median and 99th percentile distance (km) "
+        "of each sample's endpoint from a converged solution from the same start points, and the seconds per "
+        "photo, on the default model and at the PLONK size, with the reference's 32- and 250-step Euler (fp32).",
     ),
     "bench_encoder": (
         "The image encoder",
@@ -66,6 +94,18 @@ BENCHMARKS = {
         "`benchmarks/bench_raster_nll.py`: negative log-likelihood (nats per steradian; uniform = 2.531) "
         "of held-out true locations under the exact likelihood, the samples' kernel density and the raster.",
     ),
+    "bench_raster": (
+        "Density raster evaluation",
+        "`benchmarks/bench_raster.py`: seconds to evaluate the kernel density raster (products/raster_sum.py: "
+        "tiles for sharp kernels, a Fourier series per row for wide ones) against the row-by-row sum it "
+        "replaced, on the same bandwidths, and the largest error per cell against the exact sum.",
+    ),
+    "bench_scale": (
+        "Archives: `geoplonk locate`'s memory",
+        "`benchmarks/bench_scale.py --stub`: `geoplonk locate` writing the outputs of many photos answered at once "
+        "by a stub server (the real protocol, no model); the locate process's peak RSS and its growth after "
+        "warm-up (docs/scale.md).",
+    ),
     "build_default_model": (
         "Building the default model",
         "`scripts/build_default_model.sh` (`make default-model`): time per step of a build from nothing.",
@@ -77,9 +117,12 @@ HEADER = """\
 # Benchmarks
 
 This page is generated from the recorded runs in `benchmarks/results/` (one JSON file per run).
-To add a run, give a benchmark script `--record benchmarks/results/`, then regenerate this page:
+`make bench` runs every figure in one process (about 15 minutes on two CPU cores), records
+`benchmarks/results/<YYYY-MM-DD>.json` and regenerates this page and README.md's Performance table.
+A single benchmark script records a run with `--record benchmarks/results/`; then regenerate this page:
 
 ```sh
+make bench                                   # or: .venv/server/bin/python benchmarks/bench_all.py [--quick]
 .venv/server/bin/python benchmarks/bench_stages.py --record benchmarks/results/
 /usr/bin/python3 benchmarks/render_doc.py
 ```
@@ -171,9 +214,54 @@ def write_record(path: str | os.PathLike, benchmark: str, title: str, figures: l
     target = Path(path)
     if target.is_dir() or str(path).endswith(("/", os.sep)):
         target = target / f"{benchmark}-{now.strftime('%Y-%m-%dT%H%M%SZ')}.json"
-    atomic_write_text(target, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    write_json(target, record)
     print(f"recorded {target}")
     return target
+
+
+def write_json(path: str | os.PathLike, record: dict) -> Path:
+    """Write a record that `validate` accepts as JSON at `path` (ValueError naming the problems otherwise)."""
+    problems = validate(record)
+    if problems:
+        raise ValueError("not a valid record: " + "; ".join(problems))
+    atomic_write_text(Path(path), json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def validate(record: dict) -> list[str]:
+    """What is wrong with a record (schema 1 and bench_all's optional keys); empty when nothing is."""
+    if not isinstance(record, dict):
+        return ["a record is a JSON object"]
+    problems = [f"missing {key}" for key in REQUIRED if key not in record]
+    if record.get("schema", SCHEMA) != SCHEMA:
+        problems.append(f"schema {record['schema']!r}, this script reads {SCHEMA}")
+    figures = record.get("figures", [])
+    if not isinstance(figures, list) or not all(isinstance(f, dict) and "what" in f and "value" in f for f in figures):
+        problems.append("figures must be a list of objects with what and value")
+        figures = []
+    if not isinstance(record.get("machine", {}), dict):
+        problems.append("machine must be an object")
+    parts = record.get("parts", [])
+    if not isinstance(parts, list) or not all(isinstance(p, dict) and "part" in p and "title" in p for p in parts):
+        problems.append("parts must be a list of objects with part and title")
+    else:
+        named = {p["part"] for p in parts}
+        stray = sorted({str(f["part"]) for f in figures if "part" in f and f["part"] not in named})
+        if parts and stray:
+            problems.append(f"figures name parts the record does not list: {', '.join(stray)}")
+    targets = record.get("targets", [])
+    if not isinstance(targets, list) or not all(
+            isinstance(t, dict) and {"what", "goal", "value", "met"} <= set(t) and isinstance(t["met"], bool)
+            for t in targets):
+        problems.append("targets must be a list of objects with what, goal, value and met (true or false)")
+    keys = [f["key"] for f in figures if "key" in f]
+    if len(keys) != len(set(keys)):
+        problems.append("figure keys repeat: " + ", ".join(sorted({k for k in keys if keys.count(k) > 1})))
+    for figure in figures:
+        value = figure["value"]
+        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+            problems.append(f"{figure['what']}: value {value} is not a number")
+    return problems
 
 
 # Rendering
@@ -183,11 +271,9 @@ def load(folder: Path) -> list[tuple[Path, dict]]:
     runs = []
     for file in sorted(folder.glob("*.json")):
         record = json.loads(file.read_text(encoding="utf-8"))
-        missing = [key for key in REQUIRED if key not in record]
-        if missing:
-            raise SystemExit(f"{file}: missing {', '.join(missing)}")
-        if record.get("schema", SCHEMA) != SCHEMA:
-            raise SystemExit(f"{file}: schema {record['schema']!r}, this script reads {SCHEMA}")
+        problems = validate(record)
+        if problems:
+            raise SystemExit(f"{file}: {'; '.join(problems)}")
         runs.append((file, record))
     return runs
 
@@ -231,22 +317,110 @@ def render_run(file: Path, run: dict) -> list[str]:
     recorded = f"`{file.relative_to(REPO).as_posix()}`" if file.is_relative_to(REPO) else f"`{file.name}`"
     lines.append(f"- Record: {recorded}" + (f"; first published in {run['source']}" if run.get("source") else ""))
     lines.append("")
-    figures = run["figures"]
-    columns = [("figure", lambda f: f.get("what", "")), ("value", value_text)]
-    if any(f.get("compare") for f in figures):
-        columns.append(("compared", lambda f: f.get("compare", "")))
-    if any(f.get("note") for f in figures):
-        columns.append(("note", lambda f: f.get("note", "")))
-    lines.append("| " + " | ".join(name for name, _ in columns) + " |")
-    lines.append("|" + "---|" * len(columns))
-    for figure in figures:
-        lines.append("| " + " | ".join(cell(get(figure)) for _, get in columns) + " |")
+    if run.get("targets") or run.get("parts"):
+        lines += render_parts(run)
+    else:
+        lines += figure_table(run["figures"])
     notes = run.get("notes") or []
     if notes:
         lines.append("")
         lines.extend(f"- {note}" for note in notes)
     lines.append("")
     return lines
+
+
+def figure_table(figures: list[dict]) -> list[str]:
+    columns = [("figure", lambda f: f.get("what", "")), ("value", value_text)]
+    if any(f.get("compare") for f in figures):
+        columns.append(("compared", lambda f: f.get("compare", "")))
+    if any(f.get("note") for f in figures):
+        columns.append(("note", lambda f: f.get("note", "")))
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for figure in figures:
+        lines.append("| " + " | ".join(cell(get(figure)) for _, get in columns) + " |")
+    return lines
+
+
+def render_parts(run: dict) -> list[str]:
+    """A bench_all run: its targets table, then a section per part (its text, then its figures)."""
+    lines: list[str] = []
+    targets = run.get("targets") or []
+    if targets:
+        met = sum(1 for t in targets if t["met"])
+        lines += [f"#### Targets (issue 21): {met} of {len(targets)} met", "",
+                  "| target | goal | figure | met |", "|---|---|---|---|"]
+        for t in targets:
+            figure = value_text(t) + (f" ({t['note']})" if t.get("note") else "")
+            met_text = "yes" if t["met"] else "**no**"
+            lines.append(f"| {cell(t['what'])} | {cell(t['goal'])} | {cell(figure)} | {met_text} |")
+        lines.append("")
+    listed = run.get("parts") or []
+    sections = [(p["part"], p["title"], p.get("about", "")) for p in listed]
+    named = {part for part, _, _ in sections}
+    if any(f.get("part") not in named for f in run["figures"]):
+        sections.append((None, "Other figures", ""))
+    for part, title, about in sections:
+        figures = [f for f in run["figures"] if (f.get("part") if f.get("part") in named else None) == part]
+        if not figures and not about:
+            continue
+        lines += [f"#### {title}", ""]
+        if about:
+            lines += [about, ""]
+        if figures:
+            lines += figure_table(figures) + [""]
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+# README.md's Performance table: (what, figure keys joined by " / ") from the newest bench_all record.
+README_BEGIN = "<!-- benchmarks: begin; generated by benchmarks/render_doc.py from the newest `make bench` record -->"
+README_END = "<!-- benchmarks: end -->"
+README_ROWS = (
+    ("one photo, default model, server defaults, warm server: client round trip",
+     ("one_photo.default model.round_trip",)),
+    ("one photo, PLONK size behind a ViT-L/14 encoder (random weights): client round trip",
+     ("one_photo.plonk-size.round_trip",)),
+    ("32 photos, default model: throughput / time to the first result", ("batch.rate", "batch.first_result")),
+    ("1,024 samples x 32 steps at the PLONK size, sample-steps per second: bf16 / fp32 / the reference's fp32",
+     ("sampling.ours_bf16", "sampling.ours_fp32", "sampling.reference_fp32")),
+    ("the same, bf16: share of this machine's bf16 matmul roofline", ("sampling.ours_bf16.share",)),
+    ("exact log-density at the PLONK size (rk4, 16 steps)", ("density.plonk-size.rk4",)),
+)
+
+
+def readme_block(runs: list[tuple[Path, dict]]) -> str | None:
+    """README.md's Performance table from the newest bench_all record, or None when there is none."""
+    ours = [(file, run) for file, run in runs if run["benchmark"] == "bench_all" and run.get("targets") is not None]
+    if not ours:
+        return None
+    file, run = max(ours, key=lambda item: (str(item[1]["date"]), item[0].name))
+    figures = {f["key"]: f for f in run["figures"] if "key" in f}
+    lines = [README_BEGIN,
+             f"Measured by `make bench` on {str(run['date'])[:10]}: {machine_text(run['machine'])}. Machines of one "
+             "kind differ in speed: [docs/benchmarks.md](docs/benchmarks.md) holds every run with its command, "
+             "machine and date, and the figures behind these.", "", "| what | figure |", "|---|---|"]
+    for what, keys in README_ROWS:
+        if all(key in figures for key in keys):
+            chosen = [figures[key] for key in keys]
+            if len({f.get("unit", "") for f in chosen}) == 1 and chosen[0].get("unit", "") not in ("", "x"):
+                text = " / ".join(value_text({**f, "unit": ""}) for f in chosen) + f" {chosen[0]['unit']}"
+            else:
+                text = " / ".join(value_text(f) for f in chosen)
+            lines.append(f"| {cell(what)} | {cell(text)} |")
+    targets = run.get("targets") or []
+    met = sum(1 for t in targets if t["met"])
+    lines.append(f"| the targets of issue 21 met (which: [docs/benchmarks.md](docs/benchmarks.md)) "
+                 f"| {met} of {len(targets)} |")
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def with_readme_block(text: str, block: str) -> str | None:
+    """README.md's text with its marked block replaced, or None when it has no such block."""
+    start = text.find(README_BEGIN.split(";")[0])
+    end = text.find(README_END, start)
+    if start < 0 or end < 0:
+        return None
+    return text[:start] + block + text[end + len(README_END):]
 
 
 def render(runs: list[tuple[Path, dict]]) -> str:
@@ -274,25 +448,37 @@ def render(runs: list[tuple[Path, dict]]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of recorded runs (*.json)")
     parser.add_argument("--out", type=Path, default=DOC, help="the page to write")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when the page is out of date")
-    args = parser.parse_args()
-    text = render(load(args.results))
-    current = args.out.read_text(encoding="utf-8") if args.out.is_file() else None
-    if args.check:
-        if current != text:
-            print(f"{args.out} is out of date: run {Path(sys.argv[0]).as_posix()}", file=sys.stderr)
-            return 1
-        return 0
-    if current != text:
-        atomic_write_text(args.out, text)
-        print(f"wrote {args.out}")
-    else:
-        print(f"{args.out} is up to date")
-    return 0
+    parser.add_argument("--readme", type=Path, default=README,
+                        help="the README whose marked Performance table to rewrite from the newest bench_all record")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a page is out of date")
+    args = parser.parse_args(argv)
+    runs = load(args.results)
+    pages = [(args.out, render(runs), args.out.read_text(encoding="utf-8") if args.out.is_file() else None)]
+    block = readme_block(runs)
+    if block is not None and args.readme.is_file():
+        current = args.readme.read_text(encoding="utf-8")
+        text = with_readme_block(current, block)
+        if text is None:
+            print(f"{args.readme} has no {README_BEGIN.split(';')[0]} ... {README_END} block: left as it is",
+                  file=sys.stderr)
+        else:
+            pages.append((args.readme, text, current))
+    status = 0
+    for path, text, current in pages:
+        if args.check:
+            if current != text:
+                print(f"{path} is out of date: run {Path(sys.argv[0]).as_posix()}", file=sys.stderr)
+                status = 1
+        elif current != text:
+            atomic_write_text(path, text)
+            print(f"wrote {path}")
+        else:
+            print(f"{path} is up to date")
+    return status
 
 
 if __name__ == "__main__":

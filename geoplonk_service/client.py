@@ -16,7 +16,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,10 +76,14 @@ class PhotoResult:
         """A file-name-safe stem from the photo's name (its base name without extension)."""
         return safe_stem(self.name, self.index)
 
-    def save(self, out_dir: str | os.PathLike, stem: str | None = None) -> dict[str, Path]:
+    def save(self, out_dir: str | os.PathLike, stem: str | None = None,
+             extra: dict[str, Any] | None = None) -> dict[str, Path]:
         """Write `<stem>.tif`, `<stem>.gpkg` and `<stem>.json` atomically; returns the paths by kind.
 
-        A failed or cancelled photo writes only `<stem>.json` with its status and error.
+        A failed or cancelled photo writes only `<stem>.json` with its status and error.  `extra`: more fields
+        for the JSON (e.g. what `geoplonk locate` compares before skipping a photo).  An earlier `<stem>.json`
+        goes first and the new one is written last, so a save cut short never leaves a JSON beside files it
+        does not describe.
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -88,11 +92,13 @@ class PhotoResult:
         if self.ok:
             if self.geotiff is None or self.gpkg is None:
                 raise ValueError(f"result for {self.name!r} is ok but lacks its GeoTIFF/GeoPackage blobs")
+            (out / f"{stem}.json").unlink(missing_ok=True)
             paths["geotiff"] = atomic_write(out / f"{stem}.tif", self.geotiff)
             paths["gpkg"] = atomic_write(out / f"{stem}.gpkg", self.gpkg)
             doc: dict[str, Any] = {"name": self.name, "status": self.status, **(self.summary or {})}
         else:
             doc = {"name": self.name, "status": self.status, "error": self.error}
+        doc.update(extra or {})
         text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
         paths["json"] = atomic_write(out / f"{stem}.json", text.encode("utf-8"))
         return paths
@@ -255,68 +261,107 @@ class GeoPlonkClient:
     ) -> list[PhotoResult]:
         """Geolocate photos, given as file paths or as (name, bytes); one PhotoResult per photo, in input order.
 
-        Photos go in requests of at most `batch_photos` (fewer where the server's count and size limits say so),
-        and a file is read only when its request is about to be sent: a job holds one request's photos in
-        memory.  A file that cannot be read or is over the server's size limit fails alone, without being sent.
-        `on_progress` gets the server's progress fields with `index` counted in `photos`, plus `fraction`: the
-        share of the whole job done, in [0, 1].  Raises ServerError when the server rejects a whole request
-        (e.g. a bad option) and ServerUnavailable when it stops answering.  While it waits it renews the
-        request's lease every heartbeat (docs/protocol.md, `renew`): the callbacks must return within the
-        server's `lease_s` (10 s by default), or the server cancels the request.  A `busy` server is retried
-        with a doubling backoff for up to `busy_timeout_s`.
+        Keeps every result (with its GeoTIFF and GeoPackage bytes) to return them: for a job of thousands of
+        photos use geolocate_each, which keeps none.  Arguments, callbacks and errors as in geolocate_each.
         """
         results: dict[int, PhotoResult] = {}
-        names = [photo[0] if isinstance(photo, tuple) else Path(photo).name for photo in photos]
-        max_bytes = self.limits["max_image_bytes"]
 
-        def deliver(result: PhotoResult) -> None:
+        def keep(result: PhotoResult) -> None:
             results[result.index] = result
             if on_result is not None:
                 on_result(result)
 
-        def load(i: int, measure: bool) -> int | bytes | None:
-            """The size (measure) or the bytes of photo i; None, with its failure delivered, when it is unusable."""
-            photo = photos[i]
+        self.geolocate_each(photos, options, on_progress, keep, is_cancelled, total=len(photos))
+        return [results[i] for i in range(len(photos))]
+
+    def geolocate_each(
+        self,
+        photos: Iterable[Photo],
+        options: dict[str, Any] | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        on_result: Callable[[PhotoResult], None] | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+        total: int | None = None,
+    ) -> int:
+        """Geolocate photos as they come from `photos` (paths or (name, bytes)), handing each result to `on_result`
+        and keeping none; returns how many photos there were.  Memory stays flat however many photos there are.
+
+        Photos go in requests of at most `batch_photos` (fewer where the server's count and size limits say so),
+        one request in flight, and a file is read only when its request is about to be sent: a job holds one
+        request's photos in memory.  A file that cannot be read or is over the server's size limit fails alone,
+        without being sent.  `on_progress` gets the server's progress fields with `index` counted in `photos`,
+        plus `fraction`: the share of the whole job done, in [0, 1], when `total` (the number of photos) is
+        given.  Raises ServerError when the server rejects a whole request (e.g. a bad option) and
+        ServerUnavailable when it stops answering.  While it waits it renews the request's lease every heartbeat
+        (docs/protocol.md, `renew`): the callbacks must return within the server's `lease_s` (10 s by default),
+        or the server cancels the request.  A `busy` server is retried with a doubling backoff for up to
+        `busy_timeout_s`.
+        """
+        max_bytes = self.limits["max_image_bytes"]
+        max_images = max(1, min(self.limits["max_images_per_request"], self.batch_photos))
+        budget = self.limits["max_message_bytes"] - P.MAX_HEADER_BYTES
+        delivered = 0
+        cancelled = False
+
+        def deliver(result: PhotoResult) -> None:
+            nonlocal delivered
+            delivered += 1
+            if on_result is not None:
+                on_result(result)
+
+        def load(i: int, name: str, photo: Photo, measure: bool) -> int | bytes | None:
+            """The size (measure) or the bytes of a photo; None, with its failure delivered, when it is unusable."""
             try:
                 if isinstance(photo, tuple):
                     check_size(len(photo[1]), max_bytes)
                     return len(photo[1]) if measure else photo[1]
                 return photo_size(photo, max_bytes) if measure else read_photo(photo, max_bytes)
             except PhotoFileError as exc:
-                deliver(_failed(i, names[i], exc.code, str(exc)))
+                deliver(_failed(i, name, exc.code, str(exc)))
                 return None
 
-        sizes = {i: size for i in range(len(photos)) if (size := load(i, measure=True)) is not None}
-        sendable = list(sizes)
-        batches = plan_batches(
-            list(sizes.values()),
-            min(self.limits["max_images_per_request"], self.batch_photos),
-            self.limits["max_message_bytes"],
-        )
-        cancelled = False
-        for batch in batches:
-            indices = [sendable[j] for j in batch]
+        def send(batch: list[tuple[int, str, Photo]]) -> None:
+            nonlocal cancelled
             if cancelled or (is_cancelled is not None and is_cancelled()):
                 cancelled = True
-                for i in indices:
-                    deliver(_failed(i, names[i], P.E_CANCELLED, "cancelled before sending", P.STATUS_CANCELLED))
-                continue
-            images = [(i, names[i], data) for i in indices if (data := load(i, measure=False)) is not None]
+                for i, name, _ in batch:
+                    deliver(_failed(i, name, P.E_CANCELLED, "cancelled before sending", P.STATUS_CANCELLED))
+                return
+            images = [(i, name, data) for i, name, photo in batch
+                      if (data := load(i, name, photo, measure=False)) is not None]
             if not images:
-                continue
+                return
 
-            def job_progress(fields: dict[str, Any], images=images, done_before=len(results)) -> None:
+            def job_progress(fields: dict[str, Any], done_before: int = delivered) -> None:
                 out = dict(fields)
-                index, done, total = out.get("index"), out.get("done"), out.get("total")
+                index, done, count = out.get("index"), out.get("done"), out.get("total")
                 if isinstance(index, int) and 0 <= index < len(images):
                     out["index"] = images[index][0]
-                part = done / total if P.is_number(done) and P.is_number(total) and total > 0 else 0.0
-                out["fraction"] = (done_before + min(max(part, 0.0), 1.0) * len(images)) / len(photos)
+                if total:
+                    part = done / count if P.is_number(done) and P.is_number(count) and count > 0 else 0.0
+                    out["fraction"] = min(1.0, (done_before + min(max(part, 0.0), 1.0) * len(images)) / total)
                 if on_progress is not None:
                     on_progress(out)
 
             cancelled = self._geolocate_batch(images, options, job_progress, deliver, is_cancelled)
-        return [results[i] for i in range(len(photos))]
+
+        batch: list[tuple[int, str, Photo]] = []
+        batch_bytes = 0
+        count = 0
+        for i, photo in enumerate(photos):
+            count = i + 1
+            name = photo[0] if isinstance(photo, tuple) else Path(photo).name
+            size = load(i, name, photo, measure=True)
+            if size is None:
+                continue
+            if batch and (len(batch) >= max_images or batch_bytes + size > budget):
+                send(batch)
+                batch, batch_bytes = [], 0
+            batch.append((i, name, photo))
+            batch_bytes += size
+        if batch:
+            send(batch)
+        return count
 
     def _geolocate_batch(
         self,

@@ -70,7 +70,7 @@ QUEUE_BYTES_TOTAL = 2 * 512 * 1024 * 1024
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 # Sampler names the server accepts (the engine's solvers register under these names).
-SOLVERS = ("euler", "heun")
+SOLVERS = ("euler", "heun", "midpoint", "rk4")
 PRECISIONS = ("bf16", "fp32")
 
 

@@ -12,6 +12,7 @@ from . import __version__
 SUBCOMMANDS = {
     "serve": "serve",
     "locate": "locate",
+    "batch": "batch",
     "sample": "sample",
     "density": "density",
     "train": "train",

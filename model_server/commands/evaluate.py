@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distribution-cfg", type=float, default=None,
                         help="guidance w of the distribution (default: the model's calibrated w, 0 if none)")
     parser.add_argument("--steps", type=int, default=P.STEPS.default, help="sampler steps")
+    parser.add_argument("--solver", choices=P.SOLVERS, default=P.DEFAULT_OPTIONS["solver"],
+                        help="sampler ODE solver (default: the server's, %(default)s)")
     parser.add_argument("--precision", choices=P.PRECISIONS, default=P.DEFAULT_OPTIONS["precision"],
                         help="sampler matmul precision")
     parser.add_argument("--likelihood-method", default="midpoint", help="dopri5 (adaptive) | rk4 | midpoint | euler")
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     scoring = FlowScoring(
         distribution_cfg=args.distribution_cfg, cfg=args.cfg, guess_samples=args.guess_samples, samples=args.samples,
-        steps=args.steps, precision=args.precision, likelihood_method=args.likelihood_method,
+        steps=args.steps, solver=args.solver, precision=args.precision, likelihood_method=args.likelihood_method,
         likelihood_steps=args.likelihood_steps, seed=args.seed, chunk=args.chunk)
     result = evaluate_model(
         model, args.data, scoring, map_samples=args.map_samples, map_resolution=args.map_resolution,

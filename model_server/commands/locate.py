@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", action="store_true", help="crop rasters to the area holding 99.9 %% of the mass")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds of server silence before giving up")
     parser.add_argument("--recursive", action="store_true", help="look into sub-folders too")
+    parser.add_argument("--force", action="store_true",
+                        help="geolocate every photo again, also those whose outputs are already complete")
+    parser.add_argument("--in-flight", type=positive_int, default=8, metavar="N",
+                        help="photos sent at a time (one request; the server's limits may cut it): what the "
+                        "run holds in memory (default %(default)s)")
 
 
 def number_type(option: P.NumberOption) -> Callable[[str], float | int]:
@@ -52,6 +58,13 @@ def number_type(option: P.NumberOption) -> Callable[[str], float | int]:
     return parse
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def levels_type(text: str) -> list[float]:
     try:
         return P.validate_options({"levels": [float(v) for v in text.split(",") if v.strip()]})["levels"]
@@ -63,20 +76,114 @@ def options_from(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in P.DEFAULT_OPTIONS if getattr(args, name) is not None}
 
 
-def write_run_summary(out: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> tuple[Path, Path]:
-    from geoplonk_service.output_files import atomic_write
-    from geoplonk_service.result_rows import RESULT_COLUMNS
+class RunSummary:
+    """summary.csv and summary.json written row by row, in the photos' order, so a run of any size holds only
+    the rows not yet in order (at most one request's).  Both files appear atomically when the run closes them."""
 
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(out / "summary.csv", buf.getvalue().encode("utf-8"))
-    counts = {k: sum(r["status"] == k for r in rows) for k in (P.STATUS_OK, P.STATUS_FAILED, P.STATUS_CANCELLED)}
-    doc = {"server": {k: info.get(k) for k in ("version", "default_model", "device")}, "counts": counts,
-           "photos": rows}
-    atomic_write(out / "summary.json", json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8"))
-    return out / "summary.csv", out / "summary.json"
+    def __init__(self, out: Path):
+        from geoplonk_service.output_files import current_umask
+        from geoplonk_service.result_rows import RESULT_COLUMNS
+
+        self.out = out
+        self.mode = 0o666 & ~current_umask()
+        self.counts = {k: 0 for k in (P.STATUS_OK, P.STATUS_FAILED, P.STATUS_CANCELLED)}
+        self.next_index = 0
+        self.waiting: dict[int, dict[str, Any]] = {}
+        self._csv_tmp = self._temp("summary.csv")
+        self._rows_tmp = self._temp("summary.json.rows")
+        self._csv_file = open(self._csv_tmp, "w", encoding="utf-8", newline="")
+        self._rows_file = open(self._rows_tmp, "w", encoding="utf-8")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=RESULT_COLUMNS)
+        self._csv.writeheader()
+
+    def _temp(self, name: str) -> Path:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out)
+        os.close(fd)
+        return Path(tmp)
+
+    def add(self, index: int, row: dict[str, Any], row_at: Callable[[int], dict[str, Any] | None]) -> None:
+        """The row of photo `index`; rows are written once every earlier photo's row is known (`row_at(i)`
+        gives the row of a photo that needs no answer, e.g. one skipped as already done, else None)."""
+        self.waiting[index] = row
+        self.flush(row_at)
+
+    def flush(self, row_at: Callable[[int], dict[str, Any] | None]) -> None:
+        while True:
+            row = self.waiting.pop(self.next_index, None) or row_at(self.next_index)
+            if row is None:
+                return
+            self._write(row)
+            self.next_index += 1
+
+    def _write(self, row: dict[str, Any]) -> None:
+        self._csv.writerow(row)
+        if row["status"] in self.counts:
+            self.counts[row["status"]] += 1
+        self._rows_file.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def finish(self, info: dict[str, Any]) -> tuple[Path, Path]:
+        """Close both files and put them in place: summary.json = the server, the counts and every row."""
+        self._csv_file.close()
+        self._rows_file.close()
+        os.chmod(self._csv_tmp, self.mode)
+        os.replace(self._csv_tmp, self.out / "summary.csv")
+        json_tmp = self._temp("summary.json")
+        server = {k: info.get(k) for k in ("version", "default_model", "device")}
+        with open(json_tmp, "w", encoding="utf-8") as doc, open(self._rows_tmp, encoding="utf-8") as rows:
+            doc.write('{\n  "server": ' + json.dumps(server, ensure_ascii=False) + ',\n  "counts": '
+                      + json.dumps(self.counts) + ',\n  "photos": [')
+            for n, line in enumerate(rows):
+                doc.write(("," if n else "") + "\n    " + line.rstrip("\n"))
+            doc.write("\n  ]\n}\n")
+        os.unlink(self._rows_tmp)
+        os.chmod(json_tmp, self.mode)
+        os.replace(json_tmp, self.out / "summary.json")
+        return self.out / "summary.csv", self.out / "summary.json"
+
+    def abandon(self) -> None:
+        for fh, path in ((self._csv_file, self._csv_tmp), (self._rows_file, self._rows_tmp)):
+            fh.close()
+            path.unlink(missing_ok=True)
+
+
+def photo_identity(photo: Path) -> dict[str, Any] | None:
+    """What a saved result must name to stand for `photo`: its resolved path, size and modification time
+    (a photo replaced or edited in place, or another photo given the same output stem, does not match)."""
+    try:
+        stat = photo.stat()
+        return {"path": str(photo.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    except OSError:
+        return None
+
+
+def requested_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Every option as requested, those left to the server (cfg, model) as null: what a rerun compares, so a
+    result is reused only for the same request.  In its JSON form, to compare with a saved one."""
+    return json.loads(json.dumps(P.validate_options(options)))
+
+
+def complete_result(out: Path, stem: str, photo: Path, request: dict[str, Any]):
+    """The saved result of `photo` when its three files are complete for this request, else None.
+
+    `<stem>.json` goes before a new result's files and is written last (PhotoResult.save), so an `ok` JSON
+    that names this very photo (photo_identity) and this request means its GeoTIFF and GeoPackage are whole;
+    a failed photo is never complete, so a rerun tries it again."""
+    from geoplonk_service.client import PhotoResult
+
+    try:
+        doc = json.loads((out / f"{stem}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("status") != P.STATUS_OK or doc.get("name") != photo.name:
+        return None
+    identity = photo_identity(photo)
+    if identity is None or doc.get("source") != identity or doc.get("request") != request:
+        return None
+    if not all((out / f"{stem}{ext}").is_file() and (out / f"{stem}{ext}").stat().st_size > 0
+               for ext in (".tif", ".gpkg")):
+        return None
+    summary = {k: v for k, v in doc.items() if k not in ("name", "status", "source", "request")}
+    return PhotoResult(0, photo.name, P.STATUS_OK, summary=summary)
 
 
 def default_server_command() -> str:
@@ -90,49 +197,99 @@ def run(args: argparse.Namespace) -> int:
     from geoplonk_service.launcher import ServerStartError
     from geoplonk_service.output_files import unique_stems
     from geoplonk_service.photos import collect_photos
-    from geoplonk_service.result_rows import summary_row
+    from geoplonk_service.result_rows import RESULT_COLUMNS, summary_row
     from geoplonk_service.server_manager import LocalServerManager
 
     photos = collect_photos(args.photos, args.recursive)
     if not photos:
         print("geoplonk locate: no photos found", file=sys.stderr)
         return 2
+    options = options_from(args)
+    try:
+        request = requested_options(options)
+    except P.ProtocolError as exc:
+        print(f"geoplonk locate: {exc}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     stems = unique_stems(photos)
-    rows: list[dict[str, Any] | None] = [None] * len(photos)
-    bar = tqdm(total=len(photos), unit="photo", desc="geolocating", file=sys.stderr)
+    files = {kind: ext for kind, ext in (("geotiff", ".tif"), ("gpkg", ".gpkg"), ("json", ".json"))}
+
+    def done_row(i: int) -> dict[str, Any] | None:
+        """The row of a photo whose outputs are complete (None: it must be sent)."""
+        if args.force:
+            return None
+        result = complete_result(args.out, stems[i], photos[i], request)
+        if result is None:
+            return None
+        return summary_row(photos[i], result, {k: args.out / f"{stems[i]}{ext}" for k, ext in files.items()})
+
+    # one byte per photo: 1 = its outputs are complete, skip it
+    skip = bytearray(done_row(i) is not None for i in range(len(photos)))
+    skipped = sum(skip)
+    todo = len(photos) - skipped
+    summary = RunSummary(args.out)
+    # index among the photos sent -> (index in photos, its identity before it was read), for those not yet answered
+    in_flight: dict[int, tuple[int, dict[str, Any] | None]] = {}
+
+    def row_at(i: int) -> dict[str, Any] | None:
+        if i >= len(photos) or not skip[i]:
+            return None
+        return done_row(i) or {**dict.fromkeys(RESULT_COLUMNS), "photo": photos[i].name, "path": str(photos[i]),
+                               "status": P.STATUS_FAILED, "error": "its outputs changed during the run"}
+
+    def to_send():
+        sent = 0
+        for i, photo in enumerate(photos):
+            if not skip[i]:
+                in_flight[sent] = (i, photo_identity(photo))  # geolocate_each counts the photos it is given
+                sent += 1
+                yield photo
+
+    bar = tqdm(total=len(photos), initial=skipped, unit="photo", desc="geolocating", file=sys.stderr)
 
     def on_result(result) -> None:
-        rows[result.index] = summary_row(photos[result.index], result, result.save(args.out, stems[result.index]))
+        i, identity = in_flight.pop(result.index)
+        saved = result.save(args.out, stems[i], extra={"source": identity, "request": request})
+        summary.add(i, summary_row(photos[i], result, saved), row_at)
         if not result.ok:
-            tqdm.write(f"{photos[result.index]}: {result.status}: {(result.error or {}).get('message')}",
-                       file=sys.stderr)
+            tqdm.write(f"{photos[i]}: {result.status}: {(result.error or {}).get('message')}", file=sys.stderr)
         bar.update(1)
 
     def on_progress(progress: dict) -> None:
         bar.set_postfix_str(str(progress.get("stage", "")))
 
+    info: dict[str, Any] = {}
     start_command = (args.server_command or default_server_command()) if args.start_server else None
     try:
-        with LocalServerManager(log=lambda text: tqdm.write(text, file=sys.stderr)) as servers:
-            with servers.connect(None if args.start_server else args.endpoint, start_command, args.timeout,
-                                 model=args.model) as client:
-                info = client.info()
-                client.geolocate(photos, options_from(args), on_progress=on_progress, on_result=on_result)
+        if todo:
+            with LocalServerManager(log=lambda text: tqdm.write(text, file=sys.stderr)) as servers:
+                with servers.connect(None if args.start_server else args.endpoint, start_command, args.timeout,
+                                     model=args.model) as client:
+                    client.batch_photos = args.in_flight
+                    info = client.info()
+                    client.geolocate_each(to_send(), options, on_progress=on_progress, on_result=on_result,
+                                          total=todo)
+        summary.flush(row_at)
     except ServerStartError as exc:
+        summary.abandon()
         print(f"geoplonk locate: could not start a local server: {exc}", file=sys.stderr)
         return 3
     except ServerUnavailable as exc:
+        summary.abandon()
         print(f"geoplonk locate: the server is not answering: {exc}. Start one with `geoplonk serve`, "
               "or pass --start-server.", file=sys.stderr)
         return 3
     except ServerError as exc:
+        summary.abandon()
         print(f"geoplonk locate: the server refused the request: {exc}", file=sys.stderr)
         return 2
+    except BaseException:
+        summary.abandon()
+        raise
     finally:
         bar.close()
-    done = [r for r in rows if r is not None]
-    csv_path, json_path = write_run_summary(args.out, done, info)
-    ok = sum(r["status"] == P.STATUS_OK for r in done)
-    print(f"{ok} of {len(photos)} photos located; summary: {csv_path}, {json_path}")
+    csv_path, json_path = summary.finish(info)
+    ok = summary.counts[P.STATUS_OK]
+    note = f" ({skipped} already done, skipped; --force redoes them)" if skipped else ""
+    print(f"{ok} of {len(photos)} photos located{note}; summary: {csv_path}, {json_path}")
     return 0 if ok > 0 else 1

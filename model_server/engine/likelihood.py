@@ -14,17 +14,18 @@ which is what they published; it is kept to compare against their code.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .network import GeoAdaLNMLP
-from .runtime import configure_cpu_math
+from .runtime import configure_cpu_math, row_workers
 from .sampling import as_embeddings, sample
 from .schedule import gamma, gamma_derivative
-from .solvers import guided_velocity
-from .sphere import LOG_SPHERE_AREA, normalize, project_tangent
+from .sphere import LOG_SPHERE_AREA, normalize
 
 try:
     from torchdiffeq import odeint
@@ -32,28 +33,129 @@ except ImportError:  # pragma: no cover - torchdiffeq is in the server extra
     odeint = None
 
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
+KNN_NEIGHBOURS = 5
+MIN_POINTS_PER_WORKER = 32  # per row worker: fewer leave its matmuls too thin to pay for a thread
+# mean_log_density's strata of the draws by kNN density (upper quantiles) and each one's share of the exact
+# draws: on the default model log p - c spreads 1.5 nats in the sparsest 5 % down to 0.5 in the densest
+# 40 %, and a share in proportion to stratum size times spread gives the least variance (Neyman).
+DENSITY_STRATA = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
+STRATUM_SHARES = (0.11, 0.07, 0.12, 0.21, 0.18, 0.16, 0.15)
 
 
-def field_and_divergence(velocity, x: torch.Tensor, t: torch.Tensor, projected: bool = True):
-    """u(x, t) and the trace of its 3x3 Jacobian, per point, by three vector-Jacobian products, one per axis.
+class TangentField:
+    """The flow's velocity and its Jacobian-vector products, by forward-mode differentiation written out.
 
-    Points never interact in the network, so grad(sum_points u_i, x)[..., i] is d u_i / d x_i for
-    every point at once (three backward passes measured faster here than one vmapped batch).
+    The input is 3-D, so the exact divergence needs only 2 (on the sphere) or 3 directional derivatives:
+    the tangents ride through the same weights as the point, about 3 or 4 times a forward pass, where
+    autograd took a forward, three backward passes and a graph. The AdaLN modulations depend on the image
+    and time only, so they come outside the points' pass (for a fixed-step solve, every stage's at once).
+    `matmul_dtype` bfloat16 runs the MLPs' matmuls and GELUs in bf16 (weights converted once); the
+    residual stream, the norms, the modulations and the ODE state stay fp32.
     """
-    with torch.inference_mode(False), torch.enable_grad():
-        x = x.detach().clone().requires_grad_(True)
-        g = gamma(t)
-        if projected:
-            on_sphere = normalize(x)
-            u = project_tangent(on_sphere, velocity(on_sphere, g))
-        else:
-            u = velocity(x, g)
-        u = gamma_derivative(t) * u
-        div = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
-        for i in range(3):
-            (grad,) = torch.autograd.grad(u[..., i].sum(), x, retain_graph=i < 2)
-            div += grad[..., i]
-    return u.detach(), div
+
+    def __init__(self, flow: GeoAdaLNMLP, matmul_dtype: torch.dtype | None = None):
+        self.flow = flow
+        self.mm_dtype = matmul_dtype or next(flow.parameters()).dtype
+        for block in flow.blocks:  # the derivative below is written for exactly these layers
+            if block.mlp[1].approximate != "none" or block.ln.weight is not None:
+                raise ValueError("TangentField expects exact GELU and LayerNorm without affine parameters")
+
+        def weight(layer):
+            return layer.weight.detach().to(self.mm_dtype), layer.bias.detach().to(self.mm_dtype)
+
+        self.mlps = [(*weight(b.mlp[0]), *weight(b.mlp[3]), b.ln.eps) for b in flow.blocks]
+        # every block's AdaLN map and the head's as one matmul, the 1 of (1 + scale) folded into the biases
+        ada = [b.ada_map[1] for b in flow.blocks] + [flow.final_adaln[1]]
+        self.ada_weight = torch.cat([m.weight.detach() for m in ada])
+        self.ada_bias = torch.cat([m.bias.detach() for m in ada]).clone()
+        dim = flow.config.dim
+        for i in range(len(ada)):
+            self.ada_bias[3 * i * dim : (3 * i + 1) * dim] += 1
+
+    @torch.no_grad()
+    def modulations(self, cond: torch.Tensor, g: torch.Tensor):
+        """Per block (1 + scale, shift, gate) and the head's (1 + scale, shift), each (E, 1, dim), at time g.
+
+        cond: flow.cond_mapper(emb) (E, 1, dim), the part of the conditioning that does not depend on time.
+        g of shape (T,) gives a list, one per time, from one matmul (the AdaLN weights are read once).
+        """
+        flow, dim = self.flow, self.flow.config.dim
+        time = flow.time_embedder(g.reshape(-1).to(cond.dtype))[:, None, None, :]
+        mods = F.linear(F.silu(cond + time), self.ada_weight, self.ada_bias)  # (T, E, 1, all)
+        table = []
+        for row in mods.unbind(0):
+            parts = row.split(dim, dim=-1)
+            table.append(([parts[3 * i : 3 * i + 3] for i in range(len(flow.blocks))], parts[-2:]))
+        return table if g.dim() else table[0]
+
+    @staticmethod
+    def _layer_norm(h: torch.Tensor, dh: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """LayerNorm of h and its derivative along dh: rstd (dh - mean(dh) - n mean(n dh))."""
+        n, _, rstd = torch.native_layer_norm(h, h.shape[-1:], None, None, eps)
+        nt = n.unsqueeze(-2)
+        dn = dh - dh.mean(-1, keepdim=True) - nt * (nt * dh).mean(-1, keepdim=True)
+        return n, dn.mul_(rstd.unsqueeze(-2))
+
+    @torch.no_grad()
+    def __call__(self, mods, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """v(x) (..., 3) and J_v(x) dx (..., k, 3) for tangents dx (..., k, 3)."""
+        flow, mm, (blocks, (final_scale, final_shift)) = self.flow, self.mm_dtype, mods
+        h = flow.initial_mapper(x)
+        dh = F.linear(dx, flow.initial_mapper.weight)
+        for (w1, b1, w2, b2, eps), (scale, shift, gate) in zip(self.mlps, blocks, strict=True):
+            n, dn = self._layer_norm(h, dh, eps)
+            p = F.linear(torch.addcmul(shift, n, scale).to(mm), w1, b1)
+            dp = F.linear(dn.mul_(scale.unsqueeze(-2)).to(mm), w1)
+            slope = torch.ops.aten.gelu_backward(torch.ones_like(p), p)  # GELU'(p)
+            # back to fp32 before meeting the residual: mixed-dtype elementwise ops take a slow path on CPUs
+            h = h.addcmul(F.linear(F.gelu(p), w2, b2).to(h.dtype), gate)
+            dh = dh.addcmul(F.linear(dp.mul_(slope.unsqueeze(-2)), w2).to(h.dtype), gate.unsqueeze(-2))
+        n, dn = self._layer_norm(h, dh, flow.final_ln.eps)
+        out = flow.final_linear(torch.addcmul(final_shift, n, final_scale))
+        dout = F.linear(dn.mul_(final_scale.unsqueeze(-2)), flow.final_linear.weight)
+        return out, dout
+
+
+def tangent_frame(y: torch.Tensor) -> torch.Tensor:
+    """(..., 3) unit vectors -> (..., 2, 3): two unit vectors orthogonal to y and to each other.
+
+    Branchless (Duff et al. 2017, "Building an orthonormal basis, revisited"); continuous except where z
+    changes sign, which the divergence, a trace, does not see.
+    """
+    x_, y_, z_ = y.unbind(-1)
+    sign = torch.where(z_ >= 0, 1.0, -1.0).to(y.dtype)
+    a = -1 / (sign + z_)
+    b = x_ * y_ * a
+    e1 = torch.stack([1 + sign * x_ * x_ * a, sign * b, -sign * x_], dim=-1)
+    e2 = torch.stack([b, sign + y_ * y_ * a, -y_], dim=-1)
+    return torch.stack([e1, e2], dim=-2)
+
+
+def field_and_divergence(field: TangentField, conds, x: torch.Tensor, t: torch.Tensor, projected: bool = True):
+    """u(x, t) and the trace of its 3x3 Jacobian per point, from 2 (projected) or 3 directional derivatives.
+
+    conds: [(weight, modulations)], the guided field being sum weight * v. Projected, u(x) = P(y) v(y)
+    with y = x / |x|: u is constant along rays, so J y = 0, and for a unit e orthogonal to y,
+    e.(J e) = (e.(J_v e) - y.v) / |x|; the trace is the sum over two such e.
+    """
+    if projected:
+        r = x.norm(dim=-1, keepdim=True)
+        point = x / r
+        frame = tangent_frame(point)
+    else:
+        point = x
+        frame = torch.eye(3, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 3, 3)
+    v = jv = None
+    for weight, mods in conds:
+        out, dout = field(mods, point, frame)
+        v, jv = (out * weight, dout * weight) if v is None else (v + out * weight, jv + dout * weight)
+    trace = (frame * jv).sum((-2, -1))
+    if projected:
+        radial = (point * v).sum(-1)
+        v = v - radial.unsqueeze(-1) * point
+        trace = (trace - 2 * radial) / r.squeeze(-1)
+    speed = gamma_derivative(t)
+    return speed * v, speed * trace
 
 
 def log_density(
@@ -76,6 +178,8 @@ def log_density(
     points: (M, 3) unit vectors shared by every image, or (E, M, 3). Uniform on the sphere is
     -log(4 pi) = -2.531. Adaptive `method`s use atol/rtol; fixed-step ones take `steps` (default 32).
     on_step is called before every evaluation of the field; it may raise to stop the solve (the server's cancel).
+    Called under torch.autocast (bfloat16), the network's matmuls run in bf16 and the rest in fp32: on the
+    default model about 1e-3 nats from fp32 and several times faster on CPUs with bf16 units.
     """
     if odeint is None:
         raise RuntimeError("log_density needs torchdiffeq: pip install torchdiffeq")
@@ -91,33 +195,103 @@ def log_density(
     flow_dtype = next(flow.parameters()).dtype
     if dtype != flow_dtype:
         raise ValueError(f"dtype {dtype} differs from the network's {flow_dtype}; cast the network first")
-    with torch.inference_mode(False):  # callers may be in inference mode; autograd needs normal tensors
-        return _solve(flow, emb.to(dtype).unsqueeze(1).clone(), normalize(points.to(device, dtype)).clone(),
-                      float(cfg), method, atol, rtol, steps, projected, chunk, on_step)
+    autocast = torch.is_autocast_enabled(device.type)
+    matmul_dtype = torch.get_autocast_dtype(device.type) if autocast else None
+    with torch.autocast(device.type, enabled=False), torch.no_grad():
+        return _solve(flow, emb.to(dtype).unsqueeze(1), normalize(points.to(device, dtype)), float(cfg), method,
+                      atol, rtol, steps, projected, chunk, on_step, matmul_dtype)
 
 
-def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk, on_step=None) -> torch.Tensor:
+def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk, on_step, matmul_dtype) -> torch.Tensor:
     dtype, device = points.dtype, points.device
-    velocity = guided_velocity(flow, emb, cfg, joint=False)
+    field = TangentField(flow, matmul_dtype)
+    weights = [(1.0, emb)] if cfg == 0 else [(1 + cfg, emb), (-cfg, torch.zeros_like(emb))]
+    weights = [(w, flow.cond_mapper(e)) for w, e in weights]
 
-    options = {}
-    if method in FIXED_STEP_METHODS:
-        options["step_size"] = 1.0 / (steps or 32)
-
-    def rhs(t, state):
+    def rhs(t, x, conds):
         if on_step is not None:
             on_step()
-        x, _ = state
-        return field_and_divergence(velocity, x, t, projected)
+        return field_and_divergence(field, conds, x, t, projected)
+
+    def tuple_rhs(t, state):
+        return rhs(t, state[0], [(w, field.modulations(cond, gamma(t))) for w, cond in weights])
+
+    def packed_rhs(t, state, conds):
+        u, div = rhs(t, state[..., :3], conds)
+        return torch.cat([u, div.unsqueeze(-1)], dim=-1)
+
+    if method in _OWN_STEPPERS:
+        plan = _fixed_grid(method, steps or 32, dtype, device)
+        times = torch.stack([t for _, stage_times in plan for t in stage_times])
+        tables = [field.modulations(cond, gamma(times)) for _, cond in weights]  # every stage's, at once
+        stage_conds = [[(w, table[i]) for (w, _), table in zip(weights, tables, strict=True)]
+                       for i in range(len(times))]
+    else:
+        options = {"step_size": 1.0 / (steps or 32)} if method in FIXED_STEP_METHODS else {}
+        span = torch.tensor([0.0, 1.0], dtype=dtype, device=device)
+
+    def solve(x: torch.Tensor) -> torch.Tensor:
+        if method in _OWN_STEPPERS:  # one state tensor: the point and its log-density change
+            conds = iter(stage_conds)
+            state = torch.cat([x, torch.zeros_like(x[..., :1])], dim=-1)
+            logdet = _integrate(method, plan, lambda t, y: packed_rhs(t, y, next(conds)), state)[..., 3]
+        else:  # a tuple, for the adaptive solvers' error norm (the largest of the two parts')
+            state = (x, torch.zeros(x.shape[:-1], dtype=dtype, device=device))
+            logdet = odeint(tuple_rhs, state, span, method=method, atol=atol, rtol=rtol, options=options)[1][-1]
+        return logdet - LOG_SPHERE_AREA
 
     out = []
-    span = torch.tensor([0.0, 1.0], dtype=dtype, device=device)
     for start in range(0, points.shape[1], chunk):
         x = points[:, start : start + chunk]
-        state = (x, torch.zeros(x.shape[:-1], dtype=dtype, device=device))
-        _, logdet = odeint(rhs, state, span, method=method, atol=atol, rtol=rtol, options=options)
-        out.append(logdet[-1] - LOG_SPHERE_AREA)
+        # Every point takes the same fixed steps, so on a CPU the points can be split among row workers (one
+        # intra-op thread each, no barrier per operator: see runtime.RowWorkers) for the same values.
+        count = min(torch.get_num_threads(), x.shape[1] // MIN_POINTS_PER_WORKER)
+        if method in _OWN_STEPPERS and device.type == "cpu" and count >= 2:
+            out.extend(row_workers(count).map(solve, [(part,) for part in x.tensor_split(count, dim=1)]))
+        else:
+            out.append(solve(x))
     return torch.cat(out, dim=1).float()
+
+
+_OWN_STEPPERS = ("euler", "midpoint", "rk4")
+
+
+def _fixed_grid(method: str, steps: int, dtype, device) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """(dt, stage times) per step, as torchdiffeq's fixed-grid solvers compute them."""
+    span = torch.tensor([0.0, 1.0], dtype=dtype, device=device)
+    step_size = 1.0 / steps
+    count = int(torch.ceil((span[-1] - span[0]) / step_size + 1).item())
+    grid = torch.arange(0, count, dtype=dtype, device=device) * step_size + span[0]
+    grid[-1] = span[-1]
+    plan = []
+    for t0, t1 in zip(grid[:-1], grid[1:], strict=True):
+        dt = t1 - t0
+        if method == "euler":
+            plan.append((dt, [t0]))
+        elif method == "midpoint":
+            plan.append((dt, [t0, t0 + 0.5 * dt]))
+        else:
+            plan.append((dt, [t0, t0 + dt * (1 / 3), t0 + dt * (2 / 3), t1]))
+    return plan
+
+
+def _integrate(method: str, plan, f, y: torch.Tensor) -> torch.Tensor:
+    """torchdiffeq's euler, midpoint and rk4 (its 3/8 rule) steps, with the same arithmetic; the stage
+    times come from the plan so that the field's modulations can be computed for all of them at once."""
+    for dt, (t0, *stages) in plan:
+        k1 = f(t0, y)
+        if method == "euler":
+            dy = dt * k1
+        elif method == "midpoint":
+            half_dt = 0.5 * dt
+            dy = dt * f(stages[0], y + k1 * half_dt)
+        else:
+            k2 = f(stages[0], y + dt * k1 * (1 / 3))
+            k3 = f(stages[1], y + dt * (k2 - k1 * (1 / 3)))
+            k4 = f(stages[2], y + dt * (k1 - k2 + k3))
+            dy = (k1 + 3 * (k2 + k3) + k4) * dt * 0.125
+        y = y + dy
+    return y
 
 
 def truth_and_draws_log_density(
@@ -152,3 +326,87 @@ def localizability(draws_log_density):
     density without it.
     """
     return draws_log_density.mean(-1) / (4 * math.pi * math.log(2))
+
+
+def knn_log_density(points: torch.Tensor, k: int = KNN_NEIGHBOURS) -> torch.Tensor:
+    """(E, n, 3) unit vectors -> (E, n) float32: each point's k-nearest-neighbour log-density among the others.
+
+    psi(k) - log(n - 1) - log(area of the spherical cap out to the k-th neighbour), per steradian (the
+    Kozachenko-Leonenko estimate). Chord lengths are taken from coordinate differences, not dot products,
+    so close neighbours keep their precision in float32.
+    """
+    x = normalize(torch.as_tensor(points).float())
+    n = x.shape[-2]
+    if not 0 < k < n:
+        raise ValueError(f"k must be between 1 and n - 1 = {n - 1}, got {k}")
+    chord = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    kth = chord.topk(k + 1, dim=-1, largest=False).values[..., k]  # [..., 0] is the point itself
+    cap_area = (math.pi * kth.square()).clamp_min(1e-12)  # 2 pi (1 - cos theta) = pi chord^2
+    digamma_k = sum(1 / j for j in range(1, k)) - 0.5772156649015329  # psi(k) for a whole k
+    return (digamma_k - math.log(n - 1) - cap_area.log()).float()
+
+
+def mean_log_density(
+    flow: GeoAdaLNMLP,
+    emb: torch.Tensor,
+    draws: torch.Tensor,
+    *,
+    exact: int = 96,
+    k: int = KNN_NEIGHBOURS,
+    method: str = "rk4",
+    steps: int = 8,
+    precision: str = "fp32",
+    on_step: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Each image's mean log-density (no guidance) over its n i.i.d. draws (E, n, 3) -> (E,) float32.
+
+    Unbiased for the mean over all n draws from the exact log-density of about `exact` of them: with c the
+    k-nearest-neighbour log-density of every draw as a control variate, mean_n(c) + sum_h W_h mean(log p - c)
+    over the exact draws of each stratum h of draws ranked by c (W_h its share of the n). The spread that
+    remains is that of log p - c within strata: on the default model about 0.7 nats where log p's is about
+    2, the accuracy of 8 times as many exact draws. Each stratum's exact draws are drawn at random, seeded
+    by the draws themselves (see _draw_order).
+    precision "bf16" runs the network's matmuls in bf16 (see log_density). With n <= exact, the plain mean.
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    device = next(flow.parameters()).device
+    draws = torch.as_tensor(draws).to(device)
+    n = draws.shape[-2]
+
+    def exact_log_density(points):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return log_density(flow, emb, points, method=method, steps=steps, on_step=on_step)
+
+    if n <= exact or n <= k:
+        return exact_log_density(draws).mean(-1)
+    c = knn_log_density(draws, k)
+    rank = torch.empty_like(c, dtype=torch.long).scatter_(
+        -1, c.argsort(dim=-1, stable=True), torch.arange(n, device=device).expand(c.shape))
+    upper = [round(n * q) for q in DENSITY_STRATA]
+    sizes = torch.tensor(upper, device=device).diff(prepend=torch.zeros(1, dtype=torch.long, device=device))
+    cum_share = torch.tensor(STRATUM_SHARES).cumsum(0)
+    wanted = (exact * cum_share).round().long().diff(prepend=torch.zeros(1, dtype=torch.long)).to(device)
+    take = torch.minimum(wanted.clamp_min(1), sizes)  # exact draws per stratum, the same for every image
+    stratum = torch.bucketize(rank, torch.tensor(upper, device=device), right=True)  # (E, n) in 0..H-1
+    order = _draw_order(draws)  # (E, n): the draws in a random order of their own
+    member = F.one_hot(stratum.gather(-1, order), len(upper)).bool()  # (E, n, H), in that order
+    chosen = (member & (member.cumsum(-2) <= take)).any(-1)  # the first `take` of each stratum
+    index = order.gather(-1, (~chosen).to(torch.uint8).argsort(dim=-1, stable=True)[..., : int(take.sum())])
+    lp = exact_log_density(draws.gather(-2, index.unsqueeze(-1).expand(*index.shape, 3)))
+    residual = F.one_hot(stratum.gather(-1, index), len(upper)) * (lp - c.gather(-1, index)).unsqueeze(-1)
+    return c.mean(-1) + (residual.sum(-2) / take * (sizes / n)).sum(-1)
+
+
+def _draw_order(draws: torch.Tensor) -> torch.Tensor:
+    """(E, n, 3) -> (E, n): a permutation of each image's draws, seeded by the draws' own bits.
+
+    Not draw order: the server starts every photo from the same points, and taking the same start points'
+    draws in every photo left the photos' errors a common offset (+0.007 localizability on the held-out
+    tiles, against about 0 at random). Seeded by the values, a photo's result stays the same run to run.
+    """
+    orders = []
+    for row in draws.detach().float().cpu().numpy():
+        seed = int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") >> 1
+        orders.append(torch.randperm(row.shape[0], generator=torch.Generator().manual_seed(seed)))
+    return torch.stack(orders).to(draws.device)

@@ -8,10 +8,15 @@ AdaLN modulation once per image rather than once per sample as the reference doe
 
 from __future__ import annotations
 
+import functools
+import weakref
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .runtime import row_workers
 
 
 @dataclass(frozen=True)
@@ -106,3 +111,105 @@ class GeoAdaLNMLP(nn.Module):
             h = block(h, c)
         scale, shift = self.final_adaln(c).chunk(2, dim=-1)
         return self.final_linear((1 + scale) * self.final_ln(h) + shift)
+
+
+class Bf16Velocity:
+    """Inference-only bf16 evaluation of a GeoAdaLNMLP, callable like its forward().
+
+    Autocast would convert every fp32 weight to bf16 on every call and round the activations in extra
+    passes. Here the MLP weights are converted once; the modulations of all blocks come from one fp32
+    matmul per call (they depend on the image and gamma only); the residual stream stays fp32; GELU runs
+    as the first matmul's epilogue. On a CPU, chunks of the sample rows go to row workers (see
+    runtime.RowWorkers); rows never interact, and a row's result does not depend on its chunk.
+    """
+
+    MIN_ROWS = 128  # per worker: thinner matmuls are not worth a thread
+
+    def __init__(self, net: GeoAdaLNMLP):
+        # the layers, not the module: the cache below must not keep the module alive
+        self.cond_mapper, self.time_embedder = net.cond_mapper, net.time_embedder
+        self.initial_mapper, self.final_linear = net.initial_mapper, net.final_linear
+        self.dim = net.config.dim
+        self.mlps = [
+            tuple(t.detach().to(torch.bfloat16).contiguous()
+                  for t in (b.mlp[0].weight, b.mlp[0].bias, b.mlp[3].weight, b.mlp[3].bias))
+            for b in net.blocks
+        ]
+        ada = [b.ada_map[1] for b in net.blocks] + [net.final_adaln[1]]
+        self.ada_weight = torch.cat([m.weight.detach() for m in ada]).contiguous()
+        bias = torch.cat([m.bias.detach() for m in ada]).clone()
+        for i in range(len(ada)):  # the 1 of (1 + scale) folded into each scale's bias
+            bias[3 * i * self.dim : (3 * i + 1) * self.dim] += 1
+        self.ada_bias = bias
+        self.on_cpu = self.ada_weight.device.type == "cpu"
+        self.fused = self.on_cpu and _onednn_bf16()
+
+    def modulations(self, g: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Every block's (1 + scale, shift, gate) and the head's (1 + scale, shift), concatenated: (..., 1, M)."""
+        g = torch.as_tensor(g, dtype=emb.dtype, device=emb.device).expand(emb.shape[:-1])
+        c = self.cond_mapper(emb) + self.time_embedder(g)  # as GeoAdaLNMLP.condition
+        return F.linear(F.silu(c), self.ada_weight, self.ada_bias)
+
+    def rows(self, x: torch.Tensor, mods: torch.Tensor) -> torch.Tensor:
+        """The velocity at points x (..., n, 3) under modulations from modulations()."""
+        dim = self.dim
+        h = self.initial_mapper(x)
+        shape = h.shape
+        one_image = mods.shape[:-1].numel() == 1  # then LayerNorm applies the modulation itself, in one pass
+        z = None if one_image else torch.empty(shape, dtype=torch.bfloat16, device=h.device)
+        for i, mlp in enumerate(self.mlps):
+            scale, shift, gate = mods[..., 3 * i * dim : 3 * (i + 1) * dim].split(dim, dim=-1)
+            if one_image:
+                z = F.layer_norm(h, (dim,), scale.reshape(dim), shift.reshape(dim)).to(torch.bfloat16)
+            else:
+                torch.addcmul(shift, F.layer_norm(h, (dim,)), scale, out=z)
+            h.addcmul_(self._mlp(z.reshape(-1, dim), *mlp).reshape(shape), gate)
+        scale, shift = mods[..., -2 * dim :].split(dim, dim=-1)
+        return self.final_linear(torch.addcmul(shift, F.layer_norm(h, (dim,)), scale))
+
+    def _mlp(self, z, w1, b1, w2, b2):
+        if self.fused:  # oneDNN directly: GELU as the first matmul's epilogue, biases inside the matmuls
+            up = torch.ops.mkldnn._linear_pointwise(z, w1, b1, "gelu", [], "none")
+            return torch.ops.mkldnn._linear_pointwise(up, w2, b2, "none", [], "")
+        return F.linear(F.gelu(F.linear(z, w1, b1)), w2, b2)
+
+    def __call__(self, x: torch.Tensor, g: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        mods = self.modulations(g, emb)
+        count = min(torch.get_num_threads(), x.shape[-2] // self.MIN_ROWS) if self.on_cpu and x.dim() > 1 else 1
+        if count < 2:
+            return self.rows(x, mods)
+        chunks = [(part, mods) for part in x.tensor_split(count, dim=-2)]
+        return torch.cat(row_workers(count).map(self.rows, chunks), dim=-2)
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    """Whether oneDNN runs bf16 matmuls with a GELU epilogue here (CPUs without bf16 support may refuse)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        w = torch.ones(4, 4, dtype=torch.bfloat16)
+        torch.ops.mkldnn._linear_pointwise(w, w, w[0], "gelu", [], "none")
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
+_BF16_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _version(p: torch.Tensor) -> int:
+    try:
+        return p._version
+    except RuntimeError:  # an inference tensor: it has no version counter
+        return -1
+
+
+def bf16_velocity(net: GeoAdaLNMLP) -> Bf16Velocity:
+    """The net's Bf16Velocity, converted once and reused until a parameter changes (in place or replaced)."""
+    key = tuple((p.data_ptr(), _version(p), p.device, p.dtype) for p in net.parameters())
+    cached = _BF16_CACHE.get(net)
+    if cached is None or cached[0] != key:
+        cached = (key, Bf16Velocity(net))
+        _BF16_CACHE[net] = cached
+    return cached[1]

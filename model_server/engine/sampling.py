@@ -6,12 +6,11 @@ The network's conditioning is computed once per image and broadcast over that im
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
 
-from .network import GeoAdaLNMLP
+from .network import GeoAdaLNMLP, bf16_velocity
 from .runtime import configure_cpu_math
 from .solvers import get_solver, guided_velocity
 from .sphere import normalize, uniform_sphere
@@ -58,13 +57,11 @@ def initial_points(
     return normalize(x0.to(device))
 
 
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for the network's matmuls; the points themselves stay fp32."""
+def network_for(flow: GeoAdaLNMLP, precision: str) -> Callable[..., torch.Tensor]:
+    """The flow itself in fp32 (the reference path), its cached bf16 evaluator in bf16; the points stay fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return flow if precision == "fp32" else bf16_velocity(flow)
 
 
 @torch.inference_mode()
@@ -92,7 +89,6 @@ def sample(
     emb = as_embeddings(emb, flow.config.cond_dim).to(device)
     x = initial_points(emb.shape[0], n, x0, generator, device)
     solve = get_solver(solver)
-    velocity = guided_velocity(flow, emb.unsqueeze(1), float(cfg))
-    with autocast_context(precision, device):
-        x = solve(velocity, x, steps, on_step)
+    velocity = guided_velocity(network_for(flow, precision), emb.unsqueeze(1), float(cfg))
+    x = solve(velocity, x, steps, on_step)
     return normalize(x.float())

@@ -59,7 +59,8 @@ def evaluate_model(
     if map_samples:
         lat, lon = photos.latlon[:, 0], photos.latlon[:, 1]
         scores = score_maps(model.flow, emb, lat, lon, cfg=scoring.distribution_cfg, samples=map_samples,
-                            resolution=map_resolution, steps=scoring.steps, precision=scoring.precision,
+                            resolution=map_resolution, steps=scoring.steps, solver=scoring.solver,
+                            precision=scoring.precision,
                             seed=scoring.seed, chunk=scoring.chunk, on_step=stage("maps", len(emb)))
         rows.append(map_row(scores, cfg=scoring.distribution_cfg, samples=map_samples, resolution=map_resolution))
     if train_data is not None:

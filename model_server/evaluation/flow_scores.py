@@ -30,6 +30,7 @@ class FlowScoring:
     guess_samples: int = P.GUESS_SAMPLES
     samples: int = 64
     steps: int = P.STEPS.default
+    solver: str = P.DEFAULT_OPTIONS["solver"]
     precision: str = P.DEFAULT_OPTIONS["precision"]
     likelihood_method: str = "midpoint"
     likelihood_steps: int = 8
@@ -65,7 +66,8 @@ def evaluate_flow(
     single, guess, logp_truth, logp_samples = [], [], [], []
     for start in range(0, len(emb), chunk):
         e = emb[start : start + chunk]
-        guided = sample(flow, e, guess_samples, steps=steps, cfg=cfg, generator=gen, precision=precision).numpy()
+        guided = sample(flow, e, guess_samples, steps=steps, solver=scoring.solver, cfg=cfg, generator=gen,
+                        precision=precision).numpy()
         single.append(guided[:, 0])
         guess.append(best_guesses(guided))
         at_truth, at_draws = truth_and_draws_log_density(

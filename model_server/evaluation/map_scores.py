@@ -71,6 +71,7 @@ def score_maps(
     resolution: float = P.RESOLUTION.default,
     levels: Sequence[float] = COVERAGE_LEVELS,
     steps: int = P.STEPS.default,
+    solver: str = P.DEFAULT_OPTIONS["solver"],
     precision: str = P.DEFAULT_OPTIONS["precision"],
     seed: int = 0,
     chunk: int = 20,
@@ -88,7 +89,8 @@ def score_maps(
     logp, inside = [], []
     for start in range(0, len(emb), chunk):
         e = emb[start : start + chunk]
-        points = sample(flow, e, samples, steps=steps, cfg=cfg, generator=gen, precision=precision).numpy()
+        points = sample(flow, e, samples, steps=steps, solver=solver, cfg=cfg, generator=gen,
+                        precision=precision).numpy()
         for i, x in enumerate(points, start):
             scored = truth_on_map(x, lat[i], lon[i], grid, levels)
             logp.append(scored.log_density)

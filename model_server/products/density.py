@@ -19,8 +19,11 @@ import numpy as np
 from ..geodesy import latlon_to_xyz, xyz_to_latlon
 from .grid import Grid
 from .kde import adaptive_kappas, max_kappa_for, select_kappa, vmf_log_norms
+from .raster_sum import kernel_sums
 
-# exp(-CUTOFF) is negligible next to the kernel's peak: contributions beyond are skipped.
+# Each cell's density is exact to this fraction of the uniform floor, so to this fraction of itself.
+CELL_TOLERANCE = 1e-8
+# Without a uniform floor, a kernel is left out where it is below exp(-CUTOFF) of its peak.
 CUTOFF = 30.0
 DEFAULT_UNIFORM_WEIGHT = 1e-4
 # The raster's `kernel` tag: kernel_kappa is the pilot bandwidth the per-sample ones scale.
@@ -85,11 +88,13 @@ def kde_raster(
     adaptive: bool = True,
     check: Callable[[], None] | None = None,
 ) -> DensityRaster:
-    """The KDE of unit-vector samples (n, 3) integrated over the cells of a global `grid`.
+    """The KDE of unit-vector samples (n, 3) integrated over the cells of `grid` (global, or a window of one).
 
     kappa: the (pilot) bandwidth, by leave-one-out likelihood when None; adaptive: per-sample
     bandwidths around it (adaptive_kappas), else the one kappa for all. check, when given, is called
-    in the bandwidth selection and before every row; it may raise to stop (the server's cancel).
+    in the bandwidth selection and between blocks of the evaluation (every few ms); it may raise to stop
+    (the server's cancel). Every cell's density is within CELL_TOLERANCE of the exact KDE at its centre,
+    relative (_cuts, raster_sum).
     """
     s = np.asarray(samples, dtype=np.float64)
     s = s / np.linalg.norm(s, axis=1, keepdims=True)
@@ -102,36 +107,28 @@ def kde_raster(
         kappas = adaptive_kappas(s, kappa, max(max_kappa, kappa), check=check)
     else:
         kappas = np.full(len(s), float(kappa))
-    lat_s = np.arcsin(np.clip(s[:, 2], -1.0, 1.0))
-    order = np.argsort(lat_s)
-    lat_sorted = lat_s[order]
-    s_sorted = s[order].astype(np.float32)
-    k_sorted = kappas[order].astype(np.float32)
-    log_c_sorted = vmf_log_norms(kappas[order]).astype(np.float32)
-    # Beyond this angle from its centre a kernel is negligible (exp(-CUTOFF) of its peak).
-    reach = np.arccos(np.maximum(-1.0, 1.0 - CUTOFF / kappas[order]))
-    widest = float(reach.max()) if len(reach) else 0.0
-    lats = np.deg2rad(grid.lat_centers())
-    density = np.zeros((grid.height, grid.width))
-    for row in range(grid.height):
-        if check is not None:
-            check()
-        lo, hi = np.searchsorted(lat_sorted, [lats[row] - widest, lats[row] + widest])
-        near = np.arange(lo, hi)[np.abs(lat_sorted[lo:hi] - lats[row]) <= reach[lo:hi]]
-        if len(near) == 0:
-            continue
-        a = grid.row_xyz(row).astype(np.float32) @ s_sorted[near].T  # (width, k)
-        a -= 1.0
-        a *= k_sorted[near]
-        a += log_c_sorted[near]
-        np.exp(a, out=a)
-        density[row] = a.sum(axis=1, dtype=np.float64)
+    density = kernel_sums(s, kappas, vmf_log_norms(kappas), grid, _cuts(kappas, uniform_weight), check)
     density /= len(s)
     density = (1.0 - uniform_weight) * density + uniform_weight / (4 * math.pi)
     prob = density * grid.cell_areas_sr()[:, None]
     total = float(prob.sum())
     prob /= total
     return DensityRaster(grid, prob, float(kappa), uniform_weight, total, kappas if adaptive else None)
+
+
+def _cuts(kappas: np.ndarray, uniform_weight: float) -> np.ndarray:
+    """Per kernel, the exponent kappa_i (x . mu_i - 1) below which its term may be left out.
+
+    A term is dropped only where it is under CELL_TOLERANCE of the uniform floor's share of each sample,
+    eps / (4 pi) / (1 - eps) in kernel units: the n kernels together then move no cell by more than
+    CELL_TOLERANCE of the floor, so of itself.
+    """
+    if uniform_weight <= 0:
+        return np.full(len(kappas), CUTOFF)
+    if uniform_weight >= 1:
+        return np.full(len(kappas), -1.0)
+    log_floor = math.log(CELL_TOLERANCE * uniform_weight / (4 * math.pi * (1.0 - uniform_weight)))
+    return vmf_log_norms(kappas) - log_floor
 
 
 def crop_window(prob: np.ndarray, mass: float = 0.999) -> tuple[int, int, int, int]:

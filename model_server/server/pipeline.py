@@ -1,4 +1,4 @@
-"""One batch of photos through the model: decode, embed, sample, products, write.
+"""The photos of one unit through the model, one photo at a time: decode, embed, sample, products, write.
 
 Runs in the worker thread.  `emit` receives ("progress", stage, index, name) and
 ("result", index, status, summary, error, blobs) events; the socket thread turns them
@@ -28,9 +28,11 @@ from .models import photo_warnings
 log = logging.getLogger("geoplonk.server")
 
 Emit = Callable[..., None]
-# Own samples whose exact log-density estimates localizability (the paper uses 1024).
+# Localizability: the exact log-density (rk4, LOCALIZABILITY_STEPS steps) of about LOCALIZABILITY_SAMPLES of the
+# photo's own samples, with a nearest-neighbour density of all of them as control variate (the paper: the
+# exact log-density of 1024 samples, with dopri5).
 LOCALIZABILITY_SAMPLES = 64
-LOCALIZABILITY_STEPS = 16
+LOCALIZABILITY_STEPS = 7
 
 
 def start_points(n: int, seed: int) -> torch.Tensor:
@@ -48,24 +50,32 @@ def localizability(model, emb: torch.Tensor, samples: torch.Tensor,
                    check: Callable[[], None] | None = None) -> tuple[np.ndarray, str]:
     """The paper's localizability: mean log-density (nats/sr) of the model's own samples / (4 pi ln 2).
 
-    Estimated on LOCALIZABILITY_SAMPLES of each photo's samples with the engine's exact
-    likelihood (probability-flow ODE with the exact divergence), integrated with a fixed-step
-    midpoint rule of LOCALIZABILITY_STEPS steps instead of dopri5 to bound the CPU time; the
-    density is taken without guidance, as in the reference.  Returns (values (E,), method).
+    engine.likelihood.mean_log_density: the exact likelihood (probability-flow ODE with the exact
+    divergence; rk4, LOCALIZABILITY_STEPS steps, bf16 matmuls where the device has them) of about
+    LOCALIZABILITY_SAMPLES of the photo's samples, and the k-nearest-neighbour density of all of them as a
+    control variate, stratified: as close to the exact mean over all samples as 8 times as many exact
+    points alone (benchmarks/check_localizability.py). Without guidance, as in the reference.
+    Returns (values (E,), method).
 
     One photo at a time: the matmuls' blocking depends on the batch, and a photo's localizability must not
-    depend on which photos shared its batch (it differed by about 1e-7 between a batch of 4 and alone).
-    `check` is called before every evaluation of the field (and may raise Cancelled).
+    depend on which photos shared its batch. `check` is called before every evaluation of the field (and
+    may raise Cancelled).
     """
     from ..engine import likelihood
+    from ..engine.sampling import supported_precision
 
-    pts = samples[:, :LOCALIZABILITY_SAMPLES]
+    precision = supported_precision("bf16", model.device)
     values = []
     for row in range(emb.shape[0]):
-        logp = likelihood.log_density(model.flow, emb[row : row + 1], pts[row : row + 1], method="midpoint",
-                                      steps=LOCALIZABILITY_STEPS, on_step=check)
-        values.append(likelihood.localizability(logp).cpu().numpy())
-    return np.concatenate(values), "exact-midpoint"
+        mean = likelihood.mean_log_density(model.flow, emb[row : row + 1], samples[row : row + 1],
+                                           exact=LOCALIZABILITY_SAMPLES, steps=LOCALIZABILITY_STEPS,
+                                           precision=precision, on_step=check)
+        values.append(likelihood.localizability(mean[:, None]).cpu().numpy())
+    n = samples.shape[1]
+    if n <= LOCALIZABILITY_SAMPLES:
+        return np.concatenate(values), f"exact, rk4 {LOCALIZABILITY_STEPS} steps {precision}, all {n} samples"
+    return np.concatenate(values), (f"exact, rk4 {LOCALIZABILITY_STEPS} steps {precision}, "
+                                    f"{LOCALIZABILITY_SAMPLES} of {n} samples; kNN-density control variate")
 
 
 def run_unit(
@@ -110,126 +120,102 @@ def run_unit(
 
 def _run(model, device, request_names, request_blobs, indices, options, emit, pending, fail, cancel_rest,
          check) -> None:
-    """run_unit's stages; `check` raises Cancelled inside a stage, `cancel_rest` answers between them."""
+    """run_unit's stages, photo by photo: each photo's result leaves as soon as it is ready, so the first
+    answer of a batch comes after one photo's time.  `check` raises Cancelled inside a stage, `cancel_rest`
+    answers between photos."""
     if options.get("cfg") is None:  # the summary and the raster's tags say which guidance ran
         options = {**options, "cfg": model.distribution_cfg}
-    timings: dict[int, dict[str, float]] = {i: {} for i in indices}
-    images, exif, good = [], {}, []
-    warnings: dict[int, list[str]] = {}  # the photo is not the kind of view the model was made for
+    from ..engine.sampling import supported_precision
+
+    precision = supported_precision(options["precision"], model.device)
+    x0 = start_points(options["samples"], options["seed"])
     for i in indices:
         if cancel_rest():
             return
-        emit("progress", "decode", i, request_names[i])
-        t = time.perf_counter()
         try:
-            image = decode_image(request_blobs[i], max_bytes=P.MAX_IMAGE_BYTES)
+            run_photo(model, device, i, request_names[i], request_blobs[i], options, precision, x0, emit, check)
         except ImageError as exc:
             fail(i, P.E_BAD_IMAGE, str(exc))
             continue
-        gps, exif_problem = exif_gps(request_blobs[i])
-        exif[i] = (gps.lat, gps.lon) if gps is not None else None
-        try:
-            warnings[i] = photo_warnings(model.name, getattr(model, "manifest", None), request_blobs[i], image.size)
-        except Exception:  # noqa: BLE001 - a warning's own trouble must never fail the photo
-            log.exception("model-fit warnings of %s", request_names[i])
-            warnings[i] = []
-        if exif_problem:  # out of range or unreadable GPS: never fails the photo, but says why it is ignored
-            warnings[i].append(exif_problem)
-        images.append(image)
-        good.append(i)
-        timings[i]["decode"] = time.perf_counter() - t
-    if not good or cancel_rest():
-        return
-
-    @contextlib.contextmanager
-    def batch_stage(stage: str):
-        """A stage run once for the whole batch: announce it, then share its time among the photos."""
-        emit("progress", stage, None, None)
-        t = time.perf_counter()
-        yield
-        per = (time.perf_counter() - t) / len(good)
-        for i in good:
-            timings[i][stage] = per
-
-    with batch_stage("embed"):
-        embed = getattr(model, "embed", None) or model.encoder.embed
-        # One photo at a time: the encoder's convolutions round differently in a batch (about 5e-7), and a
-        # photo's result must not depend on which photos shared its batch.  Cancel is checked between photos.
-        rows = []
-        for image in images:
-            check()
-            rows.append(embed([image]))
-        emb = torch.cat(rows).to(model.device)
-    if cancel_rest():
-        return
-
-    from ..engine.sampling import sample, supported_precision
-
-    precision = supported_precision(options["precision"], model.device)
-    with batch_stage("sample"):
-        n = options["samples"]
-        x0 = start_points(n, options["seed"])
-        kw = {"steps": options["steps"], "solver": options["solver"], "precision": precision}
-        m = min(P.GUESS_SAMPLES, n)
-        # Photo by photo, for the same reason as the embeddings: in fp32 the network's matmuls round
-        # differently for a batch of photos than for one, and the samples must not depend on the batch.
-        drawn, guessed = [], []
-        for row in range(emb.shape[0]):
-            one = emb[row : row + 1]
-            drawn.append(sample(model.flow, one, n, cfg=options["cfg"], x0=x0, on_step=check, **kw))
-            guessed.append(sample(model.flow, one, m, cfg=P.GUESS_CFG, x0=x0[:m], on_step=check, **kw))
-        samples, guess = torch.cat(drawn), torch.cat(guessed)
-    if cancel_rest():
-        return
-
-    with batch_stage("localizability"):
-        loc, loc_method = localizability(model, emb, samples, check)
-    if cancel_rest():
-        return
-
-    samples_np = samples.float().cpu().numpy()
-    guess_np = guess.float().cpu().numpy()
-    for row, i in enumerate(good):
-        if cancel_rest():
-            return
-        name = request_names[i]
-
-        def on_stage(stage: str, i: int = i, name: str = name) -> None:
-            check()
-            emit("progress", stage, i, name)
-
-        try:
-            products = compute_products(
-                samples_np[row], guess_np[row], options["resolution"], options["levels"],
-                options["top_k"], options["crop"], exif[i], on_stage, check,
-            )
-            timings[i].update(products.timings)
-            on_stage("write")
-            t = time.perf_counter()
-            tags = {
-                "model": model.name, "encoder": model.encoder_name, "solver": options["solver"],
-                "steps": options["steps"], "precision": precision, "cfg": options["cfg"],
-                "samples": options["samples"],
-                "seed": options["seed"], "software_version": __version__,
-                "kernel": KERNEL_NAME, "kernel_kappa": f"{products.raster.kappa:.6g}",
-            }
-            tiff, gpkg = write_products(products, float(loc[row]), tags)
-            timings[i]["write"] = time.perf_counter() - t
-            summary = {
-                "model": model.name,
-                "encoder": model.encoder_name,
-                "device": device,
-                "software_version": __version__,
-                "options": options,
-                **summary_fields(products, float(loc[row])),
-                "localizability_method": loc_method,
-                "warnings": warnings.get(i, []),
-                "timings": {k: round(v, 4) for k, v in timings[i].items()},
-            }
-            emit("result", i, P.STATUS_OK, summary, None, [tiff, gpkg])
-            pending.remove(i)
         except Cancelled:
             raise
         except Exception as exc:  # noqa: BLE001 - one photo fails alone
-            log.error("photo %s failed:\n%s", name, traceback.format_exc())
+            log.error("photo %s failed:\n%s", request_names[i], traceback.format_exc())
             fail(i, P.E_INTERNAL, f"{type(exc).__name__}: {exc}")
+            continue
+        pending.remove(i)
+
+
+def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, Any], precision: str,
+               x0: torch.Tensor, emit: Emit, check: Callable[..., None]) -> None:
+    """One photo through every stage, then its result.  Photo by photo, a result never depends on which
+    photos shared its batch (the encoder's convolutions and the network's matmuls round differently in a
+    batch, by about 5e-7)."""
+    timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(label: str):
+        check()
+        emit("progress", label, i, name)
+        t = time.perf_counter()
+        yield
+        timings[label] = time.perf_counter() - t
+
+    with stage("decode"):
+        image = decode_image(blob, max_bytes=P.MAX_IMAGE_BYTES)
+        gps, exif_problem = exif_gps(blob)
+        truth = (gps.lat, gps.lon) if gps is not None else None
+        try:
+            warnings = photo_warnings(model.name, getattr(model, "manifest", None), blob, image.size)
+        except Exception:  # noqa: BLE001 - a warning's own trouble must never fail the photo
+            log.exception("model-fit warnings of %s", name)
+            warnings = []
+        if exif_problem:  # out of range or unreadable GPS: never fails the photo, but says why it is ignored
+            warnings.append(exif_problem)
+
+    with stage("embed"):
+        embed = getattr(model, "embed", None) or model.encoder.embed
+        emb = embed([image]).to(model.device)
+
+    from ..engine.sampling import sample
+
+    with stage("sample"):
+        n = options["samples"]
+        kw = {"steps": options["steps"], "solver": options["solver"], "precision": precision}
+        m = min(P.GUESS_SAMPLES, n)
+        samples = sample(model.flow, emb, n, cfg=options["cfg"], x0=x0, on_step=check, **kw)
+        guess = sample(model.flow, emb, m, cfg=P.GUESS_CFG, x0=x0[:m], on_step=check, **kw)
+
+    with stage("localizability"):
+        loc, loc_method = localizability(model, emb, samples, check)
+
+    def on_stage(label: str) -> None:
+        check()
+        emit("progress", label, i, name)
+
+    products = compute_products(
+        samples[0].float().cpu().numpy(), guess[0].float().cpu().numpy(), options["resolution"],
+        options["levels"], options["top_k"], options["crop"], truth, on_stage, check,
+    )
+    timings.update(products.timings)
+    with stage("write"):
+        tags = {
+            "model": model.name, "encoder": model.encoder_name, "solver": options["solver"],
+            "steps": options["steps"], "precision": precision, "cfg": options["cfg"],
+            "samples": options["samples"],
+            "seed": options["seed"], "software_version": __version__,
+            "kernel": KERNEL_NAME, "kernel_kappa": f"{products.raster.kappa:.6g}",
+        }
+        tiff, gpkg = write_products(products, float(loc[0]), tags)
+    summary = {
+        "model": model.name,
+        "encoder": model.encoder_name,
+        "device": device,
+        "software_version": __version__,
+        "options": options,
+        **summary_fields(products, float(loc[0])),
+        "localizability_method": loc_method,
+        "warnings": warnings,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    emit("result", i, P.STATUS_OK, summary, None, [tiff, gpkg])

@@ -303,6 +303,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
 
+        sinks = [sink]  # on_result writes through this list, emptied once the photos are done
         load = self.parameterAsBoolean(parameters, self.LOAD_RASTERS, context)
         stems = unique_stems(photos)
         rasters: list[str] = []
@@ -329,13 +330,17 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             feature = QgsFeature(fields)
             feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(row["lon"], row["lat"])))
             feature.setAttributes([row[name] for name, _ in LAYER_FIELDS])
-            sink.addFeature(feature, QgsFeatureSink.FastInsert)
+            sinks[0].addFeature(feature, QgsFeatureSink.FastInsert)
             if load:
                 raster = (result.summary or {}).get("raster") or {}
                 self._load_on_completion(context, row["geotiff"], stems[result.index], raster.get("max_probability"))
             feedback.pushInfo(describe_row(row))
 
         self._geolocate(settings, photos, feedback, on_progress, on_result)
+        # The GeoPackage is committed when the sink is destroyed, which must happen before qgis_process exits:
+        # dropping both references here does not wait for the collector, whatever still holds on_result.
+        sinks.clear()
+        del sink
         succeeded = len(rasters)
         failed = finished - succeeded
         if feedback.isCanceled():

@@ -1,18 +1,29 @@
-"""Exact log-density: the uniform case, normalisation over the sphere, samples, and the authors' code."""
+"""Exact log-density: the uniform case, normalisation over the sphere, samples, the authors' code, the
+forward-mode divergence against autograd's Jacobian, and the mean log-density behind localizability."""
 
 from __future__ import annotations
 
 import math
+import types
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from model_server.engine.likelihood import localizability, log_density
+from model_server.engine.likelihood import (
+    TangentField,
+    field_and_divergence,
+    knn_log_density,
+    localizability,
+    log_density,
+    mean_log_density,
+)
 from model_server.engine.network import FlowConfig, GeoAdaLNMLP
 from model_server.engine.sampling import sample
-from model_server.engine.sphere import degrees_to_xyz, uniform_sphere, xyz_to_degrees
+from model_server.engine.schedule import gamma, gamma_derivative
+from model_server.engine.sphere import degrees_to_xyz, normalize, project_tangent, uniform_sphere, xyz_to_degrees
+from model_server.server import pipeline
 
 from . import plonk_reference
 from .test_oracle import randomise
@@ -163,3 +174,133 @@ def test_works_inside_inference_mode():
     with torch.inference_mode():
         inside = log_density(net, torch.ones(1, 8), pts, method="rk4", steps=4)
     assert torch.equal(inside, outside)
+
+
+def autograd_field(net, emb, cfg, t, projected):
+    """u(x) for one point x (3,) through the network's own forward, for autograd's Jacobian."""
+    g = gamma(t)
+
+    def u(x):
+        y = normalize(x) if projected else x
+        v = net(y, g, emb)
+        if cfg:
+            v = (1 + cfg) * v - cfg * net(y, g, torch.zeros_like(emb))
+        return gamma_derivative(t) * (project_tangent(y, v) if projected else v)
+
+    return u
+
+
+@pytest.mark.parametrize("projected", [True, False])
+@pytest.mark.parametrize("cfg", [0.0, 1.5])
+def test_divergence_is_the_trace_of_the_jacobian(projected, cfg):
+    """The forward-mode divergence against the trace of autograd's 3x3 Jacobian, off the sphere too
+    (projected, the field is extended along rays: |x| = 1.03 must give the same surface divergence)."""
+    net = field(gain=0.7, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    emb = torch.randn(2, 1, 8, generator=gen)
+    x = uniform_sphere(10, generator=gen).reshape(2, 5, 3) * (1.03 if projected else 1.0)
+    x[0, 0] = torch.tensor([0.0, 0.0, -1.0])  # where the tangent frame changes branch
+    t = torch.tensor(0.37)
+    tangent = TangentField(net)
+    parts = [(1.0, emb)] if cfg == 0 else [(1 + cfg, emb), (-cfg, torch.zeros_like(emb))]
+    conds = [(w, tangent.modulations(net.cond_mapper(e), gamma(t))) for w, e in parts]
+    u, div = field_and_divergence(tangent, conds, x, t, projected)
+    for i in range(2):
+        ref = autograd_field(net, emb[i, 0], cfg, t, projected)
+        for j in range(5):
+            jac = torch.autograd.functional.jacobian(ref, x[i, j])
+            assert torch.allclose(u[i, j], ref(x[i, j]), atol=1e-6)
+            assert div[i, j].item() == pytest.approx(jac.trace().item(), abs=1e-5, rel=1e-5)
+
+
+@pytest.mark.parametrize("method,steps,evaluations", [("euler", 5, 5), ("midpoint", 4, 8), ("rk4", 3, 12)])
+def test_fixed_steps_match_torchdiffeq_and_call_on_step_before_every_evaluation(method, steps, evaluations):
+    """The engine's own fixed-step integrators against torchdiffeq's on the autograd field."""
+    from torchdiffeq import odeint
+
+    net = field(gain=0.5, seed=6)
+    emb = torch.randn(1, 8, generator=torch.Generator().manual_seed(7))
+    pts = uniform_sphere(4, generator=torch.Generator().manual_seed(8))
+    calls = []
+    lp = log_density(net, emb, pts, method=method, steps=steps, on_step=lambda: calls.append(1))[0]
+    assert len(calls) == evaluations
+
+    def rhs(t, state):
+        x = state[0]
+        ref = autograd_field(net, emb[0], 0.0, t, True)
+        div = torch.stack([torch.autograd.functional.jacobian(ref, p).trace() for p in x])
+        return torch.stack([ref(p) for p in x]), div
+
+    state = (pts, torch.zeros(4))
+    expected = odeint(rhs, state, torch.tensor([0.0, 1.0]), method=method, options={"step_size": 1 / steps})[1][-1]
+    assert torch.allclose(lp, expected - math.log(4 * math.pi), atol=1e-5)
+
+
+def test_on_step_may_stop_the_solve_from_row_workers_too():
+    """Enough points to split among two row workers: every evaluation of each is announced, and a raise stops it."""
+    net = field(gain=0.5)
+    pts = uniform_sphere(64, generator=torch.Generator().manual_seed(2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        calls = []
+        split = log_density(net, torch.ones(1, 8), pts, method="midpoint", steps=2, on_step=lambda: calls.append(1))
+        assert len(calls) == 2 * 4  # two workers, 2 steps of 2 evaluations each
+        torch.set_num_threads(1)
+        assert torch.equal(split, log_density(net, torch.ones(1, 8), pts, method="midpoint", steps=2))
+        torch.set_num_threads(2)
+
+        def stop():
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            log_density(net, torch.ones(1, 8), pts, method="rk4", steps=4, on_step=stop)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_bf16_matmuls_under_autocast_stay_close():
+    net = field(gain=0.7, seed=2)
+    emb = torch.randn(1, 8, generator=torch.Generator().manual_seed(3))
+    pts = uniform_sphere(32, generator=torch.Generator().manual_seed(4))
+    exact = log_density(net, emb, pts, method="rk4", steps=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = log_density(net, emb, pts, method="rk4", steps=8)
+    assert fast.dtype == torch.float32
+    assert 0 < (fast - exact).abs().max() < 0.02
+
+
+def test_knn_density_of_uniform_points_is_uniform_on_average():
+    pts = uniform_sphere(4000, generator=torch.Generator().manual_seed(0))[None]
+    assert knn_log_density(pts).mean().item() == pytest.approx(-math.log(4 * math.pi), abs=0.05)
+    with pytest.raises(ValueError, match="k must be"):
+        knn_log_density(pts[:, :5], k=5)
+
+
+def test_mean_log_density_is_close_to_the_mean_over_every_draw():
+    """The stratified control-variate estimate from 64 exact draws against the exact mean over all 1024."""
+    net = field(gain=0.7)
+    emb = torch.randn(2, 8, generator=torch.Generator().manual_seed(5))
+    draws = sample(net, emb, 1024, steps=32, generator=torch.Generator().manual_seed(6))
+    full = log_density(net, emb, draws, method="rk4", steps=4).mean(-1)
+    plain = log_density(net, emb, draws[:, :64], method="rk4", steps=4).mean(-1)
+    estimate = mean_log_density(net, emb, draws, exact=64, method="rk4", steps=4)
+    print("full", full.tolist(), "estimate", estimate.tolist(), "first 64 alone", plain.tolist())
+    assert torch.allclose(estimate, full, atol=0.1)  # nats: 0.01 of localizability
+    assert (estimate - full).abs().sum() < (plain - full).abs().sum() / 2
+    few = draws[:, :40]
+    assert torch.equal(mean_log_density(net, emb, few, exact=64, method="rk4", steps=4),
+                       log_density(net, emb, few, method="rk4", steps=4).mean(-1))
+
+
+def test_server_localizability_names_its_method():
+    net = field(gain=0.7)
+    model = types.SimpleNamespace(flow=net, device=torch.device("cpu"))
+    emb = torch.randn(1, 8, generator=torch.Generator().manual_seed(5))
+    draws = sample(net, emb, 512, steps=32, generator=torch.Generator().manual_seed(6))
+    values, method = pipeline.localizability(model, emb, draws)
+    exact = localizability(log_density(net, emb, draws, method="rk4", steps=16))
+    assert values.shape == (1,) and abs(values[0] - exact.item()) < 0.01
+    assert f"{pipeline.LOCALIZABILITY_SAMPLES} of 512 samples" in method and "control variate" in method
+    _, method = pipeline.localizability(model, emb, draws[:, :10])
+    assert "all 10 samples" in method

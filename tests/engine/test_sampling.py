@@ -107,3 +107,59 @@ def test_guided_velocity_in_one_call_or_two_agree(net):
     expected = 2.5 * net(x, g, emb) - 1.5 * net(x, g, torch.zeros_like(emb))
     assert torch.allclose(joint, expected, atol=1e-5) and torch.equal(apart, expected)
     assert torch.equal(guided_velocity(net, emb, 0.0)(x, g), net(x, g, emb))
+
+
+def test_solvers_reach_their_order():
+    """Halving the step halves Euler's error, quarters midpoint's and cuts rk4's ~16-fold, against a fine rk4.
+
+    On a field without time dependence: the random time embedding's fast channels put a floor under any
+    fixed-step solver's error (see test_likelihood.field).
+    """
+    from .test_likelihood import field
+
+    net = field(gain=0.5, time_gain=0.0)
+    emb = torch.randn(1, 8, generator=torch.Generator().manual_seed(7))
+    x0 = uniform_sphere(200, generator=torch.Generator().manual_seed(8))
+    fine = sample(net, emb, 200, steps=256, solver="rk4", x0=x0)
+
+    def error(solver, steps):
+        return geodesic_distance(sample(net, emb, 200, steps=steps, solver=solver, x0=x0), fine).mean().item()
+
+    ratios = {s: error(s, k) / error(s, 2 * k) for s, k in (("euler", 16), ("midpoint", 8), ("rk4", 2))}
+    assert 1.6 < ratios["euler"] < 2.6 and 3.2 < ratios["midpoint"] < 5 and ratios["rk4"] > 6, ratios  # 2, 4, 10
+    assert error("midpoint", 8) < 0.5 * error("euler", 16)  # the same 16 evaluations
+
+
+def test_balanced_grid_is_the_geometric_mean_of_two_spacings():
+    """Its step density in gamma is sqrt(sampling_grid's x a uniform one's), from noise (~0) to data (1)."""
+    import math
+
+    import numpy as np
+
+    from model_server.engine.schedule import END, START, balanced_grid, sampling_grid
+
+    g = balanced_grid(8).double().numpy()
+    assert g[0] == pytest.approx(1e-9) and g[-1] == 1.0 and np.all(np.diff(g) > 0)
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    gg = np.linspace(0, 1, 200001)
+    s = sig(END) - (sig(END) - sig(START)) * gg  # sampling_grid's density in gamma is 1 / (s (1 - s))
+    density = (s * (1 - s)) ** -0.5
+    cdf = np.concatenate([[0], np.cumsum((density[1:] + density[:-1]) / 2 * np.diff(gg))])
+    assert np.allclose(np.interp(np.linspace(0, 1, 9), cdf / cdf[-1], gg), g, atol=1e-6)
+    assert torch.equal(sampling_grid(4)[[0, -1]], balanced_grid(4)[[0, -1]].float())
+
+
+def test_every_solver_is_deterministic_and_counts_its_steps(net):
+    from model_server.engine.solvers import SOLVERS
+
+    emb = torch.randn(1, 16)
+    x0 = uniform_sphere(50, generator=torch.Generator().manual_seed(9))
+    for solver in SOLVERS:
+        calls = []
+        a = sample(net, emb, 50, steps=3, solver=solver, x0=x0, on_step=lambda k, n, calls=calls: calls.append(k))
+        b = sample(net, emb, 50, steps=3, solver=solver, x0=x0, precision="bf16")
+        assert calls == [1, 2, 3] and torch.equal(a, sample(net, emb, 50, steps=3, solver=solver, x0=x0))
+        assert torch.allclose(a.norm(dim=-1), torch.ones(1, 50)) and torch.equal(
+            b, sample(net, emb, 50, steps=3, solver=solver, x0=x0, precision="bf16"))
+    with pytest.raises(ValueError, match="unknown solver"):
+        sample(net, emb, 4, solver="rk45")

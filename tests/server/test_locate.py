@@ -70,7 +70,7 @@ def test_locate_starts_and_stops_its_own_server(tiny_model, tmp_path):
 
 def test_locate_refuses_options_outside_the_protocols_ranges(tmp_path):
     for args, needle in ((["--samples", "3"], "samples must be an integer in [16, 65536]"),
-                         (["--solver", "rk4"], "invalid choice"),
+                         (["--solver", "leapfrog"], "invalid choice"),
                          (["--levels", "0.5,1.5"], "probabilities in (0, 1)")):
         proc = locate("x.jpg", "--out", str(tmp_path), *args)
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr

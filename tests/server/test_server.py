@@ -223,3 +223,19 @@ def test_heic_photo_is_decoded(client):
     pillow_heif.from_pillow(Image.open(io.BytesIO(jpeg_bytes(9)))).save(out, quality=60)
     result = client.geolocate([("phone.heic", out.getvalue())], FAST)[0]
     assert result.ok, result.error
+
+
+def test_results_stream_photo_by_photo(client):
+    """A batch's first result leaves before the later photos are sampled: the first answer costs one photo."""
+    events: list[tuple] = []
+    photos = [(f"s{i}.jpg", jpeg_bytes(300 + i)) for i in range(4)]
+    results = client.geolocate(
+        photos, FAST,
+        on_progress=lambda f: events.append(("progress", f.get("stage"), f.get("index"))),
+        on_result=lambda r: events.append(("result", r.name)),
+    )
+    assert all(r.ok for r in results)
+    first_result = next(k for k, e in enumerate(events) if e[0] == "result")
+    last_photo_sampled = [k for k, e in enumerate(events) if e[:3] == ("progress", "sample", 3)]
+    assert last_photo_sampled, events
+    assert first_result < last_photo_sampled[0], events

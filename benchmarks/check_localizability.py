@@ -1,0 +1,164 @@
+"""The server's localizability against the exact value on held-out photos, and what it costs.
+
+Per photo, the server's own draws (its default options: 1024 samples, 32 Euler steps, bf16, the model's
+guidance, seed 0), then three estimates of the mean log-density of those draws / (4 pi ln 2):
+  exact   every draw's exact log-density in fp32 (--exact: rk4 32 steps, or dopri5 atol = rtol = 1e-6)
+  server  model_server.server.pipeline.localizability, the setting in use
+  former  64 draws, midpoint 16 steps, fp32, plain mean (the setting before issue 21), on this engine
+Prints |estimate - exact| (median, max), Spearman against exact, and seconds per photo (wall and process
+CPU) of each estimate and of the server's sampling (the distribution's draws and the best guess's 256).
+--validate N checks the exact solve against dopri5 (atol = rtol = 1e-6) on 32 draws of the first N photos;
+--exact-from reuses the exact values of an earlier --save of the same rows (the draws are seeded), and
+--points/--steps try another setting than pipeline.LOCALIZABILITY_SAMPLES/_STEPS.
+
+  .venv/server/bin/python benchmarks/check_localizability.py --tiles 0:100 [--threads 1] [--validate 5]
+      [--record benchmarks/results/]
+Tiles 300-499 of build/earth-tiles/test.csv were used to choose the setting; report on 0-99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from geoplonk_service import protocol as P  # noqa: E402
+from model_server.engine.likelihood import localizability, log_density  # noqa: E402
+from model_server.engine.sampling import sample, supported_precision  # noqa: E402
+from model_server.evaluation.metrics import spearman  # noqa: E402
+from model_server.server import pipeline  # noqa: E402
+
+SCALE = 4 * math.pi * math.log(2)
+
+
+def timed(func):
+    """(result, wall seconds, process CPU seconds)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = func()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def former(model, emb, draws):
+    logp = log_density(model.flow, emb, draws[:, :64], method="midpoint", steps=16)
+    return localizability(logp).cpu().numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / "model_server" / "models" / "earth-tiles"))
+    parser.add_argument("--data", default=str(ROOT / "build" / "earth-tiles" / "test.csv"))
+    parser.add_argument("--cache", default=str(ROOT / "build" / "earth-tiles" / "emb-test-rot4.npz"))
+    parser.add_argument("--tiles", default="0:100", help="START:STOP rows of --data")
+    parser.add_argument("--exact", default="rk4:32", help="rk4:STEPS or dopri5")
+    parser.add_argument("--validate", type=int, default=0, metavar="N")
+    parser.add_argument("--exact-from", metavar="NPZ", help="exact values from an earlier --save of these rows")
+    parser.add_argument("--points", type=int, help="exact draws per photo (default: the server's)")
+    parser.add_argument("--steps", type=int, help="rk4 steps (default: the server's)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--save", metavar="NPZ", help="also write the per-photo figures")
+    parser.add_argument("--record", metavar="PATH", help="also write the figures as JSON (a file, or a folder)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.points:
+        pipeline.LOCALIZABILITY_SAMPLES = args.points
+    if args.steps:
+        pipeline.LOCALIZABILITY_STEPS = args.steps
+
+    from model_server.engine.datasets import embed_dataset, read_dataset
+    from model_server.engine.model import load_model
+
+    model = load_model(args.model, device="cpu")
+    start, stop = (int(v) for v in args.tiles.split(":"))
+    photos = read_dataset(args.data, progress=False)
+    photos = photos.subset(np.arange(start, min(stop, len(photos))))
+    emb, photos = embed_dataset(photos, model.encoder, cache_path=args.cache, progress=False)
+    exact_kw = {"method": "dopri5"} if args.exact == "dopri5" else {"method": "rk4", "steps": int(args.exact[4:])}
+    options = P.DEFAULT_OPTIONS
+    precision = supported_precision(options["precision"], model.device)
+    x0 = pipeline.start_points(options["samples"], options["seed"])
+    guess = min(P.GUESS_SAMPLES, options["samples"])
+    earlier = np.load(args.exact_from)["rows"][:, 0] if args.exact_from else None
+    if earlier is not None and len(earlier) != len(emb):
+        raise SystemExit(f"{args.exact_from} has {len(earlier)} photos, these rows {len(emb)}")
+    print(f"{len(emb)} photos of {args.data} (rows {args.tiles}), model {model.name}, cfg {model.distribution_cfg}, "
+          f"{options['samples']} draws, {options['steps']} {options['solver']} steps, {precision}; "
+          f"exact: {args.exact}; torch threads {torch.get_num_threads()}", flush=True)
+
+    rows, method = [], ""
+    for i in range(len(emb)):
+        one = emb[i : i + 1]
+
+        def draw(one=one):
+            with torch.inference_mode():
+                kw = {"steps": options["steps"], "solver": options["solver"], "precision": precision}
+                draws = sample(model.flow, one, options["samples"], cfg=model.distribution_cfg, x0=x0, **kw)
+                sample(model.flow, one, guess, cfg=P.GUESS_CFG, x0=x0[:guess], **kw)
+            return draws
+
+        draws, sample_wall, sample_cpu = timed(draw)
+        (server, method), server_wall, server_cpu = timed(
+            lambda one=one, d=draws: pipeline.localizability(model, one, d))
+        old, old_wall, old_cpu = timed(lambda one=one, d=draws: former(model, one, d))
+        if earlier is None:
+            exact_lp = log_density(model.flow, one, draws, **exact_kw)
+            exact = localizability(exact_lp).item()
+        else:
+            exact = float(earlier[i])
+        rows.append((exact, float(server[0]), float(old[0]), sample_wall, sample_cpu, server_wall, server_cpu,
+                     old_wall, old_cpu))
+        if i < args.validate and earlier is None:
+            tight = log_density(model.flow, one, draws[:, :32], method="dopri5", atol=1e-6, rtol=1e-6)
+            gap = exact_lp[:, :32] - tight
+            print(f"  photo {i}: exact solve against dopri5 on 32 draws: max |d log p| {gap.abs().max().item():.2e}, "
+                  f"mean {gap.mean().item():+.2e} nats")
+        print(f"  photo {i + start}: exact {exact:+.4f} server {server[0]:+.4f} former {old[0]:+.4f}  "
+              f"s/photo: sampling {sample_wall:.2f} server {server_wall:.3f} former {old_wall:.3f}", flush=True)
+
+    a = np.array(rows)
+    exact, server, old = a[:, 0], a[:, 1], a[:, 2]
+    timing = a[:, 3:].mean(0)
+    print(f"\nserver: {method}")
+    figures = []
+    for name, est, wall, cpu in (("server", server, timing[2], timing[3]), ("former", old, timing[4], timing[5])):
+        diff = np.abs(est - exact)
+        rho = spearman(est, exact)
+        print(f"  {name:6s} |diff| median {np.median(diff):.4f} max {np.max(diff):.4f}  Spearman {rho:.4f}  "
+              f"{wall:.3f} s/photo wall, {cpu:.3f} s CPU = {cpu / timing[1]:.1%} of sampling's CPU")
+        label = method if name == "server" else "64 draws, midpoint 16 steps, fp32"
+        figures += [
+            {"what": f"{name} ({label}): |diff| from exact, median", "value": round(float(np.median(diff)), 4),
+             "unit": "localizability"},
+            {"what": f"{name}: |diff| from exact, max", "value": round(float(np.max(diff)), 4),
+             "unit": "localizability"},
+            {"what": f"{name}: Spearman against exact", "value": round(rho, 4), "unit": ""},
+            {"what": f"{name}: time per photo", "value": round(float(wall), 3), "unit": "s",
+             "compare": f"{cpu:.3f} s CPU, {cpu / timing[1]:.1%} of the sampling's CPU"},
+        ]
+    print(f"  sampling (1024 + {guess} draws): {timing[0]:.3f} s/photo wall, {timing[1]:.3f} s CPU")
+    figures.append({"what": f"sampling, {options['samples']} + {guess} draws", "value": round(float(timing[0]), 3),
+                    "unit": "s", "compare": f"{timing[1]:.3f} s CPU"})
+    if args.save:
+        np.savez(args.save, rows=a, columns=np.array(["exact", "server", "former", "sample_wall", "sample_cpu",
+                                                      "server_wall", "server_cpu", "former_wall", "former_cpu"]))
+    if args.record:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from render_doc import write_record
+
+        write_record(args.record, "check_localizability",
+                     f"Localizability as the server estimates it against the exact value, {len(emb)} held-out tiles",
+                     figures, device="cpu",
+                     conditions=f"{args.data} rows {args.tiles}, exact = {args.exact} on all "
+                                f"{options['samples']} draws, {torch.get_num_threads()} torch threads",
+                     notes=[f"server: {method}"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""`make bench`'s record and page, without measuring anything: bench_all.py --dry-run writes a record of made-up
+figures that render_doc.py must accept and render (targets table, a section per part, README.md's table), and
+the committed records still render into the committed page."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import render_doc  # noqa: E402
+
+
+def test_dry_run_record_validates_and_renders(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    for file in render_doc.RESULTS.glob("*.json"):  # older records must keep rendering beside the new kind
+        shutil.copy(file, results)
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_all.py"), "--dry-run", "--record",
+                          str(results / "2099-01-01.json")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Targets (issue 21):" in run.stdout
+    record = json.loads((results / "2099-01-01.json").read_text())
+    assert record["benchmark"] == "bench_all" and render_doc.validate(record) == []
+    assert {t["key"] for t in record["targets"]} >= {"sampling_share", "density_rate", "one_photo", "raster",
+                                                     "batch_first", "accuracy_cost.plonk-size"}
+    assert {"cpu", "cores", "torch", "device"} <= set(record["machine"])
+
+    readme = tmp_path / "README.md"
+    readme.write_text((REPO / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
+    page = tmp_path / "benchmarks.md"
+    assert render_doc.main(["--results", str(results), "--out", str(page), "--readme", str(readme)]) == 0
+    text = page.read_text()
+    assert "#### Targets (issue 21): 4 of 9 met" in text
+    for title in ("1. Matmul roofline", "2. Sampling at the PLONK size", "3. Accuracy against cost: PLONK size",
+                  "3. Accuracy against cost: default model", "4. Exact log-density", "5. One photo through a warm",
+                  "6. A batch of photos", "7. How the time grows"):
+        assert f"#### {title}" in text
+    assert "## One photo through the server" in text  # an older benchmark's section, still there
+    table = readme.read_text()
+    assert table.count(render_doc.README_END) == 1 and "| the targets of issue 21 met" in table
+    assert "7,280 / 2,730 / 2,430 sample-steps/s" in table
+    assert render_doc.main(["--results", str(results), "--out", str(page), "--readme", str(readme), "--check"]) == 0
+
+
+def test_a_broken_record_is_named():
+    assert render_doc.validate({"schema": 1}) == [f"missing {key}" for key in render_doc.REQUIRED]
+    record = {"benchmark": "x", "title": "t", "date": "2099-01-01", "machine": {}, "command": "c",
+              "figures": [{"what": "a", "value": 1, "part": "p"}], "parts": [{"part": "q", "title": "Q"}],
+              "targets": [{"what": "w", "goal": "g", "value": 1, "met": "yes"}]}
+    problems = render_doc.validate(record)
+    assert any("does not list: p" in p for p in problems) and any("met (true or false)" in p for p in problems)
+
+
+def test_committed_records_render_into_the_committed_page():
+    assert render_doc.main(["--check"]) == 0, "run /usr/bin/python3 benchmarks/render_doc.py"
