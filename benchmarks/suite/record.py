@@ -88,8 +88,11 @@ def sampling(b: Builder, raw: dict) -> None:
             b.fig("sampling", f"sampling.{key}.share", f"{name}: share of the {precision} roofline",
                   round(share, 1), "%")
             if name == "ours bf16":
+                # Above 100 % the roofline was measured slower than the work it bounds (other jobs on the cores
+                # during the matmul): the share proves nothing either way.
                 b.target("sampling_share", "sampling at the PLONK size, ours bf16", ">= 70 % of the bf16 roofline",
-                         round(share, 1), "%", share >= 70)
+                         round(share, 1), "%", 70 <= share <= 100,
+                         "invalid: over 100 %, the roofline was measured under load" if share > 100 else None)
 
 
 def accuracy(b: Builder, raw: dict) -> None:
