@@ -36,6 +36,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"credible region levels, comma separated, 1 to {P.MAX_LEVELS} in (0, 1) "
                         f"(default {','.join(map(str, P.DEFAULT_OPTIONS['levels']))})")
     parser.add_argument("--crop", action="store_true", help="crop rasters to the area holding 99.9 %% of the mass")
+    tools = parser.add_argument_group("analyst tools (docs/analyst-tools.md)")
+    tools.add_argument("--claim", dest="claims", type=claim_type, action="append", metavar="LAT,LON",
+                       help="check a claimed location against each photo's map (repeat for several claims; "
+                       "write --claim=-33.9,151.2 for a negative latitude)")
+    tools.add_argument("--claim-exif", dest="claim_exif", action="store_true",
+                       help="check each photo's own EXIF GPS position as a claim")
+    tools.add_argument("--aoi", type=aoi_type, metavar="FILE.geojson",
+                       help="area of interest: restrict the maps to the polygons of this GeoJSON file")
+    tools.add_argument("--aoi-weight", dest="aoi_weight", type=number_type(P.AOI_WEIGHT), default=None,
+                       help="with --aoi: the prior's weight outside the area against inside, "
+                       f"{P.AOI_WEIGHT.describe()} (default 0: the maps are restricted to it)")
+    tools.add_argument("--joint", action="store_true",
+                       help=f"the photos show one place: also write one combined map of them (joint.*; at most "
+                       f"{P.MAX_JOINT_PHOTOS} photos)")
+    tools.add_argument("--report", action="store_true",
+                       help="write a self-contained HTML case report beside each photo's GeoTIFF and GeoPackage")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds of server silence before giving up")
     parser.add_argument("--recursive", action="store_true", help="look into sub-folders too")
     parser.add_argument("--force", action="store_true",
@@ -72,8 +88,35 @@ def levels_type(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def claim_type(text: str) -> dict[str, Any]:
+    """'LAT,LON' -> a claim of source "user"."""
+    try:
+        lat, lon = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a claim is LAT,LON in degrees (e.g. 48.85,2.35), got {text!r}") from None
+    try:
+        return P.validate_claims([{"lat": lat, "lon": lon, "source": "user", "label": text}])[0]
+    except P.ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("option 'claims'[0]", f"claim {text!r}")) from None
+
+
+def aoi_type(text: str) -> dict[str, Any]:
+    """A GeoJSON file -> the `aoi` option (its polygons as one MultiPolygon)."""
+    from geoplonk_service.geojson import AoiFileError, read_aoi_file
+
+    try:
+        return read_aoi_file(text)
+    except AoiFileError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def options_from(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in P.DEFAULT_OPTIONS if getattr(args, name) is not None}
+    """The geolocate options the arguments give (those a command lacks or leaves unset: the server's default)."""
+    options = {name: getattr(args, name) for name in P.DEFAULT_OPTIONS if getattr(args, name, None) is not None}
+    for flag in ("claim_exif", "joint"):  # store_true: only when asked, so older servers see no new option
+        if not options.get(flag):
+            options.pop(flag, None)
+    return options
 
 
 class RunSummary:
@@ -200,6 +243,9 @@ def run(args: argparse.Namespace) -> int:
     from geoplonk_service.result_rows import RESULT_COLUMNS, summary_row
     from geoplonk_service.server_manager import LocalServerManager
 
+    if args.aoi_weight is not None and args.aoi is None:
+        print("geoplonk locate: --aoi-weight needs --aoi (the area it weighs)", file=sys.stderr)
+        return 2
     photos = collect_photos(args.photos, args.recursive)
     if not photos:
         print("geoplonk locate: no photos found", file=sys.stderr)

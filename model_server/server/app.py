@@ -25,6 +25,7 @@ import zmq
 from geoplonk_service import protocol as P
 
 from .. import __version__
+from ..products.aoi import AoiError, aoi_geometry
 from .models import ModelRegistry, available_models, model_cards
 from .pipeline import run_unit
 from .scheduler import FairQueue, Request, Unit
@@ -274,6 +275,14 @@ class Server:
                 raise P.ProtocolError(f"images[{i}] lacks a string 'name'")
             names.append(name[:1024])
         options = P.validate_options(msg.fields.get("options"))
+        if options["aoi"] is not None:
+            try:
+                aoi_geometry(options["aoi"])
+            except AoiError as exc:
+                raise P.ProtocolError(str(exc), P.E_BAD_OPTION) from None
+        if options["joint"] and len(images) > P.MAX_JOINT_PHOTOS:
+            raise P.ProtocolError(f"a joint map combines at most {P.MAX_JOINT_PHOTOS} photos, got {len(images)}",
+                                  P.E_BAD_OPTION)
         if abs(180.0 / options["resolution"] - round(180.0 / options["resolution"])) > 1e-6:
             raise P.ProtocolError("option 'resolution' must divide 180 degrees (e.g. 0.1, 0.25, 0.5, 1)",
                                   P.E_BAD_OPTION)

@@ -21,8 +21,10 @@ from geoplonk_service import protocol as P
 
 from .. import __version__
 from ..images import ImageError, decode_image, exif_gps
+from ..products.aoi import aoi_geometry
+from ..products.claims import Claim
 from ..products.density import KERNEL_NAME
-from ..products.report import compute_products, summary_fields, write_products
+from ..products.report import AreaOfInterest, compute_products, summary_fields, write_products
 from .models import photo_warnings
 
 log = logging.getLogger("geoplonk.server")
@@ -146,8 +148,28 @@ def _run(model, device, request_names, request_blobs, indices, options, emit, pe
         pending.remove(i)
 
 
+def area_of_interest(options: dict[str, Any]) -> AreaOfInterest | None:
+    """The options' area-of-interest prior (checked when the request was accepted), or None."""
+    if options.get("aoi") is None:
+        return None
+    return AreaOfInterest(aoi_geometry(options["aoi"]), float(options.get("aoi_weight", 0.0)))
+
+
+def photo_claims(options: dict[str, Any], gps: tuple[float, float] | None) -> tuple[list[Claim], list[str]]:
+    """The claims to check on a photo's map: the request's, then its own EXIF GPS when `claim_exif` asks;
+    and a warning when it asks but the photo has no usable GPS."""
+    claims = [Claim(c["lat"], c["lon"], c.get("source", "user"), c.get("label", ""))
+              for c in options.get("claims") or []]
+    if not options.get("claim_exif"):
+        return claims, []
+    if gps is None:
+        return claims, ["no EXIF GPS claim to check: the photo carries no usable GPS position"]
+    return [*claims, Claim(gps[0], gps[1], "exif", "EXIF GPS")], []
+
+
 def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, Any], precision: str,
-               x0: torch.Tensor, emit: Emit, check: Callable[..., None]) -> None:
+               x0: torch.Tensor, emit: Emit, check: Callable[..., None],
+               collect: Callable[[int, Any, Any], None] | None = None) -> None:
     """One photo through every stage, then its result.  Photo by photo, a result never depends on which
     photos shared its batch (the encoder's convolutions and the network's matmuls round differently in a
     batch, by about 5e-7)."""
@@ -193,10 +215,15 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
         check()
         emit("progress", label, i, name)
 
+    claims, claim_notes = photo_claims(options, truth)
+    warnings.extend(claim_notes)
+    draws = samples[0].float().cpu().numpy()
     products = compute_products(
-        samples[0].float().cpu().numpy(), guess[0].float().cpu().numpy(), options["resolution"],
+        draws, guess[0].float().cpu().numpy(), options["resolution"],
         options["levels"], options["top_k"], options["crop"], truth, on_stage, check,
+        aoi=area_of_interest(options), claims=claims,
     )
+    warnings.extend(products.warnings)
     timings.update(products.timings)
     with stage("write"):
         tags = {
@@ -205,6 +232,7 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
             "samples": options["samples"],
             "seed": options["seed"], "software_version": __version__,
             "kernel": KERNEL_NAME, "kernel_kappa": f"{products.raster.kappa:.6g}",
+            **aoi_tags(products.aoi),
         }
         tiff, gpkg = write_products(products, float(loc[0]), tags)
     summary = {
@@ -218,4 +246,13 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
         "warnings": warnings,
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
+    if collect is not None:
+        collect(i, products, truth)
     emit("result", i, P.STATUS_OK, summary, None, [tiff, gpkg])
+
+
+def aoi_tags(aoi: dict[str, Any] | None) -> dict[str, str]:
+    """The GeoTIFF tags of an area-of-interest prior: the raster is the restricted map."""
+    if aoi is None:
+        return {}
+    return {"aoi_weight": f"{aoi['weight']:g}", "aoi_prior_mass": f"{aoi['prior_mass']:.6g}"}

@@ -1,0 +1,128 @@
+"""The analyst tools through the real server and `geoplonk locate`: claim checks, the area-of-interest prior,
+the joint map and the case report; bad claims and polygons refused by name while the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyogrio
+import pytest
+
+from geoplonk_service import protocol as P
+from geoplonk_service.client import GeoPlonkClient, ServerError
+
+from .conftest import FAST, jpeg_bytes
+from .test_locate import fast_args, locate
+from .test_server import read_geotiff
+
+# A box over the Pacific that crosses the antimeridian, as GeoJSON asks: split at +-180.
+PACIFIC = {"type": "MultiPolygon", "coordinates": [
+    [[[170, -20], [180, -20], [180, 10], [170, 10], [170, -20]]],
+    [[[-180, -20], [-160, -20], [-160, 10], [-180, 10], [-180, -20]]]]}
+
+
+@pytest.fixture
+def client(endpoint):
+    with GeoPlonkClient(endpoint, timeout_s=60) as c:
+        yield c
+
+
+def in_pacific(lat: float, lon: float) -> bool:
+    return -20 <= lat <= 10 and (lon >= 170 or lon <= -160)
+
+
+def test_claims_are_checked_in_the_summary_and_the_geopackage(client, tmp_path):
+    options = {**FAST, "claims": [{"lat": 10.0, "lon": 20.0, "source": "click", "label": "the analyst's point"}],
+               "claim_exif": True}
+    (result,) = client.geolocate([("geo.jpg", jpeg_bytes(41, gps=(-33.9, 151.2)))], options)
+    assert result.ok, result.error
+    claims = result.summary["claims"]
+    assert [(c["source"], c["label"]) for c in claims] == [("click", "the analyst's point"), ("exif", "EXIF GPS")]
+    for claim in claims:
+        assert 0.0 <= claim["credible_level"] <= 1.0 and claim["words"].startswith(claim["verdict"])
+        assert [r["level"] for r in claim["regions"]] == result.summary["options"]["levels"]
+    path = tmp_path / "geo.gpkg"
+    path.write_bytes(result.gpkg)
+    assert pyogrio.read_info(path, layer="claims")["features"] == 2
+    (plain,) = client.geolocate([("plain.jpg", jpeg_bytes(42))], {**FAST, "claim_exif": True})
+    assert plain.summary["claims"] == [] and any("no EXIF GPS" in w for w in plain.summary["warnings"])
+
+
+def test_a_hard_area_of_interest_restricts_every_product(client):
+    (result,) = client.geolocate([("p.jpg", jpeg_bytes(43))], {**FAST, "aoi": PACIFIC})
+    assert result.ok, result.error
+    s = result.summary
+    assert s["aoi"]["weight"] == 0.0 and 0 < s["aoi"]["prior_mass"] <= 1 and s["aoi"]["area_km2"] > 1e6
+    assert in_pacific(s["best_guess"]["lat"], s["best_guess"]["lon"])
+    assert all(in_pacific(p["lat"], p["lon"]) for p in s["top_places"])
+    prob, meta = read_geotiff(result.geotiff)
+    lat = 90 - (np.arange(prob.shape[0]) + 0.5) * 2.0
+    lon = -180 + (np.arange(prob.shape[1]) + 0.5) * 2.0
+    inside = np.array([[in_pacific(a, o) for o in lon] for a in lat])
+    assert prob[inside].sum() == pytest.approx(1.0, abs=1e-5) and prob[~inside].max() == 0.0
+    assert meta["tags"]["aoi_weight"] == "0"
+
+
+def test_a_soft_area_of_interest_keeps_some_mass_outside(client):
+    (hard,) = client.geolocate([("p.jpg", jpeg_bytes(43))], {**FAST, "aoi": PACIFIC})
+    (soft,) = client.geolocate([("p.jpg", jpeg_bytes(43))], {**FAST, "aoi": PACIFIC, "aoi_weight": 0.2})
+    m = hard.summary["aoi"]["prior_mass"]
+    prob, _ = read_geotiff(soft.geotiff)
+    outside = 1.0 - (prob.sum() - prob[read_geotiff(hard.geotiff)[0] == 0].sum())
+    # the soft prior's mass outside: 0.2 (1 - m) / (0.2 (1 - m) + m)
+    assert outside == pytest.approx(0.2 * (1 - m) / (0.2 * (1 - m) + m), rel=1e-3)
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"claims": [{"lat": 95, "lon": 0}]}, "option 'claims'[0] needs 'lat'"),
+    ({"claims": [{"lat": 10, "lon": 0, "source": "gossip"}]}, "'source' must be one of"),
+    ({"aoi": {"type": "Polygon", "coordinates": [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]}},
+     "not a valid polygon"),
+    ({"aoi": {"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 0.5]]]}}, "is not closed"),
+    ({"aoi": {"type": "Point", "coordinates": [0, 0]}}, "Polygon or MultiPolygon"),
+    ({"aoi": PACIFIC, "aoi_weight": 2}, "option 'aoi_weight' must be a number in [0, 1]"),
+])
+def test_bad_claims_and_polygons_are_refused_by_name_and_the_server_keeps_serving(client, options, needle):
+    with pytest.raises(ServerError) as err:
+        client.geolocate([("a.jpg", jpeg_bytes(3))], {**FAST, **options})
+    assert err.value.code == P.E_BAD_OPTION and needle in err.value.message
+    assert client.info()["protocol"] == P.PROTOCOL_VERSION
+
+
+def test_locate_checks_claims_and_restricts_to_an_area_from_a_geojson_file(endpoint, tmp_path):
+    photo = tmp_path / "tile.jpg"
+    photo.write_bytes(jpeg_bytes(44, gps=(5.0, 175.0)))
+    aoi = tmp_path / "pacific.geojson"
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "west"}, "geometry": {"type": "Polygon",
+                                                                         "coordinates": PACIFIC["coordinates"][0]}},
+        {"type": "Feature", "properties": {"name": "east"}, "geometry": {"type": "Polygon",
+                                                                         "coordinates": PACIFIC["coordinates"][1]}}]}))
+    out = tmp_path / "out"
+    proc = locate(str(photo), "--out", str(out), "--endpoint", endpoint, *fast_args(), "--claim=-10,-170",
+                  "--claim-exif", "--aoi", str(aoi), "--aoi-weight", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "tile.json").read_text())
+    assert [c["source"] for c in summary["claims"]] == ["user", "exif"]
+    assert summary["aoi"]["weight"] == 0.5
+    assert summary["options"]["aoi"]["type"] == "MultiPolygon"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--claim", "95,0"], "needs 'lat' as a number in [-90, 90]"),
+    (["--claim", "north"], "a claim is LAT,LON"),
+    (["--aoi", "missing.geojson"], "cannot read missing.geojson"),
+    (["--aoi-weight", "0.5"], "--aoi-weight needs --aoi"),
+])
+def test_locate_refuses_bad_claims_and_areas(tmp_path, args, needle):
+    (tmp_path / "x.jpg").write_bytes(jpeg_bytes(1))
+    proc = locate(str(tmp_path / "x.jpg"), "--out", str(tmp_path / "o"), *args)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+
+
+def test_locate_refuses_a_geojson_of_points(tmp_path):
+    bad = tmp_path / "points.geojson"
+    bad.write_text(json.dumps({"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}}))
+    proc = locate(str(tmp_path / "x.jpg"), "--out", str(tmp_path / "o"), "--aoi", str(bad))
+    assert proc.returncode == 2 and "is a 'Point', not a polygon" in proc.stderr, proc.stderr
