@@ -229,6 +229,19 @@ def complete_result(out: Path, stem: str, photo: Path, request: dict[str, Any]):
     return PhotoResult(0, photo.name, P.STATUS_OK, summary=summary)
 
 
+def save_joint(joint, out: Path, stems: set[str], request: dict[str, Any]) -> str:
+    """Write the joint map beside the photos' files (joint.tif/.gpkg/.json, or joint-map.* when a photo is
+    named joint); the line that says where, or why there is none."""
+    from geoplonk_service.client import JOINT_NAME
+
+    stem = JOINT_NAME if JOINT_NAME not in stems else f"{JOINT_NAME}-map"
+    paths = joint.save(out, stem, extra={"request": request})
+    if not joint.ok:
+        return f"no joint map: {(joint.error or {}).get('message')} ({paths['json']})"
+    combined = len((joint.summary or {}).get("joint", {}).get("photos", []))
+    return f"joint map of {combined} photos: {paths['geotiff']}, {paths['gpkg']}, {paths['json']}"
+
+
 def default_server_command() -> str:
     return f"{sys.executable} -m model_server.cli serve"
 
@@ -269,8 +282,12 @@ def run(args: argparse.Namespace) -> int:
             return None
         return summary_row(photos[i], result, {k: args.out / f"{stems[i]}{ext}" for k, ext in files.items()})
 
-    # one byte per photo: 1 = its outputs are complete, skip it
-    skip = bytearray(done_row(i) is not None for i in range(len(photos)))
+    if args.joint and len(photos) > P.MAX_JOINT_PHOTOS:
+        print(f"geoplonk locate: --joint combines at most {P.MAX_JOINT_PHOTOS} photos, got {len(photos)}",
+              file=sys.stderr)
+        return 2
+    # one byte per photo: 1 = its outputs are complete, skip it (a joint map needs every photo again)
+    skip = bytearray(not args.joint and done_row(i) is not None for i in range(len(photos)))
     skipped = sum(skip)
     todo = len(photos) - skipped
     summary = RunSummary(args.out)
@@ -305,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(str(progress.get("stage", "")))
 
     info: dict[str, Any] = {}
+    joint_note = ""
     start_command = (args.server_command or default_server_command()) if args.start_server else None
     try:
         if todo:
@@ -313,8 +331,13 @@ def run(args: argparse.Namespace) -> int:
                                      model=args.model) as client:
                     client.batch_photos = args.in_flight
                     info = client.info()
-                    client.geolocate_each(to_send(), options, on_progress=on_progress, on_result=on_result,
-                                          total=todo)
+                    if args.joint:
+                        _, joint = client.geolocate_joint(list(to_send()), options, on_progress=on_progress,
+                                                          on_result=on_result)
+                        joint_note = save_joint(joint, args.out, set(stems), request)
+                    else:
+                        client.geolocate_each(to_send(), options, on_progress=on_progress, on_result=on_result,
+                                              total=todo)
         summary.flush(row_at)
     except ServerStartError as exc:
         summary.abandon()
@@ -338,4 +361,6 @@ def run(args: argparse.Namespace) -> int:
     ok = summary.counts[P.STATUS_OK]
     note = f" ({skipped} already done, skipped; --force redoes them)" if skipped else ""
     print(f"{ok} of {len(photos)} photos located{note}; summary: {csv_path}, {json_path}")
+    if joint_note:
+        print(joint_note)
     return 0 if ok > 0 else 1

@@ -75,12 +75,13 @@ def apply_prior(pmap: ProbabilityMap, cell_weights: np.ndarray, samples: np.ndar
     return ProbabilityMap(raster, at, w), total
 
 
-def product_map(log_density_sr: np.ndarray, grid: Grid, template: DensityRaster) -> ProbabilityMap:
+def product_map(log_density_sr: np.ndarray, grid: Grid, kappa: float, uniform_weight: float) -> ProbabilityMap:
     """The map proportional to exp(log_density_sr) per steradian on `grid` (the sum of several photos' log
-    densities), normalised; its regions follow the mass rule (it has no draws)."""
+    densities), normalised; its regions follow the mass rule (it has no draws).  `kappa`, `uniform_weight`:
+    the kernel of the maps multiplied, for the record."""
     log_prob = log_density_sr + np.log(grid.cell_areas_sr())[:, None]
     log_prob -= log_prob.max()
     prob = np.exp(log_prob)
     total = float(prob.sum())
     prob /= total
-    return ProbabilityMap(replace(template, grid=grid, prob=prob, kappas=None, normaliser=1.0))
+    return ProbabilityMap(DensityRaster(grid, prob, kappa, uniform_weight))

@@ -62,6 +62,7 @@ class Products:
     aoi: dict[str, Any] | None = None  # weight, area_km2 and prior_mass of the area-of-interest prior
     warnings: list[str] = field(default_factory=list)
     pmap: ProbabilityMap | None = None
+    own_map: ProbabilityMap | None = None  # the photo's map before an area-of-interest prior
 
 
 def compute_products(
@@ -86,7 +87,7 @@ def compute_products(
     """
     t = _stage(on_stage, "density")
     grid = Grid.global_grid(resolution)
-    pmap = sample_map(samples, grid, check)
+    pmap = own = sample_map(samples, grid, check)
     guess_weights = None
     notes: list[str] = []
     aoi_fields = None
@@ -116,6 +117,7 @@ def compute_products(
     products = map_products(pmap, levels, top_k, crop, best, exif_latlon, on_stage, claims=claims,
                             samples=draws, timings=timings)
     products.aoi = aoi_fields
+    products.own_map = own
     products.warnings = notes + products.warnings
     lat, lon = xyz_to_latlon(np.asarray(samples))
     products.sample_lat, products.sample_lon = lat, lon
@@ -236,8 +238,9 @@ def write_products(products: Products, localizability: float, tags: dict[str, An
             {"error_km": [products.exif["error_km"]] if products.exif else []},
             {"error_km": "float64"},
         ),
-        claims_layer(products.claims, [r.level for r in products.regions]),
     ]
+    if products.claims:  # only when claims were checked: a plain result keeps the contract's five layers
+        layers.append(claims_layer(products.claims, [r.level for r in products.regions]))
     return tiff, geopackage_bytes(layers)
 
 

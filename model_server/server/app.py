@@ -26,6 +26,8 @@ from geoplonk_service import protocol as P
 
 from .. import __version__
 from ..products.aoi import AoiError, aoi_geometry
+from ..products.grid import Grid
+from .joint import JointState, run_joint
 from .models import ModelRegistry, available_models, model_cards
 from .pipeline import run_unit
 from .scheduler import FairQueue, Request, Unit
@@ -38,7 +40,8 @@ POLL_MS = 200
 STOP_JOIN_S = 10.0
 # How long the answers of a shutdown (cancelled results, done) may take to leave the socket.
 STOP_LINGER_MS = 2000
-STAGES = ("queued", "load", "decode", "embed", "sample", "localizability", "density", "regions", "places", "write")
+STAGES = ("queued", "load", "decode", "embed", "sample", "localizability", "density", "regions", "places", "write",
+          "joint")
 
 
 @dataclass
@@ -177,9 +180,14 @@ class Server:
             log.error("model load failed:\n%s", traceback.format_exc())
             for i in unit.indices:
                 post(("result", req, i, P.STATUS_FAILED, None, {"code": P.E_MODEL, "message": str(exc)}, None))
+            if unit.joint:
+                post(("joint", req, P.STATUS_FAILED, None, {"code": P.E_MODEL, "message": str(exc)}, None))
+            return
+        if unit.joint:
+            run_joint(model, self.models.device, req.joint, req.names, req.options, emit, req.cancelled.is_set)
             return
         run_unit(model, self.models.device, req.names, req.blobs, unit.indices, req.options, emit,
-                 req.cancelled.is_set)
+                 req.cancelled.is_set, req.joint.collect if req.joint is not None else None)
 
     # ------------------------------------------------------------ socket thread
 
@@ -207,13 +215,30 @@ class Server:
         req.last_sent = time.monotonic()
         self._finish_if_done(req)
 
+    def _joint(self, req: Request, status: str, summary, error, blobs) -> None:
+        """The request's one `joint` message (the first answer counts: a cancel may cross the worker's)."""
+        if req.joint is None or req.joint_status is not None:
+            return
+        req.joint_status = status
+        self.send(req.envelope, P.joint_message(req.id, status, summary, error, blobs))
+        req.last_sent = time.monotonic()
+
+    def _answer_joint(self, req: Request, message: str) -> None:
+        """A joint request ending without its combined map (cancelled before it ran) still gets its answer."""
+        if req.joint is not None and req.joint_status is None:
+            status = P.STATUS_CANCELLED if req.cancelled.is_set() else P.STATUS_FAILED
+            code = P.E_CANCELLED if req.cancelled.is_set() else P.E_INTERNAL
+            self._joint(req, status, None, {"code": code, "message": message}, None)
+
     def _finish_if_done(self, req: Request) -> None:
         if req.finished and req.key in self.requests:
             del self.requests[req.key]
             self._lease_until.pop(req.key, None)
+            self._answer_joint(req, "cancelled before the joint map was made")
             c = req.counts
-            self.send(req.envelope, P.done_message(req.id, c["ok"], c["failed"], c["cancelled"]))
+            self.send(req.envelope, P.done_message(req.id, c["ok"], c["failed"], c["cancelled"], req.joint_status))
             req.blobs = []  # free the photos
+            req.joint = None
 
     def _handle_event(self, event: tuple) -> None:
         kind, req, *args = event
@@ -224,6 +249,8 @@ class Server:
             self._progress(req, {"stage": stage, "index": index, "name": name})
         elif kind == "result":
             self._result(req, *args)
+        elif kind == "joint":
+            self._joint(req, *args)
         elif kind == "unit_done":
             self._finish_if_done(req)
 
@@ -291,6 +318,8 @@ class Server:
                 f"model {options['model']!r} is not available here; available: "
                 f"{', '.join(available_models(self.config.model))}", P.E_MODEL)
         req = Request(envelope, msg.id, names, msg.blobs, options)
+        if options["joint"]:
+            req.joint = JointState(Grid.global_grid(options["resolution"]))
         if req.key in self.requests:
             raise P.ProtocolError(f"request id {msg.id!r} is already in progress")
         full = self._queue_full(req)
@@ -349,8 +378,9 @@ class Server:
                 self.send(req.envelope, P.result_message(req.id, i, req.names[i], P.STATUS_CANCELLED, None,
                                                          {"code": P.E_CANCELLED, "message": message}))
         if self.requests.pop(req.key, None) is not None:
+            self._answer_joint(req, message)
             c = req.counts
-            self.send(req.envelope, P.done_message(req.id, c["ok"], c["failed"], c["cancelled"]))
+            self.send(req.envelope, P.done_message(req.id, c["ok"], c["failed"], c["cancelled"], req.joint_status))
 
     def info_fields(self) -> dict[str, Any]:
         return {

@@ -89,8 +89,10 @@ def run_unit(
     options: dict[str, Any],
     emit: Emit,
     is_cancelled: Callable[[], bool],
+    collect: Callable[..., None] | None = None,
 ) -> None:
-    """Process the photos `indices` of a request, emitting progress and one result per photo."""
+    """Process the photos `indices` of a request, emitting progress and one result per photo (`collect`: see
+    run_photo)."""
     pending = list(indices)
 
     def fail(i: int, code: str, message: str, status: str = P.STATUS_FAILED) -> None:
@@ -111,7 +113,8 @@ def run_unit(
             raise Cancelled
 
     try:
-        _run(model, device, request_names, request_blobs, indices, options, emit, pending, fail, cancel_rest, check)
+        _run(model, device, request_names, request_blobs, indices, options, emit, pending, fail, cancel_rest, check,
+             collect)
     except Cancelled:
         cancel_rest()
     except Exception as exc:  # noqa: BLE001 - a batch-wide failure fails its photos, never the server
@@ -121,7 +124,7 @@ def run_unit(
 
 
 def _run(model, device, request_names, request_blobs, indices, options, emit, pending, fail, cancel_rest,
-         check) -> None:
+         check, collect=None) -> None:
     """run_unit's stages, photo by photo: each photo's result leaves as soon as it is ready, so the first
     answer of a batch comes after one photo's time.  `check` raises Cancelled inside a stage, `cancel_rest`
     answers between photos."""
@@ -135,7 +138,8 @@ def _run(model, device, request_names, request_blobs, indices, options, emit, pe
         if cancel_rest():
             return
         try:
-            run_photo(model, device, i, request_names[i], request_blobs[i], options, precision, x0, emit, check)
+            run_photo(model, device, i, request_names[i], request_blobs[i], options, precision, x0, emit, check,
+                      collect)
         except ImageError as exc:
             fail(i, P.E_BAD_IMAGE, str(exc))
             continue
@@ -169,10 +173,11 @@ def photo_claims(options: dict[str, Any], gps: tuple[float, float] | None) -> tu
 
 def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, Any], precision: str,
                x0: torch.Tensor, emit: Emit, check: Callable[..., None],
-               collect: Callable[[int, Any, Any], None] | None = None) -> None:
+               collect: Callable[..., None] | None = None) -> None:
     """One photo through every stage, then its result.  Photo by photo, a result never depends on which
     photos shared its batch (the encoder's convolutions and the network's matmuls round differently in a
-    batch, by about 5e-7)."""
+    batch, by about 5e-7).  `collect(i, name, products, draws, gps)`, when given, receives the photo's
+    products before its result leaves (a joint request keeps what its combined map needs)."""
     timings: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -247,7 +252,7 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
     if collect is not None:
-        collect(i, products, truth)
+        collect(i, name, products, draws, truth)
     emit("result", i, P.STATUS_OK, summary, None, [tiff, gpkg])
 
 

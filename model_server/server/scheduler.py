@@ -36,6 +36,8 @@ class Request:
     units_left: int = 0
     stage: dict[str, Any] = field(default_factory=lambda: {"stage": "queued", "index": None, "name": None})
     last_sent: float = field(default_factory=time.monotonic)
+    joint: Any = None  # a joint request's JointState (server.joint): its combined map is its last unit
+    joint_status: str | None = None  # set once its `joint` message is sent
 
     @property
     def key(self) -> tuple[bytes, str]:
@@ -60,6 +62,7 @@ class Unit:
 
     request: Request
     indices: list[int]
+    joint: bool = False  # the request's combined map, after all its photos
 
 
 class FairQueue:
@@ -75,6 +78,8 @@ class FairQueue:
         size = photos_per_unit(request.options.get("samples", 1), batch_size)
         units = [Unit(request, list(range(i, min(i + size, request.total))))
                  for i in range(0, request.total, size)]
+        if request.joint is not None:  # one worker takes a client's units in order: the photos are done by then
+            units.append(Unit(request, [], joint=True))
         with self._cond:
             request.units_left += len(units)
             if request.client not in self._clients:  # (re)starts waiting: no credit for idle time

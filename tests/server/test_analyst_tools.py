@@ -126,3 +126,45 @@ def test_locate_refuses_a_geojson_of_points(tmp_path):
     bad.write_text(json.dumps({"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}}))
     proc = locate(str(tmp_path / "x.jpg"), "--out", str(tmp_path / "o"), "--aoi", str(bad))
     assert proc.returncode == 2 and "is a 'Point', not a polygon" in proc.stderr, proc.stderr
+
+
+def test_a_joint_request_streams_each_photo_then_one_combined_map(client):
+    photos = [(f"j{i}.jpg", jpeg_bytes(50 + i, gps=(10.0, 20.0) if i == 0 else None)) for i in range(3)]
+    order = []
+    results, joint = client.geolocate_joint(photos + [("broken.jpg", b"not a photo")],
+                                            {**FAST, "claim_exif": True},
+                                            on_result=lambda r: order.append(r.name))
+    assert [r.status for r in results] == ["ok", "ok", "ok", "failed"] and len(order) == 4
+    assert joint.ok, joint.error
+    s = joint.summary
+    assert [p["name"] for p in s["joint"]["photos"]] == ["j0.jpg", "j1.jpg", "j2.jpg"]
+    assert s["joint"]["left_out"] == [{"index": 3, "name": "broken.jpg"}]
+    assert [c["name"] for c in s["joint"]["contributions"]] == ["j0.jpg", "j1.jpg", "j2.jpg"]
+    assert all(c["kl_nats"] >= 0 for c in s["joint"]["contributions"])
+    assert [c["label"] for c in s["claims"]] == ["EXIF GPS of j0.jpg"]
+    prob, meta = read_geotiff(joint.geotiff)
+    assert prob.sum() == pytest.approx(1.0, abs=1e-4) and meta["tags"]["joint_photos"] == "3"
+    assert -0.3 < s["localizability"] and s["credible_regions"][0]["area_km2"] > 0
+
+
+def test_a_cancelled_joint_request_answers_its_joint_map_cancelled(client):
+    photos = [(f"c{i}.jpg", jpeg_bytes(60 + i)) for i in range(4)]
+    seen = []
+    results, joint = client.geolocate_joint(photos, FAST, on_result=seen.append, is_cancelled=lambda: len(seen) >= 1)
+    assert joint.status == P.STATUS_CANCELLED
+    assert any(r.status == P.STATUS_CANCELLED for r in results)
+    assert client.info()["protocol"] == P.PROTOCOL_VERSION
+
+
+def test_locate_joint_writes_the_combined_map_beside_the_photos(endpoint, tmp_path):
+    folder = tmp_path / "place"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"view{i}.jpg").write_bytes(jpeg_bytes(70 + i))
+    out = tmp_path / "out"
+    proc = locate(str(folder), "--out", str(out), "--endpoint", endpoint, *fast_args(), "--joint")
+    assert proc.returncode == 0, proc.stderr
+    assert "joint map of 2 photos" in proc.stdout
+    doc = json.loads((out / "joint.json").read_text())
+    assert doc["status"] == "ok" and len(doc["joint"]["contributions"]) == 2
+    assert (out / "joint.tif").stat().st_size > 0 and (out / "view0.tif").is_file()
