@@ -229,17 +229,36 @@ def complete_result(out: Path, stem: str, photo: Path, request: dict[str, Any]):
     return PhotoResult(0, photo.name, P.STATUS_OK, summary=summary)
 
 
-def save_joint(joint, out: Path, stems: set[str], request: dict[str, Any]) -> str:
+def save_joint(joint, out: Path, stems: set[str], request: dict[str, Any], report: bool = False) -> str:
     """Write the joint map beside the photos' files (joint.tif/.gpkg/.json, or joint-map.* when a photo is
     named joint); the line that says where, or why there is none."""
     from geoplonk_service.client import JOINT_NAME
 
     stem = JOINT_NAME if JOINT_NAME not in stems else f"{JOINT_NAME}-map"
     paths = joint.save(out, stem, extra={"request": request})
+    if report and joint.ok:
+        paths["report"] = write_report(joint, "joint map", paths, out / f"{stem}.html")
     if not joint.ok:
         return f"no joint map: {(joint.error or {}).get('message')} ({paths['json']})"
     combined = len((joint.summary or {}).get("joint", {}).get("photos", []))
-    return f"joint map of {combined} photos: {paths['geotiff']}, {paths['gpkg']}, {paths['json']}"
+    return "joint map of {} photos: {}".format(combined, ", ".join(str(p) for p in paths.values()))
+
+
+PICTURE_NOTE = ("Drawn without QGIS (Pillow): the density over NASA Blue Marble, the credible regions outlined "
+                "(white: the smallest level), the top places numbered, the best guess as a cyan cross, claims as "
+                "diamonds coloured by verdict (green: likely … red: very unlikely).")
+
+
+def write_report(result, name: str, paths: dict[str, Path], html_path: Path) -> Path:
+    """The result's self-contained HTML case report, beside its files (atomically)."""
+    from geoplonk_service.case_report import case_report_html
+    from geoplonk_service.output_files import atomic_write
+    from model_server.map_picture import render_map
+
+    picture = render_map(result.geotiff, result.gpkg)
+    text = case_report_html(name, result.summary or {}, picture, PICTURE_NOTE,
+                            {kind: str(path) for kind, path in paths.items()})
+    return atomic_write(html_path, text.encode("utf-8"))
 
 
 def default_server_command() -> str:
@@ -278,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         if args.force:
             return None
         result = complete_result(args.out, stems[i], photos[i], request)
-        if result is None:
+        if result is None or (args.report and not (args.out / f"{stems[i]}.html").is_file()):
             return None
         return summary_row(photos[i], result, {k: args.out / f"{stems[i]}{ext}" for k, ext in files.items()})
 
@@ -312,7 +331,11 @@ def run(args: argparse.Namespace) -> int:
 
     def on_result(result) -> None:
         i, identity = in_flight.pop(result.index)
+        if args.report:
+            (args.out / f"{stems[i]}.html").unlink(missing_ok=True)
         saved = result.save(args.out, stems[i], extra={"source": identity, "request": request})
+        if args.report and result.ok:
+            write_report(result, photos[i].name, saved, args.out / f"{stems[i]}.html")
         summary.add(i, summary_row(photos[i], result, saved), row_at)
         if not result.ok:
             tqdm.write(f"{photos[i]}: {result.status}: {(result.error or {}).get('message')}", file=sys.stderr)
@@ -334,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
                     if args.joint:
                         _, joint = client.geolocate_joint(list(to_send()), options, on_progress=on_progress,
                                                           on_result=on_result)
-                        joint_note = save_joint(joint, args.out, set(stems), request)
+                        joint_note = save_joint(joint, args.out, set(stems), request, args.report)
                     else:
                         client.geolocate_each(to_send(), options, on_progress=on_progress, on_result=on_result,
                                               total=todo)

@@ -110,8 +110,8 @@ def _run_joint(model, device, state, names, options, emit, is_cancelled) -> None
     tiff, gpkg = write_products(products, localizability, tags)
     combined = {p.index for p in parts}
     summary = {
-        "model": model.name, "encoder": model.encoder_name, "device": device, "software_version": __version__,
-        "options": options,
+        "model": model.name, "model_sha256": getattr(model, "weights_sha256", None), "encoder": model.encoder_name,
+        "device": device, "software_version": __version__, "options": options,
         "joint": {
             "method": METHOD,
             "photos": [{"index": p.index, "name": p.name} for p in sorted(parts, key=lambda p: p.index)],

@@ -8,6 +8,7 @@ into protocol messages.  Every photo gets exactly one result, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 import traceback
@@ -242,9 +243,11 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
         tiff, gpkg = write_products(products, float(loc[0]), tags)
     summary = {
         "model": model.name,
+        "model_sha256": getattr(model, "weights_sha256", None),
         "encoder": model.encoder_name,
         "device": device,
         "software_version": __version__,
+        "photo_sha256": hashlib.sha256(blob).hexdigest(),
         "options": options,
         **summary_fields(products, float(loc[0])),
         "localizability_method": loc_method,

@@ -14,6 +14,8 @@ SUMMARY = {
     ],
     "credible_regions": [{"level": 0.5, "area_km2": 10.0}, {"level": 0.9, "area_km2": 250.0}],
     "exif": {"lat": 0, "lon": 0, "error_km": 12.25},
+    "claims": [{"credible_level": 0.973, "words": "unlikely under the model: outside the 97 % region"},
+               {"credible_level": 0.1, "words": "likely under the model: outside the 10 % region"}],
     "model": "m",
 }
 
@@ -39,6 +41,8 @@ def test_row_of_a_located_photo():
         "top_basin_share": 0.9,
         "area_90_km2": 250.0,
         "exif_error_km": 12.25,
+        "claim_level": 0.973,
+        "claim_words": "unlikely under the model: outside the 97 % region",
         "model": "m",
         **files,
     }

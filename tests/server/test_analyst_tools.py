@@ -168,3 +168,48 @@ def test_locate_joint_writes_the_combined_map_beside_the_photos(endpoint, tmp_pa
     doc = json.loads((out / "joint.json").read_text())
     assert doc["status"] == "ok" and len(doc["joint"]["contributions"]) == 2
     assert (out / "joint.tif").stat().st_size > 0 and (out / "view0.tif").is_file()
+
+
+def test_locate_report_writes_a_self_contained_case_report(endpoint, tmp_path):
+    import base64
+    import hashlib
+    import io
+    import re
+
+    from PIL import Image
+
+    photo = tmp_path / "case.jpg"
+    photo.write_bytes(jpeg_bytes(80, gps=(48.85, 2.35)))
+    out = tmp_path / "out"
+    proc = locate(str(photo), "--out", str(out), "--endpoint", endpoint, *fast_args(), "--report", "--claim-exif",
+                  "--seed", "7")
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "case.html").read_text()
+    summary = json.loads((out / "case.json").read_text())
+    assert hashlib.sha256(photo.read_bytes()).hexdigest() in text and summary["model_sha256"] in text
+    assert len(summary["model_sha256"]) == 64 and summary["photo_sha256"] in text
+    assert summary["claims"][0]["words"].split(":")[0] in text and "Top places" in text and "90 %" in text
+    assert "&quot;seed&quot;: 7" in text and summary["software_version"] in text and " UTC" in text
+    assert "src='http" not in text and "<script" not in text  # self-contained, nothing fetched
+    (png,) = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
+    with Image.open(io.BytesIO(base64.b64decode(png))) as picture:
+        assert picture.format == "PNG" and picture.size[0] == 900
+    again = locate(str(photo), "--out", str(out), "--endpoint", endpoint, *fast_args(), "--report", "--claim-exif",
+                   "--seed", "7")
+    assert again.returncode == 0 and "already done" in again.stdout
+    (out / "case.html").unlink()  # a missing report makes the photo due again
+    third = locate(str(photo), "--out", str(out), "--endpoint", endpoint, *fast_args(), "--report", "--claim-exif",
+                   "--seed", "7")
+    assert third.returncode == 0 and "already done" not in third.stdout and (out / "case.html").is_file()
+
+
+def test_locate_joint_report(endpoint, tmp_path):
+    for i in range(2):
+        (tmp_path / f"v{i}.jpg").write_bytes(jpeg_bytes(90 + i))
+    out = tmp_path / "out"
+    proc = locate(str(tmp_path / "v0.jpg"), str(tmp_path / "v1.jpg"), "--out", str(out), "--endpoint", endpoint,
+                  *fast_args(), "--joint", "--report")
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "joint.html").read_text()
+    assert "Joint map of several photos" in text and "v0.jpg" in text and "v1.jpg" in text
+    assert (out / "v0.html").is_file()
