@@ -22,13 +22,13 @@ from qgis.core import (
 from geoplonk_service import protocol as P
 
 WGS84 = "EPSG:4326"
-# Fields of the best-guess layer (Processing) that carry the verdicts on a photo's claims.
+# Fields of the best-guess layer (Processing) on a photo's claims, beside the result rows' claim_level and
+# claim_words (the first claim's).
 CLAIM_FIELDS: tuple[tuple[str, type], ...] = (
     ("claims_checked", int),
     ("claim_label", str),  # the first claim's label (its source when it has none)
-    ("claim_level", float),  # its smallest credible level holding it
-    ("claim_verdict", str),  # "plausible under the model", ...
-    ("claim_words", str),  # every claim's verdict in words, "label: words", joined by CLAIM_SEPARATOR
+    ("claim_verdict", str),  # its verdict: "plausible under the model", ...
+    ("all_claims", str),  # every claim's verdict in words, "label: words", joined by CLAIM_SEPARATOR
 )
 CLAIM_SEPARATOR = " | "
 # Field names a claim layer's label is taken from, in order (case-insensitive), when none is named.
@@ -116,9 +116,8 @@ def claim_fields(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "claims_checked": len(checks),
         "claim_label": first.get("label") or first.get("source"),
-        "claim_level": first.get("credible_level"),
         "claim_verdict": first.get("verdict"),
-        "claim_words": CLAIM_SEPARATOR.join(quote(c) for c in checks),
+        "all_claims": CLAIM_SEPARATOR.join(quote(c) for c in checks),
     }
 
 

@@ -67,16 +67,17 @@ def test_claims_from_a_point_a_layer_and_exif_reach_the_best_guess_fields(provid
     (row,) = best_guess_rows(result["OUTPUT"])
     assert row["claims_checked"] == 3 and row["claim_label"] == "the seller says Sydney"
     assert row["claim_verdict"] in VERDICTS and 0 <= row["claim_level"] <= 1
-    words = row["claim_words"].split(" | ")
+    words = row["all_claims"].split(" | ")
     assert [w.split(":")[0] for w in words] == ["the seller says Sydney", "Rio witness", "EXIF GPS"]
     assert all(any(v in w for v in VERDICTS) and "best guess's" in w for w in words), words
+    assert words[0] == f"the seller says Sydney: {row['claim_words']}"  # claim_*: the first claim's
 
     rows = claims_layer_rows(str(out / "tower.gpkg"))
     assert [r["source"] for r in rows] == ["user", "layer", "exif"]
     assert rows[0]["_xy"] == pytest.approx((151.2, -33.9))
     assert rows[1]["_xy"] == pytest.approx((-43.2, -22.9), abs=1e-6)  # transformed from EPSG:3857
     assert rows[2]["_xy"] == pytest.approx((EXIF_LATLON[1], EXIF_LATLON[0]), abs=1e-3)
-    assert rows[0]["words"] in row["claim_words"]
+    assert rows[0]["words"] == row["claim_words"]
     assert any("tower.jpg, claim the seller says Sydney: " in i for i in feedback.infos), feedback.infos
 
 
@@ -167,8 +168,8 @@ def test_qgis_process_checks_claims_in_an_area_with_a_joint_map(tagged_folder, p
     assert results["SUCCEEDED"] == 2 and results["JOINT_RASTER"] == str(out / "joint.tif")
     rows = {r["photo"]: r for r in best_guess_rows(results["OUTPUT"])}
     assert rows["tower.jpg"]["claims_checked"] == 2 and rows["harbour.jpg"]["claims_checked"] == 1  # no GPS
-    assert rows["tower.jpg"]["claim_words"].startswith("Paris, says the caption: ")
-    assert "EXIF GPS: " in rows["tower.jpg"]["claim_words"]
+    assert rows["tower.jpg"]["all_claims"].startswith("Paris, says the caption: ")
+    assert "EXIF GPS: " in rows["tower.jpg"]["all_claims"]
     tower = json.loads((out / "tower.json").read_text())
     assert tower["aoi"]["weight"] == pytest.approx(0.1)
     joint = json.loads((out / "joint.json").read_text())
