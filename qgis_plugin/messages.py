@@ -152,3 +152,11 @@ def joint_done(title: str) -> tuple[str, str, str]:
 def joint_failed(message: str) -> tuple[str, str, str]:
     return ("GeoPlonk", f"No joint map: {message}.", message)
 
+
+def report_written(path: str) -> tuple[str, str, str]:
+    """Where the case report is, as a link the message bar opens."""
+    from html import escape
+    from pathlib import Path
+
+    uri = Path(path).resolve().as_uri()
+    return ("GeoPlonk", f'Case report written: <a href="{escape(uri)}">{escape(path)}</a>', path)

@@ -53,6 +53,8 @@ class GeoPlonkPlugin:
         self.choose_files: Callable[[], list[str]] = self._dialog_files
         self.choose_folder: Callable[[], str] = self._dialog_folder
         self.choose_field: Callable[[list[str]], str | None] = self._dialog_field
+        self.open_file: Callable[[Path], bool] = lambda path: QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+        self.report_menu = None
         self._quit_connected = False
         self.analyst = AnalystTools(self)  # the case's claims and area of interest, and their actions
 
@@ -87,6 +89,11 @@ class GeoPlonkPlugin:
         self.action_zoom.setObjectName("geoplonkZoom")
         self.action_zoom.setToolTip(tr("Zoom the map to the selected GeoPlonk result group"))
         self.action_zoom.triggered.connect(self.zoom_to_result)
+        self.action_report = QAction(tr("Open case report"), main)
+        self.action_report.setObjectName("geoplonkCaseReport")
+        self.action_report.setToolTip(tr("Write and open the HTML case report of the selected result group, with "
+                                         "its map as QGIS draws it"))
+        self.action_report.triggered.connect(self.open_case_report)
         self.action_settings = QAction(tr("GeoPlonk settings…"), main)
         self.action_settings.setObjectName("geoplonkSettings")
         self.action_settings.triggered.connect(self.show_settings)
@@ -95,7 +102,8 @@ class GeoPlonkPlugin:
         self.action_help.setToolTip(tr("Open the analyst's guide (README) in the web browser"))
         self.action_help.triggered.connect(self.open_help)
         self.actions = [self.action_geolocate, self.action_folder, self.action_zoom,
-                        *self.analyst.create_actions(main), self.action_settings, self.action_help]
+                        *self.analyst.create_actions(main), self.action_report, self.action_settings,
+                        self.action_help]
 
         self.toolbar = self.iface.addToolBar("GeoPlonk")
         if self.toolbar is not None:
@@ -103,6 +111,11 @@ class GeoPlonkPlugin:
             self.toolbar.addAction(self.action_geolocate)
             self.toolbar.addAction(self.action_zoom)
             self.analyst.add_to_toolbar(self.toolbar)
+        view = self._layer_tree_view()
+        if view is not None:
+            from .report_menu import ReportMenu
+
+            self.report_menu = ReportMenu(view, self.action_report)
         for action in self.actions:
             self.iface.addPluginToMenu(MENU, action)
         try:
@@ -120,6 +133,9 @@ class GeoPlonkPlugin:
 
     def unload(self) -> None:
         self.analyst.unload()
+        if self.report_menu is not None:
+            self.report_menu.remove()
+            self.report_menu = None
         if self.task is not None:
             try:
                 self.task.cancel()
@@ -350,6 +366,24 @@ class GeoPlonkPlugin:
             extent = transform.transformBoundingBox(extent)
         canvas.setExtent(extent)
         canvas.refresh()
+
+    def open_case_report(self):
+        """Write the selected result group's case report (its map rendered by QGIS) and open it; returns its
+        path, or None when there is no group to report on (the message bar says why)."""
+        from .report import ReportError, write_case_report
+
+        view = self._layer_tree_view()
+        group = layers.find_result_group(view.currentNode() if view is not None else None)
+        if group is None and view is None and self.last_groups:
+            group = self.last_groups[-1]
+        try:
+            path = write_case_report(group)
+        except ReportError as exc:
+            self._show(*messages.input_refused(str(exc)), level=Qgis.Warning)
+            return None
+        self._show(*messages.report_written(str(path)), level=Qgis.Info)
+        self.open_file(path)
+        return path
 
     def open_help(self) -> bool:
         """The README's analyst's guide in the web browser."""

@@ -141,7 +141,8 @@ def test_claims_and_area_reach_the_layers_labels_and_map_tips(plugin, plugin_set
     assert f"Claim: Paris witness: {paris['words']}" in best_tip
     assert "weighted towards (outside weight 0.05) the area of interest" in best_tip
     said = messages_of(plugin, 0)
-    assert "tower.jpg: Cairo witness: " in said and "EXIF GPS: " in said  # the verdicts, ready to quote
+    first = summary["claims"][0]
+    assert f"tower.jpg: {first['label']}: {first['words']}" in said and "| EXIF GPS: " in said  # ready to quote
 
 
 def test_geolocate_as_one_place_adds_a_joint_group_named_for_the_photos(plugin, plugin_settings, photos,
@@ -174,3 +175,8 @@ def test_geolocate_as_one_place_adds_a_joint_group_named_for_the_photos(plugin, 
     assert "<b>Joint map: harbour.jpg + desert road.png</b>" in tip
     assert all(c["words"] in tip for c in summary["joint"]["contributions"])
     assert "one map for the photos of one place" in messages_of(plugin, 0)
+    opened: list[Path] = []
+    plugin.open_file = opened.append
+    assert plugin.open_case_report() == out / "joint.html" and opened == [out / "joint.html"]
+    page = (out / "joint.html").read_text(encoding="utf-8")
+    assert "Joint map of several photos" in page and "Joint map: harbour.jpg + desert road.png" in page
