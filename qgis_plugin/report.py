@@ -1,7 +1,8 @@
 """The case report of a result group: its map rendered by QGIS as the analyst styled it, put in the
 self-contained HTML report that `geoplonk locate --report` writes too (geoplonk_service.case_report).
 
-The report is written beside the group's files (`<stem>.html`) so it travels with them.
+The report is written beside the group's files (`<stem>.html`) so it travels with them.  Rendering is
+synchronous on the calling thread (no render threads), so Processing can make reports from its own thread.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from pathlib import Path
 from qgis.core import (
     Qgis,
     QgsCoordinateReferenceSystem,
-    QgsMapRendererParallelJob,
+    QgsMapRendererCustomPainterJob,
     QgsMapSettings,
     QgsProject,
 )
 from qgis.PyQt.QtCore import QBuffer, QByteArray, QIODevice, QSize
-from qgis.PyQt.QtGui import QColor
+from qgis.PyQt.QtGui import QColor, QImage, QPainter
 
 from geoplonk_service.case_report import case_report_html
 from geoplonk_service.output_files import atomic_write
@@ -46,19 +47,21 @@ def render_group_png(group, project: QgsProject | None = None, width: int = WIDT
     """The group's map as PNG bytes, over the group's extent in lon/lat, labels included."""
     project = project or QgsProject.instance()
     extent = layers.group_extent(group)
-    height = max(MIN_HEIGHT, round(width * extent.height() / max(extent.width(), 1e-9)))
+    size = QSize(width, min(2 * width, max(MIN_HEIGHT, round(width * extent.height() / max(extent.width(), 1e-9)))))
     settings = QgsMapSettings()
     settings.setLayers(group_layers(group, project))
     settings.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:4326"))
     settings.setTransformContext(project.transformContext())
-    settings.setOutputSize(QSize(width, min(height, 2 * width)))
+    settings.setOutputSize(size)
     settings.setExtent(extent)
     settings.setBackgroundColor(QColor("white"))
     settings.setFlag(QgsMapSettings.DrawLabeling, True)
-    job = QgsMapRendererParallelJob(settings)
-    job.start()
-    job.waitForFinished()
-    image = job.renderedImage()
+    image = QImage(size, QImage.Format_ARGB32_Premultiplied)
+    image.fill(QColor("white"))
+    painter = QPainter(image)
+    job = QgsMapRendererCustomPainterJob(settings, painter)
+    job.renderSynchronously()
+    painter.end()
     data = QByteArray()
     buffer = QBuffer(data)
     buffer.open(QIODevice.WriteOnly)
@@ -91,3 +94,12 @@ def write_case_report(group, project: QgsProject | None = None) -> Path:
     page = case_report_html(layers.photo_of_group(group), summary, render_group_png(group, project), note,
                             {kind: str(path) for kind, path in files.items()})
     return atomic_write(files["json"].with_suffix(".html"), page.encode("utf-8"))
+
+
+def report_from_files(name: str, files: dict[str, str], summary: dict) -> Path:
+    """The report of a saved result outside the analyst's project (Processing, qgis_process): its layers are
+    loaded and styled as the toolbar would, with the offline basemap, in a project of their own."""
+    project = QgsProject()
+    group = layers.add_result_group(name, files, summary, project=project)
+    layers.add_basemap(project)
+    return write_case_report(group, project)

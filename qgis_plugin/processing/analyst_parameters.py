@@ -34,6 +34,7 @@ CLAIM_EXIF = "CLAIM_EXIF"
 AOI = "AOI"
 AOI_WEIGHT = "AOI_WEIGHT"
 JOINT = "JOINT"
+REPORT = "REPORT"
 
 HELP = (
     "Claims: a point (click it on the map or type 'x,y [EPSG:...]'), the points of a layer (its selected "
@@ -44,7 +45,9 @@ HELP = (
     "Area of interest: polygons (a country, a coastline strip) the photos are known to come from; the maps "
     "are restricted to it, or with a weight above 0 only favour it (1: no effect).\n\n"
     "Joint map: the photos are of one place; their maps are multiplied into one map, written as joint.tif, "
-    f"joint.gpkg and joint.json (at most {P.MAX_JOINT_PHOTOS} photos)."
+    f"joint.gpkg and joint.json (at most {P.MAX_JOINT_PHOTOS} photos).\n\n"
+    "Case reports: one self-contained HTML file per result (<stem>.html, and joint.html), with the map as QGIS "
+    "draws it, the top places, the claim verdicts and the record of the run."
 )
 
 
@@ -72,6 +75,7 @@ def add_parameters(alg) -> None:
         QgsProcessingParameterNumber.Double, weight.default, False, weight.minimum, weight.maximum))
     alg.addParameter(QgsProcessingParameterBoolean(JOINT, _tr("Photos of one place: also make one joint map"),
                                                    False))
+    alg.addParameter(QgsProcessingParameterBoolean(REPORT, _tr("Write an HTML case report per result"), False))
 
 
 def given(parameters: dict, name: str) -> bool:

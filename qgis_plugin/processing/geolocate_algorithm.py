@@ -319,6 +319,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
 
         sinks = [sink]  # on_result writes through this list, emptied once the photos are done
         load = self.parameterAsBoolean(parameters, self.LOAD_RASTERS, context)
+        report = self.parameterAsBoolean(parameters, analyst_parameters.REPORT, context)
         stems = unique_stems(photos)
         rasters: list[str] = []
         vectors: list[str] = []
@@ -354,6 +355,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             feedback.pushInfo(describe_row(row))
             for check in (result.summary or {}).get("claims") or []:
                 feedback.pushInfo(f"{row['photo']}, claim {claims_quote(check)}")
+            if report:
+                self._report(row["photo"], {k: row[k] for k in ("geotiff", "gpkg", "json")}, result.summary, feedback)
 
         joint = self._geolocate(settings, options, photos, feedback, on_progress, on_result)
         # The GeoPackage is committed when the sink is destroyed, which must happen before qgis_process exits:
@@ -368,6 +371,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"None of the {total} photo(s) could be geolocated; see the errors above.")
         feedback.pushInfo(f"{succeeded} photo(s) geolocated, {failed} failed; results in {out_dir}")
         joint_files = self._save_joint(joint, out_dir, set(stems), feedback) if joint is not None else {}
+        if report and joint_files:
+            self._report("joint map", joint_files, joint.summary, feedback)
         return {
             self.JOINT_RASTER: joint_files.get("geotiff"),
             self.JOINT_GPKG: joint_files.get("gpkg"),
@@ -378,6 +383,18 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             self.SUCCEEDED: succeeded,
             self.FAILED: failed,
         }
+
+    @staticmethod
+    def _report(name: str, files: dict[str, str], summary: dict | None, feedback) -> None:
+        """The result's HTML case report beside its files; a report that fails is reported, the result stays."""
+        from ..report import ReportError, report_from_files
+
+        try:
+            path = report_from_files(name, files, summary or {})
+        except (ReportError, OSError, ValueError) as exc:
+            feedback.reportError(f"{name}: no case report ({exc})", False)
+            return
+        feedback.pushInfo(f"{name}: case report {path}")
 
     @staticmethod
     def _save_joint(joint, out_dir: Path, stems: set[str], feedback) -> dict[str, str]:

@@ -4,7 +4,9 @@ polygons, and a joint map, with processing.run in headless QGIS and with qgis_pr
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -36,6 +38,21 @@ def tagged_folder(photo_dir, tmp_path) -> Path:
     folder.mkdir()
     geotagged_photo(photo_dir / "harbour.jpg", folder / "tower.jpg")
     return folder
+
+
+def assert_report(path: Path) -> str:
+    """A self-contained case report holding a map picture rendered by QGIS; returns its text."""
+    from qgis.PyQt.QtGui import QImage
+
+    page = path.read_text(encoding="utf-8")
+    assert not re.search(r"""(?:src|href)\s*=\s*["'](?!data:)""", page) and "<link" not in page, path
+    (encoded,) = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    picture = QImage.fromData(base64.b64decode(encoded), "PNG")
+    assert not picture.isNull() and picture.width() == 1200, path
+    colours = {picture.pixel(x, y) for x in range(0, picture.width(), 9) for y in range(0, picture.height(), 9)}
+    assert len(colours) > 30, f"{path}: the map picture is blank"
+    assert "Rendered by QGIS 3." in page and "over QGIS&#x27;s offline world map" in page  # escaped
+    return page
 
 
 def claims_layer_rows(gpkg: str) -> list[dict]:
@@ -105,7 +122,7 @@ def test_joint_map_of_photos_of_one_place(provider, plugin_settings, photo_dir, 
     out = tmp_path / "out"
     feedback = RecordingFeedback()
     result = run({"FOLDER": str(photo_dir), "OUTPUT_FOLDER": str(out), **FAST_PARAMS, "JOINT": True,
-                  "CLAIM_POINT": "2.35,48.85 [EPSG:4326]"}, feedback)
+                  "CLAIM_POINT": "2.35,48.85 [EPSG:4326]", "REPORT": True}, feedback)
     assert result["SUCCEEDED"] == 3
     assert result["JOINT_RASTER"] == str(out / "joint.tif") and result["JOINT_GPKG"] == str(out / "joint.gpkg")
     summary = json.loads((out / "joint.json").read_text())
@@ -113,6 +130,9 @@ def test_joint_map_of_photos_of_one_place(provider, plugin_settings, photo_dir, 
     assert len(summary["joint"]["contributions"]) == 3
     assert claims_layer_rows(result["JOINT_GPKG"])[0]["verdict"] in VERDICTS
     assert any(i.startswith("Joint map of 3 photos: best guess") for i in feedback.infos), feedback.infos
+    for stem in ("harbour", "desert_road", "forest", "joint"):
+        assert_report(out / f"{stem}.html")
+    assert "Joint map of several photos" in (out / "joint.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(("parameters", "message"), [
@@ -160,7 +180,7 @@ def test_qgis_process_checks_claims_in_an_area_with_a_joint_map(tagged_folder, p
     out = tmp_path / "out"
     args = [f"FOLDER={tagged_folder}", f"OUTPUT_FOLDER={out}", *(f"{k}={v}" for k, v in FAST_PARAMS.items()),
             "CLAIM_POINT=2.35,48.85 [EPSG:4326]", "CLAIM_LABEL=Paris, says the caption", "CLAIM_EXIF=true",
-            f"AOI={areas}", "AOI_WEIGHT=0.1", "JOINT=true"]
+            f"AOI={areas}", "AOI_WEIGHT=0.1", "JOINT=true", "REPORT=true"]
     proc = subprocess.run([*qgis_process_command(), "--json", "run", ALG, "--", *args], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -175,3 +195,6 @@ def test_qgis_process_checks_claims_in_an_area_with_a_joint_map(tagged_folder, p
     joint = json.loads((out / "joint.json").read_text())
     assert [c["source"] for c in joint["claims"]] == ["user", "exif"]  # the joint map checks the tower's GPS too
     assert joint["aoi"]["weight"] == pytest.approx(0.1)
+    page = assert_report(out / "tower.html")  # drawn by qgis_process's own QGIS
+    assert tower["claims"][0]["words"].replace("'", "&#x27;") in page
+    assert_report(out / "joint.html")
