@@ -142,7 +142,7 @@ class AnalystTools:
         if weight is None:
             return
         if not P.AOI_WEIGHT.accepts(weight):
-            self._refuse(f"the weight outside the area must be {P.AOI_WEIGHT.describe()}, got {weight:g}")
+            self._refuse(messages.weight_out_of_range(weight, P.AOI_WEIGHT.describe()))
             return
         self.analysis.aoi_weight = float(weight)
         self._set(tr("Weight outside the area of interest set to {:g}").format(weight))

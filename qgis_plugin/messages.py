@@ -160,3 +160,11 @@ def report_written(path: str) -> tuple[str, str, str]:
 
     uri = Path(path).resolve().as_uri()
     return ("GeoPlonk", f'Case report written: <a href="{escape(uri)}">{escape(path)}</a>', path)
+
+
+def report_not_written(reason: str, details: str = "") -> tuple[str, str, str]:
+    return ("GeoPlonk", f"The case report could not be written: {reason}.", details)
+
+
+def weight_out_of_range(weight: float, allowed: str) -> str:
+    return f"the weight outside the area must be {allowed}, got {weight:g}"

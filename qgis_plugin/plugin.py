@@ -306,7 +306,7 @@ class GeoPlonkPlugin:
         try:
             group = layers.add_result_group(outcome.name, outcome.files, outcome.summary or {})
         except Exception as exc:  # noqa: BLE001 - the photos' own groups stay
-            self._show("GeoPlonk", f"the joint map could not be loaded ({exc})", repr(exc), level=Qgis.Warning)
+            self._show(*messages.joint_failed(f"its files could not be loaded ({exc})"), level=Qgis.Warning)
             return
         self.last_groups.append(group)
         self.last_joint_group = group
@@ -380,6 +380,9 @@ class GeoPlonkPlugin:
             path = write_case_report(group)
         except ReportError as exc:
             self._show(*messages.input_refused(str(exc)), level=Qgis.Warning)
+            return None
+        except OSError as exc:
+            self._show(*messages.report_not_written(str(exc.strerror or exc), repr(exc)), level=Qgis.Warning)
             return None
         self._show(*messages.report_written(str(path)), level=Qgis.Info)
         self.open_file(path)

@@ -141,7 +141,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         return ""
 
     def tags(self) -> list[str]:
-        return ["geolocation", "photo", "image", "plonk", "where", "probability", "exif"]
+        return ["geolocation", "photo", "image", "plonk", "where", "probability", "exif", "claim", "verify",
+                "area of interest", "joint", "report"]
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(
