@@ -132,9 +132,8 @@ class AnalystTools:
         except AoiError as exc:
             self._refuse(str(exc))
             return
-        count = len(aoi["coordinates"])
-        self.analysis.aoi = aoi
-        self.analysis.aoi_name = f"'{layer.name()}' ({count} polygon{'s' if count != 1 else ''})"
+        self.analysis.aoi = aoi.geometry
+        self.analysis.aoi_name = aoi.describe(layer.name())
         self._set(tr("Area of interest set from the selected polygons of '{}'").format(layer.name()))
 
     def ask_aoi_weight(self) -> None:

@@ -82,7 +82,7 @@ def given(parameters: dict, name: str) -> bool:
     return parameters.get(name) not in (None, "")
 
 
-def options(alg, parameters: dict, context) -> dict[str, Any]:
+def options(alg, parameters: dict, context, feedback) -> dict[str, Any]:
     """The geolocate options the analyst's parameters ask for (none when they are left empty)."""
     out: dict[str, Any] = {}
     try:
@@ -95,8 +95,9 @@ def options(alg, parameters: dict, context) -> dict[str, Any]:
             source = alg.parameterAsSource(parameters, AOI, context)
             if source is None:
                 raise QgsProcessingException(alg.invalidSourceError(parameters, AOI))
-            out["aoi"] = aoi_from_features(source.getFeatures(), source.sourceCrs(), source.sourceName(),
-                                           source.wkbType())
+            area = aoi_from_features(source.getFeatures(), source.sourceCrs(), source.sourceName(), source.wkbType())
+            out["aoi"] = area.geometry
+            feedback.pushInfo(f"Area of interest: {area.describe(source.sourceName())}")
             out["aoi_weight"] = alg.parameterAsDouble(parameters, AOI_WEIGHT, context)
     except (ClaimError, AoiError) as exc:
         raise QgsProcessingException(str(exc)[:1].upper() + str(exc)[1:]) from None

@@ -292,7 +292,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):  # noqa: N802
         settings = self._settings(parameters, context)
-        options = {**settings.options(), **analyst_parameters.options(self, parameters, context)}
+        options = {**settings.options(), **analyst_parameters.options(self, parameters, context, feedback)}
         if parameters.get(self.INPUT) not in (None, ""):
             photos = self._photos_from_layer(parameters, context, feedback)
         else:

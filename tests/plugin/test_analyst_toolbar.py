@@ -180,3 +180,37 @@ def test_geolocate_as_one_place_adds_a_joint_group_named_for_the_photos(plugin, 
     assert plugin.open_case_report() == out / "joint.html" and opened == [out / "joint.html"]
     page = (out / "joint.html").read_text(encoding="utf-8")
     assert "Joint map of several photos" in page and "Joint map: harbour.jpg + desert road.png" in page
+
+
+def test_a_country_of_qgis_world_map_is_simplified_to_fit_and_restricts_the_map(plugin, plugin_settings, photos,
+                                                                               wait_for_task, qgis_iface):
+    """Canada's outline in QGIS's own world map has 38,000 vertices, over the protocol's 10,000."""
+    from qgis.core import QgsVectorLayer
+
+    from geoplonk_service import protocol as P
+
+    countries = QgsVectorLayer(f"{layers.world_map_path()}|layername=countries", "countries", "ogr")
+    assert countries.isValid()
+    QgsProject.instance().addMapLayer(countries)
+    countries.selectByExpression("\"NAME\" = 'Canada'")
+    (canada,) = countries.getSelectedFeatures()
+    assert canada.geometry().constGet().nCoordinates() > P.MAX_AOI_VERTICES
+    qgis_iface.setActiveLayer(countries)
+    plugin.analyst.action_aoi.trigger()
+    aoi = plugin.analyst.analysis.aoi
+    assert aoi is not None, messages_of(plugin, 1)
+    positions = sum(len(ring) for polygon in aoi["coordinates"] for ring in polygon)
+    assert 1000 < positions <= P.MAX_AOI_VERTICES
+    assert "area of interest 'countries' (" in messages_of(plugin, 0) and "outline simplified to 0.0" in \
+        messages_of(plugin, 0)
+
+    countries.removeSelection()
+    plugin.choose_files = lambda: photos[:1]
+    assert run_action(plugin, plugin.action_geolocate, wait_for_task).ok == 1
+    summary = json.loads((Path(plugin_settings.output_folder) / "harbour.json").read_text())
+    best = summary["best_guess"]
+    box = canada.geometry().boundingBox()
+    margin = plugin_settings.resolution
+    assert box.xMinimum() - margin <= best["lon"] <= box.xMaximum() + margin, best
+    assert box.yMinimum() - margin <= best["lat"] <= box.yMaximum() + margin, best
+    assert 9e6 < summary["aoi"]["area_km2"] < 1.2e7  # Canada: about 10 million km2
