@@ -41,6 +41,7 @@ class Analysis:
         if self.claim_exif:
             parts.append("each photo's EXIF GPS as a claim")
         if self.aoi is not None:
-            weight = "restricted to" if self.aoi_weight == 0 else f"weighted {self.aoi_weight:g} outside"
-            parts.append(f"area of interest {self.aoi_name} ({weight})")
+            weight = "the maps restricted to it" if self.aoi_weight == 0 else \
+                f"outside it weighted {self.aoi_weight:g}"
+            parts.append(f"area of interest {self.aoi_name}, {weight}")
         return "; ".join(parts) if parts else "no claim and no area of interest"

@@ -113,7 +113,7 @@ def test_claims_and_area_reach_the_layers_labels_and_map_tips(plugin, plugin_set
     plugin.analyst.action_aoi_weight.trigger()
     case = messages_of(plugin, 0)
     assert "2 claims (" in case and "Cairo witness" in case and "each photo's EXIF GPS" in case
-    assert "area of interest 'regions' (1 polygon) (weighted 0.05 outside)" in case
+    assert "area of interest 'regions' (1 polygon), outside it weighted 0.05" in case
 
     areas.removeSelection()  # the area is set; the photo comes from the file dialog
     plugin.choose_files = lambda: [str(photo)]

@@ -51,4 +51,4 @@ def test_the_case_sends_only_what_is_set():
     case = Analysis(claims=[CHECK], claim_exif=True, aoi=aoi, aoi_name="'countries' (1 polygon)", aoi_weight=0.2)
     assert case.options() == {"claims": [CHECK], "claim_exif": True, "aoi": aoi, "aoi_weight": 0.2}
     assert case.describe() == ("1 claim (the caption's Paris); each photo's EXIF GPS as a claim; area of interest "
-                               "'countries' (1 polygon) (weighted 0.2 outside)")
+                               "'countries' (1 polygon), outside it weighted 0.2")
