@@ -83,6 +83,8 @@ def main() -> int:
     parser.add_argument("--offset-km", type=float, default=25.0, help="tile centres within this of the place")
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--resolution", type=float, default=1.0, help="map cell, degrees")
+    parser.add_argument("--alphas", type=lambda t: [float(v) for v in t.split(",")], default=[0.0, 0.5, 0.75, 1.0],
+                        help="tempering exponents of the joint map to score (products.joint.JOINT_ALPHA)")
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
     args = parser.parse_args()
@@ -108,7 +110,9 @@ def main() -> int:
         emb, places = group_tiles(model, args.groups, args.per_group, args.offset_km, args.seed)
         maps = draw_maps(model.flow, emb, cfg=cfg, samples=args.samples, resolution=args.resolution, seed=args.seed)
         groups = [list(range(g * args.per_group, (g + 1) * args.per_group)) for g in range(args.groups)]
-        out["joint"] = asdict(joint_figures(maps, groups, [tuple(p) for p in places]))
+        truths = [tuple(p) for p in places]
+        out["joint"] = {f"alpha {alpha:g}": asdict(joint_figures(maps, groups, truths, alpha))
+                        for alpha in args.alphas}
         out["joint"]["offset_km"] = args.offset_km
         out["joint"]["seconds"] = round(time.perf_counter() - t, 1)
         print(json.dumps({"joint": out["joint"]}), flush=True)

@@ -18,7 +18,7 @@ from geoplonk_service import protocol as P
 from ..engine.sampling import sample
 from ..products.claims import Claim, check_claims
 from ..products.grid import Grid
-from ..products.joint import JointAccumulator
+from ..products.joint import JOINT_ALPHA, JointAccumulator
 from ..products.maps import ProbabilityMap, sample_map
 
 LEVELS = (0.5, 0.9, 0.99)
@@ -92,9 +92,9 @@ class JointFigures:
 
 
 def joint_figures(maps: list[tuple[ProbabilityMap, np.ndarray]], groups: list[list[int]],
-                  truths: Sequence[tuple[float, float]]) -> JointFigures:
-    """Coverage and size of the 90 % region, of each photo's own map and of its group's joint map, at the
-    group's place."""
+                  truths: Sequence[tuple[float, float]], alpha: float = JOINT_ALPHA) -> JointFigures:
+    """Coverage and size of the 90 % region, of each photo's own map and of its group's joint map (tempered
+    by `alpha`, products.joint), at the group's place."""
     single_in, single_area, joint_in, joint_area = [], [], [], []
     for members, (lat, lon) in zip(groups, truths, strict=True):
         acc = JointAccumulator(maps[members[0]][0].raster.grid)
@@ -104,7 +104,7 @@ def joint_figures(maps: list[tuple[ProbabilityMap, np.ndarray]], groups: list[li
             single_in.append(inside)
             single_area.append(area)
             acc.add(i, str(i), pmap, draws)
-        inside, area = _inside_and_area(acc.combined(), lat, lon)
+        inside, area = _inside_and_area(acc.combined(alpha), lat, lon)
         joint_in.append(inside)
         joint_area.append(area)
     return JointFigures(len(groups), len(groups[0]) if groups else 0, float(np.mean(single_in)),

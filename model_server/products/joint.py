@@ -1,12 +1,12 @@
 """Several photos of one place: the product of their maps, renormalised on the sphere, and how much each
 photo agrees with it.
 
-The product is taken over each photo's kernel density map (the map it shows on its own), not over the
-flow's exact log-density: the exact density on a global grid costs one probability-flow ODE per cell
-(a million cells at 0.25 degrees, minutes per photo on a CPU), while the kernel map is already drawn for
-each photo and is what the analyst compares it with.  Each map keeps its uniform floor (1e-4 of the mass),
-so photos that disagree give a product that still sums to 1 and says where they least disagree; the
-contributions say which photo pulls away.
+The product is tempered (JOINT_ALPHA) and taken over each photo's kernel density map (the map it shows on
+its own), not over the flow's exact log-density: the exact density on a global grid costs one
+probability-flow ODE per cell (a million cells at 0.25 degrees, minutes per photo on a CPU), while the
+kernel map is already drawn for each photo and is what the analyst compares it with.  Each map keeps its
+uniform floor (1e-4 of the mass), so photos that disagree give a product that still sums to 1 and says
+where they least disagree; the contributions say which photo pulls away.
 
 Only the running sum of the log-densities (one raster) and each photo's draws are kept until the product
 is made: a photo's contribution is evaluated from its draws where the product has its mass.
@@ -26,6 +26,11 @@ from .grid import Grid
 from .kde import kde_log_density
 from .maps import ProbabilityMap, product_map
 
+# The product is tempered: p(x) proportional to (prod_i p_i(x))^t with t = n^-JOINT_ALPHA for n photos.  Photos of
+# one place are not independent views (the same landscape, the model's same blind spots): the plain product
+# (alpha 0) counts their shared evidence n times and its regions miss the place far more often than each photo's
+# own (docs/analyst-tools.md measures it); alpha 1 is the geometric mean, as wide as a typical single map.
+JOINT_ALPHA = 0.75
 # The product's cells a contribution is measured on: those holding this much of its mass, at most MAX_CELLS.
 KL_MASS = 0.999
 KL_MAX_CELLS = 20_000
@@ -66,12 +71,18 @@ class JointAccumulator:
                                     raster.uniform_weight, raster.normaliser, pmap.at_samples))
         self.pilot_kappas.append(raster.kappa)
 
-    def combined(self) -> ProbabilityMap:
-        """The product map (its `kappa`: the photos' median pilot bandwidth, for the record)."""
+    def combined(self, alpha: float = JOINT_ALPHA) -> ProbabilityMap:
+        """The tempered product map, exponent joint_exponent(n, alpha) (its `kappa`: the photos' median pilot
+        bandwidth, for the record)."""
         if self.log_sum is None:
             raise ValueError("no photo of the request could be located: there is no joint map")
-        return product_map(self.log_sum, self.grid, float(np.median(self.pilot_kappas)),
-                           self.parts[0].uniform_weight)
+        return product_map(self.log_sum * joint_exponent(len(self.parts), alpha), self.grid,
+                           float(np.median(self.pilot_kappas)), self.parts[0].uniform_weight)
+
+
+def joint_exponent(n: int, alpha: float = JOINT_ALPHA) -> float:
+    """The exponent t of the product of n maps: n^-alpha (1 for one photo)."""
+    return float(max(n, 1)) ** -alpha
 
 
 def map_localizability(pmap: ProbabilityMap) -> float:

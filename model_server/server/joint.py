@@ -23,7 +23,7 @@ from .. import __version__
 from ..products.aoi import aoi_mask, aoi_weights
 from ..products.claims import Claim
 from ..products.grid import Grid
-from ..products.joint import JointAccumulator, contributions, map_localizability
+from ..products.joint import JOINT_ALPHA, JointAccumulator, contributions, joint_exponent, map_localizability
 from ..products.maps import apply_prior
 from ..products.report import map_products, summary_fields, write_products
 from .pipeline import Cancelled, area_of_interest
@@ -31,8 +31,8 @@ from .pipeline import Cancelled, area_of_interest
 log = logging.getLogger("geoplonk.server")
 
 Emit = Callable[..., None]
-METHOD = ("product of the photos' kernel density maps (each with its 1e-4 uniform floor), renormalised on "
-          "the sphere; regions by the product's own mass")
+METHOD = ("product of the photos' kernel density maps (each with its 1e-4 uniform floor) raised to the power "
+          f"n^-{JOINT_ALPHA:g} for n photos, renormalised on the sphere; regions by the product's own mass")
 
 
 @dataclass
@@ -114,6 +114,7 @@ def _run_joint(model, device, state, names, options, emit, is_cancelled) -> None
         "device": device, "software_version": __version__, "options": options,
         "joint": {
             "method": METHOD,
+            "exponent": joint_exponent(len(parts)),
             "photos": [{"index": p.index, "name": p.name} for p in sorted(parts, key=lambda p: p.index)],
             "left_out": [{"index": i, "name": n} for i, n in enumerate(names) if i not in combined],
             "contributions": sorted(contributions(pmap, products.best, parts), key=lambda c: c["index"]),

@@ -36,6 +36,8 @@ def test_true_claims_rank_below_false_ones_and_a_joint_map_narrows():
             maps.append((sample_map(x, grid), x))
     true_level, false_level = claim_levels(maps[0][0], [places[0], places[1]])
     assert true_level < 0.9 < false_level
-    figures = joint_figures(maps, [[0, 1], [2, 3]], places)
-    assert figures.joint_area_90_km2 < figures.single_area_90_km2
-    assert figures.joint_inside_90 == pytest.approx(1.0) and figures.groups == 2
+    plain = joint_figures(maps, [[0, 1], [2, 3]], places, alpha=0.0)
+    assert plain.joint_area_90_km2 < plain.single_area_90_km2
+    assert plain.joint_inside_90 == pytest.approx(1.0) and plain.groups == 2
+    tempered = joint_figures(maps, [[0, 1], [2, 3]], places)
+    assert plain.joint_area_90_km2 < tempered.joint_area_90_km2 and tempered.joint_inside_90 == pytest.approx(1.0)

@@ -11,6 +11,7 @@ import pytest
 
 from geoplonk_service import protocol as P
 from geoplonk_service.client import GeoPlonkClient, ServerError
+from model_server.products.joint import JOINT_ALPHA
 
 from .conftest import FAST, jpeg_bytes
 from .test_locate import fast_args, locate
@@ -213,3 +214,17 @@ def test_locate_joint_report(endpoint, tmp_path):
     text = (out / "joint.html").read_text()
     assert "Joint map of several photos" in text and "v0.jpg" in text and "v1.jpg" in text
     assert (out / "v0.html").is_file()
+
+
+def test_a_joint_map_takes_the_area_of_interest_once(client):
+    photos = [(f"a{i}.jpg", jpeg_bytes(95 + i)) for i in range(2)]
+    results, joint = client.geolocate_joint(photos, {**FAST, "aoi": PACIFIC, "aoi_weight": 0.0})
+    assert joint.ok and all(r.ok for r in results)
+    s = joint.summary
+    assert s["aoi"]["weight"] == 0.0 and in_pacific(s["best_guess"]["lat"], s["best_guess"]["lon"])
+    assert s["joint"]["exponent"] == pytest.approx(2 ** -JOINT_ALPHA)
+    prob, _ = read_geotiff(joint.geotiff)
+    lat = 90 - (np.arange(prob.shape[0]) + 0.5) * 2.0
+    lon = -180 + (np.arange(prob.shape[1]) + 0.5) * 2.0
+    inside = np.array([[in_pacific(a, o) for o in lon] for a in lat])
+    assert prob[~inside].max() == 0.0 and prob[inside].sum() == pytest.approx(1.0, abs=1e-5)

@@ -8,7 +8,13 @@ import pytest
 
 from model_server.geodesy import latlon_to_xyz
 from model_server.products.grid import Grid
-from model_server.products.joint import JointAccumulator, contributions, map_localizability
+from model_server.products.joint import (
+    JOINT_ALPHA,
+    JointAccumulator,
+    contributions,
+    joint_exponent,
+    map_localizability,
+)
 from model_server.products.maps import sample_map
 from model_server.products.report import map_products
 
@@ -39,11 +45,16 @@ def test_two_agreeing_photos_give_a_smaller_map_between_them(photos):
     acc, maps = joint_of(photos[:2])
     joint = acc.combined()
     assert joint.raster.prob.sum() == pytest.approx(1.0)
-    expected = np.exp(sum(np.log(m.raster.density_sr()) for m in maps)) * GRID.cell_areas_sr()[:, None]
-    assert np.allclose(joint.raster.prob, expected / expected.sum(), rtol=1e-9)
-    products = map_products(joint, [0.9], 3, False, None)
+    for alpha in (0.0, JOINT_ALPHA):  # the product of the maps, tempered: (p0 p1)^(2^-alpha), renormalised
+        log_product = sum(np.log(m.raster.density_sr()) for m in maps) * joint_exponent(2, alpha)
+        expected = np.exp(log_product - log_product.max()) * GRID.cell_areas_sr()[:, None]
+        assert np.allclose(acc.combined(alpha).raster.prob, expected / expected.sum(), rtol=1e-9)
+    assert joint_exponent(1) == 1.0 and joint_exponent(4, 0.5) == 0.5
+    products = map_products(acc.combined(0.0), [0.9], 3, False, None)
     singles = [map_products(m, [0.9], 3, False, None) for m in maps]
     assert products.regions[0].area_km2 < min(s.regions[0].area_km2 for s in singles)
+    tempered = map_products(joint, [0.9], 3, False, None)  # the default: wider than the plain product
+    assert products.regions[0].area_km2 < tempered.regions[0].area_km2
     assert 44 < products.best[0] < 48 and 8 < products.best[1] < 14
     assert map_localizability(joint) > max(map_localizability(m) for m in maps)
     for c in contributions(joint, products.best, acc.parts):
