@@ -13,7 +13,11 @@ import base64
 import datetime as dt
 import html
 import json
+import os
+from pathlib import Path
 from typing import Any
+
+from .output_files import atomic_write
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:960px;color:#222}
@@ -142,3 +146,14 @@ def case_report_html(name: str, summary: dict[str, Any], picture_png: bytes | No
     parts.append("<p class='muted'>The probabilities are the model's; a credible region holds the place with "
                  "that probability if the model is calibrated for photos like this one.</p></body></html>")
     return "\n".join(parts)
+
+
+def write_case_report(result, html_path: str | os.PathLike, picture_png: bytes | None, picture_note: str = "",
+                      files: dict[str, Any] | None = None, name: str | None = None) -> Path:
+    """Write the report of a located result (a client PhotoResult, or the joint map) atomically; returns its
+    path.  The plugin calls it with a QGIS-rendered picture; `geoplonk locate --report` with Pillow's."""
+    if not result.ok:
+        raise ValueError(f"{result.name!r} was not located ({result.status}): there is nothing to report")
+    text = case_report_html(name or result.name, result.summary or {}, picture_png, picture_note,
+                            {kind: str(path) for kind, path in (files or {}).items()})
+    return atomic_write(Path(html_path), text.encode("utf-8"))

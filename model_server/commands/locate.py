@@ -251,14 +251,10 @@ PICTURE_NOTE = ("Drawn without QGIS (Pillow): the density over NASA Blue Marble,
 
 def write_report(result, name: str, paths: dict[str, Path], html_path: Path) -> Path:
     """The result's self-contained HTML case report, beside its files (atomically)."""
-    from geoplonk_service.case_report import case_report_html
-    from geoplonk_service.output_files import atomic_write
+    from geoplonk_service.case_report import write_case_report
     from model_server.map_picture import render_map
 
-    picture = render_map(result.geotiff, result.gpkg)
-    text = case_report_html(name, result.summary or {}, picture, PICTURE_NOTE,
-                            {kind: str(path) for kind, path in paths.items()})
-    return atomic_write(html_path, text.encode("utf-8"))
+    return write_case_report(result, html_path, render_map(result.geotiff, result.gpkg), PICTURE_NOTE, paths, name)
 
 
 def default_server_command() -> str:

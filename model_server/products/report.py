@@ -119,7 +119,11 @@ def compute_products(
     products.aoi = aoi_fields
     products.own_map = own
     products.warnings = notes + products.warnings
-    lat, lon = xyz_to_latlon(np.asarray(samples))
+    shown = np.asarray(samples)
+    if aoi is not None and aoi.outside_weight == 0:  # the draws layer shows the restricted map's draws only
+        rows, cols = cells_of_points(grid, shown)
+        shown = shown[weights[rows, cols] > 0]
+    lat, lon = xyz_to_latlon(shown)
     products.sample_lat, products.sample_lon = lat, lon
     return products
 

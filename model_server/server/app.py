@@ -224,17 +224,15 @@ class Server:
         req.last_sent = time.monotonic()
 
     def _answer_joint(self, req: Request, message: str) -> None:
-        """A joint request ending without its combined map (cancelled before it ran) still gets its answer."""
+        """A joint request whose combined map will not be made (its unit dropped by a cancel, or the server
+        shutting down) still gets its answer: cancelled."""
         if req.joint is not None and req.joint_status is None:
-            status = P.STATUS_CANCELLED if req.cancelled.is_set() else P.STATUS_FAILED
-            code = P.E_CANCELLED if req.cancelled.is_set() else P.E_INTERNAL
-            self._joint(req, status, None, {"code": code, "message": message}, None)
+            self._joint(req, P.STATUS_CANCELLED, None, {"code": P.E_CANCELLED, "message": message}, None)
 
     def _finish_if_done(self, req: Request) -> None:
         if req.finished and req.key in self.requests:
             del self.requests[req.key]
             self._lease_until.pop(req.key, None)
-            self._answer_joint(req, "cancelled before the joint map was made")
             c = req.counts
             self.send(req.envelope, P.done_message(req.id, c["ok"], c["failed"], c["cancelled"], req.joint_status))
             req.blobs = []  # free the photos
@@ -366,6 +364,8 @@ class Server:
         req.cancelled.set()
         for i in self.queue.remove(req):
             self._result(req, i, P.STATUS_CANCELLED, None, {"code": P.E_CANCELLED, "message": message}, None)
+        if req.joint_dropped:
+            self._answer_joint(req, f"{message} before the joint map was made")
         self._finish_if_done(req)
 
     def _close_request(self, req: Request, message: str) -> None:

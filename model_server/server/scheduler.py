@@ -38,6 +38,7 @@ class Request:
     last_sent: float = field(default_factory=time.monotonic)
     joint: Any = None  # a joint request's JointState (server.joint): its combined map is its last unit
     joint_status: str | None = None  # set once its `joint` message is sent
+    joint_dropped: bool = False  # its joint unit was taken off the queue (a cancel) before it ran
 
     @property
     def key(self) -> tuple[bytes, str]:
@@ -53,7 +54,10 @@ class Request:
 
     @property
     def finished(self) -> bool:
-        return self.units_left == 0 and len(self.answered) >= self.total
+        """Every unit done and every photo answered (and a joint request's combined map, which its last unit
+        always answers unless that unit was dropped from the queue)."""
+        return (self.units_left == 0 and len(self.answered) >= self.total
+                and (self.joint is None or self.joint_status is not None))
 
 
 @dataclass(eq=False)
@@ -125,6 +129,7 @@ class FairQueue:
                 if unit.request is request:
                     removed.extend(unit.indices)
                     request.units_left -= 1
+                    request.joint_dropped |= unit.joint
             if keep:
                 self._clients[request.client] = keep
             else:

@@ -228,3 +228,39 @@ def test_a_joint_map_takes_the_area_of_interest_once(client):
     lon = -180 + (np.arange(prob.shape[1]) + 0.5) * 2.0
     inside = np.array([[in_pacific(a, o) for o in lon] for a in lat])
     assert prob[~inside].max() == 0.0 and prob[inside].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_joint_request_whose_photos_all_fail_answers_its_joint_map_failed(client):
+    results, joint = client.geolocate_joint([("bad.jpg", b"not a photo"), ("empty.jpg", b"")], FAST)
+    assert [r.status for r in results] == ["failed", "failed"]
+    assert joint.status == P.STATUS_FAILED and "no photo" in joint.error["message"]
+
+
+def test_sigterm_answers_an_open_joint_request_cancelled_then_done(tiny_model):
+    import signal
+    import threading
+    import time
+
+    from .test_faults import start
+
+    srv = start(tiny_model, "--batch-size", "1", "--no-preload")
+    got: list = []
+    outcome: dict = {}
+
+    def job():
+        with GeoPlonkClient(srv.endpoint, timeout_s=30) as c:
+            outcome["results"], outcome["joint"] = c.geolocate_joint(
+                [(f"s{i}.jpg", jpeg_bytes(i)) for i in range(5)], {"samples": 1024, "steps": 32, "resolution": 1.0},
+                on_result=got.append)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert got, "no photo finished within 120 s"
+    srv.process.send_signal(signal.SIGTERM)
+    assert srv.process.wait(timeout=30) == 0, srv.stderr_tail()
+    thread.join(30)
+    assert outcome["joint"].status == P.STATUS_CANCELLED
+    assert outcome["results"][-1].status == P.STATUS_CANCELLED

@@ -71,8 +71,10 @@ def test_a_hard_prior_around_the_pole_moves_every_product_there(two_places):
     assert products.best[0] > 80 and all(m.lat > 80 for m in products.modes)
     for region in products.regions:
         assert not region.mask[10:].any()
-    # the draws outside weigh nothing: the odds near the top place count the polar draws only
+    # the draws outside weigh nothing: the odds near the top place count the polar draws only, and only they
+    # are shown
     assert products.modes[0].within[500.0] > 0.9
+    assert len(products.sample_lat) < len(two_places) and (products.sample_lat >= 80).all()
 
 
 def test_a_soft_prior_reweighs_inside_against_outside(two_places):
