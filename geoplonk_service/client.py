@@ -39,6 +39,9 @@ BUSY_FIRST_S = 0.25
 BUSY_MAX_S = 8.0
 BUSY_TIMEOUT_S = 600.0
 
+# The name (and file stem) of a joint request's combined map.
+JOINT_NAME = "joint"
+
 # A photo to geolocate: a file path, or (display name, file bytes).
 Photo = str | os.PathLike | tuple[str, bytes]
 
@@ -363,6 +366,53 @@ class GeoPlonkClient:
             send(batch)
         return count
 
+    def geolocate_joint(
+        self,
+        photos: Sequence[Photo],
+        options: dict[str, Any] | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        on_result: Callable[[PhotoResult], None] | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+    ) -> tuple[list[PhotoResult], PhotoResult]:
+        """Photos of one place: each photo's result and their combined map (a PhotoResult named JOINT_NAME,
+        index -1; its summary's `joint` says which photos it combines and how far each agrees).
+
+        All photos go in one request (the server multiplies their maps once the last is done), so they must
+        fit one request: at most protocol.MAX_JOINT_PHOTOS, within the message size limit; ValueError
+        otherwise.  A photo that cannot be read fails alone and is left out of the joint map.
+        """
+        if len(photos) > P.MAX_JOINT_PHOTOS:
+            raise ValueError(f"a joint map combines at most {P.MAX_JOINT_PHOTOS} photos, got {len(photos)}")
+        results: dict[int, PhotoResult] = {}
+        joint: list[PhotoResult] = []
+
+        def keep(result: PhotoResult) -> None:
+            results[result.index] = result
+            if on_result is not None:
+                on_result(result)
+
+        images = []
+        for i, photo in enumerate(photos):
+            name = photo[0] if isinstance(photo, tuple) else Path(photo).name
+            try:
+                data = photo[1] if isinstance(photo, tuple) else read_photo(photo, self.limits["max_image_bytes"])
+                check_size(len(data), self.limits["max_image_bytes"])
+            except PhotoFileError as exc:
+                keep(_failed(i, name, exc.code, str(exc)))
+                continue
+            images.append((i, name, data))
+        if sum(len(d) for _, _, d in images) > self.limits["max_message_bytes"] - P.MAX_HEADER_BYTES:
+            raise ValueError("the photos of a joint map must fit one request: together they are over the "
+                             f"{self.limits['max_message_bytes']:,} byte message limit")
+        if images:
+            self._geolocate_batch(images, {**(options or {}), "joint": True}, on_progress or (lambda _: None), keep,
+                                  is_cancelled, on_joint=joint.append)
+        if not joint:
+            status = P.STATUS_CANCELLED if is_cancelled is not None and is_cancelled() else P.STATUS_FAILED
+            joint.append(_failed(-1, JOINT_NAME, P.E_CANCELLED if status == P.STATUS_CANCELLED else P.E_BAD_IMAGE,
+                                 "no joint map: no photo was located", status))
+        return [results[i] for i in range(len(photos))], joint[0]
+
     def _geolocate_batch(
         self,
         images: list[tuple[int, str, bytes]],
@@ -370,8 +420,10 @@ class GeoPlonkClient:
         on_progress: Callable[[dict[str, Any]], None],
         deliver: Callable[[PhotoResult], None],
         is_cancelled: Callable[[], bool] | None,
+        on_joint: Callable[[PhotoResult], None] | None = None,
     ) -> bool:
-        """Run one request for (index in the job, name, bytes) photos; returns True when it was cancelled."""
+        """Run one request for (index in the job, name, bytes) photos; returns True when it was cancelled.
+        `on_joint` receives the combined map of a joint request."""
         request = P.geolocate_request([(name, data) for _, name, data in images], options)
         pending = set(range(len(images)))
         cancel_sent = False
@@ -452,6 +504,10 @@ class GeoPlonkClient:
                 if j in pending:
                     pending.discard(j)
                     deliver(_result_from_message(msg, images[j][0]))
+            elif msg.type == P.JOINT and on_joint is not None:
+                joint = _result_from_message(msg, -1)
+                joint.name = JOINT_NAME
+                on_joint(joint)
             elif msg.type == P.DONE:  # a server that ends early: never leave a photo without an answer
                 if cancel_sent:
                     unanswered(P.E_CANCELLED, "no result from the server", P.STATUS_CANCELLED)

@@ -33,12 +33,13 @@ RENEW = "renew"  # keeps an open request's lease alive (the reference client sen
 # Server -> client
 PROGRESS = "progress"
 RESULT = "result"
+JOINT = "joint"  # the one combined map of a request with the option `joint` (after its photos' results)
 DONE = "done"
 ERROR = "error"
 # `info` is also the reply type to an `info` request.
 
 CLIENT_TYPES = frozenset({INFO, GEOLOCATE, CANCEL, RENEW})
-SERVER_TYPES = frozenset({INFO, PROGRESS, RESULT, DONE, ERROR})
+SERVER_TYPES = frozenset({INFO, PROGRESS, RESULT, JOINT, DONE, ERROR})
 
 # Per-photo outcome in a `result` message.
 STATUS_OK = "ok"
@@ -118,6 +119,18 @@ GUESS_SAMPLES = 256
 GUESS_CFG = 2.0
 NUMBER_OPTIONS = {o.name: o for o in (SAMPLES, STEPS, CFG, RESOLUTION, TOP_K, SEED)}
 MAX_LEVELS = 8
+# The area-of-interest prior's weight of the outside against the inside (0: the map is restricted to the
+# area; 1: no prior).  Not among NUMBER_OPTIONS: it means nothing without an `aoi`.
+AOI_WEIGHT = NumberOption("aoi_weight", float, 0.0, 0.0, 1.0, "Prior weight outside the area of interest")
+# Claims checked per request (a point layer's points), and the vertices of an area of interest: the header's
+# MAX_HEADER_BYTES bounds them too (about 10,000 vertices of 12-digit coordinates).
+MAX_CLAIMS = 256
+MAX_AOI_VERTICES = 10_000
+MAX_CLAIM_TEXT = 200
+# Where a claim comes from: the photo's EXIF GPS, a point the analyst clicked, a point layer, or typed in.
+CLAIM_SOURCES = ("exif", "click", "layer", "user")
+# A joint request keeps each photo's draws (not its raster) until the combined map is made.
+MAX_JOINT_PHOTOS = 64
 # Work bounds of one photo, beyond the options' own ranges.  The density raster evaluates every sample's
 # kernel at every cell near it, so its time grows with samples x cells (about 7 s per 10^9 on two CPU cores
 # for a broad distribution): 2^33 admits the defaults (1024 x 1,036,800 cells at 0.25 degrees) with room
@@ -152,6 +165,11 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "top_k": TOP_K.default,
     "crop": False,  # crop the raster to the 99.9 % mass area
     "seed": SEED.default,
+    "claims": [],  # claimed locations checked against the map: [{"lat", "lon", "source", "label"}]
+    "claim_exif": False,  # also check each photo's own EXIF GPS position as a claim
+    "aoi": None,  # area of interest: a GeoJSON Polygon or MultiPolygon in lon/lat degrees
+    "aoi_weight": AOI_WEIGHT.default,  # the prior's weight outside the area against inside (0: restricted to it)
+    "joint": False,  # one combined map for all the request's photos (a `joint` message), beside each photo's own
 }
 
 # Blob order in a successful `result` message.
@@ -282,6 +300,12 @@ def validate_options(options: Any) -> dict[str, Any]:
         f"a list of 1 to {MAX_LEVELS} probabilities in (0, 1)",
     )
     check("crop", isinstance(merged["crop"], bool), "true or false")
+    for name in ("claim_exif", "joint"):
+        check(name, isinstance(merged[name], bool), "true or false")
+    check("aoi_weight", AOI_WEIGHT.accepts(merged["aoi_weight"]), AOI_WEIGHT.describe())
+    merged["claims"] = validate_claims(merged["claims"])
+    if merged["aoi"] is not None:
+        validate_aoi(merged["aoi"])
     cells = raster_cells(merged["resolution"])
     if merged["samples"] * cells > MAX_SAMPLE_CELLS:
         most = MAX_SAMPLE_CELLS // cells
@@ -294,7 +318,82 @@ def validate_options(options: Any) -> dict[str, Any]:
             E_BAD_OPTION,
         )
     merged["levels"] = sorted(float(v) for v in merged["levels"])
+    merged["aoi_weight"] = float(merged["aoi_weight"])
     return merged
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(message, E_BAD_OPTION)
+
+
+def validate_claims(claims: Any) -> list[dict[str, Any]]:
+    """The `claims` option with every claim complete ({"lat", "lon", "source", "label"}); ProtocolError names
+    the claim and the problem."""
+    if not isinstance(claims, list) or len(claims) > MAX_CLAIMS:
+        raise _bad(f"option 'claims' must be a list of at most {MAX_CLAIMS} claims, got {_short(claims)}")
+    out = []
+    for i, claim in enumerate(claims):
+        where = f"option 'claims'[{i}]"
+        if not isinstance(claim, dict):
+            raise _bad(f"{where} must be an object {{\"lat\", \"lon\", \"source\", \"label\"}}, got {_short(claim)}")
+        unknown = set(claim) - {"lat", "lon", "source", "label"}
+        if unknown:
+            raise _bad(f"{where} has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
+        for key, limit in (("lat", 90.0), ("lon", 180.0)):
+            value = claim.get(key)
+            if not is_number(value) or not -limit <= value <= limit:
+                raise _bad(f"{where} needs '{key}' as a number in [{-limit:g}, {limit:g}] degrees, got {_short(value)}")
+        source = claim.get("source", "user")
+        if source not in CLAIM_SOURCES:
+            raise _bad(f"{where} 'source' must be one of {', '.join(CLAIM_SOURCES)}, got {_short(source)}")
+        label = claim.get("label", "")
+        if not isinstance(label, str) or len(label) > MAX_CLAIM_TEXT:
+            raise _bad(f"{where} 'label' must be a string of at most {MAX_CLAIM_TEXT} characters")
+        out.append({"lat": float(claim["lat"]), "lon": float(claim["lon"]), "source": source, "label": label})
+    return out
+
+
+def validate_aoi(aoi: Any) -> None:
+    """The `aoi` option's shape: a GeoJSON Polygon or MultiPolygon in lon/lat degrees, each ring closed with at
+    least 4 positions, longitudes in [-360, 360] (a ring may run past the antimeridian), latitudes in
+    [-90, 90], at most MAX_AOI_VERTICES positions.  Whether the rings cross themselves is the server's check
+    (model_server.products.aoi), which needs a geometry library."""
+    if not isinstance(aoi, dict) or aoi.get("type") not in ("Polygon", "MultiPolygon"):
+        raise _bad("option 'aoi' must be a GeoJSON geometry object of type Polygon or MultiPolygon, got "
+                   + _short(aoi.get("type") if isinstance(aoi, dict) else aoi))
+    unknown = set(aoi) - {"type", "coordinates", "bbox", "crs"}
+    if unknown:
+        raise _bad(f"option 'aoi' has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
+    polygons = aoi.get("coordinates")
+    if aoi["type"] == "Polygon":
+        polygons = [polygons]
+    if not isinstance(polygons, list) or not polygons:
+        raise _bad("option 'aoi' needs 'coordinates': a list of polygons, each a list of rings")
+    vertices = 0
+    for p, rings in enumerate(polygons):
+        if not isinstance(rings, list) or not rings:
+            raise _bad(f"option 'aoi': polygon {p + 1} must be a non-empty list of rings")
+        for r, ring in enumerate(rings):
+            where = f"option 'aoi': polygon {p + 1}, ring {r + 1}"
+            if not isinstance(ring, list) or len(ring) < 4:
+                raise _bad(f"{where} must be a list of at least 4 [lon, lat] positions (closed)")
+            for position in ring:
+                if (not isinstance(position, list) or len(position) not in (2, 3)
+                        or not all(is_number(v) for v in position)):
+                    raise _bad(f"{where} holds {_short(position)}, not a [lon, lat] position")
+                if not (-360 <= position[0] <= 360 and -90 <= position[1] <= 90):
+                    raise _bad(f"{where} holds {_short(position)}: longitude must be in [-360, 360] and latitude "
+                               "in [-90, 90] degrees (GeoJSON order is [lon, lat])")
+            if ring[0][:2] != ring[-1][:2]:
+                raise _bad(f"{where} is not closed: its first and last positions differ")
+            vertices += len(ring)
+            if vertices > MAX_AOI_VERTICES:
+                raise _bad(f"option 'aoi' has over {MAX_AOI_VERTICES:,} positions: simplify the area first")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # Constructors: the one place each message's shape is spelled out.
@@ -348,8 +447,28 @@ def result_message(
     return Message(RESULT, request_id, fields, blobs or [])
 
 
-def done_message(request_id: str, ok: int, failed: int, cancelled: int) -> Message:
-    return Message(DONE, request_id, {"ok": ok, "failed": failed, "cancelled": cancelled})
+def joint_message(
+    request_id: str,
+    status: str,
+    summary: dict[str, Any] | None = None,
+    error: dict[str, str] | None = None,
+    blobs: list[bytes] | None = None,
+) -> Message:
+    """The combined map of a `joint` request: like a `result`, for all its photos at once."""
+    fields: dict[str, Any] = {"status": status}
+    if summary is not None:
+        fields["summary"] = summary
+        fields["blobs"] = list(RESULT_BLOBS)
+    if error is not None:
+        fields["error"] = error
+    return Message(JOINT, request_id, fields, blobs or [])
+
+
+def done_message(request_id: str, ok: int, failed: int, cancelled: int, joint: str | None = None) -> Message:
+    fields: dict[str, Any] = {"ok": ok, "failed": failed, "cancelled": cancelled}
+    if joint is not None:
+        fields["joint"] = joint
+    return Message(DONE, request_id, fields)
 
 
 def error_message(request_id: str, code: str, message: str) -> Message:

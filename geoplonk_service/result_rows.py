@@ -25,6 +25,8 @@ RESULT_FIELDS: tuple[tuple[str, type], ...] = (
     ("top_basin_share", float),  # the mass of its ascent basin (not the chance of being near the place)
     ("area_90_km2", float),  # the 90 % credible region's area (when 0.9 is among the requested levels)
     ("exif_error_km", float),  # distance from the photo's EXIF GPS position, when it has one
+    ("claim_level", float),  # the first claim checked: the smallest credible level whose region holds it
+    ("claim_words", str),  # ... and its verdict in words ("unlikely under the model: outside the 97 % region ...")
     ("model", str),
     ("geotiff", str),  # the files written for the photo
     ("gpkg", str),
@@ -51,6 +53,7 @@ def summary_row(path: str | os.PathLike, result, files: dict[str, Any] | None = 
     top = summary.get("top_places") or [{}]
     exif = summary.get("exif") if isinstance(summary.get("exif"), dict) else {}
     areas = {r.get("level"): r.get("area_km2") for r in summary.get("credible_regions") or []}
+    claim = (summary.get("claims") or [{}])[0]
     files = files or {}
     return {
         "photo": Path(path).name,
@@ -68,6 +71,8 @@ def summary_row(path: str | os.PathLike, result, files: dict[str, Any] | None = 
         "top_basin_share": _number(top[0].get("basin_share")),
         "area_90_km2": _number(areas.get(0.9)),
         "exif_error_km": _number(exif.get("error_km")),
+        "claim_level": _number(claim.get("credible_level")),
+        "claim_words": _text(claim.get("words")),
         "model": _text(summary.get("model")),
         **{kind: _text(files.get(kind)) for kind in ("geotiff", "gpkg", "json")},
     }

@@ -39,6 +39,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
+from . import case_text
+
 GROUP_PROPERTY = "geoplonk/result"  # custom property marking our groups (value: the summary JSON path)
 ROLE_PROPERTY = "geoplonk/role"  # custom property of each layer: which product it shows (one of the names below)
 # A layer is named "<photo stem>: <role>" ("nile_delta: probability"), so layer pickers are unambiguous.
@@ -48,10 +50,11 @@ PLACES_NAME = "top places"
 SAMPLES_NAME = "samples"
 EXIF_NAME = "EXIF position"
 BEST_NAME = "best guess"
+CLAIMS_NAME = "claims"
 BASEMAP_NAME = "World map (offline basemap)"
 BASEMAP_PROPERTY = "geoplonk/basemap"
 # Label priorities (0-10): the best guess wins over the top places, which win over region labels.
-PRIORITY = {BEST_NAME: 10, EXIF_NAME: 9, PLACES_NAME: 6, REGIONS_NAME: 2}
+PRIORITY = {BEST_NAME: 10, CLAIMS_NAME: 9, EXIF_NAME: 9, PLACES_NAME: 6, REGIONS_NAME: 2}
 RAMP_NAME = "Magma"
 # Cells outside the highest-density region holding this much mass are drawn transparent.
 VISIBLE_MASS = 0.999
@@ -256,6 +259,17 @@ def style_exif(layer: QgsVectorLayer) -> None:
            priority=PRIORITY[EXIF_NAME])
 
 
+def style_claims(layer: QgsVectorLayer) -> None:
+    """Claimed locations: an orange triangle labelled with who claims it and the verdict; the map tip quotes
+    the server's full sentence."""
+    symbol = QgsMarkerSymbol.createSimple(
+        {"name": "triangle", "color": "#ed8936", "outline_color": "#1a202c", "outline_width": "0.4", "size": "4"}
+    )
+    layer.setRenderer(QgsSingleSymbolRenderer(symbol))
+    _label(layer, case_text.CLAIM_LABEL_EXPRESSION, 8.5, priority=PRIORITY[CLAIMS_NAME])
+    layer.setMapTipTemplate(case_text.CLAIM_TIP_TEMPLATE)
+
+
 def style_best_guess(layer: QgsVectorLayer) -> None:
     symbol = QgsMarkerSymbol.createSimple(
         {"name": "cross2", "color": "#e53e3e", "outline_color": "#e53e3e", "outline_width": "0.8", "size": "5"}
@@ -272,7 +286,8 @@ def map_tip_html(photo_path: str | None, summary: dict[str, Any]) -> str:
     if photo_path and os.path.exists(photo_path):
         uri = Path(photo_path).resolve().as_uri()
         parts.append(f'<img src="{html.escape(uri)}" width="240"/>')
-    parts.append(f"<b>{html.escape(Path(photo_path).name if photo_path else summary.get('name', ''))}</b>")
+    title = case_text.joint_title(summary) if case_text.is_joint(summary) else summary.get("name", "")
+    parts.append(f"<b>{html.escape(Path(photo_path).name if photo_path else title)}</b>")
     if summary.get("model"):
         encoder = f" ({summary['encoder']})" if summary.get("encoder") else ""
         parts.append(f"Model: {html.escape(str(summary['model']) + encoder)}")
@@ -294,6 +309,7 @@ def map_tip_html(photo_path: str | None, summary: dict[str, Any]) -> str:
     exif = summary.get("exif")
     if exif:
         parts.append(f"EXIF GPS: {exif.get('error_km', 0):.0f} km from the best guess")
+    parts.extend(case_text.tip_lines(summary))
     return "<br/>".join(parts)
 
 
@@ -381,12 +397,15 @@ def add_result_group(
 
     `files` maps "geotiff"/"gpkg"/"json" to paths (PhotoResult.save's return value).
     Layers that are missing from the GeoPackage are skipped; invalid layers raise ValueError.
+    A joint map's group is named for its photos ("Joint map: a.jpg + b.jpg · model"), whatever `name` says.
     """
     project = project or QgsProject.instance()
     root = project.layerTreeRoot()
-    group = root.insertGroup(0, group_name(name, summary))
+    joint = case_text.is_joint(summary)
+    title = case_text.joint_title(summary) if joint else name
+    group = root.insertGroup(0, group_name(title, summary))
     group.setCustomProperty(GROUP_PROPERTY, str(files.get("json", "")))
-    stem = Path(name).stem
+    stem = "joint map" if joint else Path(name).stem
     tif, gpkg = str(files["geotiff"]), str(files["gpkg"])
 
     density = QgsRasterLayer(tif, f"{stem}: {DENSITY_NAME}", "gdal")
@@ -397,6 +416,7 @@ def add_result_group(
 
     vectors = []
     for layer_name, role, styler, required in (
+        ("claims", CLAIMS_NAME, style_claims, False),
         ("best_guess", BEST_NAME, style_best_guess, False),
         ("exif_truth", EXIF_NAME, style_exif, False),
         ("top_places", PLACES_NAME, style_places, True),
@@ -408,7 +428,7 @@ def add_result_group(
             if required:
                 raise ValueError(f"layer {layer_name!r} is missing from {gpkg}")
             continue
-        if layer_name == "exif_truth" and layer.featureCount() == 0:
+        if layer_name in ("exif_truth", "claims") and layer.featureCount() == 0:
             continue
         layer.setCustomProperty(ROLE_PROPERTY, role)
         styler(layer)

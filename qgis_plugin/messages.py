@@ -120,3 +120,51 @@ def describe_info(info: dict[str, Any], separator: str = "\n") -> str:
     if info.get("default_model"):
         lines.append(f"Default model: {info['default_model']}")
     return separator.join(lines)
+
+
+def case_set(what: str, case: str) -> tuple[str, str, str]:
+    """A claim or an area was set from the toolbar: what, and what the next geolocation will check."""
+    return ("GeoPlonk", f"{what}. The next geolocation checks: {case}.", "")
+
+
+def input_refused(problem: str) -> tuple[str, str, str]:
+    """Bad input for an analyst's tool (a line layer as an area, no point selected): the problem, in words."""
+    return ("GeoPlonk: cannot use this input", problem[:1].upper() + problem[1:] + ".", "")
+
+
+def joint_photo_count(count: int, most: int) -> tuple[str, str, str]:
+    """'Geolocate as one place' needs at least two photos and at most `most`."""
+    if count < 2:
+        return ("GeoPlonk", f"A joint map needs at least two photos of one place; {count} selected. Select the "
+                "photos in the Browser panel or as features of a photo layer.", "")
+    return ("GeoPlonk", f"A joint map combines at most {most} photos; {count} selected.", "")
+
+
+def claim_verdicts(photo: str, quotes: list[str]) -> tuple[str, str, str]:
+    """The claims' verdicts on one photo's map, ready to quote."""
+    return ("GeoPlonk: claim check", f"{photo}: " + " | ".join(quotes), "\n".join(quotes))
+
+
+def joint_done(title: str) -> tuple[str, str, str]:
+    return ("GeoPlonk", f"{title}: one map for the photos of one place is in the Layers panel.", "")
+
+
+def joint_failed(message: str) -> tuple[str, str, str]:
+    return ("GeoPlonk", f"No joint map: {message}.", message)
+
+
+def report_written(path: str) -> tuple[str, str, str]:
+    """Where the case report is, as a link the message bar opens."""
+    from html import escape
+    from pathlib import Path
+
+    uri = Path(path).resolve().as_uri()
+    return ("GeoPlonk", f'Case report written: <a href="{escape(uri)}">{escape(path)}</a>', path)
+
+
+def report_not_written(reason: str, details: str = "") -> tuple[str, str, str]:
+    return ("GeoPlonk", f"The case report could not be written: {reason}.", details)
+
+
+def weight_out_of_range(weight: float, allowed: str) -> str:
+    return f"the weight outside the area must be {allowed}, got {weight:g}"

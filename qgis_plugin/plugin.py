@@ -15,9 +15,12 @@ from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QDesktopServices, QIcon
 from qgis.PyQt.QtWidgets import QAction, QFileDialog, QInputDialog
 
+from geoplonk_service import protocol as P
 from geoplonk_service.photos import photos_in_folder, unique_paths
 
 from . import layers, messages, sources
+from .analyst_tools import AnalystTools
+from .claims import quote
 from .settings import Settings
 from .translation import install_translator, tr
 
@@ -45,11 +48,15 @@ class GeoPlonkPlugin:
         self.servers = None
         self.last_report = None
         self.last_groups: list = []
+        self.last_joint_group = None
         self.last_out_dir: Path | None = None
         self.choose_files: Callable[[], list[str]] = self._dialog_files
         self.choose_folder: Callable[[], str] = self._dialog_folder
         self.choose_field: Callable[[list[str]], str | None] = self._dialog_field
+        self.open_file: Callable[[Path], bool] = lambda path: QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+        self.report_menu = None
         self._quit_connected = False
+        self.analyst = AnalystTools(self)  # the case's claims and area of interest, and their actions
 
     # -- QGIS hooks -------------------------------------------------------------------
 
@@ -82,6 +89,11 @@ class GeoPlonkPlugin:
         self.action_zoom.setObjectName("geoplonkZoom")
         self.action_zoom.setToolTip(tr("Zoom the map to the selected GeoPlonk result group"))
         self.action_zoom.triggered.connect(self.zoom_to_result)
+        self.action_report = QAction(tr("Open case report"), main)
+        self.action_report.setObjectName("geoplonkCaseReport")
+        self.action_report.setToolTip(tr("Write and open the HTML case report of the selected result group, with "
+                                         "its map as QGIS draws it"))
+        self.action_report.triggered.connect(self.open_case_report)
         self.action_settings = QAction(tr("GeoPlonk settings…"), main)
         self.action_settings.setObjectName("geoplonkSettings")
         self.action_settings.triggered.connect(self.show_settings)
@@ -89,7 +101,8 @@ class GeoPlonkPlugin:
         self.action_help.setObjectName("geoplonkHelp")
         self.action_help.setToolTip(tr("Open the analyst's guide (README) in the web browser"))
         self.action_help.triggered.connect(self.open_help)
-        self.actions = [self.action_geolocate, self.action_folder, self.action_zoom, self.action_settings,
+        self.actions = [self.action_geolocate, self.action_folder, self.action_zoom,
+                        *self.analyst.create_actions(main), self.action_report, self.action_settings,
                         self.action_help]
 
         self.toolbar = self.iface.addToolBar("GeoPlonk")
@@ -97,6 +110,12 @@ class GeoPlonkPlugin:
             self.toolbar.setObjectName("GeoPlonkToolbar")
             self.toolbar.addAction(self.action_geolocate)
             self.toolbar.addAction(self.action_zoom)
+            self.analyst.add_to_toolbar(self.toolbar)
+        view = self._layer_tree_view()
+        if view is not None:
+            from .report_menu import ReportMenu
+
+            self.report_menu = ReportMenu(view, self.action_report)
         for action in self.actions:
             self.iface.addPluginToMenu(MENU, action)
         try:
@@ -113,6 +132,10 @@ class GeoPlonkPlugin:
             self._quit_connected = True
 
     def unload(self) -> None:
+        self.analyst.unload()
+        if self.report_menu is not None:
+            self.report_menu.remove()
+            self.report_menu = None
         if self.task is not None:
             try:
                 self.task.cancel()
@@ -190,8 +213,19 @@ class GeoPlonkPlugin:
         if folder:
             self.geolocate([str(p) for p in photos_in_folder(folder)])
 
-    def geolocate(self, paths: list[str]):
-        """Start a background task for `paths`; returns the task (None when nothing was started)."""
+    def geolocate_selected_as_one_place(self):
+        """The selected photos, known to come from one place: their maps and one joint map."""
+        paths = self.selected_photos()
+        if paths is None:
+            return None
+        if not 2 <= len(paths) <= P.MAX_JOINT_PHOTOS:
+            self._show(*messages.joint_photo_count(len(paths), P.MAX_JOINT_PHOTOS), level=Qgis.Warning)
+            return None
+        return self.geolocate(paths, joint=True)
+
+    def geolocate(self, paths: list[str], joint: bool = False):
+        """Start a background task for `paths` with the case's claims and area (and a joint map of them all with
+        `joint`); returns the task (None when nothing was started)."""
         try:
             import zmq  # noqa: F401 - only to check that QGIS's Python has it
         except ImportError:
@@ -210,9 +244,12 @@ class GeoPlonkPlugin:
         out_dir = layers.output_folder(settings.output_folder)
         self.last_out_dir = out_dir
         self.last_groups = []
+        self.last_joint_group = None
         self.last_report = None
-        task = GeolocateTask(paths, settings, out_dir, lambda: self.connect(settings))
+        task = GeolocateTask(paths, settings, out_dir, lambda: self.connect(settings), self.analyst.analysis.options(),
+                             joint)
         task.photoDone.connect(self._on_photo_done)
+        task.jointDone.connect(self._on_joint_done)
         task.jobDone.connect(self._on_job_done)
         self.task = task
         QgsApplication.taskManager().addTask(task)
@@ -254,11 +291,35 @@ class GeoPlonkPlugin:
                 layers.add_basemap()  # only when the project has none: QGIS's offline world map, under the results
             for warning in (outcome.summary or {}).get("warnings") or []:
                 self._show(tr("GeoPlonk: check the model"), f"{outcome.name}: {warning}", "", level=Qgis.Warning)
+            self._show_claims(outcome.name, outcome.summary or {})
             view = self._layer_tree_view()
             if view is not None and len(self.last_groups) == 1:
                 view.setCurrentIndex(view.layerTreeModel().node2index(group))  # "Zoom to result" acts on it
         elif outcome.status == "failed":
             self._show(*messages.photo_failed(outcome.name, outcome.error), level=Qgis.Warning)
+
+    def _on_joint_done(self, outcome) -> None:
+        if outcome.status != "ok":
+            if outcome.status == "failed":
+                self._show(*messages.joint_failed(outcome.error), level=Qgis.Warning)
+            return
+        try:
+            group = layers.add_result_group(outcome.name, outcome.files, outcome.summary or {})
+        except Exception as exc:  # noqa: BLE001 - the photos' own groups stay
+            self._show(*messages.joint_failed(f"its files could not be loaded ({exc})"), level=Qgis.Warning)
+            return
+        self.last_groups.append(group)
+        self.last_joint_group = group
+        self._show(*messages.joint_done(layers.photo_of_group(group)), level=Qgis.Info)
+        self._show_claims(layers.photo_of_group(group), outcome.summary or {})
+        view = self._layer_tree_view()
+        if view is not None:
+            view.setCurrentIndex(view.layerTreeModel().node2index(group))
+
+    def _show_claims(self, name: str, summary: dict) -> None:
+        checks = summary.get("claims") or []
+        if checks:
+            self._show(*messages.claim_verdicts(name, [quote(c) for c in checks]), level=Qgis.Info)
 
     def _on_job_done(self, report) -> None:
         self.last_report = report
@@ -273,6 +334,9 @@ class GeoPlonkPlugin:
         text = messages.summary(report.ok, report.failed, report.cancelled, report.seconds)
         self._show("GeoPlonk", f"{text}. {folder}" if folder else text, "",
                    level=Qgis.Success if report.failed == 0 else Qgis.Warning)
+
+    def show_message(self, title: str, text: str, details: str = "", level=Qgis.Info) -> None:
+        self._show(title, text, details, level)
 
     def _show(self, title: str, text: str, details: str = "", level=Qgis.Info) -> None:
         """Message bar text in plain language; details go to the log panel."""
@@ -302,6 +366,27 @@ class GeoPlonkPlugin:
             extent = transform.transformBoundingBox(extent)
         canvas.setExtent(extent)
         canvas.refresh()
+
+    def open_case_report(self):
+        """Write the selected result group's case report (its map rendered by QGIS) and open it; returns its
+        path, or None when there is no group to report on (the message bar says why)."""
+        from .report import ReportError, write_case_report
+
+        view = self._layer_tree_view()
+        group = layers.find_result_group(view.currentNode() if view is not None else None)
+        if group is None and view is None and self.last_groups:
+            group = self.last_groups[-1]
+        try:
+            path = write_case_report(group)
+        except ReportError as exc:
+            self._show(*messages.input_refused(str(exc)), level=Qgis.Warning)
+            return None
+        except OSError as exc:
+            self._show(*messages.report_not_written(str(exc.strerror or exc), repr(exc)), level=Qgis.Warning)
+            return None
+        self._show(*messages.report_written(str(path)), level=Qgis.Info)
+        self.open_file(path)
+        return path
 
     def open_help(self) -> bool:
         """The README's analyst's guide in the web browser."""

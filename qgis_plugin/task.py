@@ -81,16 +81,22 @@ class GeolocateTask(QgsTask):
     """Geolocate `paths` and save results under `out_dir`.
 
     `connect` returns a ready GeoPlonkClient (it may start a local server; it raises
-    ServerUnavailable / ServerStartError): injected so the plugin owns the server.
+    ServerUnavailable / ServerStartError): injected so the plugin owns the server.  `options`: the analyst's
+    options over the settings' (claims, area of interest); with `joint` the photos also make one joint map.
     """
 
     photoDone = pyqtSignal(object)  # PhotoOutcome, emitted from the task thread, delivered queued
+    jointDone = pyqtSignal(object)  # PhotoOutcome of the joint map (path ""), after the photos' results
     jobDone = pyqtSignal(object)  # TaskReport, emitted on the main thread from finished()
 
-    def __init__(self, paths: list[str], settings: Settings, out_dir: Path, connect: Callable[[], Any]):
-        super().__init__(f"GeoPlonk: geolocating {len(paths)} photo{'s' if len(paths) != 1 else ''}", QgsTask.CanCancel)
+    def __init__(self, paths: list[str], settings: Settings, out_dir: Path, connect: Callable[[], Any],
+                 options: dict[str, Any] | None = None, joint: bool = False):
+        super().__init__(f"GeoPlonk: geolocating {len(paths)} photo{'s' if len(paths) != 1 else ''}"
+                         + (" as one place" if joint else ""), QgsTask.CanCancel)
         self.paths = list(paths)
         self.settings = settings
+        self.options = {**settings.options(), **(options or {})}
+        self.joint = joint
         self.out_dir = Path(out_dir)
         self._connect = connect
         self.report = TaskReport()
@@ -124,13 +130,33 @@ class GeolocateTask(QgsTask):
             self._advance(stage_progress(progress, len(self.paths), creep["value"]), self.last_stage)
 
         with self._connect() as client:
+            if self.joint:
+                _, joint = client.geolocate_joint(self.paths, self.options, on_progress=on_progress,
+                                                  on_result=self._save, is_cancelled=self.isCanceled)
+                self._save_joint(joint)
+                return
             client.geolocate(
                 self.paths,
-                self.settings.options(),
+                self.options,
                 on_progress=on_progress,
                 on_result=self._save,
                 is_cancelled=self.isCanceled,
             )
+
+    def _save_joint(self, result) -> None:
+        """The joint map beside the photos' files (joint.*, or joint_2.* when the name is taken)."""
+        outcome = PhotoOutcome("", result.name, result.status, summary=result.summary)
+        if result.ok:
+            try:
+                stem = unused_stem(self.out_dir, result.default_stem(), self._stems)
+                self._stems.add(stem)
+                outcome.files = {k: str(v) for k, v in result.save(self.out_dir, stem).items()}
+            except OSError as exc:
+                outcome.status = "failed"
+                outcome.error = f"cannot write the joint map to {self.out_dir}: {exc.strerror or exc}"
+        else:
+            outcome.error = str((result.error or {}).get("message", "")) or outcome.status
+        self.jointDone.emit(outcome)
 
     def _advance(self, percent: float, stage: str) -> None:
         """Progress only moves forward (a heartbeat repeats the latest stage)."""

@@ -36,6 +36,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"credible region levels, comma separated, 1 to {P.MAX_LEVELS} in (0, 1) "
                         f"(default {','.join(map(str, P.DEFAULT_OPTIONS['levels']))})")
     parser.add_argument("--crop", action="store_true", help="crop rasters to the area holding 99.9 %% of the mass")
+    tools = parser.add_argument_group("analyst tools (docs/analyst-tools.md)")
+    tools.add_argument("--claim", dest="claims", type=claim_type, action="append", metavar="LAT,LON",
+                       help="check a claimed location against each photo's map (repeat for several claims; "
+                       "write --claim=-33.9,151.2 for a negative latitude)")
+    tools.add_argument("--claim-exif", dest="claim_exif", action="store_true",
+                       help="check each photo's own EXIF GPS position as a claim")
+    tools.add_argument("--aoi", type=aoi_type, metavar="FILE.geojson",
+                       help="area of interest: restrict the maps to the polygons of this GeoJSON file")
+    tools.add_argument("--aoi-weight", dest="aoi_weight", type=number_type(P.AOI_WEIGHT), default=None,
+                       help="with --aoi: the prior's weight outside the area against inside, "
+                       f"{P.AOI_WEIGHT.describe()} (default 0: the maps are restricted to it)")
+    tools.add_argument("--joint", action="store_true",
+                       help=f"the photos show one place: also write one combined map of them (joint.*; at most "
+                       f"{P.MAX_JOINT_PHOTOS} photos)")
+    tools.add_argument("--report", action="store_true",
+                       help="write a self-contained HTML case report beside each photo's GeoTIFF and GeoPackage")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds of server silence before giving up")
     parser.add_argument("--recursive", action="store_true", help="look into sub-folders too")
     parser.add_argument("--force", action="store_true",
@@ -72,8 +88,35 @@ def levels_type(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def claim_type(text: str) -> dict[str, Any]:
+    """'LAT,LON' -> a claim of source "user"."""
+    try:
+        lat, lon = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a claim is LAT,LON in degrees (e.g. 48.85,2.35), got {text!r}") from None
+    try:
+        return P.validate_claims([{"lat": lat, "lon": lon, "source": "user", "label": text}])[0]
+    except P.ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("option 'claims'[0]", f"claim {text!r}")) from None
+
+
+def aoi_type(text: str) -> dict[str, Any]:
+    """A GeoJSON file -> the `aoi` option (its polygons as one MultiPolygon)."""
+    from geoplonk_service.geojson import AoiFileError, read_aoi_file
+
+    try:
+        return read_aoi_file(text)
+    except AoiFileError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def options_from(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in P.DEFAULT_OPTIONS if getattr(args, name) is not None}
+    """The geolocate options the arguments give (those a command lacks or leaves unset: the server's default)."""
+    options = {name: getattr(args, name) for name in P.DEFAULT_OPTIONS if getattr(args, name, None) is not None}
+    for flag in ("claim_exif", "joint"):  # store_true: only when asked, so older servers see no new option
+        if not options.get(flag):
+            options.pop(flag, None)
+    return options
 
 
 class RunSummary:
@@ -186,6 +229,34 @@ def complete_result(out: Path, stem: str, photo: Path, request: dict[str, Any]):
     return PhotoResult(0, photo.name, P.STATUS_OK, summary=summary)
 
 
+def save_joint(joint, out: Path, stems: set[str], request: dict[str, Any], report: bool = False) -> str:
+    """Write the joint map beside the photos' files (joint.tif/.gpkg/.json, or joint-map.* when a photo is
+    named joint); the line that says where, or why there is none."""
+    from geoplonk_service.client import JOINT_NAME
+
+    stem = JOINT_NAME if JOINT_NAME not in stems else f"{JOINT_NAME}-map"
+    paths = joint.save(out, stem, extra={"request": request})
+    if report and joint.ok:
+        paths["report"] = write_report(joint, "joint map", paths, out / f"{stem}.html")
+    if not joint.ok:
+        return f"no joint map: {(joint.error or {}).get('message')} ({paths['json']})"
+    combined = len((joint.summary or {}).get("joint", {}).get("photos", []))
+    return "joint map of {} photos: {}".format(combined, ", ".join(str(p) for p in paths.values()))
+
+
+PICTURE_NOTE = ("Drawn without QGIS (Pillow): the density over NASA Blue Marble, the credible regions outlined "
+                "(white: the smallest level), the top places numbered, the best guess as a cyan cross, claims as "
+                "diamonds coloured by verdict (green: likely … red: very unlikely).")
+
+
+def write_report(result, name: str, paths: dict[str, Path], html_path: Path) -> Path:
+    """The result's self-contained HTML case report, beside its files (atomically)."""
+    from geoplonk_service.case_report import write_case_report
+    from model_server.map_picture import render_map
+
+    return write_case_report(result, html_path, render_map(result.geotiff, result.gpkg), PICTURE_NOTE, paths, name)
+
+
 def default_server_command() -> str:
     return f"{sys.executable} -m model_server.cli serve"
 
@@ -200,6 +271,9 @@ def run(args: argparse.Namespace) -> int:
     from geoplonk_service.result_rows import RESULT_COLUMNS, summary_row
     from geoplonk_service.server_manager import LocalServerManager
 
+    if args.aoi_weight is not None and args.aoi is None:
+        print("geoplonk locate: --aoi-weight needs --aoi (the area it weighs)", file=sys.stderr)
+        return 2
     photos = collect_photos(args.photos, args.recursive)
     if not photos:
         print("geoplonk locate: no photos found", file=sys.stderr)
@@ -219,12 +293,16 @@ def run(args: argparse.Namespace) -> int:
         if args.force:
             return None
         result = complete_result(args.out, stems[i], photos[i], request)
-        if result is None:
+        if result is None or (args.report and not (args.out / f"{stems[i]}.html").is_file()):
             return None
         return summary_row(photos[i], result, {k: args.out / f"{stems[i]}{ext}" for k, ext in files.items()})
 
-    # one byte per photo: 1 = its outputs are complete, skip it
-    skip = bytearray(done_row(i) is not None for i in range(len(photos)))
+    if args.joint and len(photos) > P.MAX_JOINT_PHOTOS:
+        print(f"geoplonk locate: --joint combines at most {P.MAX_JOINT_PHOTOS} photos, got {len(photos)}",
+              file=sys.stderr)
+        return 2
+    # one byte per photo: 1 = its outputs are complete, skip it (a joint map needs every photo again)
+    skip = bytearray(not args.joint and done_row(i) is not None for i in range(len(photos)))
     skipped = sum(skip)
     todo = len(photos) - skipped
     summary = RunSummary(args.out)
@@ -249,7 +327,11 @@ def run(args: argparse.Namespace) -> int:
 
     def on_result(result) -> None:
         i, identity = in_flight.pop(result.index)
+        if args.report:
+            (args.out / f"{stems[i]}.html").unlink(missing_ok=True)
         saved = result.save(args.out, stems[i], extra={"source": identity, "request": request})
+        if args.report and result.ok:
+            write_report(result, photos[i].name, saved, args.out / f"{stems[i]}.html")
         summary.add(i, summary_row(photos[i], result, saved), row_at)
         if not result.ok:
             tqdm.write(f"{photos[i]}: {result.status}: {(result.error or {}).get('message')}", file=sys.stderr)
@@ -259,6 +341,7 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(str(progress.get("stage", "")))
 
     info: dict[str, Any] = {}
+    joint_note = ""
     start_command = (args.server_command or default_server_command()) if args.start_server else None
     try:
         if todo:
@@ -267,8 +350,13 @@ def run(args: argparse.Namespace) -> int:
                                      model=args.model) as client:
                     client.batch_photos = args.in_flight
                     info = client.info()
-                    client.geolocate_each(to_send(), options, on_progress=on_progress, on_result=on_result,
-                                          total=todo)
+                    if args.joint:
+                        _, joint = client.geolocate_joint(list(to_send()), options, on_progress=on_progress,
+                                                          on_result=on_result)
+                        joint_note = save_joint(joint, args.out, set(stems), request, args.report)
+                    else:
+                        client.geolocate_each(to_send(), options, on_progress=on_progress, on_result=on_result,
+                                              total=todo)
         summary.flush(row_at)
     except ServerStartError as exc:
         summary.abandon()
@@ -292,4 +380,6 @@ def run(args: argparse.Namespace) -> int:
     ok = summary.counts[P.STATUS_OK]
     note = f" ({skipped} already done, skipped; --force redoes them)" if skipped else ""
     print(f"{ok} of {len(photos)} photos located{note}; summary: {csv_path}, {json_path}")
+    if joint_note:
+        print(joint_note)
     return 0 if ok > 0 else 1

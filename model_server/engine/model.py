@@ -129,6 +129,19 @@ class GeoModel:
         return self.flow.config.cond_dim
 
     @property
+    def weights_sha256(self) -> str | None:
+        """sha256 of model.safetensors, for the record of a result: the manifest's, else hashed once."""
+        files = self.manifest.get("files") if isinstance(self.manifest, dict) else None
+        if isinstance(files, dict) and isinstance(files.get("model.safetensors"), str):
+            return files["model.safetensors"]
+        if not hasattr(self, "_weights_sha256"):
+            from .checkpoint import file_sha256
+
+            weights = Path(self.path) / "model.safetensors"
+            self._weights_sha256 = file_sha256(weights) if weights.is_file() else None
+        return self._weights_sha256
+
+    @property
     def distribution_cfg(self) -> float:
         """Guidance w of the distribution the map shows: the manifest's calibrated value
         (`geoplonk calibrate`), else 0, the distribution as trained (published checkpoints)."""

@@ -44,11 +44,29 @@ def within_field(radius_km: float) -> str:
     return f"p_within_{radius_km:g}km"
 
 
-def mass_within(samples: np.ndarray, lat: float, lon: float, radii_km=WITHIN_RADII_KM) -> dict[float, float]:
-    """Share of the draws `samples` (n, 3 unit vectors) within each radius (great-circle km) of (lat, lon)."""
+def mass_within(samples: np.ndarray, lat: float, lon: float, radii_km=WITHIN_RADII_KM,
+                weights: np.ndarray | None = None) -> dict[float, float]:
+    """Share of the draws `samples` (n, 3 unit vectors) within each radius (great-circle km) of (lat, lon);
+    `weights`: the draws' importance weights under a prior (None: equal)."""
     centre = latlon_to_xyz(np.array([lat]), np.array([lon]))[0]
     distance = EARTH_RADIUS_KM * np.arccos(np.clip(np.asarray(samples, dtype=np.float64) @ centre, -1.0, 1.0))
-    return {float(r): float(np.mean(distance <= r)) for r in radii_km}
+    if weights is None:
+        return {float(r): float(np.mean(distance <= r)) for r in radii_km}
+    total = float(np.sum(weights))
+    return {float(r): float(np.sum(weights[distance <= r]) / total) for r in radii_km}
+
+
+def raster_mass_within(raster: DensityRaster, lat: float, lon: float, radii_km=WITHIN_RADII_KM) -> dict[float, float]:
+    """The raster's probability in the cells whose centres lie within each radius of (lat, lon): for a map
+    without draws (the product of several photos' maps)."""
+    grid = raster.grid
+    centre = latlon_to_xyz(np.array([lat]), np.array([lon]))[0]
+    lat_c = np.deg2rad(grid.lat_centers())[:, None]
+    lon_c = np.deg2rad(grid.lon_centers())[None, :]
+    cos = np.cos(lat_c) * np.cos(lon_c) * centre[0] + np.cos(lat_c) * np.sin(lon_c) * centre[1] \
+        + np.sin(lat_c) * centre[2]
+    distance = EARTH_RADIUS_KM * np.arccos(np.clip(cos, -1.0, 1.0))
+    return {float(r): float(np.minimum(raster.prob[distance <= r].sum(), 1.0)) for r in radii_km}
 
 
 def ascent_roots(density: np.ndarray) -> np.ndarray:
@@ -82,10 +100,12 @@ def ascent_roots(density: np.ndarray) -> np.ndarray:
 
 
 def find_modes(
-    raster: DensityRaster, top_k: int, min_probability: float = 1e-3, samples: np.ndarray | None = None
+    raster: DensityRaster, top_k: int, min_probability: float = 1e-3, samples: np.ndarray | None = None,
+    sample_weights: np.ndarray | None = None, within_on_raster: bool = False,
 ) -> list[Mode]:
     """The top_k modes by probability mass (each holding at least min_probability); with the draws the raster
-    was made from, each mode's `within` holds the share of them within WITHIN_RADII_KM of it."""
+    was made from, each mode's `within` holds the share of them (importance-weighted by `sample_weights`)
+    within WITHIN_RADII_KM of it; with within_on_raster, the raster's mass there instead."""
     density = raster.density_sr()
     roots = ascent_roots(density)
     mass = np.bincount(roots, weights=raster.prob.ravel(), minlength=roots.size)
@@ -100,7 +120,9 @@ def find_modes(
         row, col = divmod(int(flat), raster.grid.width)
         mode = Mode(float(lats[row]), float(lons[col]), float(mass[flat]), row, col)
         if samples is not None:
-            mode.within = mass_within(samples, mode.lat, mode.lon)
+            mode.within = mass_within(samples, mode.lat, mode.lon, weights=sample_weights)
+        elif within_on_raster:
+            mode.within = raster_mass_within(raster, mode.lat, mode.lon)
         modes.append(mode)
     return modes
 
@@ -111,23 +133,32 @@ REGION_KAPPA = 30.0
 REGION_KM = 1000.0
 
 
-def best_of_samples(samples: np.ndarray, kappa: float) -> int:
+def best_of_samples(samples: np.ndarray, kappa: float, weights: np.ndarray | None = None) -> int:
     """Index of the best single guess among the samples (n, 3): coarse to fine.
 
     The region holding the most mass at GeoScore's scale is found first (the plain finest mode can be a
     small, tight cluster beside a larger spread-out one); within REGION_KM of it the sample of highest
-    density under `kappa` is the guess.
+    density under `kappa` is the guess.  `weights` (a prior's weight at each sample, some positive): the
+    densities are those of the weighted draws, times the prior at the candidate.
     """
     x = np.asarray(samples, dtype=np.float64)
-    centre = x[int(np.argmax(log_kernel_sums(x, x, REGION_KAPPA)))]
-    fine = log_kernel_sums(x, x, kappa)
+    if weights is None:
+        log_w = None
+        log_prior = 0.0
+    else:
+        with np.errstate(divide="ignore"):
+            log_w = np.log(np.asarray(weights, dtype=np.float64))
+        log_prior = log_w
+    centre = x[int(np.argmax(log_kernel_sums(x, x, REGION_KAPPA, log_w) + log_prior))]
+    fine = log_kernel_sums(x, x, kappa, log_w) + log_prior
     fine[x @ centre < np.cos(REGION_KM / EARTH_RADIUS_KM)] = -np.inf
     return int(np.argmax(fine))
 
 
-def best_guess(samples: np.ndarray, resolution: float) -> np.ndarray:
+def best_guess(samples: np.ndarray, resolution: float, weights: np.ndarray | None = None) -> np.ndarray:
     """The single best guess among one photo's samples (n, 3), as a unit vector (3,): best_of_samples with
     the kernel the density raster of `resolution` degrees would fit to them (select_kappa, at most a cell
-    wide). The server's summary and `geoplonk eval` both report this guess."""
+    wide). The server's summary and `geoplonk eval` both report this guess. `weights`: a prior's weight at
+    each sample (an area of interest), at least one positive."""
     x = np.asarray(samples, dtype=np.float64)
-    return x[best_of_samples(x, select_kappa(x, max_kappa_for(resolution)))]
+    return x[best_of_samples(x, select_kappa(x, max_kappa_for(resolution)), weights)]

@@ -40,21 +40,33 @@ class CredibleRegion:
         return f"{self.level * 100:g} %"
 
 
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The q quantile of `values` drawn with probabilities proportional to `weights` (the lowest value whose
+    cumulative weight reaches q)."""
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    return float(values[order][min(int(np.searchsorted(cum, q * cum[-1])), len(order) - 1)])
+
+
 def hdr_masks(
     density_sr: np.ndarray,
     prob: np.ndarray,
     levels: list[float],
     at_samples: np.ndarray | None = None,
+    sample_weights: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """One boolean mask per level: the cells at least as dense as the densest `level` share of the
-    samples' (leave-one-out) densities `at_samples`; without them, the densest cells until their
-    probability reaches the level."""
+    samples' (leave-one-out) densities `at_samples` (weighted by `sample_weights`, the draws' importance
+    weights under a prior); without them, the densest cells until their probability reaches the level."""
     if at_samples is not None and len(at_samples):
         at_samples = np.asarray(at_samples, dtype=np.float64)
         floor = float(density_sr.min())
         masks = []
         for level in levels:
-            threshold = float(np.quantile(at_samples, 1.0 - level))  # as evaluation.metrics.hpd_thresholds
+            if sample_weights is None:  # as evaluation.metrics.hpd_thresholds
+                threshold = float(np.quantile(at_samples, 1.0 - level))
+            else:
+                threshold = weighted_quantile(at_samples, np.asarray(sample_weights, np.float64), 1.0 - level)
             # More than 1 - level of the samples stand alone (their density, less their own kernel, is the
             # uniform floor): the rule would take the whole globe. The raster's mass rule keeps their kernels.
             masks.append(density_sr >= threshold if threshold > 1.01 * floor
@@ -100,14 +112,17 @@ def polygonize(mask: np.ndarray, transform) -> MultiPolygon:
 
 
 def credible_regions(
-    raster: DensityRaster, levels: list[float], samples: np.ndarray | None = None
+    raster: DensityRaster, levels: list[float], samples: np.ndarray | None = None,
+    masks: list[np.ndarray] | None = None,
 ) -> list[CredibleRegion]:
     """The HDR of each level as a (Multi)Polygon with its area in km2; `samples` (n, 3) are the unit
-    vectors the raster was made from."""
+    vectors the raster was made from, or `masks` the regions already cut (maps.ProbabilityMap.masks)."""
     grid = raster.grid
     areas = grid.cell_areas_km2()[:, None]
     regions = []
-    for level, mask in zip(levels, region_masks(raster, levels, samples), strict=True):
+    if masks is None:
+        masks = region_masks(raster, levels, samples)
+    for level, mask in zip(levels, masks, strict=True):
         geometry = polygonize(mask, grid.transform())
         area = float((mask * areas).sum())
         regions.append(CredibleRegion(float(level), geometry, area, mask))

@@ -25,6 +25,9 @@ import zmq
 from geoplonk_service import protocol as P
 
 from .. import __version__
+from ..products.aoi import AoiError, aoi_geometry
+from ..products.grid import Grid
+from .joint import JointState, run_joint
 from .models import ModelRegistry, available_models, model_cards
 from .pipeline import run_unit
 from .scheduler import FairQueue, Request, Unit
@@ -37,7 +40,8 @@ POLL_MS = 200
 STOP_JOIN_S = 10.0
 # How long the answers of a shutdown (cancelled results, done) may take to leave the socket.
 STOP_LINGER_MS = 2000
-STAGES = ("queued", "load", "decode", "embed", "sample", "localizability", "density", "regions", "places", "write")
+STAGES = ("queued", "load", "decode", "embed", "sample", "localizability", "density", "regions", "places", "write",
+          "joint")
 
 
 @dataclass
@@ -176,9 +180,14 @@ class Server:
             log.error("model load failed:\n%s", traceback.format_exc())
             for i in unit.indices:
                 post(("result", req, i, P.STATUS_FAILED, None, {"code": P.E_MODEL, "message": str(exc)}, None))
+            if unit.joint:
+                post(("joint", req, P.STATUS_FAILED, None, {"code": P.E_MODEL, "message": str(exc)}, None))
+            return
+        if unit.joint:
+            run_joint(model, self.models.device, req.joint, req.names, req.options, emit, req.cancelled.is_set)
             return
         run_unit(model, self.models.device, req.names, req.blobs, unit.indices, req.options, emit,
-                 req.cancelled.is_set)
+                 req.cancelled.is_set, req.joint.collect if req.joint is not None else None)
 
     # ------------------------------------------------------------ socket thread
 
@@ -206,13 +215,28 @@ class Server:
         req.last_sent = time.monotonic()
         self._finish_if_done(req)
 
+    def _joint(self, req: Request, status: str, summary, error, blobs) -> None:
+        """The request's one `joint` message (the first answer counts: a cancel may cross the worker's)."""
+        if req.joint is None or req.joint_status is not None:
+            return
+        req.joint_status = status
+        self.send(req.envelope, P.joint_message(req.id, status, summary, error, blobs))
+        req.last_sent = time.monotonic()
+
+    def _answer_joint(self, req: Request, message: str) -> None:
+        """A joint request whose combined map will not be made (its unit dropped by a cancel, or the server
+        shutting down) still gets its answer: cancelled."""
+        if req.joint is not None and req.joint_status is None:
+            self._joint(req, P.STATUS_CANCELLED, None, {"code": P.E_CANCELLED, "message": message}, None)
+
     def _finish_if_done(self, req: Request) -> None:
         if req.finished and req.key in self.requests:
             del self.requests[req.key]
             self._lease_until.pop(req.key, None)
             c = req.counts
-            self.send(req.envelope, P.done_message(req.id, c["ok"], c["failed"], c["cancelled"]))
+            self.send(req.envelope, P.done_message(req.id, c["ok"], c["failed"], c["cancelled"], req.joint_status))
             req.blobs = []  # free the photos
+            req.joint = None
 
     def _handle_event(self, event: tuple) -> None:
         kind, req, *args = event
@@ -223,6 +247,8 @@ class Server:
             self._progress(req, {"stage": stage, "index": index, "name": name})
         elif kind == "result":
             self._result(req, *args)
+        elif kind == "joint":
+            self._joint(req, *args)
         elif kind == "unit_done":
             self._finish_if_done(req)
 
@@ -274,6 +300,14 @@ class Server:
                 raise P.ProtocolError(f"images[{i}] lacks a string 'name'")
             names.append(name[:1024])
         options = P.validate_options(msg.fields.get("options"))
+        if options["aoi"] is not None:
+            try:
+                aoi_geometry(options["aoi"])
+            except AoiError as exc:
+                raise P.ProtocolError(str(exc), P.E_BAD_OPTION) from None
+        if options["joint"] and len(images) > P.MAX_JOINT_PHOTOS:
+            raise P.ProtocolError(f"a joint map combines at most {P.MAX_JOINT_PHOTOS} photos, got {len(images)}",
+                                  P.E_BAD_OPTION)
         if abs(180.0 / options["resolution"] - round(180.0 / options["resolution"])) > 1e-6:
             raise P.ProtocolError("option 'resolution' must divide 180 degrees (e.g. 0.1, 0.25, 0.5, 1)",
                                   P.E_BAD_OPTION)
@@ -282,6 +316,8 @@ class Server:
                 f"model {options['model']!r} is not available here; available: "
                 f"{', '.join(available_models(self.config.model))}", P.E_MODEL)
         req = Request(envelope, msg.id, names, msg.blobs, options)
+        if options["joint"]:
+            req.joint = JointState(Grid.global_grid(options["resolution"]))
         if req.key in self.requests:
             raise P.ProtocolError(f"request id {msg.id!r} is already in progress")
         full = self._queue_full(req)
@@ -328,6 +364,8 @@ class Server:
         req.cancelled.set()
         for i in self.queue.remove(req):
             self._result(req, i, P.STATUS_CANCELLED, None, {"code": P.E_CANCELLED, "message": message}, None)
+        if req.joint_dropped:
+            self._answer_joint(req, f"{message} before the joint map was made")
         self._finish_if_done(req)
 
     def _close_request(self, req: Request, message: str) -> None:
@@ -340,8 +378,9 @@ class Server:
                 self.send(req.envelope, P.result_message(req.id, i, req.names[i], P.STATUS_CANCELLED, None,
                                                          {"code": P.E_CANCELLED, "message": message}))
         if self.requests.pop(req.key, None) is not None:
+            self._answer_joint(req, message)
             c = req.counts
-            self.send(req.envelope, P.done_message(req.id, c["ok"], c["failed"], c["cancelled"]))
+            self.send(req.envelope, P.done_message(req.id, c["ok"], c["failed"], c["cancelled"], req.joint_status))
 
     def info_fields(self) -> dict[str, Any]:
         return {

@@ -8,6 +8,7 @@ into protocol messages.  Every photo gets exactly one result, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 import traceback
@@ -21,8 +22,10 @@ from geoplonk_service import protocol as P
 
 from .. import __version__
 from ..images import ImageError, decode_image, exif_gps
+from ..products.aoi import aoi_geometry
+from ..products.claims import Claim
 from ..products.density import KERNEL_NAME
-from ..products.report import compute_products, summary_fields, write_products
+from ..products.report import AreaOfInterest, compute_products, summary_fields, write_products
 from .models import photo_warnings
 
 log = logging.getLogger("geoplonk.server")
@@ -87,8 +90,10 @@ def run_unit(
     options: dict[str, Any],
     emit: Emit,
     is_cancelled: Callable[[], bool],
+    collect: Callable[..., None] | None = None,
 ) -> None:
-    """Process the photos `indices` of a request, emitting progress and one result per photo."""
+    """Process the photos `indices` of a request, emitting progress and one result per photo (`collect`: see
+    run_photo)."""
     pending = list(indices)
 
     def fail(i: int, code: str, message: str, status: str = P.STATUS_FAILED) -> None:
@@ -109,7 +114,8 @@ def run_unit(
             raise Cancelled
 
     try:
-        _run(model, device, request_names, request_blobs, indices, options, emit, pending, fail, cancel_rest, check)
+        _run(model, device, request_names, request_blobs, indices, options, emit, pending, fail, cancel_rest, check,
+             collect)
     except Cancelled:
         cancel_rest()
     except Exception as exc:  # noqa: BLE001 - a batch-wide failure fails its photos, never the server
@@ -119,7 +125,7 @@ def run_unit(
 
 
 def _run(model, device, request_names, request_blobs, indices, options, emit, pending, fail, cancel_rest,
-         check) -> None:
+         check, collect=None) -> None:
     """run_unit's stages, photo by photo: each photo's result leaves as soon as it is ready, so the first
     answer of a batch comes after one photo's time.  `check` raises Cancelled inside a stage, `cancel_rest`
     answers between photos."""
@@ -133,7 +139,8 @@ def _run(model, device, request_names, request_blobs, indices, options, emit, pe
         if cancel_rest():
             return
         try:
-            run_photo(model, device, i, request_names[i], request_blobs[i], options, precision, x0, emit, check)
+            run_photo(model, device, i, request_names[i], request_blobs[i], options, precision, x0, emit, check,
+                      collect)
         except ImageError as exc:
             fail(i, P.E_BAD_IMAGE, str(exc))
             continue
@@ -146,11 +153,32 @@ def _run(model, device, request_names, request_blobs, indices, options, emit, pe
         pending.remove(i)
 
 
+def area_of_interest(options: dict[str, Any]) -> AreaOfInterest | None:
+    """The options' area-of-interest prior (checked when the request was accepted), or None."""
+    if options.get("aoi") is None:
+        return None
+    return AreaOfInterest(aoi_geometry(options["aoi"]), float(options.get("aoi_weight", 0.0)))
+
+
+def photo_claims(options: dict[str, Any], gps: tuple[float, float] | None) -> tuple[list[Claim], list[str]]:
+    """The claims to check on a photo's map: the request's, then its own EXIF GPS when `claim_exif` asks;
+    and a warning when it asks but the photo has no usable GPS."""
+    claims = [Claim(c["lat"], c["lon"], c.get("source", "user"), c.get("label", ""))
+              for c in options.get("claims") or []]
+    if not options.get("claim_exif"):
+        return claims, []
+    if gps is None:
+        return claims, ["no EXIF GPS claim to check: the photo carries no usable GPS position"]
+    return [*claims, Claim(gps[0], gps[1], "exif", "EXIF GPS")], []
+
+
 def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, Any], precision: str,
-               x0: torch.Tensor, emit: Emit, check: Callable[..., None]) -> None:
+               x0: torch.Tensor, emit: Emit, check: Callable[..., None],
+               collect: Callable[..., None] | None = None) -> None:
     """One photo through every stage, then its result.  Photo by photo, a result never depends on which
     photos shared its batch (the encoder's convolutions and the network's matmuls round differently in a
-    batch, by about 5e-7)."""
+    batch, by about 5e-7).  `collect(i, name, products, draws, gps)`, when given, receives the photo's
+    products before its result leaves (a joint request keeps what its combined map needs)."""
     timings: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -193,10 +221,15 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
         check()
         emit("progress", label, i, name)
 
+    claims, claim_notes = photo_claims(options, truth)
+    warnings.extend(claim_notes)
+    draws = samples[0].float().cpu().numpy()
     products = compute_products(
-        samples[0].float().cpu().numpy(), guess[0].float().cpu().numpy(), options["resolution"],
+        draws, guess[0].float().cpu().numpy(), options["resolution"],
         options["levels"], options["top_k"], options["crop"], truth, on_stage, check,
+        aoi=area_of_interest(options), claims=claims,
     )
+    warnings.extend(products.warnings)
     timings.update(products.timings)
     with stage("write"):
         tags = {
@@ -205,17 +238,29 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
             "samples": options["samples"],
             "seed": options["seed"], "software_version": __version__,
             "kernel": KERNEL_NAME, "kernel_kappa": f"{products.raster.kappa:.6g}",
+            **aoi_tags(products.aoi),
         }
         tiff, gpkg = write_products(products, float(loc[0]), tags)
     summary = {
         "model": model.name,
+        "model_sha256": getattr(model, "weights_sha256", None),
         "encoder": model.encoder_name,
         "device": device,
         "software_version": __version__,
+        "photo_sha256": hashlib.sha256(blob).hexdigest(),
         "options": options,
         **summary_fields(products, float(loc[0])),
         "localizability_method": loc_method,
         "warnings": warnings,
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
+    if collect is not None:
+        collect(i, name, products, draws, truth)
     emit("result", i, P.STATUS_OK, summary, None, [tiff, gpkg])
+
+
+def aoi_tags(aoi: dict[str, Any] | None) -> dict[str, str]:
+    """The GeoTIFF tags of an area-of-interest prior: the raster is the restricted map."""
+    if aoi is None:
+        return {}
+    return {"aoi_weight": f"{aoi['weight']:g}", "aoi_prior_mass": f"{aoi['prior_mass']:.6g}"}

@@ -36,6 +36,9 @@ class Request:
     units_left: int = 0
     stage: dict[str, Any] = field(default_factory=lambda: {"stage": "queued", "index": None, "name": None})
     last_sent: float = field(default_factory=time.monotonic)
+    joint: Any = None  # a joint request's JointState (server.joint): its combined map is its last unit
+    joint_status: str | None = None  # set once its `joint` message is sent
+    joint_dropped: bool = False  # its joint unit was taken off the queue (a cancel) before it ran
 
     @property
     def key(self) -> tuple[bytes, str]:
@@ -51,7 +54,10 @@ class Request:
 
     @property
     def finished(self) -> bool:
-        return self.units_left == 0 and len(self.answered) >= self.total
+        """Every unit done and every photo answered (and a joint request's combined map, which its last unit
+        always answers unless that unit was dropped from the queue)."""
+        return (self.units_left == 0 and len(self.answered) >= self.total
+                and (self.joint is None or self.joint_status is not None))
 
 
 @dataclass(eq=False)
@@ -60,6 +66,7 @@ class Unit:
 
     request: Request
     indices: list[int]
+    joint: bool = False  # the request's combined map, after all its photos
 
 
 class FairQueue:
@@ -75,6 +82,8 @@ class FairQueue:
         size = photos_per_unit(request.options.get("samples", 1), batch_size)
         units = [Unit(request, list(range(i, min(i + size, request.total))))
                  for i in range(0, request.total, size)]
+        if request.joint is not None:  # one worker takes a client's units in order: the photos are done by then
+            units.append(Unit(request, [], joint=True))
         with self._cond:
             request.units_left += len(units)
             if request.client not in self._clients:  # (re)starts waiting: no credit for idle time
@@ -120,6 +129,7 @@ class FairQueue:
                 if unit.request is request:
                     removed.extend(unit.indices)
                     request.units_left -= 1
+                    request.joint_dropped |= unit.joint
             if keep:
                 self._clients[request.client] = keep
             else:

@@ -28,6 +28,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputFile,
     QgsProcessingOutputMultipleLayers,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
@@ -49,12 +50,16 @@ from geoplonk_service.photos import photos_in_folder
 from geoplonk_service.result_rows import RESULT_FIELDS, describe_row, summary_row
 
 from .. import messages
+from ..claims import CLAIM_FIELDS, claim_fields
+from ..claims import quote as claims_quote
 from ..settings import Settings, optional_float
 from ..sources import guess_photo_field, layer_folder, resolve_photo_path
+from . import analyst_parameters
 
 DEFAULT_OUTPUT_NAME = "best_guesses.gpkg"
+FIELD_TYPES = {float: QVariant.Double, int: QVariant.Int, str: QVariant.String}
 # The best-guess layer's attributes: the result rows' columns (every feature is a photo that succeeded).
-LAYER_FIELDS = tuple((name, kind) for name, kind in RESULT_FIELDS if name not in ("status", "error"))
+LAYER_FIELDS = tuple((name, kind) for name, kind in RESULT_FIELDS if name not in ("status", "error")) + CLAIM_FIELDS
 
 
 def running_plugin_servers():
@@ -114,6 +119,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
     VECTORS = "VECTORS"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    JOINT_RASTER = "JOINT_RASTER"
+    JOINT_GPKG = "JOINT_GPKG"
 
     def tr(self, text: str) -> str:
         return QCoreApplication.translate("GeoPlonk", text)
@@ -134,7 +141,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         return ""
 
     def tags(self) -> list[str]:
-        return ["geolocation", "photo", "image", "plonk", "where", "probability", "exif"]
+        return ["geolocation", "photo", "image", "plonk", "where", "probability", "exif", "claim", "verify",
+                "area of interest", "joint", "report"]
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(
@@ -147,8 +155,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             "the first top place with the probabilities of lying within 100 and 500 km of it, its basin share "
             "and, when the photo has GPS EXIF, the error in km.\n\n"
             "The server endpoint and the local start command come from the GeoPlonk settings; a photo "
-            "that cannot be read fails alone."
-        )
+            "that cannot be read fails alone.\n\n"
+        ) + self.tr(analyst_parameters.HELP)
 
     def initAlgorithm(self, config=None):  # noqa: N802
         defaults = Settings.load()
@@ -183,6 +191,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(number_parameter(self.STEPS, self.tr("Solver steps"), P.STEPS, defaults.steps))
         resolution = self.tr("Raster resolution (degrees)")
         self.addParameter(number_parameter(self.RESOLUTION, resolution, P.RESOLUTION, defaults.resolution))
+        analyst_parameters.add_parameters(self)
         endpoint = QgsProcessingParameterString(
             self.ENDPOINT, self.tr("Server endpoint (empty: from GeoPlonk settings)"), "", optional=True
         )
@@ -213,6 +222,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputMultipleLayers(self.VECTORS, self.tr("Result GeoPackages")))
         self.addOutput(QgsProcessingOutputNumber(self.SUCCEEDED, self.tr("Photos geolocated")))
         self.addOutput(QgsProcessingOutputNumber(self.FAILED, self.tr("Photos failed")))
+        self.addOutput(QgsProcessingOutputFile(self.JOINT_RASTER, self.tr("Joint map raster")))
+        self.addOutput(QgsProcessingOutputFile(self.JOINT_GPKG, self.tr("Joint map GeoPackage")))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         has_layer = parameters.get(self.INPUT) not in (None, "")
@@ -281,6 +292,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):  # noqa: N802
         settings = self._settings(parameters, context)
+        options = {**settings.options(), **analyst_parameters.options(self, parameters, context, feedback)}
         if parameters.get(self.INPUT) not in (None, ""):
             photos = self._photos_from_layer(parameters, context, feedback)
         else:
@@ -288,13 +300,16 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         if not photos:
             raise QgsProcessingException(self.tr("No photos to geolocate."))
         total = len(photos)
+        if options.get("joint") and total > P.MAX_JOINT_PHOTOS:
+            raise QgsProcessingException(self.tr("A joint map combines at most {} photos; {} were given.").format(
+                P.MAX_JOINT_PHOTOS, total))
         feedback.pushInfo(f"{total} photo(s) to geolocate")
 
         out_dir = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
         out_dir.mkdir(parents=True, exist_ok=True)
         fields = QgsFields()
         for name, kind in LAYER_FIELDS:
-            fields.append(QgsField(name, QVariant.Double if kind is float else QVariant.String))
+            fields.append(QgsField(name, FIELD_TYPES[kind]))
         if parameters.get(self.OUTPUT) in (None, ""):  # qgis_process / scripts: keep it with the rasters
             parameters = {**parameters, self.OUTPUT: str(out_dir / DEFAULT_OUTPUT_NAME)}
         sink, dest_id = self.parameterAsSink(
@@ -305,13 +320,16 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
 
         sinks = [sink]  # on_result writes through this list, emptied once the photos are done
         load = self.parameterAsBoolean(parameters, self.LOAD_RASTERS, context)
+        report = self.parameterAsBoolean(parameters, analyst_parameters.REPORT, context)
         stems = unique_stems(photos)
         rasters: list[str] = []
         vectors: list[str] = []
         finished = 0
 
         def on_progress(progress: dict) -> None:
-            feedback.setProgress(100.0 * progress["fraction"])
+            done, count = progress.get("done"), progress.get("total")
+            fraction = progress.get("fraction", done / count if isinstance(done, int) and count else 0.0)
+            feedback.setProgress(100.0 * fraction)
             if progress.get("stage"):
                 feedback.setProgressText(f"{progress['stage']} {progress.get('name') or ''}".strip())
 
@@ -322,6 +340,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             finished += 1
             feedback.setProgress(100.0 * finished / total)
             row = summary_row(photos[result.index], result, result.save(out_dir, stems[result.index]))
+            row.update(claim_fields(result.summary or {}))
             if not result.ok:
                 feedback.reportError(f"{row['photo']}: {row['error'] or result.status}", False)
                 return
@@ -335,8 +354,12 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
                 raster = (result.summary or {}).get("raster") or {}
                 self._load_on_completion(context, row["geotiff"], stems[result.index], raster.get("max_probability"))
             feedback.pushInfo(describe_row(row))
+            for check in (result.summary or {}).get("claims") or []:
+                feedback.pushInfo(f"{row['photo']}, claim {claims_quote(check)}")
+            if report:
+                self._report(row["photo"], {k: row[k] for k in ("geotiff", "gpkg", "json")}, result.summary, feedback)
 
-        self._geolocate(settings, photos, feedback, on_progress, on_result)
+        joint = self._geolocate(settings, options, photos, feedback, on_progress, on_result)
         # The GeoPackage is committed when the sink is destroyed, which must happen before qgis_process exits:
         # dropping both references here does not wait for the collector, whatever still holds on_result.
         sinks.clear()
@@ -348,7 +371,12 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         elif succeeded == 0:
             raise QgsProcessingException(f"None of the {total} photo(s) could be geolocated; see the errors above.")
         feedback.pushInfo(f"{succeeded} photo(s) geolocated, {failed} failed; results in {out_dir}")
+        joint_files = self._save_joint(joint, out_dir, set(stems), feedback) if joint is not None else {}
+        if report and joint_files:
+            self._report("joint map", joint_files, joint.summary, feedback)
         return {
+            self.JOINT_RASTER: joint_files.get("geotiff"),
+            self.JOINT_GPKG: joint_files.get("gpkg"),
             self.OUTPUT: dest_id,
             self.OUTPUT_FOLDER: str(out_dir),
             self.RASTERS: rasters,
@@ -358,8 +386,40 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         }
 
     @staticmethod
-    def _geolocate(settings: Settings, photos: list[Path], feedback, on_progress, on_result) -> None:
-        """Run the photos through a server: the plugin's manager in desktop QGIS, else one owned by this run."""
+    def _report(name: str, files: dict[str, str], summary: dict | None, feedback) -> None:
+        """The result's HTML case report beside its files; a report that fails is reported, the result stays."""
+        from ..report import ReportError, report_from_files
+
+        try:
+            path = report_from_files(name, files, summary or {})
+        except (ReportError, OSError, ValueError) as exc:
+            feedback.reportError(f"{name}: no case report ({exc})", False)
+            return
+        feedback.pushInfo(f"{name}: case report {path}")
+
+    @staticmethod
+    def _save_joint(joint, out_dir: Path, stems: set[str], feedback) -> dict[str, str]:
+        """Write the joint map as joint.tif/.gpkg/.json (joint-map.* when a photo is named joint)."""
+        from geoplonk_service.client import JOINT_NAME
+
+        stem = JOINT_NAME if JOINT_NAME not in stems else f"{JOINT_NAME}-map"
+        files = {kind: str(path) for kind, path in joint.save(out_dir, stem).items()}
+        if not joint.ok:
+            feedback.reportError(f"No joint map: {(joint.error or {}).get('message') or joint.status}", False)
+            return {}
+        summary = joint.summary or {}
+        best = summary.get("best_guess") or {}
+        where = ", ".join(p for p in (best.get("place"), best.get("country")) if p)
+        feedback.pushInfo(f"Joint map of {len((summary.get('joint') or {}).get('photos') or [])} photos: best guess "
+                          f"{best.get('lat', 0):.3f}, {best.get('lon', 0):.3f} ({where}); {files['geotiff']}")
+        for check in summary.get("claims") or []:
+            feedback.pushInfo(f"Joint map, claim {claims_quote(check)}")
+        return files
+
+    @staticmethod
+    def _geolocate(settings: Settings, options: dict, photos: list[Path], feedback, on_progress, on_result):
+        """Run the photos through a server: the plugin's manager in desktop QGIS, else one owned by this run.
+        Returns the joint map's PhotoResult when the options ask for one, else None."""
         try:
             from geoplonk_service.client import ServerError, ServerUnavailable
             from geoplonk_service.launcher import ServerStartError
@@ -381,7 +441,10 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
                 try:
                     info = messages.describe_info(client.info(), "; ")
                     feedback.pushInfo(f"GeoPlonk server at {client.endpoint}: {info}")
-                    client.geolocate(photos, settings.options(), on_progress, on_result, feedback.isCanceled)
+                    if options.get("joint"):
+                        return client.geolocate_joint(photos, options, on_progress, on_result, feedback.isCanceled)[1]
+                    client.geolocate(photos, options, on_progress, on_result, feedback.isCanceled)
+                    return None
                 except ServerUnavailable as exc:
                     raise QgsProcessingException(
                         f"The GeoPlonk server at {client.endpoint} stopped answering: {exc}"
@@ -390,6 +453,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
                     raise QgsProcessingException(
                         f"The GeoPlonk server refused the request ({exc.code}): {exc.message}"
                     ) from None
+                except ValueError as exc:  # a joint map's photos that do not fit one request
+                    raise QgsProcessingException(str(exc)) from None
 
     def _load_on_completion(
         self, context: QgsProcessingContext, path: str, name: str, max_probability: float | None

@@ -120,3 +120,58 @@ def test_precision_option_defaults_to_bf16_and_refuses_others():
     assert P.validate_options({"precision": "fp32"})["precision"] == "fp32"
     with pytest.raises(P.ProtocolError, match="precision"):
         P.validate_options({"precision": "fp16"})
+
+
+def test_claims_are_completed_and_checked_by_name():
+    (claim,) = P.validate_options({"claims": [{"lat": 10, "lon": -20}]})["claims"]
+    assert claim == {"lat": 10.0, "lon": -20.0, "source": "user", "label": ""}
+    for bad, needle in (([{"lat": 91, "lon": 0}], "'claims'[0] needs 'lat'"),
+                        ([{"lat": 0, "lon": 0}, {"lat": 0, "lon": True}], "'claims'[1] needs 'lon'"),
+                        ([{"lat": 0, "lon": 0, "where": "x"}], "unknown key(s): where"),
+                        ([{"lat": 0, "lon": 0, "label": "x" * 201}], "'label' must be a string"),
+                        ({"lat": 0, "lon": 0}, "must be a list"),
+                        ([{"lat": 0, "lon": 0}] * (P.MAX_CLAIMS + 1), "at most 256 claims")):
+        with pytest.raises(P.ProtocolError, match=None) as err:
+            P.validate_options({"claims": bad})
+        assert err.value.code == P.E_BAD_OPTION and needle in str(err.value)
+
+
+def test_aoi_shapes_are_checked_by_name():
+    ring = [[170, -10], [190, -10], [190, 10], [170, 10], [170, -10]]
+    merged = P.validate_options({"aoi": {"type": "Polygon", "coordinates": [ring]}, "aoi_weight": 0.1})
+    assert merged["aoi_weight"] == 0.1
+    for bad, needle in (({"type": "Polygon", "coordinates": [ring[:-1]]}, "ring 1 is not closed"),
+                        ({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [0, 0]]]}, "at least 4"),
+                        ({"type": "Polygon", "coordinates": [[[0, 95], [1, 1], [1, 0], [0, 95]]]},
+                         "latitude in [-90, 90]"),
+                        ({"type": "MultiPolygon", "coordinates": [[ring], []]}, "polygon 2 must be a non-empty"),
+                        ({"type": "Polygon", "coordinates": [[[0, 0]] * (P.MAX_AOI_VERTICES + 1)]}, "positions"),
+                        ({"type": "LineString", "coordinates": ring}, "Polygon or MultiPolygon")):
+        with pytest.raises(P.ProtocolError) as err:
+            P.validate_options({"aoi": bad})
+        assert err.value.code == P.E_BAD_OPTION and needle in str(err.value), str(err.value)
+    with pytest.raises(P.ProtocolError, match="aoi_weight"):
+        P.validate_options({"aoi_weight": -0.1})
+
+
+def test_a_geojson_documents_polygons_become_one_multipolygon():
+    from geoplonk_service.geojson import AoiFileError, aoi_from_geojson
+
+    square = [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": square}},
+        {"type": "Feature", "properties": {}, "geometry": {"type": "MultiPolygon", "coordinates": [square, square]}}]}
+    assert aoi_from_geojson(doc) == {"type": "MultiPolygon", "coordinates": [square, square, square]}
+    with pytest.raises(AoiFileError, match="feature 2 is a 'LineString'"):
+        aoi_from_geojson({"type": "FeatureCollection", "features": [
+            doc["features"][0], {"type": "Feature", "geometry": {"type": "LineString", "coordinates": []}}]})
+    with pytest.raises(AoiFileError, match="no polygon"):
+        aoi_from_geojson({"type": "FeatureCollection", "features": []})
+
+
+def test_joint_and_done_messages_round_trip():
+    joint = roundtrip(P.joint_message("r1", P.STATUS_OK, {"photos": []}, blobs=[b"t", b"g"]), P.SERVER_TYPES)
+    assert joint.type == P.JOINT and joint.fields["blobs"] == ["geotiff", "gpkg"] and joint.blobs == [b"t", b"g"]
+    done = roundtrip(P.done_message("r1", 2, 0, 0, joint=P.STATUS_OK), P.SERVER_TYPES)
+    assert done.fields["joint"] == P.STATUS_OK
+    assert "joint" not in P.done_message("r1", 1, 0, 0).fields

@@ -10,6 +10,8 @@ Configuration comes from the environment: GEOPLONK_DESKTOP_LAYER (the photo laye
 GEOPLONK_DESKTOP_OUT (folder for report.json, desktop.png, canvas.png),
 GEOPLONK_DESKTOP_TIMEOUT (seconds to wait for the results), GEOPLONK_DESKTOP_BROWSER_DIR (the folder
 to add to Favorites) and GEOPLONK_DESKTOP_BROWSER_FILES (comma-separated names to select in it).
+Before pressing the button it sets a claim by clicking the canvas with the claim tool; after the screenshot it
+right-clicks the first result group in the Layers panel and clicks "Open case report" in the menu.
 Everything is driven by a QTimer: QGIS's event loop must keep running.
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 from qgis.core import QgsLayerTreeGroup, QgsProject, QgsRasterLayer, QgsRenderContext
 from qgis.PyQt.QtCore import QObject, Qt, QTimer
 from qgis.PyQt.QtTest import QTest
-from qgis.PyQt.QtWidgets import QToolButton
+from qgis.PyQt.QtWidgets import QApplication, QToolButton
 from qgis.utils import iface, plugins
 
 PLUGIN = "geoplonk"
@@ -158,8 +160,30 @@ class DesktopRun(QObject):
     def plugin_sources(self):
         return sys.modules[type(self.plugin).__module__.rsplit(".", 1)[0] + ".sources"]
 
+    def click_claim(self):
+        """The claim tool, then a left click in the middle of the real canvas."""
+        from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
+
+        canvas = iface.mapCanvas()
+        before = canvas.mapTool()
+        self.plugin.analyst.action_claim_click.trigger()
+        active = canvas.mapTool() is self.plugin.analyst.claim_tool
+        centre = canvas.viewport().rect().center()
+        QTest.mouseClick(canvas.viewport(), Qt.LeftButton, Qt.NoModifier, centre)
+        point = canvas.getCoordinateTransform().toMapCoordinates(centre.x(), centre.y())
+        transform = QgsCoordinateTransform(canvas.mapSettings().destinationCrs(),
+                                           QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
+        expected = transform.transform(point)
+        self.report["claim"] = {
+            "tool_active": active, "tool_given_back": canvas.mapTool() is before,
+            "claims": self.plugin.analyst.analysis.claims, "expected": [expected.y(), expected.x()],
+            "pixel_deg": canvas.mapUnitsPerPixel() if canvas.mapSettings().destinationCrs().isGeographic() else None,
+        }
+        self.log("claim set by clicking the canvas")
+
     def click_geolocate(self):
         plugin = self.plugin
+        self.click_claim()
         button = self.toolbar_button(plugin.action_geolocate)
         self.report["toolbar_button"] = {"found": button is not None, "tooltip": button.toolTip() if button else ""}
         if button is None:
@@ -225,7 +249,40 @@ class DesktopRun(QObject):
         self.report["screenshot"] = str(OUT / "desktop.png")
         self.report["screenshot_saved"] = iface.mainWindow().grab().save(str(OUT / "desktop.png"))
         self.report["canvas_saved"] = canvas.grab().save(str(OUT / "canvas.png"))
+        self.open_case_report()
         self.finish()
+
+    def open_case_report(self):
+        """Right-click the first result group in the real Layers panel, then click "Open case report"."""
+        from qgis.PyQt.QtGui import QContextMenuEvent
+
+        view = iface.layerTreeView()
+        group = self.result_groups()[0]
+        index = view.layerTreeModel().node2index(group)
+        view.scrollTo(index)
+        pos = view.visualRect(index).center()
+        opened, entries = [], []
+        self.plugin.open_file = opened.append  # no web browser under Xvfb
+
+        def choose():
+            menu = QApplication.activePopupWidget()
+            if menu is None:
+                QTimer.singleShot(50, choose)
+                return
+            actions = [a for a in menu.actions() if not a.isSeparator()]
+            entries.extend(a.text() for a in actions)
+            wanted = next((a for a in actions if a.text() == "Open case report"), None)
+            if wanted is None:
+                menu.close()
+            else:
+                QTest.mouseClick(menu, Qt.LeftButton, Qt.NoModifier, menu.actionGeometry(wanted).center())
+
+        QTimer.singleShot(50, choose)
+        QApplication.sendEvent(view.viewport(), QContextMenuEvent(QContextMenuEvent.Mouse, pos,
+                                                                  view.viewport().mapToGlobal(pos)))
+        QApplication.processEvents()
+        self.report["case_report"] = {"group": group.name(), "menu": entries, "opened": [str(p) for p in opened]}
+        self.log(f"case report: {opened}")
 
     # -- what QGIS shows -------------------------------------------------------------------
 
@@ -264,6 +321,12 @@ class DesktopRun(QObject):
                     ramp = shader.sourceColorRamp()
                     if ramp is not None:
                         entry["ramp_samples"] = [ramp.color(i / 63).name() for i in range(64)]
+                if entry["role"] == "claims" and layer is not None:
+                    from qgis.core import QgsExpression, QgsExpressionContext, QgsExpressionContextUtils
+
+                    context = QgsExpressionContext(QgsExpressionContextUtils.globalProjectLayerScopes(layer))
+                    context.setFeature(next(layer.getFeatures()))
+                    entry["map_tip_text"] = QgsExpression.replaceExpressionText(layer.mapTipTemplate(), context)
                 if entry["role"] == "credible regions" and layer is not None:
                     symbols = layer.renderer().symbols(QgsRenderContext())
                     entry["outline_colours"] = sorted({s.symbolLayer(0).strokeColor().name() for s in symbols})

@@ -199,3 +199,28 @@ def test_labels_of_both_results_use_placement_and_priority(desktop):
         "priority"]
     assert not labelling["top places"]["display_all"]  # overlapping labels are dropped, not piled up
     assert "within 100 km" in labelling["top places"]["expression"]
+
+
+def test_a_claim_clicked_on_the_real_canvas_is_checked(desktop):
+    _, report, _ = desktop
+    claim = report["claim"]
+    assert claim["tool_active"] and claim["tool_given_back"], claim
+    (clicked,) = claim["claims"]
+    assert clicked["source"] == "click"
+    assert claim["pixel_deg"] is not None and claim["pixel_deg"] < 0.01, claim  # the photos' layer, in lon/lat
+    assert [clicked["lat"], clicked["lon"]] == pytest.approx(claim["expected"], abs=2 * claim["pixel_deg"])
+    for group in report["groups"]:
+        claims = next(layer for layer in group["layers"] if layer["role"] == "claims")
+        assert claims["valid"] and claims["features"] == 1 and claims["labels"]
+        assert "likely under the model: " in claims["map_tip_text"] and "clicked point" in claims["map_tip_text"]
+
+
+def test_open_case_report_from_the_real_layers_panel_menu(desktop):
+    _, report, _ = desktop
+    case = report["case_report"]
+    assert case["menu"][-1] == "Open case report" and len(case["menu"]) > 3, case  # QGIS's own entries first
+    (opened,) = case["opened"]
+    page = Path(opened).read_text(encoding="utf-8")
+    assert Path(opened).name == case["group"].split(" · ")[0].rsplit(".", 1)[0] + ".html"
+    assert "src='data:image/png;base64," in page and "Rendered by QGIS 3.22" in page
+    assert "clicked point" in page  # the claim's verdict is in the report

@@ -131,3 +131,46 @@ def test_decode_image_on_mutated_real_images(seed, flips, cut, truncate):
     if truncate:
         data = data[: cut % len(data)]
     check_image(bytes(data))
+
+
+option_values = json_values | st.sampled_from([[{"lat": 1, "lon": 2}], {"type": "Polygon"}, 0.5, -1, [0.9]])
+option_names = st.sampled_from(sorted(P.DEFAULT_OPTIONS)) | st.text(max_size=6)
+coordinates = st.floats(-400, 400, allow_subnormal=False) | st.integers(-400, 400) | st.text(max_size=2)
+positions = st.lists(st.lists(coordinates, min_size=0, max_size=3), min_size=0, max_size=7)
+
+
+@FUZZ
+@given(st.dictionaries(option_names, option_values, max_size=5))
+def test_options_validate_or_are_refused_by_name(options):
+    """Any JSON options give validated options or a bad_option ProtocolError: never another exception."""
+    count("options/random")
+    try:
+        merged = P.validate_options(options)
+    except P.ProtocolError as exc:
+        assert exc.code == P.E_BAD_OPTION and str(exc)
+        return
+    assert set(merged) == set(P.DEFAULT_OPTIONS)
+
+
+@FUZZ
+@given(st.sampled_from(["Polygon", "MultiPolygon"]), st.lists(positions, max_size=3), st.booleans())
+def test_areas_of_interest_are_usable_or_refused_by_name(kind, rings, close):
+    """A polygon the protocol lets through is either usable by the server or refused with an AoiError."""
+    from model_server.products.aoi import AoiError, aoi_geometry, aoi_mask
+    from model_server.products.grid import Grid
+
+    count("options/aoi")
+    if close:
+        rings = [[*ring, ring[0]] if ring else ring for ring in rings]
+    aoi = {"type": kind, "coordinates": [rings] if kind == "MultiPolygon" else rings}
+    try:
+        P.validate_options({"aoi": aoi})
+    except P.ProtocolError as exc:
+        assert exc.code == P.E_BAD_OPTION
+        return
+    try:
+        geometry = aoi_geometry(aoi)
+    except AoiError as exc:
+        assert str(exc)
+        return
+    assert aoi_mask(geometry, Grid.global_grid(10.0)).any()

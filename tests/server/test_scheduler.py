@@ -89,3 +89,25 @@ def test_many_samples_make_smaller_units():
         while (unit := q.get(timeout=0)) is not None:
             sizes.append(len(unit.indices))
         assert sizes == expected
+
+
+def test_a_joint_requests_combined_map_is_its_last_unit_and_a_cancel_drops_it():
+    q = FairQueue()
+    joint = request(b"A", "j", 3)
+    joint.joint = object()  # a JointState stands here: the queue only asks whether there is one
+    q.put(joint, batch_size=2)
+    other = request(b"B", "o", 1)
+    q.put(other, batch_size=2)
+    first = q.get(timeout=0)
+    assert (first.request.id, first.indices, first.joint) == ("j", [0, 1], False)
+    q.unit_finished(joint)
+    assert q.remove(joint) == [2] and joint.joint_dropped and joint.units_left == 0
+    assert not joint.finished  # until its joint answer is sent
+    joint.answered = {0, 1, 2}
+    joint.joint_status = "cancelled"
+    assert joint.finished
+    kept = request(b"C", "k", 1)
+    kept.joint = object()
+    q.put(kept, batch_size=2)
+    units = [q.get(timeout=0) for _ in range(3)]
+    assert [(u.request.id, u.joint) for u in units] == [("o", False), ("k", False), ("k", True)]
