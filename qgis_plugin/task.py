@@ -145,18 +145,7 @@ class GeolocateTask(QgsTask):
 
     def _save_joint(self, result) -> None:
         """The joint map beside the photos' files (joint.*, or joint_2.* when the name is taken)."""
-        outcome = PhotoOutcome("", result.name, result.status, summary=result.summary)
-        if result.ok:
-            try:
-                stem = unused_stem(self.out_dir, result.default_stem(), self._stems)
-                self._stems.add(stem)
-                outcome.files = {k: str(v) for k, v in result.save(self.out_dir, stem).items()}
-            except OSError as exc:
-                outcome.status = "failed"
-                outcome.error = f"cannot write the joint map to {self.out_dir}: {exc.strerror or exc}"
-        else:
-            outcome.error = str((result.error or {}).get("message", "")) or outcome.status
-        self.jointDone.emit(outcome)
+        self.jointDone.emit(self._written("", result, "the joint map"))
 
     def _advance(self, percent: float, stage: str) -> None:
         """Progress only moves forward (a heartbeat repeats the latest stage)."""
@@ -165,7 +154,12 @@ class GeolocateTask(QgsTask):
         self.progress_log.append((time.monotonic() - self._started, stage, self.progress()))
 
     def _save(self, result) -> None:
-        outcome = PhotoOutcome(self.paths[result.index], result.name, result.status, summary=result.summary)
+        self._emit(self._written(self.paths[result.index], result, "the result"))
+
+    def _written(self, path: str, result, what: str) -> PhotoOutcome:
+        """The outcome of a result, with its files written under a stem no other result of the job took; a
+        failure to write fails this result alone."""
+        outcome = PhotoOutcome(path, result.name, result.status, summary=result.summary)
         if result.ok:
             try:
                 stem = unused_stem(self.out_dir, result.default_stem(), self._stems)
@@ -173,10 +167,10 @@ class GeolocateTask(QgsTask):
                 outcome.files = {k: str(v) for k, v in result.save(self.out_dir, stem).items()}
             except OSError as exc:
                 outcome.status = "failed"
-                outcome.error = f"cannot write the result to {self.out_dir}: {exc.strerror or exc}"
+                outcome.error = f"cannot write {what} to {self.out_dir}: {exc.strerror or exc}"
         else:
             outcome.error = str((result.error or {}).get("message", "")) or outcome.status
-        self._emit(outcome)
+        return outcome
 
     def _emit(self, outcome: PhotoOutcome) -> None:
         self._finished_count += 1
