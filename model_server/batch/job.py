@@ -2,8 +2,8 @@
 (model actors) -> a GeoParquet dataset.
 
 Stages and their resources:
-- read: tasks of READ_BATCH paths (file bytes, sha256, the skip of photos already done);
-- embed: EMBED_BATCH photos a call, on `embed_workers` CPU actors that load the encoder once each;
+- read: tasks of `batch_size` paths (file bytes, sha256, the skip of photos already done);
+- embed: `batch_size` photos a call, on `embed_workers` CPU actors that load the encoder once each;
 - locate: `batch_size` photos a call, on `actors` model actors (num_gpus=1 each when the cluster has GPUs,
   one CPU each otherwise) that load the model once each;
 - write: Parquet part files carrying the GeoParquet 'geo' metadata.
@@ -25,9 +25,6 @@ from geoplonk_service.photos import PHOTO_EXTENSIONS
 from . import LOCATE_BATCH
 from .rows import SCHEMA, job_key
 from .stages import Embedder, Locator, keep_unskipped, open_input, read_photos
-
-READ_BATCH = 64
-EMBED_BATCH = 16
 
 
 @dataclass
@@ -222,9 +219,11 @@ def run_job(
         paths = folder_paths(source)
         ds, listed = ray.data.from_items([{"path": p} for p in paths]), len(paths)
     done_ref = ray.put(done) if done else None
-    ds = ds.map_batches(read_photos, batch_format="numpy", batch_size=READ_BATCH, fn_kwargs={"done": done_ref})
+    # A block goes to one actor whole, so every stage keeps blocks of one locate call: larger ones left the
+    # second model actor idle on a job of under a block's photos.
+    ds = ds.map_batches(read_photos, batch_format="numpy", batch_size=batch_size, fn_kwargs={"done": done_ref})
     ds = ds.map_batches(keep_unskipped, batch_format="numpy", batch_size=None)
-    ds = ds.map_batches(Embedder, batch_format="numpy", batch_size=EMBED_BATCH, concurrency=embed_workers,
+    ds = ds.map_batches(Embedder, batch_format="numpy", batch_size=batch_size, concurrency=embed_workers,
                         num_cpus=embed_threads, fn_constructor_kwargs={"model_spec": model, "threads": embed_threads})
     ds = ds.map_batches(Locator, batch_format="numpy", batch_size=batch_size, concurrency=actors,
                         num_gpus=1 if gpus else 0, num_cpus=1,
