@@ -23,7 +23,6 @@ import argparse
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -31,6 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "engine"))
+
+from suite.engine import reference_sampler  # noqa: E402
 
 from model_server.engine.network import FlowConfig, GeoAdaLNMLP  # noqa: E402
 from model_server.engine.runtime import configure_cpu_math, row_workers  # noqa: E402
@@ -72,34 +73,6 @@ def random_plonk(smooth: bool, seed: int = 0) -> GeoAdaLNMLP:
             keep = (angular <= 2 * math.pi * SMOOTH_CYCLES).float().repeat(2)
             net.time_embedder.map_time[0].weight.mul_(keep)
     return net.eval()
-
-
-def authors_sampler(flow: GeoAdaLNMLP):
-    """run(x0 (n, 3), emb (1, cond_dim), steps, cfg) -> (n, 3): the authors' riemannian_flow_sampler on the flow's
-    weights; None where their code (diff-plonk) is not installed."""
-    try:
-        import plonk_reference
-
-        mlp = plonk_reference.load("models.networks.mlp")
-        sampler = plonk_reference.load("models.samplers.riemannian_flow_sampler")
-        schedulers = plonk_reference.load("models.schedulers")
-    except ImportError as exc:
-        print(f"(the authors' sampler is not available: {exc})")
-        return None
-    c = flow.config
-    ref = mlp.GeoAdaLNMLP(c.input_dim, c.dim, c.depth, c.expansion, c.cond_dim)
-    ref.load_state_dict(flow.state_dict())
-    ref.eval()
-    scheduler = schedulers.SigmoidScheduler(start=-7, end=3)
-
-    def run(x0: torch.Tensor, emb: torch.Tensor, steps: int, cfg: float = 0.0) -> torch.Tensor:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            batch = {"y": x0.clone(), "emb": emb.reshape(1, -1).expand(x0.shape[0], -1)}
-            return sampler.riemannian_flow_sampler(ref, batch, conditioning_keys="emb", scheduler=scheduler,
-                                                   num_steps=steps, cfg_rate=cfg)
-
-    return run
 
 
 @torch.inference_mode()
@@ -153,7 +126,7 @@ def solver_accuracy_table(
     Errors: the first `accuracy_samples` endpoints of every photo against fp32 rk4 at `converged_steps` from the
     same points. Times: seconds to draw photo 0's n samples, the best of `repeats` rounds after a warm-up.
     The reference's Euler rows (32 and 250 steps, fp32) take their endpoints from the authors' sampler
-    (`reference`, from authors_sampler), or from our fp32 Euler, which the oracle tests hold to it within 10 m,
+    (`reference`: suite.engine.reference_sampler), or from our fp32 Euler, which the oracle tests hold to it in 10 m,
     where it has none or cannot apply cfg (it ignores cfg <= 0); their time is the authors' sampler's at the
     first step count (at |cfg| for a negative cfg: the same doubled batch), scaled linearly for the others,
     unless `reference_seconds` ({steps: s}) gives them.
@@ -310,7 +283,7 @@ def main() -> None:
         x0 = uniform_sphere(args.n, generator=torch.Generator().manual_seed(0))
         result = solver_accuracy_table(flow, emb, x0, cfg=cfg, cases=cases, accuracy_samples=args.accuracy_samples,
                                        converged_steps=args.converged_steps, repeats=args.repeats,
-                                       reference=authors_sampler(flow))
+                                       reference=reference_sampler(flow, "cpu"))
         for pair in candidates:
             line = verdict(result["rows"], *pair)
             if line:

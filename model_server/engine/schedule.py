@@ -41,11 +41,9 @@ def balanced_grid(steps: int, device=None, dtype=torch.float32) -> torch.Tensor:
     sampling_grid spends a quarter of its steps on the last 1 % of gamma, where few suffice; spread over the
     middle instead, the same steps about halved the midpoint solver's endpoint error on the default model
     (benchmarks/bench_solvers.py). sampling_grid's density is 1 / (s (1 - s)) with
-    s = sigmoid(START + (END - START) t), linear in gamma; its square root integrates in closed form, so the
-    points are uniform in asin(sqrt(s)).
+    s = sigmoid((START + (END - START) t) / TAU), linear in gamma, whatever TAU; its square root integrates in
+    closed form, so the points are uniform in asin(sqrt(s)).
     """
-    if TAU != 1.0:
-        raise NotImplementedError("balanced_grid assumes TAU = 1")
     first, last = math.asin(math.sqrt(_V_END)), math.asin(math.sqrt(_V_START))
     k = torch.arange(steps + 1, dtype=torch.float64, device=device)
     s = torch.sin(first + (last - first) * k / steps) ** 2
