@@ -4,7 +4,7 @@ Per photo, the server's own draws (its default options: 1024 samples, 32 Euler s
 guidance, seed 0), then three estimates of the mean log-density of those draws / (4 pi ln 2):
   exact   every draw's exact log-density in fp32 (--exact: rk4 32 steps, or dopri5 atol = rtol = 1e-6)
   server  model_server.server.pipeline.localizability, the setting in use
-  former  64 draws, midpoint 16 steps, fp32, plain mean (the setting before issue 21), on this engine
+  former  64 draws, midpoint 16 steps, fp32, plain mean: the plain estimate, as a baseline
 Prints |estimate - exact| (median, max), Spearman against exact, and seconds per photo (wall and process
 CPU) of each estimate and of the server's sampling (the distribution's draws and the best guess's 256).
 --validate N checks the exact solve against dopri5 (atol = rtol = 1e-6) on 32 draws of the first N photos;
