@@ -1,6 +1,6 @@
 """The server's localizability against the exact value on held-out photos, and what it costs.
 
-Per photo, the server's own draws (its default options: 1024 samples, 32 Euler steps, bf16, the model's
+Per photo, the server's own draws (its default options: 1024 samples, its default sampler, bf16, the model's
 guidance, seed 0), then three estimates of the mean log-density of those draws / (4 pi ln 2):
   exact   every draw's exact log-density in fp32 (--exact: rk4 32 steps, or dopri5 atol = rtol = 1e-6)
   server  model_server.server.pipeline.localizability, the setting in use
@@ -98,9 +98,10 @@ def main() -> None:
 
         def draw(one=one):
             with torch.inference_mode():
-                kw = {"steps": options["steps"], "solver": options["solver"], "precision": precision}
-                draws = sample(model.flow, one, options["samples"], cfg=model.distribution_cfg, x0=x0, **kw)
-                sample(model.flow, one, guess, cfg=P.GUESS_CFG, x0=x0[:guess], **kw)
+                draws = sample(model.flow, one, options["samples"], steps=options["steps"], solver=options["solver"],
+                               cfg=model.distribution_cfg, x0=x0, precision=precision)
+                sample(model.flow, one, guess, steps=P.GUESS_STEPS, solver=P.GUESS_SOLVER, cfg=P.GUESS_CFG,
+                       x0=x0[:guess], precision=precision)
             return draws
 
         draws, sample_wall, sample_cpu = timed(draw)

@@ -302,6 +302,7 @@ def truth_and_draws_log_density(
     *,
     cfg: float = 0.0,
     steps: int = 32,
+    solver: str = "euler",
     precision: str = "fp32",
     generator: torch.Generator | None = None,
     method: str = "rk4",
@@ -309,7 +310,7 @@ def truth_and_draws_log_density(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(E,) log-density of each photo's true location and (E, n) of n of the model's own draws, all under
     guidance cfg in one solve: what coverage and calibration compare (evaluation.metrics.coverage)."""
-    drawn = sample(flow, emb, n, steps=steps, cfg=cfg, generator=generator, precision=precision)
+    drawn = sample(flow, emb, n, steps=steps, solver=solver, cfg=cfg, generator=generator, precision=precision)
     points = torch.cat([torch.as_tensor(truth_xyz, dtype=torch.float32)[:, None], drawn], dim=1)
     lp = log_density(flow, emb, points, cfg=cfg, method=method, steps=likelihood_steps)
     return lp[:, 0], lp[:, 1:]

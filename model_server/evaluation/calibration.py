@@ -73,6 +73,7 @@ def calibration_scores(
     *,
     samples: int = 32,
     steps: int = P.STEPS.default,
+    solver: str = P.DEFAULT_OPTIONS["solver"],
     method: str = "rk4",
     likelihood_steps: int = 16,
     levels: Sequence[float] = COVERAGE_LEVELS,
@@ -94,8 +95,8 @@ def calibration_scores(
         for start in range(0, len(emb), chunk):
             e = emb[start : start + chunk]
             at_truth, at_draws = truth_and_draws_log_density(
-                flow, e, truth_xyz[start : start + chunk], samples, cfg=w, steps=steps, precision=precision,
-                generator=gen, method=method, likelihood_steps=likelihood_steps)
+                flow, e, truth_xyz[start : start + chunk], samples, cfg=w, steps=steps, solver=solver,
+                precision=precision, generator=gen, method=method, likelihood_steps=likelihood_steps)
             truth_lp.append(at_truth.numpy())
             sample_lp.append(at_draws.numpy())
             done += len(e)

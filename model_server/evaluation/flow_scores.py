@@ -28,6 +28,8 @@ class FlowScoring:
     distribution_cfg: float
     cfg: float = P.GUESS_CFG
     guess_samples: int = P.GUESS_SAMPLES
+    guess_steps: int = P.GUESS_STEPS
+    guess_solver: str = P.GUESS_SOLVER
     samples: int = 64
     steps: int = P.STEPS.default
     solver: str = P.DEFAULT_OPTIONS["solver"]
@@ -66,13 +68,13 @@ def evaluate_flow(
     single, guess, logp_truth, logp_samples = [], [], [], []
     for start in range(0, len(emb), chunk):
         e = emb[start : start + chunk]
-        guided = sample(flow, e, guess_samples, steps=steps, solver=scoring.solver, cfg=cfg, generator=gen,
-                        precision=precision).numpy()
+        guided = sample(flow, e, guess_samples, steps=scoring.guess_steps, solver=scoring.guess_solver, cfg=cfg,
+                        generator=gen, precision=precision).numpy()
         single.append(guided[:, 0])
         guess.append(best_guesses(guided))
         at_truth, at_draws = truth_and_draws_log_density(
             flow, e, torch.tensor(truth_xyz[start : start + chunk]), scoring.samples, cfg=distribution_cfg,
-            steps=steps, precision=precision, generator=gen, method=likelihood_method,
+            steps=steps, solver=scoring.solver, precision=precision, generator=gen, method=likelihood_method,
             likelihood_steps=None if likelihood_method == "dopri5" else scoring.likelihood_steps)
         logp_truth.append(at_truth.numpy())
         logp_samples.append(at_draws.numpy())

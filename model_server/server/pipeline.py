@@ -209,10 +209,11 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
 
     with stage("sample"):
         n = options["samples"]
-        kw = {"steps": options["steps"], "solver": options["solver"], "precision": precision}
         m = min(P.GUESS_SAMPLES, n)
-        samples = sample(model.flow, emb, n, cfg=options["cfg"], x0=x0, on_step=check, **kw)
-        guess = sample(model.flow, emb, m, cfg=P.GUESS_CFG, x0=x0[:m], on_step=check, **kw)
+        samples = sample(model.flow, emb, n, steps=options["steps"], solver=options["solver"], cfg=options["cfg"],
+                         x0=x0, on_step=check, precision=precision)
+        guess = sample(model.flow, emb, m, steps=P.GUESS_STEPS, solver=P.GUESS_SOLVER, cfg=P.GUESS_CFG, x0=x0[:m],
+                       on_step=check, precision=precision)
 
     with stage("localizability"):
         loc, loc_method = localizability(model, emb, samples, check)

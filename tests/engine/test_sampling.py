@@ -110,7 +110,8 @@ def test_guided_velocity_in_one_call_or_two_agree(net):
 
 
 def test_solvers_reach_their_order():
-    """Halving the step halves Euler's error, quarters midpoint's and cuts rk4's ~16-fold, against a fine rk4.
+    """Halving the step halves Euler's error, quarters midpoint's and cuts rk3's ~8-fold and rk4's ~16-fold,
+    against a fine rk4.
 
     On a field without time dependence: the random time embedding's fast channels put a floor under any
     fixed-step solver's error (see test_likelihood.field).
@@ -125,9 +126,11 @@ def test_solvers_reach_their_order():
     def error(solver, steps):
         return geodesic_distance(sample(net, emb, 200, steps=steps, solver=solver, x0=x0), fine).mean().item()
 
-    ratios = {s: error(s, k) / error(s, 2 * k) for s, k in (("euler", 16), ("midpoint", 8), ("rk4", 2))}
+    ratios = {s: error(s, k) / error(s, 2 * k) for s, k in (("euler", 16), ("midpoint", 8), ("rk3", 3), ("rk4", 2))}
     assert 1.6 < ratios["euler"] < 2.6 and 3.2 < ratios["midpoint"] < 5 and ratios["rk4"] > 6, ratios  # 2, 4, 10
+    assert 5 < ratios["rk3"] < 12, ratios
     assert error("midpoint", 8) < 0.5 * error("euler", 16)  # the same 16 evaluations
+    assert error("rk3", 6) < 0.5 * error("midpoint", 9)  # the same 18: the server's default sampler
 
 
 def test_balanced_grid_is_the_geometric_mean_of_two_spacings():
