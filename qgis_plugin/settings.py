@@ -17,6 +17,11 @@ PREFIX = "geoplonk/"
 DEFAULT_START_COMMAND = "geoplonk serve"
 # The start command when the settings hold none: lets qgis_process and scripts run without editing QGIS3.ini.
 START_COMMAND_ENV = "GEOPLONK_SERVER_COMMAND"
+# The solver a stored `steps` belongs to when the settings hold no `solver` (see Settings.load).
+STEPS_ONLY_SOLVER = "euler"
+# How the forms name the solvers; the cost of a run is steps x the network evaluations of one step.
+SOLVER_LABELS = {"euler": "euler (the reference's sampler)", P.DEFAULT_SOLVER: f"{P.DEFAULT_SOLVER} (default)"}
+SOLVER_HELP = "Network evaluations per step: euler 1, heun and midpoint 2, rk3 3, rk4 4 (a run costs steps x that)"
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Settings:
     auto_start: bool = True
     model: str = ""  # empty: the server's default model
     samples: int = P.SAMPLES.default
+    solver: str = P.DEFAULT_SOLVER  # sent with `steps`: the two go together
     steps: int = P.STEPS.default
     cfg: float | None = P.CFG.default  # None: the model's calibrated guidance
     resolution: float = P.RESOLUTION.default
@@ -42,7 +48,13 @@ class Settings:
 
     @classmethod
     def load(cls, qsettings=None) -> Settings:
-        """Read from QgsSettings (or any QSettings-like object), falling back to defaults per key."""
+        """Read from QgsSettings (or any QSettings-like object), falling back to defaults per key.
+
+        A solver and its steps go together: stored `steps` without a stored `solver` are steps for "euler"
+        (STEPS_ONLY_SOLVER, the reference's sampler, one network evaluation per step) and load with it, so they
+        cost what the user chose; the default solver would make them three times the work.  With neither
+        stored, the protocol's defaults apply.
+        """
         qs = qsettings if qsettings is not None else _qgs_settings()
         defaults = cls()
         values: dict[str, Any] = {}
@@ -52,6 +64,8 @@ class Settings:
             if raw is None and f.name == "start_command" and os.environ.get(START_COMMAND_ENV, "").strip():
                 raw = os.environ[START_COMMAND_ENV].strip()
             values[f.name] = default if raw is None else _coerce(raw, default)
+        if qs.value(PREFIX + "solver", None) is None and qs.value(PREFIX + "steps", None) is not None:
+            values["solver"] = STEPS_ONLY_SOLVER
         return cls(**values)
 
     def save(self, qsettings=None) -> None:
@@ -62,6 +76,11 @@ class Settings:
             elif value is None:
                 value = ""  # QSettings cannot hold None on every platform
             qs.setValue(PREFIX + name, value)
+
+
+def solver_label(name: str) -> str:
+    """A solver's name as the settings dialog and Processing show it."""
+    return SOLVER_LABELS.get(name, name)
 
 
 def parse_levels(text: str) -> list[float]:

@@ -34,7 +34,7 @@ from qgis.PyQt.QtWidgets import (
 from geoplonk_service import protocol as P
 
 from . import messages
-from .settings import Settings, parse_levels
+from .settings import SOLVER_HELP, Settings, parse_levels, solver_label
 from .translation import tr
 
 # The guidance box's bottom value, one step below the protocol's least cfg: "the model's calibrated".
@@ -83,10 +83,21 @@ class SettingsDialog(QDialog):
         self.samples.setRange(P.SAMPLES.minimum, P.SAMPLES.maximum)
         self.samples.setValue(settings.samples)
         form.addRow(tr("Samples"), self.samples)
+        self.solver = QComboBox()
+        self.solver.setObjectName("geoplonkSolver")
+        for name in P.SOLVERS:
+            self.solver.addItem(solver_label(name), name)
+        index = self.solver.findData(settings.solver)
+        self.solver.setCurrentIndex(index if index >= 0 else P.SOLVERS.index(P.DEFAULT_SOLVER))
+        self.solver.setToolTip(SOLVER_HELP)
         self.steps = QSpinBox()
         self.steps.setRange(P.STEPS.minimum, P.STEPS.maximum)
         self.steps.setValue(settings.steps)
-        form.addRow(tr("Solver steps"), self.steps)
+        self.steps.setSuffix(tr(" steps"))
+        solver_row = QHBoxLayout()  # a solver and its steps go together
+        solver_row.addWidget(self.solver)
+        solver_row.addWidget(self.steps)
+        form.addRow(tr("Solver"), solver_row)
         self.guidance = QDoubleSpinBox()
         self.guidance.setRange(GUIDANCE_MODEL_DEFAULT, P.CFG.maximum)
         self.guidance.setSingleStep(0.1)
@@ -156,6 +167,7 @@ class SettingsDialog(QDialog):
             auto_start=self.auto_start.isChecked(),
             model=self.selected_model(),
             samples=self.samples.value(),
+            solver=str(self.solver.currentData()),
             steps=self.steps.value(),
             cfg=None if self.guidance.value() < P.CFG.minimum else self.guidance.value(),
             resolution=self.resolution.value(),

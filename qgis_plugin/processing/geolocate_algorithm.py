@@ -33,6 +33,7 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
@@ -52,7 +53,7 @@ from geoplonk_service.result_rows import RESULT_FIELDS, describe_row, summary_ro
 from .. import messages
 from ..claims import CLAIM_FIELDS, claim_fields
 from ..claims import quote as claims_quote
-from ..settings import Settings, optional_float
+from ..settings import SOLVER_HELP, Settings, optional_float, solver_label
 from ..sources import guess_photo_field, layer_folder, resolve_photo_path
 from . import analyst_parameters
 
@@ -75,6 +76,14 @@ def number_parameter(name: str, label: str, option: P.NumberOption, default, opt
     """A number parameter with the protocol's type and range for `option`."""
     kind = QgsProcessingParameterNumber.Integer if option.kind is int else QgsProcessingParameterNumber.Double
     return QgsProcessingParameterNumber(name, label, kind, default, optional, option.minimum, option.maximum)
+
+
+def solver_parameter(name: str, label: str, default: str):
+    """An enum parameter over the protocol's solvers (its value: the index in P.SOLVERS)."""
+    index = P.SOLVERS.index(default if default in P.SOLVERS else P.DEFAULT_SOLVER)
+    parameter = QgsProcessingParameterEnum(name, label, [solver_label(s) for s in P.SOLVERS], False, index)
+    parameter.setHelp(SOLVER_HELP)
+    return parameter
 
 
 # Styling rasters loaded on completion, the way the plugin styles them.
@@ -108,6 +117,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
     MODEL = "MODEL"
     SAMPLES = "SAMPLES"
     GUIDANCE = "GUIDANCE"
+    SOLVER = "SOLVER"
     STEPS = "STEPS"
     RESOLUTION = "RESOLUTION"
     ENDPOINT = "ENDPOINT"
@@ -188,6 +198,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(number_parameter(self.SAMPLES, self.tr("Samples"), P.SAMPLES, defaults.samples))
         guidance = self.tr("Guidance (cfg); empty: the model's calibrated value")
         self.addParameter(number_parameter(self.GUIDANCE, guidance, P.CFG, defaults.cfg, optional=True))
+        self.addParameter(solver_parameter(self.SOLVER, self.tr("Solver"), defaults.solver))
         self.addParameter(number_parameter(self.STEPS, self.tr("Solver steps"), P.STEPS, defaults.steps))
         resolution = self.tr("Raster resolution (degrees)")
         self.addParameter(number_parameter(self.RESOLUTION, resolution, P.RESOLUTION, defaults.resolution))
@@ -245,6 +256,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             endpoint=self.parameterAsString(parameters, self.ENDPOINT, context) or settings.endpoint,
             model=(self.parameterAsString(parameters, self.MODEL, context) or "").strip(),
             samples=self.parameterAsInt(parameters, self.SAMPLES, context),
+            solver=P.SOLVERS[self.parameterAsEnum(parameters, self.SOLVER, context)],
             steps=self.parameterAsInt(parameters, self.STEPS, context),
             resolution=self.parameterAsDouble(parameters, self.RESOLUTION, context),
             # left out: the saved guidance; empty (NULL): the model's calibrated one

@@ -15,6 +15,8 @@ import pytest
 from conftest import FAST_OPTIONS, server_command
 from plugin_install import build_plugin_zip, make_profile, qgis_env, qgis_process_command
 
+from geoplonk_service.protocol import SOLVERS
+
 ALG = "geoplonk:geolocatephotos"
 FAST_PARAMS = {
     "SAMPLES": FAST_OPTIONS["samples"],
@@ -192,9 +194,11 @@ def test_selected_features_of_a_photo_layer(provider, plugin_settings, photo_dir
             "OUTPUT_FOLDER": str(out),
             "GUIDANCE": 0.5,
             **FAST_PARAMS,
+            "SOLVER": SOLVERS.index("heun"),
         },
     )
-    assert json.loads((out / "forest.json").read_text())["options"]["cfg"] == 0.5
+    ran = json.loads((out / "forest.json").read_text())["options"]
+    assert (ran["cfg"], ran["solver"], ran["steps"]) == (0.5, "heun", FAST_OPTIONS["steps"])
     # The photo field ("Photo") is detected; only the selected feature's photo is geolocated.
     assert result["SUCCEEDED"] == 1 and result["FAILED"] == 0
     assert result["RASTERS"] == [str(out / "forest.tif")]
@@ -245,6 +249,24 @@ def test_runs_as_a_step_of_a_processing_model(provider, plugin_settings, photo_d
     assert sorted(f["photo"] for f in kept.getFeatures()) == ["desert road.png", "forest.tif", "harbour.jpg"]
     assert sorted(p.name for p in (tmp_path / "rasters").glob("*.tif")) == ["desert_road.tif", "forest.tif",
                                                                             "harbour.tif"]
+
+
+def test_solver_parameter_defaults_to_the_saved_solver(qgis_processing):  # noqa: ARG001
+    from qgis_plugin.processing.geolocate_algorithm import GeolocatePhotosAlgorithm
+    from qgis_plugin.settings import Settings
+
+    before = Settings.load()
+    try:
+        for solver, steps in (("midpoint", 12), ("euler", 32)):
+            Settings(solver=solver, steps=steps).save()
+            alg = GeolocatePhotosAlgorithm()
+            alg.initAlgorithm()
+            parameter = alg.parameterDefinition("SOLVER")
+            assert SOLVERS[parameter.defaultValue()] == solver
+            assert parameter.options()[SOLVERS.index("euler")] == "euler (the reference's sampler)"
+            assert alg.parameterDefinition("STEPS").defaultValue() == steps
+    finally:
+        before.save()
 
 
 def test_fails_when_no_photo_succeeds(provider, plugin_settings, tmp_path):  # noqa: ARG001

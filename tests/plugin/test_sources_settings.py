@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from qgis.core import QgsSettings
+from qgis.PyQt.QtCore import QSettings
 
+from geoplonk_service import protocol as P
 from geoplonk_service.photos import photos_in_folder
 from qgis_plugin import messages, sources
 from qgis_plugin.settings import Settings, parse_levels
@@ -47,6 +51,7 @@ def test_settings_round_trip_through_qgssettings():
             auto_start=False,
             model="earth-tiles",
             samples=256,
+            solver="heun",
             steps=16,
             cfg=1.5,
             resolution=0.5,
@@ -55,9 +60,11 @@ def test_settings_round_trip_through_qgssettings():
         )
         custom.save()
         assert QgsSettings().value("geoplonk/endpoint") == "tcp://127.0.0.1:6123"
+        assert QgsSettings().value("geoplonk/solver") == "heun"
         assert Settings.load() == custom
         assert custom.options() == {
-            "samples": 256, "steps": 16, "cfg": 1.5, "resolution": 0.5, "levels": [0.5, 0.95], "model": "earth-tiles"
+            "samples": 256, "solver": "heun", "steps": 16, "cfg": 1.5, "resolution": 0.5, "levels": [0.5, 0.95],
+            "model": "earth-tiles",
         }
         # unset guidance: no cfg is sent (the server uses the model's calibrated one), and it stays unset
         default = Settings(endpoint="tcp://127.0.0.1:6124")
@@ -66,6 +73,29 @@ def test_settings_round_trip_through_qgssettings():
         assert Settings.load() == default
     finally:
         saved.save()
+
+
+def test_stored_steps_without_a_solver_load_with_euler(tmp_path):
+    """A solver and its steps go together: steps stored alone were chosen for euler, and keep it."""
+    fresh = QSettings(str(tmp_path / "fresh.ini"), QSettings.IniFormat)
+    loaded = Settings.load(fresh)
+    assert (loaded.solver, loaded.steps) == (P.DEFAULT_SOLVER, P.STEPS.default) == ("rk3", 6)
+    assert (loaded.options()["solver"], loaded.options()["steps"]) == ("rk3", 6)
+
+    steps_only = QSettings(str(tmp_path / "steps-only.ini"), QSettings.IniFormat)
+    steps_only.setValue("geoplonk/steps", 32)
+    steps_only.setValue("geoplonk/samples", 512)
+    loaded = Settings.load(steps_only)
+    assert (loaded.solver, loaded.steps, loaded.samples) == ("euler", 32, 512)
+    assert (loaded.options()["solver"], loaded.options()["steps"]) == ("euler", 32)
+    # once saved, the solver is stored beside its steps and loads as chosen
+    replace(loaded, solver="rk4", steps=5).save(steps_only)
+    assert steps_only.value("geoplonk/solver") == "rk4"
+    assert (Settings.load(steps_only).solver, Settings.load(steps_only).steps) == ("rk4", 5)
+
+    solver_only = QSettings(str(tmp_path / "solver-only.ini"), QSettings.IniFormat)
+    solver_only.setValue("geoplonk/solver", "midpoint")
+    assert (Settings.load(solver_only).solver, Settings.load(solver_only).steps) == ("midpoint", P.STEPS.default)
 
 
 def test_levels_parse_percent_or_fraction():
@@ -79,11 +109,19 @@ def test_settings_dialog_edits_and_validates(qgis_iface):
     from qgis_plugin.settings_dialog import SettingsDialog
 
     dialog = SettingsDialog(Settings(), qgis_iface.mainWindow(), connect=lambda s: pytest.fail("no server needed"))
+    assert (dialog.solver.currentData(), dialog.steps.value()) == ("rk3", 6)
+    labels = [dialog.solver.itemText(i) for i in range(dialog.solver.count())]
+    assert [dialog.solver.itemData(i) for i in range(dialog.solver.count())] == list(P.SOLVERS)
+    assert "euler (the reference's sampler)" in labels and "rk3 (default)" in labels
     dialog.samples.setValue(300)
     dialog.levels.setText("50, 80")
     dialog.auto_start.setChecked(False)
+    dialog.solver.setCurrentIndex(dialog.solver.findData("euler"))
+    dialog.steps.setValue(32)
     edited = dialog.settings()
     assert (edited.samples, edited.levels, edited.auto_start) == (300, [0.5, 0.8], False)
+    assert (edited.solver, edited.steps) == ("euler", 32)
+    assert (edited.options()["solver"], edited.options()["steps"]) == ("euler", 32)
     # the guidance box starts at "model's calibrated" (no cfg sent); any value in the range is sent as is
     assert dialog.guidance.text() == "model's calibrated" and edited.cfg is None
     dialog.guidance.setValue(-0.3)
@@ -94,6 +132,12 @@ def test_settings_dialog_edits_and_validates(qgis_iface):
     with pytest.raises(ValueError):
         dialog.settings()
     dialog.deleteLater()
+    # the combo starts at the settings' solver
+    midpoint = SettingsDialog(Settings(solver="midpoint", steps=9), qgis_iface.mainWindow(),
+                              connect=lambda s: pytest.fail("no server needed"))
+    assert (midpoint.solver.currentData(), midpoint.steps.value()) == ("midpoint", 9)
+    assert (midpoint.settings().solver, midpoint.settings().steps) == ("midpoint", 9)
+    midpoint.deleteLater()
 
 
 def test_pyzmq_help_names_each_platform():
