@@ -383,7 +383,8 @@ README_ROWS = (
     ("1,024 samples x 32 steps at the PLONK size, sample-steps per second: bf16 / fp32 / the reference's fp32",
      ("sampling.ours_bf16", "sampling.ours_fp32", "sampling.reference_fp32")),
     ("the same, bf16: share of this machine's bf16 matmul roofline", ("sampling.ours_bf16.share",)),
-    ("exact log-density at the PLONK size (rk4, 16 steps)", ("density.plonk-size.rk4",)),
+    ("exact log-density at the PLONK size (rk4, 16 steps): fp32 / bf16 matmuls",
+     ("density.plonk-size.rk4", "density.plonk-size.rk4_bf16")),
 )
 
 

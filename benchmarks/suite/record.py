@@ -99,8 +99,10 @@ def accuracy(b: Builder, raw: dict) -> None:
     for name, result in (raw.get("accuracy") or {}).items():
         label, d = LABELS.get(name, name), result.get("default", {})
         part = f"accuracy.{name}"
+        photos = int((result.get("converged") or {}).get("photos", 1))
+        scored = "one photo" if photos == 1 else f"{photos} photos, the sample tiles, pooled; timed on the first"
         about = ("Endpoint distance (km, great circle) of each solver and step count to a converged solution from "
-                 "the same start points (one photo, guidance w = 0, which the reference draws too), and the time of "
+                 f"the same start points ({scored}; guidance w = 0, which the reference draws too), and the time of "
                  f"each on {result.get('samples', 0):,} samples, median of several after a warm-up. Ours at the "
                  f"server's default precision ({d.get('precision')}), the reference's Euler in fp32. The server's "
                  f"default sampler: {d.get('solver')}, {d.get('steps')} steps. Measured by {result.get('source')}.")
@@ -146,22 +148,32 @@ def density(b: Builder, raw: dict) -> None:
     if not results:
         return
     b.part("density", "log_density at points under one photo's flow (exact divergence): rk4 with 16 fixed steps "
-                      "(what calibration and evaluation use), and the server's localizability as the server computes "
-                      "it (model_server.server.pipeline.localizability: its method, steps and number of own samples); "
-                      "median of several after a warm-up.")
+                      "(what calibration and evaluation use) with fp32 matmuls and with bf16 ones (the server's "
+                      "precision; the ODE state, norms and divergence stay fp32), and the server's localizability as "
+                      "the server computes it (model_server.server.pipeline.localizability: its method, steps and "
+                      "number of own samples); median of several after a warm-up.")
     for name, result in results.items():
         label, rk4 = LABELS.get(name, name), result["rk4"]
         rate = rk4["points"] / rk4["seconds"]
         b.fig("density", f"density.{name}.rk4", f"{label}: rk4, 16 steps", sig(rate), "points/s",
               note=f"{rk4['points']} points in {rk4['seconds']:.3f} s")
+        fast = result.get("rk4_bf16")
+        if fast:
+            fast_rate = fast["points"] / fast["seconds"]
+            b.fig("density", f"density.{name}.rk4_bf16", f"{label}: rk4, 16 steps, bf16 matmuls", sig(fast_rate),
+                  "points/s", note=f"{fast['points']} points in {fast['seconds']:.3f} s; against fp32: median "
+                  f"|diff| {fast['median_abs_diff_nats']:.2g} nats, max {fast['max_abs_diff_nats']:.2g}")
         srv = result.get("server")
         if srv:
             b.fig("density", f"density.{name}.server",
                   f"{label}: the server's localizability ({srv['method']}, {srv['points']} points)",
                   sig(srv["seconds"]), "s", f"{srv['points'] / srv['seconds']:.1f} points/s")
         if name == PLONK:
-            b.target("density_rate", "exact log-density at the PLONK size (rk4, 16 steps)", ">= 50 points/s",
+            b.target("density_rate", "exact log-density at the PLONK size (rk4, 16 steps), fp32", ">= 50 points/s",
                      sig(rate), "points/s", rate >= 50)
+            if fast:
+                b.target("density_rate_bf16", "exact log-density at the PLONK size (rk4, 16 steps), bf16 matmuls "
+                         "(the server's precision)", ">= 50 points/s", sig(fast_rate), "points/s", fast_rate >= 50)
 
 
 def options_text(options: dict) -> str:

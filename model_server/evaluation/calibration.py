@@ -201,6 +201,8 @@ def calibration_record(
         "nll_by_cfg": {f"{w + 0.0:g}": round(v["nll"], 6) for w, v in scores.items()},  # + 0.0: no "-0" key
         "data": str(data), "skip": skip, "n": n,
         "likelihood": f"{likelihood_method}, {likelihood_steps} steps",
+        # the draws' sampler: the server's default, whose endpoint errors widen or sharpen the map w is set for
+        "sampler": f"{P.DEFAULT_SOLVER}, {P.STEPS.default} steps",
     }
     if criterion in COVERAGE_KINDS:
         record["coverage_by_cfg"] = {f"{w + 0.0:g}": {k: v for k, v in score.items() if k != "nll"}
