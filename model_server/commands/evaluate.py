@@ -4,7 +4,9 @@ Reports, for the cfg=2 single guess and the distribution (at the model's calibra
 --distribution-cfg says otherwise): mean/median error (km), accuracy within
 1/25/200/750/2500 km, GeoScore, NLL of the truth (exact likelihood, nats per steradian), coverage of
 the 50/90/99 % credible regions and the localizability/error correlation. With --train-data, the same
-figures for the uniform prior and nearest-neighbour retrieval (top-1, top-k kernel density).
+figures for the uniform prior and nearest-neighbour retrieval (top-1, top-k kernel density), and the best
+guess's GeoScore against the retrieval kernel density's, paired by tile. Every figure has a 95 % bootstrap
+interval over tiles; the rows are given again on the tiles whose truth is on land.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from model_server.engine.model import load_model
     from model_server.evaluation.evaluate import evaluate_model
     from model_server.evaluation.flow_scores import FlowScoring
-    from model_server.evaluation.report import format_table, report_document
+    from model_server.evaluation.report import format_report, report_document
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit, cache=args.cache, train_data=args.train_data, train_cache=args.train_cache,
         train_limit=args.train_limit, progress=progress, on_step=on_step)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "_run"}
-    report = report_document(model, str(args.data), result.n, settings, result.rows, result.per_image)
-    print(format_table(result.rows))
+    report = report_document(model, str(args.data), settings, result)
+    print(format_report(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         from geoplonk_service.output_files import atomic_write

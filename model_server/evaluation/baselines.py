@@ -10,7 +10,7 @@ import numpy as np
 from ..geodesy import EARTH_RADIUS_KM, degrees_to_xyz, latlon_distance_km, xyz_to_degrees
 from ..products.kde import mixture_log_density
 from .metrics import UNIFORM_NLL
-from .report import row
+from .report import MethodScores, method_row
 
 RETRIEVAL_K = 32
 
@@ -65,23 +65,31 @@ def fit_kde(train_z: np.ndarray, train_xyz: np.ndarray, n: int = 500, min_km: fl
     return best[1], best[2]
 
 
-def baseline_rows(train_emb: np.ndarray, train_deg: np.ndarray, emb: np.ndarray, truth_deg: np.ndarray, *,
-                  seed: int) -> list[dict]:
-    """Rows of the uniform prior (a uniform draw as its guess), retrieval top-1, and the retrieval kernel
-    density (its densest neighbour as the guess), for photos `emb` at truth_deg against the training set."""
+def baseline_scores(train_emb: np.ndarray, train_deg: np.ndarray, emb: np.ndarray, truth_deg: np.ndarray, *,
+                    seed: int) -> list[MethodScores]:
+    """The uniform prior (a uniform draw as its guess), retrieval top-1, and the retrieval kernel density (its
+    densest neighbour as the guess), scored per photo for photos `emb` at truth_deg against the training set."""
     rng = np.random.default_rng(seed)
     u = rng.normal(size=(len(emb), 3))
-    rows = [row("uniform prior", latlon_distance_km(xyz_to_degrees(u), truth_deg), np.full(len(emb), -UNIFORM_NLL))]
+    methods = [MethodScores("uniform", "uniform prior", latlon_distance_km(xyz_to_degrees(u), truth_deg),
+                            np.full(len(emb), -UNIFORM_NLL))]
     train_xyz = degrees_to_xyz(train_deg)
     tz, qz = standardise(train_emb, emb)
     idx, sims = topk(qz, tz, RETRIEVAL_K)
-    rows.append(row("retrieval top-1", latlon_distance_km(train_deg[idx[:, 0]], truth_deg), None))
+    methods.append(MethodScores("retrieval_top1", "retrieval top-1",
+                                latlon_distance_km(train_deg[idx[:, 0]], truth_deg)))
     tau, kappa = fit_kde(tz, train_xyz, seed=seed)
     centres, w = retrieval_kde(sims, train_xyz, idx, tau)
     logp = mixture_log_density(degrees_to_xyz(truth_deg)[:, None], centres, w, kappa)[:, 0]
     dens_at_centres = mixture_log_density(centres, centres, w, kappa)
     guess = centres[np.arange(len(emb)), dens_at_centres.argmax(1)]
-    r = row(f"retrieval top-{RETRIEVAL_K} kernel density", latlon_distance_km(xyz_to_degrees(guess), truth_deg), logp)
-    r["kde"] = {"tau": tau, "kappa": kappa}
-    rows.append(r)
-    return rows
+    methods.append(MethodScores("retrieval_kde", f"retrieval top-{RETRIEVAL_K} kernel density",
+                                latlon_distance_km(xyz_to_degrees(guess), truth_deg), logp,
+                                extra={"kde": {"tau": tau, "kappa": kappa}}))
+    return methods
+
+
+def baseline_rows(train_emb: np.ndarray, train_deg: np.ndarray, emb: np.ndarray, truth_deg: np.ndarray, *,
+                  seed: int) -> list[dict]:
+    """The baselines' rows on all photos (baseline_scores)."""
+    return [method_row(m) for m in baseline_scores(train_emb, train_deg, emb, truth_deg, seed=seed)]

@@ -1,7 +1,8 @@
-"""A model scored on geotagged photos: the rows of `geoplonk eval`'s report.
+"""A model scored on geotagged photos, photo by photo: what `geoplonk eval`'s report is computed from.
 
-The flow's rows (flow_scores.py), the drawn map's row when asked (map_scores.py) and, with a training set,
-the uniform and retrieval baselines first (baselines.py).
+The flow's methods (flow_scores.py), the drawn map when asked (map_scores.py) and, with a training set,
+the uniform and retrieval baselines first (baselines.py); each photo's truth on land or water, for the
+report's land rows (report.py).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import numpy as np
 
 from geoplonk_service import protocol as P
 
-from .baselines import baseline_rows
+from ..products.place_names import is_land
+from .baselines import baseline_scores
 from .flow_scores import FlowScoring, evaluate_flow
-from .map_scores import map_row, score_maps
+from .map_scores import map_method, score_maps
+from .report import MethodScores
 
 # (stage, done, total): "flow" and "maps" count photos.
 Progress = Callable[[str, int, int], None]
@@ -24,9 +27,10 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class Evaluation:
-    rows: list[dict]
+    methods: list[MethodScores]
     per_image: dict
     n: int  # photos scored
+    land: np.ndarray  # (n,) bool: the photo's true location is on land
 
 
 def evaluate_model(
@@ -44,8 +48,8 @@ def evaluate_model(
     progress: bool = True,
     on_step: Progress | None = None,
 ) -> Evaluation:
-    """Score `model` on the photos of `data` (CSV or folder; the first `limit` only): the flow's rows, the
-    drawn map's row when map_samples > 0, and with train_data the baselines, which come first."""
+    """Score `model` on the photos of `data` (CSV or folder; the first `limit` only): the flow's methods, the
+    drawn map when map_samples > 0, and with train_data the baselines, which come first."""
     from ..engine.datasets import embed_dataset, read_dataset
 
     def stage(name: str, total: int) -> Callable[[int], None]:
@@ -55,14 +59,14 @@ def evaluate_model(
     if limit:
         photos = photos.subset(np.arange(min(limit, len(photos))))
     emb, photos = embed_dataset(photos, model.encoder, cache_path=cache, progress=progress)
-    rows, per_image = evaluate_flow(model.flow, emb, photos.latlon, scoring, on_step=stage("flow", len(emb)))
+    methods, per_image = evaluate_flow(model.flow, emb, photos.latlon, scoring, on_step=stage("flow", len(emb)))
     if map_samples:
         lat, lon = photos.latlon[:, 0], photos.latlon[:, 1]
         scores = score_maps(model.flow, emb, lat, lon, cfg=scoring.distribution_cfg, samples=map_samples,
                             resolution=map_resolution, steps=scoring.steps, solver=scoring.solver,
                             precision=scoring.precision,
                             seed=scoring.seed, chunk=scoring.chunk, on_step=stage("maps", len(emb)))
-        rows.append(map_row(scores, cfg=scoring.distribution_cfg, samples=map_samples, resolution=map_resolution))
+        methods.append(map_method(scores, cfg=scoring.distribution_cfg, samples=map_samples, resolution=map_resolution))
     if train_data is not None:
         train = read_dataset(train_data, progress=progress)
         if train_limit:
@@ -70,5 +74,7 @@ def evaluate_model(
         # The gallery is embedded as the flow's training photos were (one view each), the query as photos are located.
         train_encoder = model.encoder if model.training_encoder_name == model.encoder_name else model.encoder.base
         train_emb, train = embed_dataset(train, train_encoder, cache_path=train_cache, progress=progress)
-        rows = baseline_rows(train_emb.numpy(), train.latlon, emb.numpy(), photos.latlon, seed=scoring.seed) + rows
-    return Evaluation(rows, per_image, len(photos))
+        methods = baseline_scores(train_emb.numpy(), train.latlon, emb.numpy(), photos.latlon,
+                                  seed=scoring.seed) + methods
+    land = is_land(photos.latlon[:, 0], photos.latlon[:, 1])
+    return Evaluation(methods, per_image, len(photos), land)

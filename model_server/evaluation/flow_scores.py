@@ -1,4 +1,4 @@
-"""The flow's rows of the report: its single sample and its best guess at the guess guidance, and its
+"""The flow's methods of the report: its single sample and its best guess at the guess guidance, and its
 distribution (at the distribution guidance) scored by the exact likelihood of the truths and the coverage
 of its credible regions."""
 
@@ -16,8 +16,8 @@ from ..engine.likelihood import localizability, truth_and_draws_log_density
 from ..engine.sampling import sample
 from ..geodesy import degrees_to_xyz, latlon_distance_km, xyz_to_degrees
 from ..products.modes import best_guess
-from .metrics import coverage, spearman
-from .report import row
+from .metrics import inside_regions
+from .report import MethodScores
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,9 @@ def evaluate_flow(
     truth_deg: np.ndarray,
     scoring: FlowScoring,
     on_step: Callable[[int], None] | None = None,
-) -> tuple[list[dict], dict]:
-    """The flow's three rows and its per-photo figures, for photos `emb` (E, cond_dim) at truth_deg (E, 2).
+) -> tuple[list[MethodScores], dict]:
+    """The flow's three methods scored per photo (single sample, best guess, distribution) and its per-photo
+    figures, for photos `emb` (E, cond_dim) at truth_deg (E, 2).
 
     Per chunk of photos: `guess_samples` draws at guidance `cfg` (the first is the single sample, the best
     guess is picked among all), then `samples` draws at `distribution_cfg` whose exact log-densities, solved
@@ -85,14 +86,13 @@ def evaluate_flow(
     d_single = latlon_distance_km(xyz_to_degrees(single), truth_deg)
     d_guess = latlon_distance_km(xyz_to_degrees(guess), truth_deg)
     loc = localizability(logp_samples)
-    rows = [
-        row(f"flow, cfg={cfg:g} single sample", d_single, None),
-        row(f"flow, cfg={cfg:g} best guess of {guess_samples} samples", d_guess, None),
-        {**row(f"flow, distribution (cfg={distribution_cfg:g})", d_guess, logp_truth),
-         **coverage(logp_truth, logp_samples),
-         "spearman_localizability_vs_error": spearman(loc, d_guess)},
+    methods = [
+        MethodScores("flow_single", f"flow, cfg={cfg:g} single sample", d_single),
+        MethodScores("flow_guess", f"flow, cfg={cfg:g} best guess of {guess_samples} samples", d_guess),
+        MethodScores("flow_distribution", f"flow, distribution (cfg={distribution_cfg:g})", d_guess, logp_truth,
+                     inside_regions(logp_truth, logp_samples), localizability=loc,
+                     extra={"note": "distance figures of the distribution row are those of the best guess"}),
     ]
-    rows[-1]["note"] = "distance figures of the distribution row are those of the best guess"
     per_image = {"localizability": loc.tolist(), "error_km_guess": d_guess.tolist(),
                  "guess_deg": xyz_to_degrees(guess).tolist()}
-    return rows, per_image
+    return methods, per_image

@@ -20,7 +20,8 @@ from ..engine.sampling import sample
 from ..products.density import kde_raster
 from ..products.grid import Grid
 from ..products.regions import region_masks
-from .metrics import COVERAGE_LEVELS, nll_summary
+from .metrics import COVERAGE_LEVELS
+from .report import MethodScores, method_row
 
 
 @dataclass
@@ -100,10 +101,13 @@ def score_maps(
     return MapScores(levels, np.array(logp), np.array(inside, dtype=bool).reshape(len(logp), len(levels)))
 
 
+def map_method(scores: MapScores, *, cfg: float, samples: int, resolution: float) -> MethodScores:
+    """The drawn map scored per photo: its NLL and its regions' coverage (no guess, so no distance figures)."""
+    name = f"flow, the server's map (cfg={cfg:g}, {samples} samples, {resolution:g} deg raster)"
+    return MethodScores("flow_map", name, logp=scores.log_density, inside=scores.inside, levels=scores.levels,
+                        extra={"note": "no distance figures: this row scores the raster and its credible regions"})
+
+
 def map_row(scores: MapScores, *, cfg: float, samples: int, resolution: float) -> dict:
-    """The report's row of the drawn map: its NLL and its regions' coverage (no distance figures)."""
-    out = {"method": f"flow, the server's map (cfg={cfg:g}, {samples} samples, {resolution:g} deg raster)",
-           "n": len(scores.log_density), **nll_summary(scores.log_density)}
-    out.update({f"coverage_{key}": v for key, v in scores.shares().items()})
-    out["note"] = "no distance figures: this row scores the raster and its credible regions"
-    return out
+    """The report's row of the drawn map on all photos."""
+    return method_row(map_method(scores, cfg=cfg, samples=samples, resolution=resolution))

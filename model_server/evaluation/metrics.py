@@ -54,11 +54,21 @@ def hpd_thresholds(sample_log_density: np.ndarray, levels=COVERAGE_LEVELS) -> np
     return np.stack([np.quantile(s, 1.0 - p, axis=-1) for p in levels], axis=-1)
 
 
+def inside_regions(truth_log_density, sample_log_density, levels=COVERAGE_LEVELS) -> np.ndarray:
+    """Per image, whether its truth lies inside each p-HPD credible region: (E, len(levels)) bool."""
+    truth = np.asarray(truth_log_density, dtype=np.float64)
+    return truth[:, None] >= hpd_thresholds(sample_log_density, levels)
+
+
+def coverage_shares(inside: np.ndarray, levels=COVERAGE_LEVELS) -> dict[str, float]:
+    """Share of truths inside each level's region, keyed 'coverage_<percent>'."""
+    share = np.mean(np.asarray(inside, dtype=np.float64), axis=0)
+    return {f"coverage_{round(p * 100)}": float(share[i]) for i, p in enumerate(levels)}
+
+
 def coverage(truth_log_density, sample_log_density, levels=COVERAGE_LEVELS) -> dict[str, float]:
     """Share of truths inside each p-HPD credible region (calibrated: coverage == p)."""
-    truth = np.asarray(truth_log_density, dtype=np.float64)
-    thr = hpd_thresholds(sample_log_density, levels)
-    return {f"coverage_{round(p * 100)}": float(np.mean(truth >= thr[:, i])) for i, p in enumerate(levels)}
+    return coverage_shares(inside_regions(truth_log_density, sample_log_density, levels), levels)
 
 
 def spearman(a, b) -> float:

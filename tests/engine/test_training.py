@@ -243,3 +243,36 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch):
     assert 0 <= drawn_map["coverage_50"] <= drawn_map["coverage_90"] <= drawn_map["coverage_99"] <= 1
     assert np.isfinite(drawn_map["nll_mean"])
     assert abs(report["rows"][0]["nll_mean"] - UNIFORM_NLL) < 1e-9
+    # every figure with its 95 % bootstrap interval over tiles, the rows again on land tiles, per-tile errors
+    for key in ("geoscore", "acc_2500km", "median_km", "nll_mean", "coverage_50"):
+        lo, hi = flow[f"{key}_ci"]
+        assert lo - 1e-9 * abs(lo) <= flow[key] <= hi + 1e-9 * abs(hi), key
+    assert "coverage_90_ci" in drawn_map and report["intervals"]["resamples"] == 2000
+    land, per_image = report["land"], report["per_image"]
+    assert len(per_image["land"]) == 3 and land["n"] == sum(per_image["land"])
+    assert land["water_share"] == pytest.approx(1 - land["n"] / 3)
+    assert [r["method"] for r in land["rows"]] == (methods if land["n"] else [])
+    assert all(r["n"] == land["n"] for r in land["rows"])
+    assert {"uniform", "retrieval_top1", "retrieval_kde", "flow_single", "flow_guess"} <= set(per_image["error_km"])
+    assert per_image["error_km"]["flow_guess"] == per_image["error_km_guess"]
+    # the best guess against the retrieval kernel density, paired by tile
+    comparison = report["comparisons"][0]
+    assert (comparison["subset"], comparison["a"], comparison["b"]) == ("all", "flow_guess", "retrieval_kde")
+    lo, hi = comparison["geoscore_difference_ci"]
+    assert lo <= comparison["geoscore_difference"] + 1e-9 and comparison["geoscore_difference"] <= hi + 1e-9
+    assert [c["subset"] for c in report["comparisons"]] == (["all", "land"] if land["n"] else ["all"])
+    # the test tiles are at sea; with the training tiles too, two are on land. Without a training set there is no
+    # retrieval to compare with
+    tiles = tmp_path / "tiles"
+    train_rows = (tiles / "train.csv").read_text().splitlines()[1:]
+    (tiles / "mixed.csv").write_text("\n".join((tiles / "test.csv").read_text().splitlines() + train_rows) + "\n")
+    assert main(["eval", "--model", str(out), "--data", str(tiles / "mixed.csv"), "--samples", "8",
+                 "--guess-samples", "8", "--steps", "4", "--likelihood-steps", "2", "--out", str(report_path),
+                 "--quiet", "--threads", "1"]) == 0
+    report = json.loads(report_path.read_text())
+    land = report["land"]
+    assert report["n"] == 11 and land["n"] == 2 and land["water_share"] == pytest.approx(9 / 11)
+    assert [r["key"] for r in land["rows"]] == ["flow_single", "flow_guess", "flow_distribution"]
+    guess = land["rows"][1]
+    assert guess["n"] == 2 and {"acc_750km_ci", "acc_2500km_ci", "geoscore_ci"} <= set(guess)
+    assert report["comparisons"] == []
