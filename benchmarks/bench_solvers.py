@@ -208,19 +208,25 @@ def verdict(rows: list[dict], solver: str, steps: int, precision: str = "bf16", 
 
 def accuracy_vs_cost(flow, emb, x0, *, n, repeats, accuracy_samples, converged_steps, steps, precision, cfg=0.0,
                      reference=None, reference_steps=REFERENCE_STEPS, reference_seconds=None, default=None,
-                     quick=False) -> dict:
+                     extra=(), quick=False) -> dict:
     """benchmarks/bench_all.py's entry point: every engine solver at each of `steps` (and the server's `default`
-    (solver, steps)) at `precision`, through solver_accuracy_table."""
+    (solver, steps), and the (solver, steps) pairs of `extra`) at `precision`, through solver_accuracy_table;
+    the default and the extra pairs judged against the target in the notes."""
     cases = [(s, k, precision) for s in SOLVERS for k in steps]
-    if default is not None and (default[0], default[1], precision) not in cases:
-        cases.append((default[0], int(default[1]), precision))
+    judged = [tuple(pair) for pair in ([default] if default is not None else []) + list(extra)]
+    for solver, k in judged:
+        if (solver, int(k), precision) not in cases:
+            cases.append((solver, int(k), precision))
     result = solver_accuracy_table(
         flow, emb, x0[:n], cfg=cfg, cases=cases, accuracy_samples=accuracy_samples, converged_steps=converged_steps,
         repeats=repeats, reference=reference, reference_steps=reference_steps, reference_seconds=reference_seconds)
-    if default is not None:
-        line = verdict(result["rows"], default[0], int(default[1]), precision)
+    notes = []
+    for i, (solver, k) in enumerate(judged):
+        line = verdict(result["rows"], solver, int(k), precision)
         if line:
-            result["notes"] = [f"the server's default {line}"]
+            notes.append(f"the server's default {line}" if i == 0 and default is not None else line)
+    if notes:
+        result["notes"] = notes
     return result
 
 
@@ -239,7 +245,7 @@ def default_model_photos(cache: Path | None, photos: int):
 
         files = sorted((ROOT / "samples").glob("*.jpg"))[:photos]
         images = [Image.open(f).convert("RGB") for f in files]
-        emb = torch.cat([model.embed([im]) for im in images])
+        emb = torch.cat([model.encoder.embed([im]) for im in images])
         what = f"the sample tiles {', '.join(f.stem for f in files)}"
     return model.flow.eval(), emb, float(model.distribution_cfg), what
 

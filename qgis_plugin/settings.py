@@ -20,7 +20,10 @@ START_COMMAND_ENV = "GEOPLONK_SERVER_COMMAND"
 # The solver a stored `steps` belongs to when the settings hold no `solver` (see Settings.load).
 STEPS_ONLY_SOLVER = "euler"
 # How the forms name the solvers; the cost of a run is steps x the network evaluations of one step.
-SOLVER_LABELS = {"euler": "euler (the reference's sampler)", P.DEFAULT_SOLVER: f"{P.DEFAULT_SOLVER} (default)"}
+SOLVER_LABELS = {
+    "euler": "euler (the reference's sampler)",
+    "rk3": "rk3 (third order: fewest evaluations for its accuracy)",
+}
 SOLVER_HELP = "Network evaluations per step: euler 1, heun and midpoint 2, rk3 3, rk4 4 (a run costs steps x that)"
 
 
@@ -79,8 +82,9 @@ class Settings:
 
 
 def solver_label(name: str) -> str:
-    """A solver's name as the settings dialog and Processing show it."""
-    return SOLVER_LABELS.get(name, name)
+    """A solver's name as the settings dialog and Processing show it, the protocol's default marked."""
+    label = SOLVER_LABELS.get(name, name)
+    return f"{label}, default" if name == P.DEFAULT_SOLVER else label
 
 
 def parse_levels(text: str) -> list[float]:

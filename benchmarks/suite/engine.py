@@ -236,6 +236,10 @@ def accuracy_vs_cost(flow, emb, x0, *, n, device, repeats, accuracy_samples, con
     return {"rows": rows, "converged": converged, "source": "built-in (benchmarks/suite/engine.py)"}
 
 
+# Few-step samplers judged against the target beside the server's default (docs/samplers.md).
+FAST_CANDIDATES = (("rk3", 6), ("rk3", 7))
+
+
 def part_accuracy(sizes: Sizes, device, flow, emb, x0, reference, reference_seconds, quick: bool) -> dict:
     from geoplonk_service import protocol as P
 
@@ -244,7 +248,8 @@ def part_accuracy(sizes: Sizes, device, flow, emb, x0, reference, reference_seco
     kwargs = dict(flow=flow, emb=emb, x0=x0, n=sizes.samples, device=device, repeats=sizes.repeats,
                   accuracy_samples=sizes.accuracy_samples, converged_steps=sizes.converged_steps,
                   steps=tuple(sorted(set(sizes.step_grid))), precision=precision, cfg=0.0, reference=reference,
-                  reference_steps=sizes.reference_steps, reference_seconds=reference_seconds, default=default)
+                  reference_steps=sizes.reference_steps, reference_seconds=reference_seconds, default=default,
+                  extra=() if quick else FAST_CANDIDATES)
     helper, result, notes = helper_accuracy(), None, []
     if helper is not None:
         try:
@@ -254,7 +259,7 @@ def part_accuracy(sizes: Sizes, device, flow, emb, x0, reference, reference_seco
             log("  !! benchmarks/bench_solvers.py failed: the built-in measurement runs instead")
             notes.append(f"benchmarks/bench_solvers.py failed ({type(exc).__name__}: {exc}): built-in measurement.")
     if result is None:
-        result = accuracy_vs_cost(**kwargs, extra=[("euler", k) for k in sizes.euler_extra])
+        result = accuracy_vs_cost(**{**kwargs, "extra": [*kwargs["extra"], *(("euler", k) for k in sizes.euler_extra)]})
     result["notes"] = list(result.get("notes") or []) + notes
     result.update({"default": {"solver": default[0], "steps": default[1], "precision": precision}, "cfg": 0.0,
                    "samples": sizes.samples})

@@ -130,7 +130,7 @@ def test_solvers_reach_their_order():
     assert 1.6 < ratios["euler"] < 2.6 and 3.2 < ratios["midpoint"] < 5 and ratios["rk4"] > 6, ratios  # 2, 4, 10
     assert 5 < ratios["rk3"] < 12, ratios
     assert error("midpoint", 8) < 0.5 * error("euler", 16)  # the same 16 evaluations
-    assert error("rk3", 6) < 0.5 * error("midpoint", 9)  # the same 18: the server's default sampler
+    assert error("rk3", 6) < 0.5 * error("midpoint", 9)  # the same 18 evaluations
 
 
 def test_balanced_grid_is_the_geometric_mean_of_two_spacings():

@@ -79,15 +79,15 @@ def test_stored_steps_without_a_solver_load_with_euler(tmp_path):
     """A solver and its steps go together: steps stored alone were chosen for euler, and keep it."""
     fresh = QSettings(str(tmp_path / "fresh.ini"), QSettings.IniFormat)
     loaded = Settings.load(fresh)
-    assert (loaded.solver, loaded.steps) == (P.DEFAULT_SOLVER, P.STEPS.default) == ("rk3", 6)
-    assert (loaded.options()["solver"], loaded.options()["steps"]) == ("rk3", 6)
+    assert (loaded.solver, loaded.steps) == (P.DEFAULT_SOLVER, P.STEPS.default)
+    assert (loaded.options()["solver"], loaded.options()["steps"]) == (P.DEFAULT_SOLVER, P.STEPS.default)
 
     steps_only = QSettings(str(tmp_path / "steps-only.ini"), QSettings.IniFormat)
-    steps_only.setValue("geoplonk/steps", 32)
+    steps_only.setValue("geoplonk/steps", 24)
     steps_only.setValue("geoplonk/samples", 512)
     loaded = Settings.load(steps_only)
-    assert (loaded.solver, loaded.steps, loaded.samples) == ("euler", 32, 512)
-    assert (loaded.options()["solver"], loaded.options()["steps"]) == ("euler", 32)
+    assert (loaded.solver, loaded.steps, loaded.samples) == ("euler", 24, 512)
+    assert (loaded.options()["solver"], loaded.options()["steps"]) == ("euler", 24)
     # once saved, the solver is stored beside its steps and loads as chosen
     replace(loaded, solver="rk4", steps=5).save(steps_only)
     assert steps_only.value("geoplonk/solver") == "rk4"
@@ -109,19 +109,19 @@ def test_settings_dialog_edits_and_validates(qgis_iface):
     from qgis_plugin.settings_dialog import SettingsDialog
 
     dialog = SettingsDialog(Settings(), qgis_iface.mainWindow(), connect=lambda s: pytest.fail("no server needed"))
-    assert (dialog.solver.currentData(), dialog.steps.value()) == ("rk3", 6)
+    assert (dialog.solver.currentData(), dialog.steps.value()) == (P.DEFAULT_SOLVER, P.STEPS.default)
     labels = [dialog.solver.itemText(i) for i in range(dialog.solver.count())]
     assert [dialog.solver.itemData(i) for i in range(dialog.solver.count())] == list(P.SOLVERS)
-    assert "euler (the reference's sampler)" in labels and "rk3 (default)" in labels
+    assert "euler (the reference's sampler), default" in labels and "rk3 (third order" in labels[3]
     dialog.samples.setValue(300)
     dialog.levels.setText("50, 80")
     dialog.auto_start.setChecked(False)
-    dialog.solver.setCurrentIndex(dialog.solver.findData("euler"))
-    dialog.steps.setValue(32)
+    dialog.solver.setCurrentIndex(dialog.solver.findData("rk3"))
+    dialog.steps.setValue(7)
     edited = dialog.settings()
     assert (edited.samples, edited.levels, edited.auto_start) == (300, [0.5, 0.8], False)
-    assert (edited.solver, edited.steps) == ("euler", 32)
-    assert (edited.options()["solver"], edited.options()["steps"]) == ("euler", 32)
+    assert (edited.solver, edited.steps) == ("rk3", 7)
+    assert (edited.options()["solver"], edited.options()["steps"]) == ("rk3", 7)
     # the guidance box starts at "model's calibrated" (no cfg sent); any value in the range is sent as is
     assert dialog.guidance.text() == "model's calibrated" and edited.cfg is None
     dialog.guidance.setValue(-0.3)

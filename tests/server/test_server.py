@@ -239,3 +239,18 @@ def test_results_stream_photo_by_photo(client):
     last_photo_sampled = [k for k, e in enumerate(events) if e[:3] == ("progress", "sample", 3)]
     assert last_photo_sampled, events
     assert first_result < last_photo_sampled[0], events
+
+
+def test_the_best_guess_keeps_its_own_sampler_whatever_the_distributions(client):
+    """The guided draws of the best guess take protocol.GUESS_SOLVER in GUESS_STEPS steps: the distribution's
+    sampler moves the map, never the guess."""
+    photo = [("plain.jpg", jpeg_bytes(5))]
+    results = {}
+    for solver, steps in (("euler", 3), ("rk3", 2)):
+        (result,) = client.geolocate(photo, {**FAST, "solver": solver, "steps": steps})
+        assert result.summary["options"]["solver"] == solver and result.summary["options"]["steps"] == steps
+        results[solver] = result
+    guesses = [(r.summary["best_guess"]["lat"], r.summary["best_guess"]["lon"]) for r in results.values()]
+    assert guesses[0] == guesses[1]
+    rasters = [read_geotiff(r.geotiff)[0].astype(np.float64) for r in results.values()]
+    assert np.abs(rasters[0] / rasters[0].sum() - rasters[1] / rasters[1].sum()).sum() > 1e-3

@@ -1,0 +1,122 @@
+"""What a sampler does to the products, on held-out tiles: the best guess and the drawn map's coverage.
+
+Endpoint accuracy against cost is part 3 of `make bench` (benchmarks/bench_solvers.py). This measures what an
+analyst sees instead, on the default model and the held-out tiles (build/earth-tiles, `make default-model`):
+  guess  the best guess from protocol.GUESS_SAMPLES draws at guidance protocol.GUESS_CFG, per sampler: its
+         distance to the truth (share within 750 / 2500 km, median, GeoScore), and how far it moves from the
+         first sampler's guess
+  maps   the server's drawn map (1,024 draws at the model's guidance, 0.25 deg raster) per sampler: the share of
+         truths inside its 50 / 90 / 99 % regions and its NLL at the truths (evaluation.map_scores)
+
+Run: .venv/server/bin/python benchmarks/compare_samplers.py guess --tiles 0:300 --samplers euler:32,euler:16,rk3:6
+     .venv/server/bin/python benchmarks/compare_samplers.py maps --tiles 0:300 --samplers euler:32,rk3:6,rk3:7
+     [--record benchmarks/results/]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from geoplonk_service import protocol as P  # noqa: E402
+from model_server.engine.model import load_model  # noqa: E402
+from model_server.engine.sampling import sample  # noqa: E402
+from model_server.engine.sphere import uniform_sphere  # noqa: E402
+from model_server.evaluation.flow_scores import best_guesses  # noqa: E402
+from model_server.evaluation.map_scores import score_maps  # noqa: E402
+from model_server.geodesy import latlon_distance_km, xyz_to_degrees  # noqa: E402
+
+WORK = ROOT / "build" / "earth-tiles"
+
+
+def held_out(tiles: slice) -> tuple[torch.Tensor, np.ndarray]:
+    """Embeddings (E, cond) and truths (E, 2) degrees of the held-out tiles `tiles`."""
+    emb = np.load(WORK / "emb-test-rot4.npz")["embeddings"][tiles]
+    with open(WORK / "test.csv") as f:
+        rows = list(csv.DictReader(f))[tiles]
+    truth = np.array([[float(r["latitude"]), float(r["longitude"])] for r in rows])
+    return torch.from_numpy(emb).float(), truth
+
+
+def compare_guesses(flow, emb, truth, samplers, chunk: int = 25) -> list[dict]:
+    x0 = uniform_sphere(P.GUESS_SAMPLES, generator=torch.Generator().manual_seed(3))
+    rows, first = [], None
+    for solver, steps in samplers:
+        start = time.perf_counter()
+        guesses = np.concatenate([best_guesses(sample(
+            flow, emb[i : i + chunk], P.GUESS_SAMPLES, steps=steps, solver=solver, cfg=P.GUESS_CFG, x0=x0,
+            precision=P.DEFAULT_OPTIONS["precision"]).numpy()) for i in range(0, len(emb), chunk)])
+        deg = xyz_to_degrees(guesses)
+        first = deg if first is None else first
+        km, moved = latlon_distance_km(deg, truth), latlon_distance_km(deg, first)
+        rows.append({"solver": solver, "steps": steps, "seconds": time.perf_counter() - start,
+                     "acc_750km": float(np.mean(km <= 750)), "acc_2500km": float(np.mean(km <= 2500)),
+                     "median_km": float(np.median(km)), "geoscore": float(np.mean(5000 * np.exp(-km / 1492.7))),
+                     "moved_median_km": float(np.median(moved)), "moved_over_750km": float(np.mean(moved > 750))})
+        r = rows[-1]
+        print(f"{solver} {steps}: within 750 km {r['acc_750km']:.1%}, 2500 km {r['acc_2500km']:.1%}, median "
+              f"{r['median_km']:.0f} km, GeoScore {r['geoscore']:.0f}; from the first sampler's guess: median "
+              f"{r['moved_median_km']:.0f} km, {r['moved_over_750km']:.1%} over 750 km ({r['seconds']:.0f} s)",
+              flush=True)
+    return rows
+
+
+def compare_maps(flow, emb, truth, samplers, cfg: float) -> list[dict]:
+    rows, first = [], None
+    for solver, steps in samplers:
+        start = time.perf_counter()
+        scores = score_maps(flow, emb, truth[:, 0], truth[:, 1], cfg=cfg, steps=steps, solver=solver)
+        first = scores.inside if first is None else first
+        gained = (scores.inside & ~first).sum(axis=0).tolist()
+        lost = (first & ~scores.inside).sum(axis=0).tolist()
+        rows.append({"solver": solver, "steps": steps, "cfg": cfg, "seconds": time.perf_counter() - start,
+                     **{f"coverage_{k}": v for k, v in scores.shares().items()},
+                     "nll_mean": float(-scores.log_density.mean()),
+                     "tiles_gained_per_level": gained, "tiles_lost_per_level": lost})
+        r = rows[-1]
+        cover = " / ".join(f"{v:.1%}" for k, v in scores.shares().items())
+        print(f"{solver} {steps}: coverage 50/90/99 {cover}, NLL {r['nll_mean']:.4f} nats/sr; against the first "
+              f"sampler, truths gained {gained}, lost {lost} ({r['seconds']:.0f} s)", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("guess", "maps"))
+    parser.add_argument("--tiles", default="0:300", help="held-out tiles START:STOP (0-299: the report split)")
+    parser.add_argument("--samplers", default="euler:32,euler:16,rk3:6", help="SOLVER:STEPS,...")
+    parser.add_argument("--record", metavar="PATH", help="also write the figures as JSON (a file, or a folder)")
+    args = parser.parse_args()
+    start, stop = (int(v) for v in args.tiles.split(":"))
+    samplers = [(s, int(k)) for s, k in (item.split(":") for item in args.samplers.split(","))]
+    model = load_model(device="cpu")
+    flow = model.flow.eval()
+    emb, truth = held_out(slice(start, stop))
+    print(f"{args.part}: default model, held-out tiles {start}-{stop - 1} ({len(emb)})", flush=True)
+    if args.part == "guess":
+        rows = compare_guesses(flow, emb, truth, samplers)
+    else:
+        rows = compare_maps(flow, emb, truth, samplers, float(model.distribution_cfg))
+    if args.record:
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+        out = Path(args.record)
+        out = out / f"compare_samplers-{args.part}-{stamp}.json" if out.is_dir() else out
+        command = "benchmarks/compare_samplers.py " + " ".join(sys.argv[1:])
+        out.write_text(json.dumps({"benchmark": "compare_samplers", "part": args.part, "command": command,
+                                   "date": stamp, "tiles": [start, stop], "rows": rows}, indent=1) + "\n")
+        print(f"recorded {out}")
+
+
+if __name__ == "__main__":
+    main()
