@@ -104,12 +104,16 @@ class TangentField:
         dh = F.linear(dx, flow.initial_mapper.weight)
         for (w1, b1, w2, b2, eps), (scale, shift, gate) in zip(self.mlps, blocks, strict=True):
             n, dn = self._layer_norm(h, dh, eps)
-            p = F.linear(torch.addcmul(shift, n, scale).to(mm), w1, b1)
-            dp = F.linear(dn.mul_(scale.unsqueeze(-2)).to(mm), w1)
+            # the point and its tangents as rows of one matmul per layer: fewer, fuller matmuls
+            rows = torch.cat([torch.addcmul(shift, n, scale).unsqueeze(-2), dn.mul_(scale.unsqueeze(-2))], dim=-2)
+            q = F.linear(rows.to(mm), w1)
+            p, dp = q[..., 0, :] + b1, q[..., 1:, :]
             slope = torch.ops.aten.gelu_backward(torch.ones_like(p), p)  # GELU'(p)
+            r = F.linear(torch.cat([F.gelu(p).unsqueeze(-2), dp * slope.unsqueeze(-2)], dim=-2), w2)
             # back to fp32 before meeting the residual: mixed-dtype elementwise ops take a slow path on CPUs
-            h = h.addcmul(F.linear(F.gelu(p), w2, b2).to(h.dtype), gate)
-            dh = dh.addcmul(F.linear(dp.mul_(slope.unsqueeze(-2)), w2).to(h.dtype), gate.unsqueeze(-2))
+            r = r.to(h.dtype)
+            h = h.addcmul(r[..., 0, :] + b2.to(h.dtype), gate)
+            dh = dh.addcmul(r[..., 1:, :], gate.unsqueeze(-2))
         n, dn = self._layer_norm(h, dh, flow.final_ln.eps)
         out = flow.final_linear(torch.addcmul(final_shift, n, final_scale))
         dout = F.linear(dn.mul_(final_scale.unsqueeze(-2)), flow.final_linear.weight)
