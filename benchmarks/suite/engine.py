@@ -334,11 +334,15 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
 
         try:
             model = load_model(str(DEFAULT_MODEL), device=device)
-            with Image.open(PHOTO) as image:
-                models[DEFAULT] = (model.flow, model.encoder.embed([image.convert("RGB")]).to(device))
-            # the accuracy of a sampler varies from photo to photo: part 3 scores every sample tile
+            # PHOTO first: the one photo of the other parts; part 3 scores every sample tile (a sampler's
+            # accuracy varies from photo to photo)
             photos = [PHOTO, *sorted(p for p in PHOTO.parent.glob("*.jpg") if p != PHOTO)]
-            accuracy_emb[DEFAULT] = torch.cat([model.encoder.embed([Image.open(p).convert("RGB")]) for p in photos])
+            embs = []
+            for path in photos:
+                with Image.open(path) as image:
+                    embs.append(model.encoder.embed([image.convert("RGB")]))
+            accuracy_emb[DEFAULT] = torch.cat(embs)
+            models[DEFAULT] = (model.flow, accuracy_emb[DEFAULT][:1].to(device))
         except Exception as exc:  # noqa: BLE001 - recorded; the PLONK-size parts still run
             traceback.print_exc()
             failures.append(f"loading the {DEFAULT} ({DEFAULT_MODEL}): {type(exc).__name__}: {exc}")

@@ -25,13 +25,14 @@ from pathlib import Path
 from qgis.core import QgsLayerTreeGroup, QgsProject, QgsRasterLayer, QgsRenderContext
 from qgis.PyQt.QtCore import QObject, Qt, QTimer
 from qgis.PyQt.QtTest import QTest
-from qgis.PyQt.QtWidgets import QApplication, QToolButton
+from qgis.PyQt.QtWidgets import QToolButton
 from qgis.utils import iface, plugins
 
 PLUGIN = "geoplonk"
 OUT = Path(os.environ["GEOPLONK_DESKTOP_OUT"])
 LAYER = os.environ["GEOPLONK_DESKTOP_LAYER"]
 TIMEOUT_S = float(os.environ.get("GEOPLONK_DESKTOP_TIMEOUT", "300"))
+sys.path.insert(0, os.environ["GEOPLONK_DESKTOP_HELPERS"])  # tests/plugin: the shared tree_menu helper
 BROWSER_DIR = os.environ.get("GEOPLONK_DESKTOP_BROWSER_DIR", "")
 BROWSER_FILES = [n for n in os.environ.get("GEOPLONK_DESKTOP_BROWSER_FILES", "").split(",") if n]
 TICK_MS = 200
@@ -254,33 +255,15 @@ class DesktopRun(QObject):
 
     def open_case_report(self):
         """Right-click the first result group in the real Layers panel, then click "Open case report"."""
-        from qgis.PyQt.QtGui import QContextMenuEvent
+        from tree_menu import right_click_and_choose
 
         view = iface.layerTreeView()
         group = self.result_groups()[0]
         index = view.layerTreeModel().node2index(group)
         view.scrollTo(index)
-        pos = view.visualRect(index).center()
-        opened, entries = [], []
+        opened: list = []
         self.plugin.open_file = opened.append  # no web browser under Xvfb
-
-        def choose():
-            menu = QApplication.activePopupWidget()
-            if menu is None:
-                QTimer.singleShot(50, choose)
-                return
-            actions = [a for a in menu.actions() if not a.isSeparator()]
-            entries.extend(a.text() for a in actions)
-            wanted = next((a for a in actions if a.text() == "Open case report"), None)
-            if wanted is None:
-                menu.close()
-            else:
-                QTest.mouseClick(menu, Qt.LeftButton, Qt.NoModifier, menu.actionGeometry(wanted).center())
-
-        QTimer.singleShot(50, choose)
-        QApplication.sendEvent(view.viewport(), QContextMenuEvent(QContextMenuEvent.Mouse, pos,
-                                                                  view.viewport().mapToGlobal(pos)))
-        QApplication.processEvents()
+        entries = right_click_and_choose(view, index, "Open case report")
         self.report["case_report"] = {"group": group.name(), "menu": entries, "opened": [str(p) for p in opened]}
         self.log(f"case report: {opened}")
 

@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 from analyst_inputs import geotagged_photo
 from qgis.core import QgsProject
-from qgis.PyQt.QtCore import Qt, QTimer
-from qgis.PyQt.QtGui import QContextMenuEvent, QImage
-from qgis.PyQt.QtTest import QTest
-from qgis.PyQt.QtWidgets import QApplication
+from qgis.PyQt.QtGui import QImage
 from test_plugin_headless import result_groups, run_action
+from tree_menu import right_click_and_choose
 
 from qgis_plugin import layers
 
@@ -50,32 +48,6 @@ def layer_tree_view(qgis_iface, qgis_parent, monkeypatch):
     monkeypatch.setattr(qgis_iface, "layerTreeView", lambda: view, raising=False)
     yield view
     view.hide()
-
-
-def right_click_and_choose(view, index, text: str) -> list[str]:
-    """Right-click the row at `index`, then click the menu entry `text` with the mouse; returns the menu's
-    entries."""
-    seen: list[str] = []
-
-    def choose():
-        menu = QApplication.activePopupWidget()
-        if menu is None:
-            QTimer.singleShot(50, choose)
-            return
-        actions = [a for a in menu.actions() if not a.isSeparator()]
-        seen.extend(a.text() for a in actions)
-        wanted = next((a for a in actions if a.text() == text), None)
-        if wanted is None:
-            menu.close()
-            return
-        QTest.mouseClick(menu, Qt.LeftButton, pos=menu.actionGeometry(wanted).center())
-
-    pos = view.visualRect(index).center()
-    QTimer.singleShot(50, choose)
-    QApplication.sendEvent(view.viewport(), QContextMenuEvent(QContextMenuEvent.Mouse, pos,
-                                                              view.viewport().mapToGlobal(pos)))
-    QApplication.processEvents()
-    return seen
 
 
 def test_context_menu_writes_a_self_contained_report_with_the_qgis_picture(layer_tree_view, plugin, plugin_settings,

@@ -65,6 +65,7 @@ def desktop(geoplonk_server, photo_dir, tmp_path_factory):
         GEOPLONK_DESKTOP_BROWSER_DIR=str(SAMPLES),
         GEOPLONK_DESKTOP_BROWSER_FILES=",".join(PHOTOS),
         GEOPLONK_DESKTOP_OUT=str(out),
+        GEOPLONK_DESKTOP_HELPERS=str(SCRIPT.parent),
         GEOPLONK_DESKTOP_TIMEOUT=str(TIMEOUT_S),
     )
     command = [
