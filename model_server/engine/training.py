@@ -42,6 +42,7 @@ class TrainConfig:
     cond_rank: int = 0  # >0: condition on the top principal components only (whitened); folded back on save
     grad_clip: float = 1.0
     precision: str = "bf16"  # autocast dtype for the network's matmuls; master weights stay fp32
+    land_weight: float = 1.0  # how much more often a photo taken on land is drawn than one at sea
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -176,6 +177,7 @@ def train_flow(
     config: FlowConfig,
     train: TrainConfig | None = None,
     *,
+    on_land: torch.Tensor | None = None,
     on_step: StepCallback | None = None,
     resume: dict | None = None,
     on_state: StateCallback | None = None,
@@ -185,7 +187,8 @@ def train_flow(
 ) -> GeoAdaLNMLP:
     """Train a flow head; returns the EMA network (eval mode, input map folded in, fp32, CPU).
 
-    embeddings (N, D) raw encoder outputs, targets (N, 3) unit vectors. `overrides` set TrainConfig
+    embeddings (N, D) raw encoder outputs, targets (N, 3) unit vectors; on_land (N,) bool, needed when
+    land_weight is not 1, says which targets are on land. `overrides` set TrainConfig
     fields (steps=, batch_size=, lr=, ...). on_step(step, total, loss) after each step; on_state(state)
     every `state_every` steps and at the end with a dict that `resume=` accepts to continue.
     """
@@ -197,6 +200,11 @@ def train_flow(
     if emb.shape[0] != x1_all.shape[0] or emb.shape[1] != config.cond_dim:
         raise ValueError(f"embeddings {tuple(emb.shape)} and targets {tuple(x1_all.shape)} do not match "
                          f"cond_dim {config.cond_dim}")
+    draw_weights = None
+    if cfg.land_weight != 1.0:
+        if on_land is None or len(on_land) != len(emb):
+            raise ValueError("land_weight needs on_land, one flag per photo")
+        draw_weights = torch.where(torch.as_tensor(on_land, dtype=torch.bool), cfg.land_weight, 1.0).double()
     torch.manual_seed(cfg.seed)
     m, m0 = input_map(emb, cfg.cond_rank)
     net_config = FlowConfig(**{**config.to_dict(), "cond_dim": m.shape[0]})
@@ -226,7 +234,10 @@ def train_flow(
 
     net.train()
     while step < cfg.steps:
-        idx = torch.randint(0, emb.shape[0], (cfg.batch_size,), generator=gen)
+        if draw_weights is None:
+            idx = torch.randint(0, emb.shape[0], (cfg.batch_size,), generator=gen)
+        else:
+            idx = torch.multinomial(draw_weights, cfg.batch_size, replacement=True, generator=gen)
         cond = z[idx]
         if cfg.embedding_noise:
             cond = cond + cfg.embedding_noise * torch.randn(cond.shape, generator=gen)

@@ -158,7 +158,8 @@ def report_document(model, data: str, settings: dict, evaluation) -> dict:
     }
 
 
-def _cell(column: str, value, interval) -> str:
+def figure_cell(column: str, value, interval) -> str:
+    """A figure as the tables print it (shares in %), its interval in brackets where it has one."""
     if value is None:
         return "-"
     if column.startswith(("acc", "coverage")):
@@ -178,7 +179,7 @@ def format_table(rows: list[dict]) -> str:
            "| cov 50 | cov 90 | cov 99 |"
     lines = [head, "|" + "---|" * (len(cols) + 1)]
     for r in rows:
-        cells = [_cell(c, r.get(c), r.get(f"{c}_ci")) for c in cols]
+        cells = [figure_cell(c, r.get(c), r.get(f"{c}_ci")) for c in cols]
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -130,3 +130,26 @@ def test_rebuilding_earth_tiles_resumes_and_refuses_other_settings(tmp_path):
     assert first.stat().st_mtime_ns == first_mtime  # kept, not rewritten
     with pytest.raises(ValueError, match="seed 3 there, 4 asked"):
         build_earth_tiles(tmp_path, n_train=4, n_test=2, seed=4, size=48, progress=False)
+
+
+def test_report_splits_are_added_without_touching_the_training_and_tuning_tiles(tmp_path):
+    from model_server.products.place_names import is_land
+
+    build_earth_tiles(tmp_path, n_train=5, n_test=2, seed=3, size=48, progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "train").iterdir()} | {
+        "test-" + p.name: p.read_bytes() for p in (tmp_path / "test").iterdir()}
+    info = build_earth_tiles(tmp_path, n_train=5, n_test=2, seed=3, size=48, progress=False, n_report=4, n_land=6)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "train").iterdir()} | {
+        "test-" + p.name: p.read_bytes() for p in (tmp_path / "test").iterdir()}
+    assert after == before and info["n_report"] == 4 and info["n_land"] == 6
+    report, land = read_csv(tmp_path / "report.csv"), read_csv(tmp_path / "land.csv")
+    assert len(report) == 4 and len(land) == 6
+    assert is_land(land.latlon[:, 0], land.latlon[:, 1]).all()
+    taken = np.concatenate([read_csv(tmp_path / "train.csv").latlon, read_csv(tmp_path / "test.csv").latlon])
+    for split in (report, land):
+        dots = latlon_to_xyz(split.latlon[:, 0], split.latlon[:, 1]) @ latlon_to_xyz(taken[:, 0], taken[:, 1]).T
+        assert np.arccos(np.clip(dots.max(1), -1, 1)).min() * EARTH_RADIUS_KM >= 75.0 - 1e-6
+    # A rerun that does not ask for the splits keeps them on record; another size is refused.
+    assert build_earth_tiles(tmp_path, n_train=5, n_test=2, seed=3, size=48, progress=False)["n_land"] == 6
+    with pytest.raises(ValueError, match="n_land 6 there, 7 asked"):
+        build_earth_tiles(tmp_path, n_train=5, n_test=2, seed=3, size=48, progress=False, n_land=7)

@@ -1,0 +1,48 @@
+"""The default model's figures in README.md and its model card are rendered from the committed evaluation
+records (scripts/render_model_report.py), with their intervals."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from model_server.evaluation.report import report_sections
+
+from .test_report import methods
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import render_model_report as R  # noqa: E402
+
+
+def record(n: int, land_every: int) -> dict:
+    ms = methods(n)
+    land = np.arange(n) % land_every == 0
+    return {"n": n, **report_sections(ms, land)}
+
+
+def test_blocks_show_every_figure_with_its_interval(tmp_path):
+    for split, doc in (("report", record(200, 3)), ("land", record(120, 1))):
+        (tmp_path / f"earth-tiles-eval-{split}.json").write_text(json.dumps(doc))
+    blocks = R.blocks(tmp_path)
+    report = json.loads((tmp_path / "earth-tiles-eval-report.json").read_text())
+    guess = next(r for r in report["rows"] if r["key"] == "flow_guess")
+    lo, hi = guess["geoscore_ci"]
+    assert f"| {guess['geoscore']:.0f} [{lo:.0f}, {hi:.0f}] |" in blocks["summary"]
+    assert "n = 200" in blocks["tables"] and "n = 120" in blocks["tables"]
+    difference = report["comparisons"][0]
+    assert f"{difference['geoscore_difference']:+.0f}" in blocks["summary"]
+    assert "Land tiles: the land split, 120 held-out tiles" in blocks["summary"]
+    text = f"before\n{R.BEGIN.format(name='summary')}\nold\n{R.END.format(name='summary')}\nafter\n"
+    assert R.replace_block(text, "summary", blocks["summary"]) == f"before\n{blocks['summary']}\nafter\n"
+
+
+def test_committed_figures_match_their_records():
+    for split in R.SPLITS:
+        doc = R.load(split)
+        assert doc["model_name"] == "earth-tiles" and doc["n"] >= {"report": 1000, "land": 300}[split]
+        assert all(len(e) == doc["n"] for e in doc["per_image"]["error_km"].values())  # per-tile errors kept
+    assert R.load("land")["land"]["water_share"] == 0.0
+    assert R.main(["--check"]) == 0
