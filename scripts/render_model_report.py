@@ -70,9 +70,9 @@ def summary_block(report: dict, land: dict) -> list[str]:
     """README: the main figures on all tiles (report split) and on land tiles (land split)."""
     lines = []
     for title, doc, rows in (
-        (f"All tiles: the report split, {report['n']} held-out tiles, centres uniform by area "
+        (f"All tiles: the report split, {report['n']:,} held-out tiles, centres uniform by area "
          f"({100 * report['land']['water_share']:.0f} % on water)", report, report["rows"]),
-        (f"Land tiles: the land split, {land['n']} held-out tiles centred on land", land, land["rows"]),
+        (f"Land tiles: the land split, {land['n']:,} held-out tiles centred on land", land, land["rows"]),
     ):
         by_key = _rows_by_key(rows)
         lines += [f"**{title}** (brackets: 95 % bootstrap intervals over tiles)", "",
@@ -132,13 +132,14 @@ def targets_block(report: dict, land: dict) -> list[str]:
         for c in doc["comparisons"]:
             if c["subset"] == subset:
                 lo, hi = c["geoscore_difference_ci"]
+                holds_zero = " (its interval holds 0)" if lo < 0 < hi else ""
                 lines.append(f"| best guess GeoScore at least retrieval's ({name}) | {c['geoscore_a']:.0f} against "
                              f"{c['geoscore_b']:.0f}: {c['geoscore_difference']:+.0f} [{lo:+.0f}, {hi:+.0f}] "
-                             f"| {_met(c['geoscore_difference'] >= 0)} |")
+                             f"| {_met(c['geoscore_difference'] >= 0)}{holds_zero} |")
     guess = _rows_by_key(land["rows"])["flow_guess"]
     for column, goal in (("acc_2500km", 0.8), ("acc_750km", 0.6)):
         within = column[4:-2]
-        lines.append(f"| land split: best guess within {int(within):,} km for at least {goal:.0%} "
+        lines.append(f"| land split: best guess within {int(within):,} km for at least {100 * goal:.0f} % "
                      f"| {cell(guess, column)} | {_met(guess[column] >= goal)} |")
     for name, doc in (("report split, all tiles", report), ("land split", land)):
         by_key = _rows_by_key(doc["rows"])
