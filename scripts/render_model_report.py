@@ -48,10 +48,11 @@ def cell(row: dict, column: str) -> str:
     return figure_cell(column, row.get(column), row.get(f"{column}_ci"))
 
 
-def coverage(row: dict) -> str:
-    if row.get("coverage_50") is None:
+def coverage(row: dict, prefix: str = "coverage") -> str:
+    """The shares of truths in the 50 / 90 / 99 % regions, as '52.3 / 88.6 / 96.4 %'."""
+    if row.get(f"{prefix}_50") is None:
         return "-"
-    return " / ".join(f"{100 * row[f'coverage_{p}']:.1f}" for p in (50, 90, 99)) + " %"
+    return " / ".join(f"{100 * row[f'{prefix}_{p}']:.1f}" for p in (50, 90, 99)) + " %"
 
 
 def _rows_by_key(rows: list[dict]) -> dict[str, dict]:
@@ -165,10 +166,9 @@ def calibration_block(manifest: dict) -> list[str]:
              "|---|---|---|---|---|"]
     for w in sorted(cal["nll_by_cfg"], key=float):
         c = cal["coverage_by_cfg"][w]
-        exact = " / ".join(f"{100 * c[f'coverage_{p}']:.1f}" for p in (50, 90, 99)) + " %"
-        drawn = " / ".join(f"{100 * c[f'map_coverage_{p}']:.1f}" for p in (50, 90, 99)) + " %"
         label = f"**{float(w):g} (chosen)**" if float(w) == chosen else f"{float(w):g}"
-        lines.append(f"| {label} | {cal['nll_by_cfg'][w]:.3f} | {exact} | {drawn} | {c['map_nll']:.3f} |")
+        lines.append(f"| {label} | {cal['nll_by_cfg'][w]:.3f} | {coverage(c)} | {coverage(c, 'map_coverage')} "
+                     f"| {c['map_nll']:.3f} |")
     return lines
 
 

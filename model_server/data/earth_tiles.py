@@ -257,9 +257,9 @@ def build_earth_tiles(
     write_split(image, train_specs, out / "train", size, progress)
     write_split(image, test_specs, out / "test", size, progress)
     taken = np.concatenate([train_c, np.array([[t.lat, t.lon] for t in test_specs])])
-    for name, n in (("report", n_report), ("land", n_land)):  # as asked now; 0: not this time
-        if n:
-            index, on_land = REPORT_SPLITS[name]
+    asked = {"report": n_report, "land": n_land}  # 0: not built this time
+    for name, (index, on_land) in REPORT_SPLITS.items():
+        if n := asked[name]:
             split_rng = np.random.default_rng([seed, index])
             specs = random_specs(heldout_centres(n, taken, split_rng, min_distance_km, on_land), split_rng)
             write_split(image, specs, out / name, size, progress)
