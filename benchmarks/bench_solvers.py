@@ -14,6 +14,7 @@ the field's spectrum in gamma matches the trained default model's).
 
 Run: .venv/server/bin/python benchmarks/bench_solvers.py [--models default,plonk-smooth,plonk-raw]
          [--cache build/earth-tiles/emb-test-rot4.npz] [--record benchmarks/results/]
+     rk3's grid weight: ... --cache none --photos 7 --candidates rk3:5,rk3:6,rk3:7 --grid-weights 0.5,0.6,0.7,0.8
 The measurement is importable: solver_accuracy_table(...), and accuracy_vs_cost(...) for benchmarks/bench_all.py.
 """
 
@@ -230,6 +231,27 @@ def accuracy_vs_cost(flow, emb, x0, *, n, repeats, accuracy_samples, converged_s
     return result
 
 
+def grid_weight_table(flow, emb, x0, *, cfg, steps, weights, converged_steps=128, log=print) -> list[dict]:
+    """rk3's endpoint error per grid weight (solvers.RK3_GRID_WEIGHT; schedule.weighted_grid) and step count:
+    the evaluations are the same at every weight, so only the error is measured."""
+    from model_server.engine import solvers
+
+    truth = converged_endpoints(flow, emb, x0, converged_steps, cfg)
+    kept, rows = solvers.RK3_GRID_WEIGHT, []
+    try:
+        for k in steps:
+            for weight in weights:
+                solvers.RK3_GRID_WEIGHT = weight
+                out = sample(flow, emb, x0.shape[0], steps=k, solver="rk3", cfg=cfg, x0=x0, precision="bf16")
+                d = distance_km(out.reshape(truth.shape), truth)
+                rows.append({"steps": k, "weight": weight, "median_km": float(d.median()), "p99_km": quantile(d, 0.99)})
+                log(f"  rk3 {k} bf16, grid weight {weight:g}{' (the default)' if weight == kept else ''}: "
+                    f"median {rows[-1]['median_km']:.1f} km, p99 {rows[-1]['p99_km']:.1f} km")
+    finally:
+        solvers.RK3_GRID_WEIGHT = kept
+    return rows
+
+
 def default_model_photos(cache: Path | None, photos: int):
     """(flow, emb (P, cond), cfg, what): the committed model at its calibrated guidance on held-out photos."""
     from model_server.engine.model import load_model
@@ -262,6 +284,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds (best of)")
     parser.add_argument("--candidates", default=None, help="SOLVER:STEPS,... judged against the target "
                         "(default: the server's default)")
+    parser.add_argument("--grid-weights", default=None, help="W,W,...: instead of the table, rk3's endpoint error "
+                        "per grid weight at the --candidates' rk3 step counts")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--record", metavar="PATH", help="also write the figures as JSON (a file, or a folder)")
     args = parser.parse_args()
@@ -287,6 +311,11 @@ def main() -> None:
             raise SystemExit(f"unknown model {name!r}")
         print(f"\n{title}:")
         x0 = uniform_sphere(args.n, generator=torch.Generator().manual_seed(0))
+        if args.grid_weights:
+            grid_weight_table(flow, emb, x0[: args.accuracy_samples], cfg=cfg, converged_steps=args.converged_steps,
+                              steps=[k for solver, k in candidates if solver == "rk3"],
+                              weights=[float(w) for w in args.grid_weights.split(",")])
+            continue
         result = solver_accuracy_table(flow, emb, x0, cfg=cfg, cases=cases, accuracy_samples=args.accuracy_samples,
                                        converged_steps=args.converged_steps, repeats=args.repeats,
                                        reference=reference_sampler(flow, "cpu"))

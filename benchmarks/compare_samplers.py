@@ -94,7 +94,7 @@ def compare_maps(flow, emb, truth, samplers, cfg: float) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=("guess", "maps"))
-    parser.add_argument("--tiles", default="0:300", help="held-out tiles START:STOP (0-299: the report split)")
+    parser.add_argument("--tiles", default="0:300", help="tuning tiles START:STOP of build/earth-tiles/test.csv")
     parser.add_argument("--samplers", default="euler:32,euler:16,rk3:6", help="SOLVER:STEPS,...")
     parser.add_argument("--record", metavar="PATH", help="also write the figures as JSON (a file, or a folder)")
     args = parser.parse_args()

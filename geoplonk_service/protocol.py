@@ -71,8 +71,9 @@ QUEUE_BYTES_TOTAL = 2 * 512 * 1024 * 1024
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 # Sampler names the server accepts (the engine's solvers register under these names). The default is the
-# reference's Euler: the few-step "rk3" lands nearer the exact endpoints in a fraction of the evaluations, but
-# its sharper maps hold about 2 points fewer held-out truths in their 50 and 90 % regions (docs/samplers.md).
+# reference's Euler in 32 steps: "rk3" in 6 lands nearer the exact endpoints in 18 evaluations, but its sharper
+# maps hold about 7 points fewer land truths than their share in the 50 % region, where Euler's own error widens the
+# map enough to keep them within 5 (docs/samplers.md).
 SOLVERS = ("euler", "heun", "midpoint", "rk3", "rk4")
 DEFAULT_SOLVER = "euler"
 PRECISIONS = ("bf16", "fp32")

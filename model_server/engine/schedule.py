@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 
 START, END, TAU, CLIP_MIN = -7.0, 3.0, 1.0, 1e-9
@@ -34,17 +33,26 @@ def sampling_grid(steps: int, device=None, dtype=torch.float32) -> torch.Tensor:
     return gamma(1 - k / steps)
 
 
-def balanced_grid(steps: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """gamma at N + 1 points, noise (~0) to data (1), with a step density in gamma that is the geometric mean of
-    sampling_grid's and a uniform one's.
+def weighted_grid(steps: int, weight: float, device=None, dtype=torch.float32) -> torch.Tensor:
+    """gamma at N + 1 points, noise (~0) to data (1), whose step density in gamma is sampling_grid's to the
+    power `weight` times a uniform one's to the power 1 - weight (0 <= weight < 1).
 
-    sampling_grid spends a quarter of its steps on the last 1 % of gamma, where few suffice; spread over the
-    middle instead, the same steps about halved the midpoint solver's endpoint error on the default model
-    (benchmarks/bench_solvers.py). sampling_grid's density is 1 / (s (1 - s)) with
-    s = sigmoid((START + (END - START) t) / TAU), linear in gamma, whatever TAU; its square root integrates in
-    closed form, so the points are uniform in asin(sqrt(s)).
+    sampling_grid spends a quarter of its steps on the last 1 % of gamma, where a higher-order solver needs
+    few; how many it should keep there depends on the solver (benchmarks/bench_solvers.py). sampling_grid's
+    density in gamma is 1 / (s (1 - s)) with s = sigmoid((START + (END - START) t) / TAU), linear in gamma,
+    whatever TAU; its power integrates to the regularised incomplete beta function I_s(1 - weight, 1 - weight),
+    so the points are uniform in it.
     """
-    first, last = math.asin(math.sqrt(_V_END)), math.asin(math.sqrt(_V_START))
-    k = torch.arange(steps + 1, dtype=torch.float64, device=device)
-    s = torch.sin(first + (last - first) * k / steps) ** 2
-    return ((_V_END - s) / (_V_END - _V_START)).clamp(CLIP_MIN, 1.0).to(dtype)
+    from scipy.special import betainc, betaincinv
+
+    if not 0 <= weight < 1:
+        raise ValueError(f"grid weight {weight} is outside [0, 1)")
+    a = 1.0 - weight
+    first, last = betainc(a, a, _V_END), betainc(a, a, _V_START)
+    s = betaincinv(a, a, first + (last - first) * np.arange(steps + 1) / steps)
+    return torch.from_numpy((_V_END - s) / (_V_END - _V_START)).clamp(CLIP_MIN, 1.0).to(device=device, dtype=dtype)
+
+
+def balanced_grid(steps: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """weighted_grid at weight 1/2: the geometric mean of sampling_grid's step density and a uniform one's."""
+    return weighted_grid(steps, 0.5, device=device, dtype=dtype)

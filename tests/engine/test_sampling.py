@@ -133,23 +133,29 @@ def test_solvers_reach_their_order():
     assert error("rk3", 6) < 0.5 * error("midpoint", 9)  # the same 18 evaluations
 
 
-def test_balanced_grid_is_the_geometric_mean_of_two_spacings():
-    """Its step density in gamma is sqrt(sampling_grid's x a uniform one's), from noise (~0) to data (1)."""
+@pytest.mark.parametrize("weight", [0.5, 0.7])
+def test_weighted_grid_mixes_the_two_spacings_by_its_weight(weight):
+    """Its step density in gamma is sampling_grid's ** weight x a uniform one's ** (1 - weight), from noise (~0)
+    to data (1); balanced_grid is weight 1/2."""
     import math
 
     import numpy as np
 
-    from model_server.engine.schedule import END, START, balanced_grid, sampling_grid
+    from model_server.engine.schedule import END, START, balanced_grid, sampling_grid, weighted_grid
 
-    g = balanced_grid(8).double().numpy()
+    g = weighted_grid(8, weight).double().numpy()
     assert g[0] == pytest.approx(1e-9) and g[-1] == 1.0 and np.all(np.diff(g) > 0)
     sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
     gg = np.linspace(0, 1, 200001)
     s = sig(END) - (sig(END) - sig(START)) * gg  # sampling_grid's density in gamma is 1 / (s (1 - s))
-    density = (s * (1 - s)) ** -0.5
+    density = (s * (1 - s)) ** -weight
     cdf = np.concatenate([[0], np.cumsum((density[1:] + density[:-1]) / 2 * np.diff(gg))])
     assert np.allclose(np.interp(np.linspace(0, 1, 9), cdf / cdf[-1], gg), g, atol=1e-6)
-    assert torch.equal(sampling_grid(4)[[0, -1]], balanced_grid(4)[[0, -1]].float())
+    assert torch.equal(sampling_grid(4)[[0, -1]], weighted_grid(4, weight)[[0, -1]].float())
+    assert torch.allclose(weighted_grid(4, 0.0)[1:], torch.tensor([0.25, 0.5, 0.75, 1.0]))  # uniform in gamma
+    assert torch.equal(balanced_grid(8), weighted_grid(8, 0.5))
+    with pytest.raises(ValueError, match="grid weight"):
+        weighted_grid(4, 1.0)
 
 
 def test_every_solver_is_deterministic_and_counts_its_steps(net):
