@@ -232,23 +232,20 @@ def accuracy_vs_cost(flow, emb, x0, *, n, repeats, accuracy_samples, converged_s
 
 
 def grid_weight_table(flow, emb, x0, *, cfg, steps, weights, converged_steps=128, log=print) -> list[dict]:
-    """rk3's endpoint error per grid weight (solvers.RK3_GRID_WEIGHT; schedule.weighted_grid) and step count:
-    the evaluations are the same at every weight, so only the error is measured."""
-    from model_server.engine import solvers
+    """rk3's endpoint error per grid weight (schedule.weighted_grid) and step count: the evaluations are the same
+    at every weight, so only the error is measured."""
+    from model_server.engine.solvers import RK3_GRID_WEIGHT
 
     truth = converged_endpoints(flow, emb, x0, converged_steps, cfg)
-    kept, rows = solvers.RK3_GRID_WEIGHT, []
-    try:
-        for k in steps:
-            for weight in weights:
-                solvers.RK3_GRID_WEIGHT = weight
-                out = sample(flow, emb, x0.shape[0], steps=k, solver="rk3", cfg=cfg, x0=x0, precision="bf16")
-                d = distance_km(out.reshape(truth.shape), truth)
-                rows.append({"steps": k, "weight": weight, "median_km": float(d.median()), "p99_km": quantile(d, 0.99)})
-                log(f"  rk3 {k} bf16, grid weight {weight:g}{' (the default)' if weight == kept else ''}: "
-                    f"median {rows[-1]['median_km']:.1f} km, p99 {rows[-1]['p99_km']:.1f} km")
-    finally:
-        solvers.RK3_GRID_WEIGHT = kept
+    rows = []
+    for k in steps:
+        for weight in weights:
+            out = sample(flow, emb, x0.shape[0], steps=k, solver="rk3", cfg=cfg, x0=x0, precision="bf16",
+                         solver_options={"grid_weight": weight})
+            d = distance_km(out.reshape(truth.shape), truth)
+            rows.append({"steps": k, "weight": weight, "median_km": float(d.median()), "p99_km": quantile(d, 0.99)})
+            log(f"  rk3 {k} bf16, grid weight {weight:g}{' (the default)' if weight == RK3_GRID_WEIGHT else ''}: "
+                f"median {rows[-1]['median_km']:.1f} km, p99 {rows[-1]['p99_km']:.1f} km")
     return rows
 
 

@@ -159,16 +159,20 @@ def calibration_block(manifest: dict) -> list[str]:
     """The manifest's calibration: every w scored, the chosen one in bold."""
     cal = manifest["calibration"]
     chosen = cal["distribution_cfg"]
-    lines = [f"Tuning tiles {cal['skip']}-{cal['skip'] + cal['n'] - 1} ({cal['n']} tiles), {cal['samples']} own draws "
-             f"and a {cal['map_samples']:,}-draw map at {cal['map_resolution']} deg per tile, likelihood "
-             f"{cal['likelihood']}:", "",
-             "| w | NLL (nats/sr) | exact cov 50 / 90 / 99 | drawn map cov 50 / 90 / 99 | map NLL |",
-             "|---|---|---|---|---|"]
+    land = cal.get("land_tiles")
+    lines = [f"Tuning tiles {cal['skip']}-{cal['skip'] + cal['n'] - 1} ({cal['n']} tiles"
+             f"{f', {land} of them on land' if land else ''}), {cal['samples']} own draws and a "
+             f"{cal['map_samples']:,}-draw map at {cal['map_resolution']} deg per tile, likelihood "
+             f"{cal['likelihood']}{', draws by ' + cal['sampler'] if cal.get('sampler') else ''}:", "",
+             "| w | NLL (nats/sr) | exact cov 50 / 90 / 99 | drawn map cov 50 / 90 / 99 | map NLL |"
+             + (" land: exact cov | land: map cov |" if land else ""),
+             "|---|---|---|---|---|" + ("---|---|" if land else "")]
     for w in sorted(cal["nll_by_cfg"], key=float):
         c = cal["coverage_by_cfg"][w]
         label = f"**{float(w):g} (chosen)**" if float(w) == chosen else f"{float(w):g}"
         lines.append(f"| {label} | {cal['nll_by_cfg'][w]:.3f} | {coverage(c)} | {coverage(c, 'map_coverage')} "
-                     f"| {c['map_nll']:.3f} |")
+                     f"| {c['map_nll']:.3f} |"
+                     + (f" {coverage(c, 'land_coverage')} | {coverage(c, 'land_map_coverage')} |" if land else ""))
     return lines
 
 

@@ -176,8 +176,8 @@ def accuracy_vs_cost(flow, emb, x0, *, n, device, repeats, accuracy_samples, con
     `default`, at `precision`, each timed on all n start points (median of `repeats`; one warm-up first).
     Network evaluations are counted by a forward hook on cond_mapper, which every evaluation calls once (fp32
     through forward(), bf16 through network.Bf16Velocity, the guided pair in one call). The reference's Euler at
-    `reference_steps`: endpoints from its own code; its time measured at the first (or taken from
-    reference_seconds), scaled linearly for the rest.
+    `reference_steps`: endpoints from its own code (at cfg < 0, which it does not guide, from our fp32 Euler on its
+    path); its time measured at the first at |cfg| (or taken from reference_seconds), scaled linearly for the rest.
     """
     from model_server.engine.sampling import sample
     from model_server.engine.solvers import SOLVERS
@@ -219,15 +219,22 @@ def accuracy_vs_cost(flow, emb, x0, *, n, device, repeats, accuracy_samples, con
         measured = dict(reference_seconds or {})
         first = reference_steps[0]
         for k in reference_steps:
-            err = distance_km(reference(x0[:m], emb, k, cfg), truth)
-            note = None
+            # the authors' sampler guides only at w > 0: below, its path is our fp32 Euler's (the oracle tests
+            # hold the two together), timed on the authors' sampler at |w|, the same doubled batch
+            if cfg >= 0:
+                ends = reference(x0[:m], emb, k, cfg)
+            else:
+                ends = sample(flow, emb, m, steps=k, solver="euler", x0=x0[:m], precision="fp32", cfg=cfg)[0]
+            err = distance_km(ends, truth)
+            note = None if cfg >= 0 else "endpoints by our fp32 Euler (the reference's path)"
             if k not in measured:
                 if k == first:
-                    measured[k] = median(timed(lambda k=k: reference(x0, emb, k, cfg), repeats, device,
-                                               warmup=lambda: reference(x0, emb, 2, cfg)))
+                    measured[k] = median(timed(lambda k=k: reference(x0, emb, k, abs(cfg)), repeats, device,
+                                               warmup=lambda: reference(x0, emb, 2, abs(cfg))))
                 else:
                     measured[k] = measured[first] * k / first
-                    note = f"time scaled from the reference's {first}-step time (linear in steps)"
+                    note = "; ".join(filter(None, [
+                        note, f"time scaled from the reference's {first}-step time (linear in steps)"]))
             rows.append({"solver": "euler", "label": f"reference Euler, {k} steps", "steps": k, "precision": "fp32",
                          "evals": k, "seconds": measured[k], "median_km": float(err.median()),
                          "p99_km": percentile(err, 0.99), "reference": True, **({"note": note} if note else {})})
@@ -240,14 +247,17 @@ def accuracy_vs_cost(flow, emb, x0, *, n, device, repeats, accuracy_samples, con
 FAST_CANDIDATES = (("rk3", 6), ("rk3", 7))
 
 
-def part_accuracy(sizes: Sizes, device, flow, emb, x0, reference, reference_seconds, quick: bool) -> dict:
+def part_accuracy(sizes: Sizes, device, flow, emb, x0, reference, reference_seconds, quick: bool,
+                  cfg: float = 0.0) -> dict:
+    """`cfg`: the guidance every sampler draws at (the default model's calibrated w, the field the server
+    integrates for it; 0 for the PLONK size)."""
     from geoplonk_service import protocol as P
 
     default = (P.DEFAULT_OPTIONS["solver"], sizes.steps if quick else int(P.DEFAULT_OPTIONS["steps"]))
     precision = P.DEFAULT_OPTIONS["precision"]
     kwargs = dict(flow=flow, emb=emb, x0=x0, n=sizes.samples, device=device, repeats=sizes.repeats,
                   accuracy_samples=sizes.accuracy_samples, converged_steps=sizes.converged_steps,
-                  steps=tuple(sorted(set(sizes.step_grid))), precision=precision, cfg=0.0, reference=reference,
+                  steps=tuple(sorted(set(sizes.step_grid))), precision=precision, cfg=cfg, reference=reference,
                   reference_steps=sizes.reference_steps, reference_seconds=reference_seconds, default=default,
                   extra=() if quick else FAST_CANDIDATES)
     helper, result, notes = helper_accuracy(), None, []
@@ -261,7 +271,7 @@ def part_accuracy(sizes: Sizes, device, flow, emb, x0, reference, reference_seco
     if result is None:
         result = accuracy_vs_cost(**{**kwargs, "extra": [*kwargs["extra"], *(("euler", k) for k in sizes.euler_extra)]})
     result["notes"] = list(result.get("notes") or []) + notes
-    result.update({"default": {"solver": default[0], "steps": default[1], "precision": precision}, "cfg": 0.0,
+    result.update({"default": {"solver": default[0], "steps": default[1], "precision": precision}, "cfg": cfg,
                    "samples": sizes.samples})
     return result
 
@@ -323,7 +333,7 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
 
     config = FlowConfig()
     raw["flops"] = {"config": config.to_dict(), **flop_count(config)}
-    models, accuracy_emb = {}, {}
+    models, accuracy_emb, accuracy_cfg = {}, {}, {}  # accuracy_cfg: the guidance part 3 draws at (default 0)
     if parts & {"sampling", "accuracy", "density"}:
         gen = torch.Generator().manual_seed(0)
         models[PLONK] = (random_flow(config, device), torch.randn(1, config.cond_dim, generator=gen).to(device))
@@ -343,6 +353,7 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
                     embs.append(model.encoder.embed([image.convert("RGB")]))
             accuracy_emb[DEFAULT] = torch.cat(embs)
             models[DEFAULT] = (model.flow, accuracy_emb[DEFAULT][:1].to(device))
+            accuracy_cfg[DEFAULT] = float(model.distribution_cfg)
         except Exception as exc:  # noqa: BLE001 - recorded; the PLONK-size parts still run
             traceback.print_exc()
             failures.append(f"loading the {DEFAULT} ({DEFAULT_MODEL}): {type(exc).__name__}: {exc}")
@@ -363,7 +374,8 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
     for name, (flow, emb) in models.items():
         emb = accuracy_emb.get(name, emb).to(device)
         result = attempt("accuracy", f", {name}", lambda flow=flow, emb=emb, name=name: part_accuracy(
-            sizes, device, flow, emb, x0, references[name], plonk_ref_seconds if name == PLONK else {}, quick))
+            sizes, device, flow, emb, x0, references[name], plonk_ref_seconds if name == PLONK else {}, quick,
+            cfg=accuracy_cfg.get(name, 0.0)))
         if result:
             raw.setdefault("accuracy", {})[name] = result
     for name, (flow, emb) in models.items():

@@ -3,7 +3,9 @@
 `geoplonk calibrate --model DIR --data CSV_OR_FOLDER [--skip N] [--limit M]` scores the photos' true
 locations under guidance w for each w of a grid (exact likelihood), keeps the w of least mean NLL (or,
 with --criterion coverage, the w whose credible regions hold nearest their share of truths; with
---criterion map, the exact density's and the drawn map's regions together) and
+--criterion map, the exact density's and the drawn map's regions together; with --criterion map-land,
+those on all photos and again on the photos taken on land; the coverage criteria draw with the server's
+default sampler, or --solver/--steps) and
 writes it to DIR/geoplonk.json as calibration.distribution_cfg, which the server and `geoplonk eval`
 then use for the distribution (evaluation/calibration.py says why). Use photos the model was not trained
 on, and not the ones you report figures on. A running server reads the new value when it next loads
@@ -20,7 +22,7 @@ import numpy as np
 
 from geoplonk_service import protocol as P
 
-from ..evaluation.criteria import CRITERIA, DEFAULT_GRID, MIN_CFG
+from ..evaluation.criteria import COVERAGE_KINDS, CRITERIA, DEFAULT_GRID, MAP_CRITERIA, MIN_CFG
 from .common import CommandError, run_guarded
 
 
@@ -47,10 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "90 %% credible regions holding nearest their share of truths (--samples own draws "
                              "per photo: 9.5 min against 1 min for 200 photos and 5-7 values), ties by NLL; map: "
                              "the same for the exact density and the drawn map together (--map-samples draws and "
-                             "a raster per photo and value: slower again)")
-    parser.add_argument("--samples", type=int, default=32, help="own draws per photo for --criterion coverage/map")
+                             "a raster per photo and value: slower again); map-land: map, scored on all photos and "
+                             "again on those whose truth is on land (global-land-mask), the misses summed")
+    parser.add_argument("--samples", type=int, default=32,
+                        help="own draws per photo for the coverage criteria (coverage, map, map-land)")
     parser.add_argument("--map-samples", type=int, default=P.SAMPLES.default,
-                        help="draws per map for --criterion map (the server's default)")
+                        help="draws per map for --criterion map and map-land (the server's default)")
+    parser.add_argument("--solver", choices=P.SOLVERS, default=P.DEFAULT_SOLVER,
+                        help="sampler of those draws (default: the server's, %(default)s): w is set for the "
+                             "draws the server will make")
+    parser.add_argument("--steps", type=int, default=P.STEPS.default,
+                        help="its steps (default: the server's, %(default)s)")
     parser.add_argument("--map-resolution", type=float, default=P.RESOLUTION.default,
                         help="cell size of those maps, degrees (the server's default)")
     parser.add_argument("--seed", type=int, default=0)
@@ -65,10 +74,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad settings before the model and the photos are loaded."""
     from model_server.products.grid import Grid
 
-    if args.samples < 2 or args.likelihood_steps < 1:
-        raise CommandError(f"--samples must be at least 2 and --likelihood-steps at least 1, got {args.samples} "
-                           f"and {args.likelihood_steps}")
-    if args.criterion == "map":
+    if args.samples < 2 or args.likelihood_steps < 1 or args.steps < 1:
+        raise CommandError(f"--samples must be at least 2, --likelihood-steps and --steps at least 1, got "
+                           f"{args.samples}, {args.likelihood_steps} and {args.steps}")
+    if args.criterion in MAP_CRITERIA:
         if args.map_samples < 16:
             raise CommandError(f"--map-samples must be at least 16, got {args.map_samples}")
         try:
@@ -125,10 +134,20 @@ def _run(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     truth = torch.from_numpy(degrees_to_xyz(data.latlon)).float()
+    land = None  # after embedding, which may drop unreadable photos
+    if args.criterion in COVERAGE_KINDS:  # the land photos' shares: scored by map-land, recorded by every one
+        from model_server.products.place_names import is_land
+
+        land = is_land(data.latlon[:, 0], data.latlon[:, 1])
+        if not land.any():
+            if args.criterion == "map-land":
+                raise CommandError(f"--criterion map-land: none of the {len(data)} photos' truths is on land")
+            land = None
     scores, chosen = score_guidance(model.flow, emb, truth, args.grid, criterion=args.criterion, samples=args.samples,
                                     map_samples=args.map_samples, map_resolution=args.map_resolution, seed=args.seed,
                                     likelihood_method=args.likelihood_method,
-                                    likelihood_steps=args.likelihood_steps, on_step=on_step)
+                                    likelihood_steps=args.likelihood_steps, land=land, solver=args.solver,
+                                    steps=args.steps, on_step=on_step)
     bar.close()
     for w, score in scores.items():
         print(f"w = {w:+.3f}: NLL {score['nll']:.4f} nats/sr{_coverage_text(score)}"
@@ -138,16 +157,20 @@ def _run(args: argparse.Namespace) -> int:
     record = calibration_record(scores, chosen, criterion=args.criterion, data=args.data, skip=args.skip,
                                 n=len(data), likelihood_method=args.likelihood_method,
                                 likelihood_steps=args.likelihood_steps, samples=args.samples, seed=args.seed,
-                                map_samples=args.map_samples, map_resolution=args.map_resolution)
+                                map_samples=args.map_samples, map_resolution=args.map_resolution,
+                                land_tiles=None if land is None else int(land.sum()),
+                                sampler=f"{args.solver}, {args.steps} steps")
     path = record_calibration(model.path, record)
     print(f"recorded distribution guidance w = {chosen:g} in {path}")
     return 0
 
 
 def _coverage_text(score: dict) -> str:
-    """", coverage 50/90/99 ... %" for the exact regions, and "; map ..." for the drawn map's when scored."""
+    """", coverage 50/90/99 ... %" for the exact regions, then "; map ...", "; land ..." and "; land map ..." for
+    the drawn map's and the land photos' when scored."""
     text = ""
-    for kind, label in (("coverage", "coverage"), ("map_coverage", "map")):
+    for kind, label in (("coverage", "coverage"), ("map_coverage", "map"), ("land_coverage", "land"),
+                        ("land_map_coverage", "land map")):
         shares = [v for k, v in score.items() if k.startswith(f"{kind}_")]
         if shares:
             text += f"{'; ' if text else ', '}{label} 50/90/99 {' / '.join(f'{100 * v:.1f}' for v in shares)} %"

@@ -82,11 +82,12 @@ def midpoint_sphere(
 
 
 def rk3_sphere(
-    velocity: Velocity, x: torch.Tensor, steps: int, on_step: StepCallback | None = None
+    velocity: Velocity, x: torch.Tensor, steps: int, on_step: StepCallback | None = None, *,
+    grid_weight: float = RK3_GRID_WEIGHT,
 ) -> torch.Tensor:
     """Ralston's third-order Runge-Kutta (the smallest error bound of the three-stage family) on the grid of
-    weight RK3_GRID_WEIGHT, on the tangent field; three evaluations per step."""
-    gammas = weighted_grid(steps, RK3_GRID_WEIGHT, device=x.device)
+    weight `grid_weight`, on the tangent field; three evaluations per step."""
+    gammas = weighted_grid(steps, grid_weight, device=x.device)
     for k in range(steps):
         g, dg = gammas[k], gammas[k + 1] - gammas[k]
         k1 = _tangent(velocity, x, g)

@@ -21,7 +21,7 @@ from geoplonk_service import protocol as P
 from ..engine.likelihood import log_density, truth_and_draws_log_density
 from ..engine.network import GeoAdaLNMLP
 from ..geodesy import xyz_to_latlon
-from .criteria import COVERAGE_KINDS, CRITERIA, MIN_CFG, best_cfg, best_cfg_by_coverage
+from .criteria import COVERAGE_KINDS, CRITERIA, MAP_CRITERIA, MIN_CFG, best_cfg, best_cfg_by_coverage
 from .map_scores import score_maps
 from .metrics import COVERAGE_LEVELS, coverage
 
@@ -80,12 +80,14 @@ def calibration_scores(
     seed: int = 0,
     chunk: int = 20,
     precision: str = P.DEFAULT_OPTIONS["precision"],
+    land: np.ndarray | None = None,
     on_step: Progress | None = None,
 ) -> dict[float, dict]:
     """Per w: the truths' mean NLL and the share of truths inside the distribution's credible regions.
 
     A truth is inside the p-region when its density is above the (1 - p) quantile of the density at
-    `samples` of the model's own draws (metrics.coverage), all under the same guided field.
+    `samples` of the model's own draws (metrics.coverage), all under the same guided field.  `land` (E,)
+    bool: the shares of the truths it marks are added too, keyed land_coverage_50 ...
     """
     truth_xyz = checked_inputs(emb, truth_xyz, grid)
     out, done, total = {}, 0, len(grid) * len(emb)
@@ -104,6 +106,9 @@ def calibration_scores(
                 on_step(done, total)
         truth_lp, sample_lp = np.concatenate(truth_lp), np.concatenate(sample_lp)
         out[float(w)] = {"nll": float(-truth_lp.mean()), **coverage(truth_lp, sample_lp, tuple(levels))}
+        if land is not None:
+            out[float(w)].update({f"land_{key}": v for key, v in
+                                  coverage(truth_lp[land], sample_lp[land], tuple(levels)).items()})
     return out
 
 
@@ -113,12 +118,14 @@ def map_scores(
     truth_xyz: torch.Tensor,
     grid: Sequence[float],
     *,
+    land: np.ndarray | None = None,
     on_step: Progress | None = None,
     **settings,
 ) -> dict[float, dict]:
     """Per w: the drawn map's mean NLL at the truths' cells and the share of truths inside its credible
-    regions, keyed map_nll and map_coverage_50 ...: map_scores.score_maps, whose keywords `settings` are
-    (samples, resolution, levels, steps, precision, seed, chunk)."""
+    regions, keyed map_nll and map_coverage_50 ... (and land_map_coverage_50 ... for the truths `land` marks):
+    map_scores.score_maps, whose keywords `settings` are (samples, resolution, levels, steps, precision, seed,
+    chunk)."""
     truth_xyz = checked_inputs(emb, truth_xyz, grid)
     lat, lon = xyz_to_latlon(truth_xyz.double().numpy())
     out = {}
@@ -130,6 +137,8 @@ def map_scores(
         scored = score_maps(flow, emb, lat, lon, cfg=w, on_step=progress, **settings)
         out[float(w)] = {"map_nll": scored.nll(),
                          **{f"map_coverage_{key}": v for key, v in scored.shares().items()}}
+        if land is not None:
+            out[float(w)].update({f"land_map_coverage_{key}": v for key, v in scored.shares(land).items()})
     return out
 
 
@@ -146,12 +155,18 @@ def score_guidance(
     seed: int = 0,
     likelihood_method: str = "rk4",
     likelihood_steps: int = 16,
+    land: np.ndarray | None = None,
+    solver: str = P.DEFAULT_SOLVER,
+    steps: int = P.STEPS.default,
     on_step: Progress | None = None,
 ) -> tuple[dict[float, dict], float]:
     """Scores per w of the grid by `criterion` (a key of CRITERIA), and the chosen w.
 
     Every score holds the truths' mean NLL ("nll"); the coverage criteria add the exact regions' shares and
-    "map" the drawn map's too. on_step(done, total) counts photos scored over every part.
+    "map" the drawn map's too. With `land` (E,) bool, the truths on land, the coverage criteria add their
+    shares again for those truths (land_coverage_50 ..., land_map_coverage_50 ...), which "map-land" scores and
+    the others only record. The draws are `solver`'s in `steps` (the server's default sampler unless told: w is
+    set for the draws the server makes). on_step(done, total) counts photos scored over every part.
     """
     if criterion == "nll":
         nll = truth_nll_by_cfg(flow, emb, truth_xyz, grid, method=likelihood_method, steps=likelihood_steps,
@@ -159,7 +174,13 @@ def score_guidance(
         return {w: {"nll": v} for w, v in nll.items()}, best_cfg(nll)
     if criterion not in COVERAGE_KINDS:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    parts = 2 if criterion == "map" else 1
+    if land is not None or criterion == "map-land":
+        land = np.asarray(land if land is not None else np.zeros(0, dtype=bool))
+        if land.dtype != bool:
+            raise ValueError(f"land must be a bool flag per photo, got dtype {land.dtype}")
+        if land.shape != (len(emb),) or not land.any():
+            raise ValueError(f"the land shares need a land flag per photo ({len(emb)}), some true")
+    parts = 2 if criterion in MAP_CRITERIA else 1
     total = parts * len(grid) * len(emb)
 
     def exact_part(done: int, _: int) -> None:
@@ -171,10 +192,11 @@ def score_guidance(
             on_step(len(grid) * len(emb) + done, total)
 
     scores = calibration_scores(flow, emb, truth_xyz, grid, samples=samples, seed=seed, method=likelihood_method,
-                                likelihood_steps=likelihood_steps, on_step=exact_part)
-    if criterion == "map":
+                                likelihood_steps=likelihood_steps, land=land, solver=solver, steps=steps,
+                                on_step=exact_part)
+    if criterion in MAP_CRITERIA:
         drawn = map_scores(flow, emb, truth_xyz, grid, samples=map_samples, resolution=map_resolution, seed=seed,
-                           on_step=map_part)
+                           land=land, solver=solver, steps=steps, on_step=map_part)
         scores = {w: {**score, **drawn[w]} for w, score in scores.items()}
     return scores, best_cfg_by_coverage(scores, kinds=COVERAGE_KINDS[criterion])
 
@@ -193,23 +215,28 @@ def calibration_record(
     seed: int,
     map_samples: int,
     map_resolution: float,
+    land_tiles: int | None = None,
+    sampler: str = f"{P.DEFAULT_SOLVER}, {P.STEPS.default} steps",
 ) -> dict:
-    """The manifest's `calibration` entry: the chosen w, how it was chosen and on what, the scores per w."""
+    """The manifest's `calibration` entry: the chosen w, how it was chosen and on what, the scores per w
+    (`land_tiles`: how many of the n tiles were scored again as land)."""
     record = {
         "distribution_cfg": chosen + 0.0,
         "criterion": CRITERIA[criterion],
         "nll_by_cfg": {f"{w + 0.0:g}": round(v["nll"], 6) for w, v in scores.items()},  # + 0.0: no "-0" key
         "data": str(data), "skip": skip, "n": n,
         "likelihood": f"{likelihood_method}, {likelihood_steps} steps",
-        # the draws' sampler: the server's default, whose endpoint errors widen or sharpen the map w is set for
-        "sampler": f"{P.DEFAULT_SOLVER}, {P.STEPS.default} steps",
+        # the draws' sampler (the server's default unless told), whose endpoint errors widen or sharpen the map
+        "sampler": sampler,
     }
     if criterion in COVERAGE_KINDS:
         record["coverage_by_cfg"] = {f"{w + 0.0:g}": {k: v for k, v in score.items() if k != "nll"}
                                      for w, score in scores.items()}
         record.update(samples=samples, seed=seed)
-    if criterion == "map":
+    if criterion in MAP_CRITERIA:
         record.update(map_samples=map_samples, map_resolution=map_resolution)
+    if criterion in COVERAGE_KINDS and land_tiles:
+        record.update(land_tiles=land_tiles)
     return record
 
 

@@ -18,9 +18,15 @@ CRITERIA = {
                 "ties by NLL",
     "map": "map: the 50 and 90 % credible regions of the exact density and of the drawn map (the server's kernel "
            "density raster) holding nearest their share of truths, both together; ties by NLL",
+    "map-land": "map-land: as map, scored on all tiles and again on the land tiles alone (truth on land by "
+                "global-land-mask), the misses of both summed; ties by NLL",
 }
-# Which regions each coverage criterion scores (coverage_error's kinds).
-COVERAGE_KINDS = {"coverage": ("coverage",), "map": ("coverage", "map_coverage")}
+# Which regions each coverage criterion scores (coverage_error's kinds).  A model can hold its level on all
+# tiles, most of them sea, and miss it on land, where the analysts' photos are: map-land scores both.
+COVERAGE_KINDS = {"coverage": ("coverage",), "map": ("coverage", "map_coverage"),
+                  "map-land": ("coverage", "map_coverage", "land_coverage", "land_map_coverage")}
+# The criteria that draw maps (score_guidance's second part).
+MAP_CRITERIA = ("map", "map-land")
 
 
 def best_cfg(nll_by_cfg: dict[float, float]) -> float:

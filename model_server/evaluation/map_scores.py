@@ -55,9 +55,12 @@ class MapScores:
         """Mean NLL of the truths' cells, nats per steradian."""
         return float(-np.mean(self.log_density))
 
-    def shares(self) -> dict[str, float]:
-        """Share of truths inside each level's region, keyed '50', '90', '99'."""
-        share = np.mean(self.inside, axis=0)
+    def shares(self, which: np.ndarray | None = None) -> dict[str, float]:
+        """Share of truths inside each level's region, keyed '50', '90', '99' (of the truths `which` (E,) bool
+        marks, or all)."""
+        if which is not None and np.asarray(which).dtype != bool:
+            raise ValueError("which must be a bool flag per truth")
+        share = np.mean(self.inside if which is None else self.inside[which], axis=0)
         return {f"{round(100 * lv)}": float(v) for lv, v in zip(self.levels, share, strict=True)}
 
 

@@ -150,9 +150,9 @@ class Server:
         if self.config.preload:
             try:
                 self.models.get(self.models.resolve(None))
-                from ..products.place_names import load_geocoder
+                from ..products.place_names import warm_up
 
-                load_geocoder()
+                warm_up()
             except Exception:  # noqa: BLE001 - reported again, per photo, when a request needs it
                 log.error("preloading the default model failed:\n%s", traceback.format_exc())
         while not self._stop.is_set():

@@ -172,3 +172,10 @@ def test_every_solver_is_deterministic_and_counts_its_steps(net):
             b, sample(net, emb, 50, steps=3, solver=solver, x0=x0, precision="bf16"))
     with pytest.raises(ValueError, match="unknown solver"):
         sample(net, emb, 4, solver="rk45")
+    # rk3's grid weight, as benchmarks/bench_solvers.py --grid-weights varies it: its default is the server's
+    from model_server.engine.solvers import RK3_GRID_WEIGHT
+
+    rk3 = sample(net, emb, 50, steps=3, solver="rk3", x0=x0)
+    assert torch.equal(rk3, sample(net, emb, 50, steps=3, solver="rk3", x0=x0,
+                                   solver_options={"grid_weight": RK3_GRID_WEIGHT}))
+    assert not torch.equal(rk3, sample(net, emb, 50, steps=3, solver="rk3", x0=x0, solver_options={"grid_weight": 0.5}))

@@ -180,7 +180,7 @@ def test_gamma_is_used_as_data_at_zero():
     assert float(gamma(torch.tensor(0.0))) == 1.0
 
 
-def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch):
+def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     """`geoplonk train` writes a loadable model dir, resumes from its state, and `geoplonk eval` reports."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     import json
@@ -223,18 +223,45 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch):
     assert calibration["n"] == 2 and calibration["skip"] == 1 and set(calibration["nll_by_cfg"]) == {"0", "-0.5"}
     nll = {float(k): v for k, v in calibration["nll_by_cfg"].items()}
     assert calibration["distribution_cfg"] == min(nll, key=nll.get)
-    # by coverage: the credible regions' shares are recorded per w too
+    # by coverage: the credible regions' shares are recorded per w too, and again for the tiles on land
+    from model_server.products.place_names import is_land
+
+    rows = (tmp_path / "tiles" / "test.csv").read_text().splitlines()
+    header, tiles = rows[0], [r.split(",") for r in rows[1:]]
+    on_land = int(is_land(np.array([float(t[1]) for t in tiles[1:]]), np.array([float(t[2]) for t in tiles[1:]])).sum())
+
+    def land_keys(*kinds):
+        return {f"land_{kind}_{p}" for kind in kinds for p in (50, 90, 99)} if on_land else set()
+
     assert main(calibrate + ["--criterion", "coverage", "--samples", "4"]) == 0
     calibration = json.loads((out / "geoplonk.json").read_text())["calibration"]
-    assert set(calibration["coverage_by_cfg"]["-0.5"]) == {"coverage_50", "coverage_90", "coverage_99"}
+    assert set(calibration["coverage_by_cfg"]["-0.5"]) == {"coverage_50", "coverage_90", "coverage_99",
+                                                           *land_keys("coverage")}
+    assert calibration.get("land_tiles", 0) == on_land
     assert calibration["samples"] == 4 and "coverage" in calibration["criterion"] and verify_files(out) == []
     # by the exact and the drawn map's regions together: the map's shares and NLL are recorded too
     assert main(calibrate + ["--criterion", "map", "--samples", "4", "--map-samples", "32",
                              "--map-resolution", "2"]) == 0
     calibration = json.loads((out / "geoplonk.json").read_text())["calibration"]
     assert set(calibration["coverage_by_cfg"]["0"]) == {"coverage_50", "coverage_90", "coverage_99", "map_nll",
-                                                        "map_coverage_50", "map_coverage_90", "map_coverage_99"}
+                                                        "map_coverage_50", "map_coverage_90", "map_coverage_99",
+                                                        *land_keys("coverage", "map_coverage")}
     assert calibration["map_samples"] == 32 and calibration["map_resolution"] == 2 and verify_files(out) == []
+    # map-land scores the photos taken on land again: here tile 1 moved to Paris, tile 2 to the open Pacific
+    tiles[1][1:3], tiles[2][1:3] = ["48.85", "2.35"], ["0.0", "-140.0"]
+    moved = tmp_path / "tiles" / "test-moved.csv"
+    moved.write_text("\n".join([header, *(",".join(t) for t in tiles)]) + "\n")
+    by_land = [*calibrate, "--criterion", "map-land", "--samples", "4", "--map-samples", "32", "--map-resolution", "2",
+               "--cache", str(tmp_path / "moved-emb.npz"), "--solver", "rk3", "--steps", "2"]
+    by_land[by_land.index(test_csv)] = str(moved)
+    assert main(by_land) == 0
+    calibration = json.loads((out / "geoplonk.json").read_text())["calibration"]
+    assert calibration["land_tiles"] == 1 and "map-land" in calibration["criterion"]
+    assert calibration["sampler"] == "rk3, 2 steps"  # the draws w was set for, when not the server's default's
+    assert {"land_coverage_50", "land_map_coverage_90"} <= set(calibration["coverage_by_cfg"]["0"])
+    capsys.readouterr()
+    assert main([*by_land, "--limit", "1", "--skip", "2"]) == 2  # only the Pacific tile: no land photo to score
+    assert "none of the 1 photos' truths is on land" in capsys.readouterr().err
     from model_server.engine.model import clear_cache
 
     clear_cache()

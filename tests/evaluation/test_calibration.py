@@ -11,7 +11,8 @@ from model_server.engine.likelihood import log_density
 from model_server.engine.sampling import sample
 from model_server.engine.sphere import uniform_sphere
 from model_server.evaluation.calibration import calibration_scores, map_scores, score_guidance, truth_nll_by_cfg
-from model_server.evaluation.criteria import best_cfg, best_cfg_by_coverage
+from model_server.evaluation.criteria import COVERAGE_KINDS, best_cfg, best_cfg_by_coverage
+from model_server.evaluation.map_scores import MapScores
 
 
 def test_calibration_scores_the_guided_density_and_picks_the_least_nll():
@@ -97,6 +98,48 @@ def test_score_guidance_runs_each_criterion_and_counts_every_part():
     assert chosen == best_cfg_by_coverage(scores, kinds=("coverage", "map_coverage"))
     with pytest.raises(ValueError, match="unknown criterion"):
         score_guidance(net, emb, truth, grid, criterion="entropy")
+
+
+def test_map_land_scores_the_land_photos_again_and_sums_both_misses():
+    net = field(gain=0.6)
+    emb = torch.randn(6, 8)
+    truth = sample(net, emb, 1, steps=8, generator=torch.Generator().manual_seed(5))[:, 0]
+    grid = [-0.5, 0.0]
+    kw = dict(samples=4, map_samples=32, map_resolution=5.0, likelihood_steps=4)
+    every, _ = score_guidance(net, emb, truth, grid, criterion="map-land", land=np.ones(6, dtype=bool), **kw)
+    for score in every.values():  # all photos on land: the land shares are the shares
+        for key in ("coverage_50", "coverage_90", "map_coverage_50", "map_coverage_90"):
+            assert score[f"land_{key}"] == score[key]
+    land = np.array([True, False, True, False, False, True])
+    scores, chosen = score_guidance(net, emb, truth, grid, criterion="map-land", land=land, **kw)
+    plain, _ = score_guidance(net, emb, truth, grid, criterion="map", **kw)
+    for w in grid:  # the same draws: the land photos' shares, and the all-photo scores unchanged
+        assert {k: v for k, v in scores[w].items() if not k.startswith("land_")} == plain[w]
+    assert chosen == best_cfg_by_coverage(scores, kinds=COVERAGE_KINDS["map-land"])
+    # the land photos' misses count: here map keeps the w nearest its levels on all photos, map-land the wider one
+    picks = {
+        -0.2: {"nll": 0.0, "coverage_50": 0.55, "coverage_90": 0.90, "map_coverage_50": 0.59, "map_coverage_90": 0.91,
+               "land_coverage_50": 0.45, "land_coverage_90": 0.88, "land_map_coverage_50": 0.50,
+               "land_map_coverage_90": 0.91},
+        -0.15: {"nll": 0.0, "coverage_50": 0.50, "coverage_90": 0.89, "map_coverage_50": 0.52, "map_coverage_90": 0.90,
+                "land_coverage_50": 0.30, "land_coverage_90": 0.83, "land_map_coverage_50": 0.36,
+                "land_map_coverage_90": 0.86},
+    }
+    assert best_cfg_by_coverage(picks, kinds=COVERAGE_KINDS["map"]) == -0.15
+    assert best_cfg_by_coverage(picks, kinds=COVERAGE_KINDS["map-land"]) == -0.2
+    for missing in (None, np.zeros(6, dtype=bool), np.ones(5, dtype=bool)):
+        with pytest.raises(ValueError, match="land flag per photo"):
+            score_guidance(net, emb, truth, grid, criterion="map-land", land=missing, **kw)
+    with pytest.raises(ValueError, match="bool flag"):
+        score_guidance(net, emb, truth, grid, criterion="map-land", land=np.array([0, 2, 5]), **kw)
+
+
+def test_map_shares_of_a_subset_count_only_its_truths():
+    scores = MapScores((0.5, 0.9), np.zeros(4), np.array([[True, True], [False, True], [False, False], [True, True]]))
+    assert scores.shares() == {"50": 0.5, "90": 0.75}
+    assert scores.shares(np.array([True, True, False, False])) == {"50": 0.5, "90": 1.0}
+    with pytest.raises(ValueError, match="bool flag"):
+        scores.shares(np.array([0, 1]))
 
 
 def test_the_map_row_of_eval_and_the_map_scores_of_calibrate_are_one_computation():

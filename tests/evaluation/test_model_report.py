@@ -40,9 +40,17 @@ def test_blocks_show_every_figure_with_its_interval(tmp_path):
 
 
 def test_committed_figures_match_their_records():
+    from geoplonk_service import protocol as P
+
+    calibrated = json.loads(R.MANIFEST.read_text())["calibration"]["distribution_cfg"]
     for split in R.SPLITS:
         doc = R.load(split)
         assert doc["model_name"] == "earth-tiles" and doc["n"] >= {"report": 1000, "land": 300}[split]
+        # the figures are those of what ships: the server's default sampler at the manifest's guidance
+        ran = doc["settings"]
+        assert (ran["solver"], ran["steps"], ran["precision"]) == (P.DEFAULT_SOLVER, P.STEPS.default,
+                                                                    P.DEFAULT_OPTIONS["precision"])
+        assert ran["distribution_cfg"] == calibrated, (ran["distribution_cfg"], calibrated)
         assert all(len(e) == doc["n"] for e in doc["per_image"]["error_km"].values())  # per-tile errors kept
     assert R.load("land")["land"]["water_share"] == 0.0
     assert R.main(["--check"]) == 0

@@ -233,6 +233,23 @@ def test_nearest_town_is_nearest_on_the_sphere():
     assert baffin_bay.country == "Greenland"
 
 
+def test_warm_up_loads_every_table_the_first_place_name_needs():
+    """The server warms place names up while it preloads its model: the land mask alone takes about 6 s to
+    load, which the first photo's answer would otherwise wait for.  In a fresh process, so that no earlier
+    test has loaded them."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from model_server.products import place_names as p\n"
+        "assert 'global_land_mask.globe' not in sys.modules and p._towns.cache_info().currsize == 0\n"
+        "p.warm_up()\n"
+        "assert 'global_land_mask.globe' in sys.modules and p._towns.cache_info().currsize == 1\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+
+
 def test_a_lone_mode_holds_at_most_all_the_mass():
     """Its mass is summed in another order than the raster's normalisation: unclipped, six of these twelve
     broad 64-draw clusters gave a lone mode 1 + 5e-15 to 1 + 5e-14."""
