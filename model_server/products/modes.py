@@ -75,17 +75,18 @@ def ascent_roots(density: np.ndarray) -> np.ndarray:
     idx = np.arange(h * w).reshape(h, w)
     best_val = density.copy()
     best_idx = idx.copy()
-    padded_val = np.pad(density, ((1, 1), (0, 0)), constant_values=-np.inf)
-    padded_idx = np.pad(idx, ((1, 1), (0, 0)), constant_values=-1)
+    # one padded copy each, wrapped across the antimeridian and -inf beyond the poles: the neighbours are views
+    padded_val = np.pad(np.pad(density, ((0, 0), (1, 1)), mode="wrap"), ((1, 1), (0, 0)), constant_values=-np.inf)
+    padded_idx = np.pad(np.pad(idx, ((0, 0), (1, 1)), mode="wrap"), ((1, 1), (0, 0)), constant_values=-1)
+    better = np.empty((h, w), dtype=bool)
     for dr in (-1, 0, 1):
         for dc in (-1, 0, 1):
             if dr == 0 and dc == 0:
                 continue
-            val = np.roll(padded_val, -dc, axis=1)[1 + dr : 1 + dr + h]
-            nid = np.roll(padded_idx, -dc, axis=1)[1 + dr : 1 + dr + h]
-            better = val > best_val
-            best_val = np.where(better, val, best_val)
-            best_idx = np.where(better, nid, best_idx)
+            val = padded_val[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
+            np.greater(val, best_val, out=better)
+            np.copyto(best_val, val, where=better)
+            np.copyto(best_idx, padded_idx[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w], where=better)
     for row in (0, h - 1):  # across the pole: every cell of a polar row neighbours the others
         top = int(np.argmax(density[row]))
         better = density[row, top] > best_val[row]
