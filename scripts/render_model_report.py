@@ -160,19 +160,19 @@ def calibration_block(manifest: dict) -> list[str]:
     cal = manifest["calibration"]
     chosen = cal["distribution_cfg"]
     land = cal.get("land_tiles")
+    land_columns = (("land: exact cov", "land_coverage"), ("land: map cov", "land_map_coverage")) if land else ()
     lines = [f"Tuning tiles {cal['skip']}-{cal['skip'] + cal['n'] - 1} ({cal['n']} tiles"
              f"{f', {land} of them on land' if land else ''}), {cal['samples']} own draws and a "
              f"{cal['map_samples']:,}-draw map at {cal['map_resolution']} deg per tile, likelihood "
              f"{cal['likelihood']}{', draws by ' + cal['sampler'] if cal.get('sampler') else ''}:", "",
              "| w | NLL (nats/sr) | exact cov 50 / 90 / 99 | drawn map cov 50 / 90 / 99 | map NLL |"
-             + (" land: exact cov | land: map cov |" if land else ""),
-             "|---|---|---|---|---|" + ("---|---|" if land else "")]
+             + "".join(f" {title} |" for title, _ in land_columns),
+             "|---" * (5 + len(land_columns)) + "|"]
     for w in sorted(cal["nll_by_cfg"], key=float):
         c = cal["coverage_by_cfg"][w]
         label = f"**{float(w):g} (chosen)**" if float(w) == chosen else f"{float(w):g}"
         lines.append(f"| {label} | {cal['nll_by_cfg'][w]:.3f} | {coverage(c)} | {coverage(c, 'map_coverage')} "
-                     f"| {c['map_nll']:.3f} |"
-                     + (f" {coverage(c, 'land_coverage')} | {coverage(c, 'land_map_coverage')} |" if land else ""))
+                     f"| {c['map_nll']:.3f} |" + "".join(f" {coverage(c, key)} |" for _, key in land_columns))
     return lines
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -43,14 +45,21 @@ def weighted_grid(steps: int, weight: float, device=None, dtype=torch.float32) -
     whatever TAU; its power integrates to the regularised incomplete beta function I_s(1 - weight, 1 - weight),
     so the points are uniform in it.
     """
-    from scipy.special import betainc, betaincinv
-
     if not 0 <= weight < 1:
         raise ValueError(f"grid weight {weight} is outside [0, 1)")
+    points = torch.tensor(_weighted_points(steps, float(weight)), dtype=torch.float64)
+    return points.clamp(CLIP_MIN, 1.0).to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _weighted_points(steps: int, weight: float) -> tuple[float, ...]:
+    """weighted_grid's gamma values, computed once per (steps, weight): every sampling call asks for them."""
+    from scipy.special import betainc, betaincinv
+
     a = 1.0 - weight
     first, last = betainc(a, a, _V_END), betainc(a, a, _V_START)
     s = betaincinv(a, a, first + (last - first) * np.arange(steps + 1) / steps)
-    return torch.from_numpy((_V_END - s) / (_V_END - _V_START)).clamp(CLIP_MIN, 1.0).to(device=device, dtype=dtype)
+    return tuple(((_V_END - s) / (_V_END - _V_START)).tolist())
 
 
 def balanced_grid(steps: int, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -174,12 +174,10 @@ def score_guidance(
         return {w: {"nll": v} for w, v in nll.items()}, best_cfg(nll)
     if criterion not in COVERAGE_KINDS:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    if land is not None or criterion == "map-land":
-        land = np.asarray(land if land is not None else np.zeros(0, dtype=bool))
-        if land.dtype != bool:
-            raise ValueError(f"land must be a bool flag per photo, got dtype {land.dtype}")
-        if land.shape != (len(emb),) or not land.any():
-            raise ValueError(f"the land shares need a land flag per photo ({len(emb)}), some true")
+    if land is not None and np.asarray(land).dtype != bool:
+        raise ValueError(f"land must be a bool flag per photo, got dtype {np.asarray(land).dtype}")
+    if (land is not None or criterion == "map-land") and (np.shape(land) != (len(emb),) or not np.any(land)):
+        raise ValueError(f"the land shares need a land flag per photo ({len(emb)}), some true")
     parts = 2 if criterion in MAP_CRITERIA else 1
     total = parts * len(grid) * len(emb)
 
