@@ -34,6 +34,7 @@ from geoplonk_service import protocol as P  # noqa: E402
 from model_server.engine.likelihood import localizability, log_density  # noqa: E402
 from model_server.engine.sampling import sample, supported_precision  # noqa: E402
 from model_server.evaluation.metrics import spearman  # noqa: E402
+from model_server.photo_guidance import guess_draws, photo_cfgs  # noqa: E402
 from model_server.server import pipeline  # noqa: E402
 
 SCALE = 4 * math.pi * math.log(2)
@@ -46,8 +47,8 @@ def timed(func):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def former(model, emb, draws):
-    logp = log_density(model.flow, emb, draws[:, :64], method="midpoint", steps=16)
+def former(model, emb, draws, cfg: float = 0.0):
+    logp = log_density(model.flow, emb, draws[:, :64], cfg=cfg, method="midpoint", steps=16)
     return localizability(logp).cpu().numpy()
 
 
@@ -88,7 +89,7 @@ def main() -> None:
     earlier = np.load(args.exact_from)["rows"][:, 0] if args.exact_from else None
     if earlier is not None and len(earlier) != len(emb):
         raise SystemExit(f"{args.exact_from} has {len(earlier)} photos, these rows {len(emb)}")
-    print(f"{len(emb)} photos of {args.data} (rows {args.tiles}), model {model.name}, cfg {model.distribution_cfg}, "
+    print(f"{len(emb)} photos of {args.data} (rows {args.tiles}), model {model.name}, {model.guidance.describe()}, "
           f"{options['samples']} draws, {options['steps']} {options['solver']} steps, {precision}; "
           f"exact: {args.exact}; torch threads {torch.get_num_threads()}", flush=True)
 
@@ -96,20 +97,19 @@ def main() -> None:
     for i in range(len(emb)):
         one = emb[i : i + 1]
 
-        def draw(one=one):
+        def draw(one=one):  # as the server: the guess first, whose draws pick the photo's w
             with torch.inference_mode():
-                draws = sample(model.flow, one, options["samples"], steps=options["steps"], solver=options["solver"],
-                               cfg=model.distribution_cfg, x0=x0, precision=precision)
-                sample(model.flow, one, guess, steps=P.GUESS_STEPS, solver=P.GUESS_SOLVER, cfg=P.GUESS_CFG,
-                       x0=x0[:guess], precision=precision)
-            return draws
+                guessed = guess_draws(model.flow, one, x0=x0[:guess], precision=precision)
+                w = float(photo_cfgs(model.guidance, guessed)[0][0])
+                return sample(model.flow, one, options["samples"], steps=options["steps"], solver=options["solver"],
+                              cfg=w, x0=x0, precision=precision), w
 
-        draws, sample_wall, sample_cpu = timed(draw)
+        (draws, w), sample_wall, sample_cpu = timed(draw)
         (server, method), server_wall, server_cpu = timed(
-            lambda one=one, d=draws: pipeline.localizability(model, one, d))
-        old, old_wall, old_cpu = timed(lambda one=one, d=draws: former(model, one, d))
+            lambda one=one, d=draws, w=w: pipeline.localizability(model, one, d, cfg=w))
+        old, old_wall, old_cpu = timed(lambda one=one, d=draws, w=w: former(model, one, d, w))
         if earlier is None:
-            exact_lp = log_density(model.flow, one, draws, **exact_kw)
+            exact_lp = log_density(model.flow, one, draws, cfg=w, **exact_kw)
             exact = localizability(exact_lp).item()
         else:
             exact = float(earlier[i])

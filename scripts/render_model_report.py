@@ -156,16 +156,31 @@ def targets_block(report: dict, land: dict) -> list[str]:
 
 
 def calibration_block(manifest: dict) -> list[str]:
-    """The manifest's calibration: every w scored, the chosen one in bold."""
+    """The manifest's calibration: every w scored, the chosen one in bold (per group, for a land rule)."""
     cal = manifest["calibration"]
-    chosen = cal["distribution_cfg"]
-    land = cal.get("land_tiles")
-    land_columns = (("land: exact cov", "land_coverage"), ("land: map cov", "land_map_coverage")) if land else ()
+    land = cal.get("land_tiles") or sum(g.get("land_tiles") or 0 for g in cal.get("groups", {}).values())
     lines = [f"Tuning tiles {cal['skip']}-{cal['skip'] + cal['n'] - 1} ({cal['n']} tiles"
              f"{f', {land} of them on land' if land else ''}), {cal['samples']} own draws and a "
              f"{cal['map_samples']:,}-draw map at {cal['map_resolution']} deg per tile, likelihood "
-             f"{cal['likelihood']}{', draws by ' + cal['sampler'] if cal.get('sampler') else ''}:", "",
-             "| w | NLL (nats/sr) | exact cov 50 / 90 / 99 | drawn map cov 50 / 90 / 99 | map NLL |"
+             f"{cal['likelihood']}{', draws by ' + cal['sampler'] if cal.get('sampler') else ''}:", ""]
+    if "groups" not in cal:
+        return lines + _scores_table(cal)
+    lines[0] = lines[0][:-1] + (f", split by where each tile's best-guess draws fall: w = {cal['land_cfg']:g} "
+                                f"where at least {100 * cal['land_share_threshold']:.0f} % of them are on land, "
+                                f"else {cal['distribution_cfg']:g}.")
+    titles = {"land-looking": "Land-looking tiles", "others": "The other tiles"}
+    for name, group in cal["groups"].items():
+        on_land = group.get("land_tiles")
+        lines += [f"{titles.get(name, name)} ({group['n']}{f', {on_land} of them on land' if on_land else ''}):",
+                  "", *_scores_table(group), ""]
+    return lines[:-1]
+
+
+def _scores_table(cal: dict) -> list[str]:
+    chosen = cal["distribution_cfg"]
+    land_columns = (("land: exact cov", "land_coverage"), ("land: map cov", "land_map_coverage")) \
+        if cal.get("land_tiles") else ()
+    lines = ["| w | NLL (nats/sr) | exact cov 50 / 90 / 99 | drawn map cov 50 / 90 / 99 | map NLL |"
              + "".join(f" {title} |" for title, _ in land_columns),
              "|---" * (5 + len(land_columns)) + "|"]
     for w in sorted(cal["nll_by_cfg"], key=float):

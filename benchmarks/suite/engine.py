@@ -248,9 +248,9 @@ FAST_CANDIDATES = (("rk3", 6), ("rk3", 7))
 
 
 def part_accuracy(sizes: Sizes, device, flow, emb, x0, reference, reference_seconds, quick: bool,
-                  cfg: float = 0.0) -> dict:
+                  cfg: float = 0.0, rule: str | None = None) -> dict:
     """`cfg`: the guidance every sampler draws at (the default model's calibrated w, the field the server
-    integrates for it; 0 for the PLONK size)."""
+    integrates for it; 0 for the PLONK size); `rule`: the model's guidance by land share, which cfg is one w of."""
     from geoplonk_service import protocol as P
 
     default = (P.DEFAULT_OPTIONS["solver"], sizes.steps if quick else int(P.DEFAULT_OPTIONS["steps"]))
@@ -272,7 +272,7 @@ def part_accuracy(sizes: Sizes, device, flow, emb, x0, reference, reference_seco
         result = accuracy_vs_cost(**{**kwargs, "extra": [*kwargs["extra"], *(("euler", k) for k in sizes.euler_extra)]})
     result["notes"] = list(result.get("notes") or []) + notes
     result.update({"default": {"solver": default[0], "steps": default[1], "precision": precision}, "cfg": cfg,
-                   "samples": sizes.samples})
+                   "guidance_rule": rule, "samples": sizes.samples})
     return result
 
 
@@ -333,7 +333,7 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
 
     config = FlowConfig()
     raw["flops"] = {"config": config.to_dict(), **flop_count(config)}
-    models, accuracy_emb, accuracy_cfg = {}, {}, {}  # accuracy_cfg: the guidance part 3 draws at (default 0)
+    models, accuracy_emb, accuracy_cfg, accuracy_rule = {}, {}, {}, {}  # the guidance part 3 draws at (default 0)
     if parts & {"sampling", "accuracy", "density"}:
         gen = torch.Generator().manual_seed(0)
         models[PLONK] = (random_flow(config, device), torch.randn(1, config.cond_dim, generator=gen).to(device))
@@ -354,6 +354,8 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
             accuracy_emb[DEFAULT] = torch.cat(embs)
             models[DEFAULT] = (model.flow, accuracy_emb[DEFAULT][:1].to(device))
             accuracy_cfg[DEFAULT] = float(model.distribution_cfg)
+            if model.guidance.needs_land_share:
+                accuracy_rule[DEFAULT] = model.guidance.describe()
         except Exception as exc:  # noqa: BLE001 - recorded; the PLONK-size parts still run
             traceback.print_exc()
             failures.append(f"loading the {DEFAULT} ({DEFAULT_MODEL}): {type(exc).__name__}: {exc}")
@@ -375,7 +377,7 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
         emb = accuracy_emb.get(name, emb).to(device)
         result = attempt("accuracy", f", {name}", lambda flow=flow, emb=emb, name=name: part_accuracy(
             sizes, device, flow, emb, x0, references[name], plonk_ref_seconds if name == PLONK else {}, quick,
-            cfg=accuracy_cfg.get(name, 0.0)))
+            cfg=accuracy_cfg.get(name, 0.0), rule=accuracy_rule.get(name)))
         if result:
             raw.setdefault("accuracy", {})[name] = result
     for name, (flow, emb) in models.items():

@@ -95,11 +95,14 @@ def sampling(b: Builder, raw: dict) -> None:
                          "invalid: over 100 %, the roofline was measured under load" if share > 100 else None)
 
 
-def guidance_text(cfg: float) -> str:
-    """Part 3's guidance: every sampler draws the field the server integrates for the model."""
+def guidance_text(cfg: float, rule: str | None = None) -> str:
+    """Part 3's guidance: every sampler draws the field the server integrates for the model (for a model with a
+    land rule, the field of the photos that do not look like land)."""
     if not cfg:
         return "guidance w = 0, which the reference draws too"
-    return (f"at the model's calibrated guidance w = {cfg:g}, which the server draws; the authors' sampler guides "
+    which = (f"w = {cfg:g}, which the server draws for photos that do not look like land (its rule: {rule})"
+             if rule else f"w = {cfg:g}, which the server draws")
+    return (f"at the model's calibrated guidance {which}; the authors' sampler guides "
             "only at w > 0, so the reference's endpoints are our fp32 Euler's on its path and its time the authors' "
             "sampler's at |w|, the same doubled batch")
 
@@ -110,8 +113,9 @@ def accuracy(b: Builder, raw: dict) -> None:
         part = f"accuracy.{name}"
         photos = int((result.get("converged") or {}).get("photos", 1))
         scored = "one photo" if photos == 1 else f"{photos} photos, the sample tiles, pooled; timed on the first"
+        guidance = guidance_text(result.get("cfg", 0.0), result.get("guidance_rule"))
         about = ("Endpoint distance (km, great circle) of each solver and step count to a converged solution from "
-                 f"the same start points ({scored}; {guidance_text(result.get('cfg', 0.0))}), and the time of "
+                 f"the same start points ({scored}; {guidance}), and the time of "
                  f"each on {result.get('samples', 0):,} samples, median of several after a warm-up. Ours at the "
                  f"server's default precision ({d.get('precision')}), the reference's Euler in fp32. The server's "
                  f"default sampler: {d.get('solver')}, {d.get('steps')} steps. Measured by {result.get('source')}.")

@@ -152,8 +152,6 @@ class Locator:
         self.model = load_model(model_spec, device=self.device)
         self.key = key
         self.options = dict(options)
-        if self.options.get("cfg") is None:  # as the server: the summary says which guidance ran
-            self.options["cfg"] = self.model.distribution_cfg
         self.precision = supported_precision(self.options["precision"], self.model.device)
         self.x0 = start_points(self.options["samples"], self.options["seed"])
         self.files_dir = files_dir

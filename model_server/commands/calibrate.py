@@ -7,9 +7,11 @@ with --criterion coverage, the w whose credible regions hold nearest their share
 those on all photos and again on the photos taken on land; the coverage criteria draw with the server's
 default sampler, or --solver/--steps) and
 writes it to DIR/geoplonk.json as calibration.distribution_cfg, which the server and `geoplonk eval`
-then use for the distribution (evaluation/calibration.py says why). Use photos the model was not trained
-on, and not the ones you report figures on. A running server reads the new value when it next loads
-the model (restart it).
+then use for the distribution (evaluation/calibration.py says why). With --by-land-share it chooses one w
+for the photos whose best-guess draws fall mostly on land (calibration.land_cfg) and one for the others,
+each on its own group, and the server picks a photo's w by the same rule (engine/guidance.py). Use photos
+the model was not trained on, and not the ones you report figures on. A running server reads the new value
+when it next loads the model (restart it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from geoplonk_service import protocol as P
 
+from ..engine.guidance import LAND_SHARE_THRESHOLD
 from ..evaluation.criteria import COVERAGE_KINDS, CRITERIA, DEFAULT_GRID, MAP_CRITERIA, MIN_CFG
 from .common import CommandError, run_guarded
 
@@ -62,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="its steps (default: the server's, %(default)s)")
     parser.add_argument("--map-resolution", type=float, default=P.RESOLUTION.default,
                         help="cell size of those maps, degrees (the server's default)")
+    parser.add_argument("--by-land-share", action="store_true",
+                        help="choose one w for the photos whose best-guess draws fall mostly on land and one for "
+                             "the others, each on its own group (the server then picks a photo's w the same way)")
+    parser.add_argument("--land-share-threshold", type=float, default=LAND_SHARE_THRESHOLD,
+                        help="share of the guess draws on land from which a photo counts as land-looking "
+                             "(default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--likelihood-method", default="rk4", help="fixed-step ODE method of the likelihood")
     parser.add_argument("--likelihood-steps", type=int, default=16)
@@ -77,6 +86,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.samples < 2 or args.likelihood_steps < 1 or args.steps < 1:
         raise CommandError(f"--samples must be at least 2, --likelihood-steps and --steps at least 1, got "
                            f"{args.samples}, {args.likelihood_steps} and {args.steps}")
+    if args.by_land_share and not 0 < args.land_share_threshold <= 1:
+        raise CommandError(f"--land-share-threshold must lie in (0, 1], got {args.land_share_threshold}")
     if args.criterion in MAP_CRITERIA:
         if args.map_samples < 16:
             raise CommandError(f"--map-samples must be at least 16, got {args.map_samples}")
@@ -111,7 +122,14 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from model_server.engine.datasets import embed_dataset, read_dataset
-    from model_server.evaluation.calibration import calibration_record, record_calibration, score_guidance
+    from model_server.evaluation.calibration import (
+        calibration_record,
+        guess_land_shares,
+        land_rule_record,
+        record_calibration,
+        score_guidance,
+        score_guidance_by_land_share,
+    )
     from model_server.geodesy import degrees_to_xyz
 
     if args.threads:
@@ -143,26 +161,46 @@ def _run(args: argparse.Namespace) -> int:
             if args.criterion == "map-land":
                 raise CommandError(f"--criterion map-land: none of the {len(data)} photos' truths is on land")
             land = None
-    scores, chosen = score_guidance(model.flow, emb, truth, args.grid, criterion=args.criterion, samples=args.samples,
-                                    map_samples=args.map_samples, map_resolution=args.map_resolution, seed=args.seed,
-                                    likelihood_method=args.likelihood_method,
-                                    likelihood_steps=args.likelihood_steps, land=land, solver=args.solver,
-                                    steps=args.steps, on_step=on_step)
-    bar.close()
+    settings = {"criterion": args.criterion, "samples": args.samples, "map_samples": args.map_samples,
+                "map_resolution": args.map_resolution, "seed": args.seed,
+                "likelihood_method": args.likelihood_method, "likelihood_steps": args.likelihood_steps,
+                "solver": args.solver, "steps": args.steps}
+    record_settings = {"criterion": args.criterion, "data": args.data, "skip": args.skip,
+                       "likelihood_method": args.likelihood_method, "likelihood_steps": args.likelihood_steps,
+                       "samples": args.samples, "seed": args.seed, "map_samples": args.map_samples,
+                       "map_resolution": args.map_resolution, "sampler": f"{args.solver}, {args.steps} steps"}
+    if args.by_land_share:
+        shares = guess_land_shares(model.flow, emb, seed=args.seed)
+        try:
+            groups, guidance = score_guidance_by_land_share(model.flow, emb, truth, args.grid, shares=shares,
+                                                            threshold=args.land_share_threshold, land=land,
+                                                            on_step=on_step, **settings)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        bar.close()
+        for group in groups:
+            print(f"{group.name} photos ({int(group.rows.sum())}):")
+            _print_scores(group.scores, group.chosen)
+        record = land_rule_record(groups, guidance, land=land, **record_settings)
+        chosen_text = guidance.describe()
+    else:
+        scores, chosen = score_guidance(model.flow, emb, truth, args.grid, land=land, on_step=on_step, **settings)
+        bar.close()
+        _print_scores(scores, chosen)
+        record = calibration_record(scores, chosen, n=len(data),
+                                    land_tiles=None if land is None else int(land.sum()), **record_settings)
+        chosen_text = f"w = {chosen:g}"
+    if args.dry_run:
+        return 0
+    path = record_calibration(model.path, record)
+    print(f"recorded distribution guidance {chosen_text} in {path}")
+    return 0
+
+
+def _print_scores(scores: dict[float, dict], chosen: float) -> None:
     for w, score in scores.items():
         print(f"w = {w:+.3f}: NLL {score['nll']:.4f} nats/sr{_coverage_text(score)}"
               f"{'   <- chosen' if w == chosen else ''}")
-    if args.dry_run:
-        return 0
-    record = calibration_record(scores, chosen, criterion=args.criterion, data=args.data, skip=args.skip,
-                                n=len(data), likelihood_method=args.likelihood_method,
-                                likelihood_steps=args.likelihood_steps, samples=args.samples, seed=args.seed,
-                                map_samples=args.map_samples, map_resolution=args.map_resolution,
-                                land_tiles=None if land is None else int(land.sum()),
-                                sampler=f"{args.solver}, {args.steps} steps")
-    path = record_calibration(model.path, record)
-    print(f"recorded distribution guidance w = {chosen:g} in {path}")
-    return 0
 
 
 def _coverage_text(score: dict) -> str:

@@ -90,6 +90,10 @@ def embedding_for(args: argparse.Namespace, model):
     return model.encoder.embed([image])
 
 
-def guidance_for(args: argparse.Namespace, model) -> float:
-    """--cfg, else the distribution the model was calibrated to show."""
-    return model.distribution_cfg if args.cfg is None else args.cfg
+def guidance_for(args: argparse.Namespace, model, emb) -> float:
+    """--cfg, else the w the model was calibrated to show the photo's distribution at (photo_guidance)."""
+    if args.cfg is not None:
+        return args.cfg
+    from model_server.photo_guidance import cfg_for_photo
+
+    return cfg_for_photo(model, emb)

@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     emb = embedding_for(args, model)
     xyz = degrees_to_xyz(torch.from_numpy(points.astype(np.float64))).float()
     try:
-        logp = log_density(model.flow, emb, xyz, cfg=guidance_for(args, model), method=args.method,
+        logp = log_density(model.flow, emb, xyz, cfg=guidance_for(args, model, emb), method=args.method,
                            atol=args.tol, rtol=args.tol, steps=args.steps)
     except (ValueError, AssertionError) as exc:
         raise CommandError(str(exc)) from None

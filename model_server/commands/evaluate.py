@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", type=float, default=P.GUESS_CFG,
                         help="guidance of the best guess (default: the server's, %(default)s)")
     parser.add_argument("--distribution-cfg", type=float, default=None,
-                        help="guidance w of the distribution (default: the model's calibrated w, 0 if none)")
+                        help="guidance w of the distribution for every photo (default: the model's calibrated "
+                             "w, each photo's by its land rule if it has one; 0 if none)")
     parser.add_argument("--steps", type=int, default=P.STEPS.default, help="sampler steps")
     parser.add_argument("--solver", choices=P.SOLVERS, default=P.DEFAULT_OPTIONS["solver"],
                         help="sampler ODE solver (default: the server's, %(default)s)")
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from model_server.engine.guidance import Guidance
     from model_server.engine.model import load_model
     from model_server.evaluation.evaluate import evaluate_model
     from model_server.evaluation.flow_scores import FlowScoring
@@ -87,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     progress = not args.quiet
     model = load_model(args.model, device="cpu")
-    if args.distribution_cfg is None:
-        args.distribution_cfg = model.distribution_cfg
+    guidance = model.guidance if args.distribution_cfg is None else Guidance(args.distribution_cfg)
+    # the record says which w ran: the calibrated rule's values unless --distribution-cfg set one
+    args.distribution_cfg, args.land_cfg, args.land_share_threshold = guidance.cfg, guidance.land, guidance.threshold
     bars: dict[str, tqdm] = {}
 
     def on_step(stage: str, done: int, total: int) -> None:
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
 
     scoring = FlowScoring(
-        distribution_cfg=args.distribution_cfg, cfg=args.cfg, guess_samples=args.guess_samples, samples=args.samples,
+        guidance=guidance, cfg=args.cfg, guess_samples=args.guess_samples, samples=args.samples,
         steps=args.steps, solver=args.solver, precision=args.precision, likelihood_method=args.likelihood_method,
         likelihood_steps=args.likelihood_steps, seed=args.seed, chunk=args.chunk)
     result = evaluate_model(

@@ -43,8 +43,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.seed is not None:
         generator = torch.Generator().manual_seed(args.seed)
     try:
-        x = sample(model.flow, emb, args.n, steps=args.steps, solver=args.solver, cfg=common.guidance_for(args, model),
-                   generator=generator, x0=x0, precision=args.precision)
+        cfg = common.guidance_for(args, model, emb)
+        x = sample(model.flow, emb, args.n, steps=args.steps, solver=args.solver, cfg=cfg, generator=generator,
+                   x0=x0, precision=args.precision)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     common.save_npy(args.out, xyz_to_degrees(x[0].double()).cpu().numpy())

@@ -361,9 +361,10 @@ def mean_log_density(
     method: str = "rk4",
     steps: int = 8,
     precision: str = "fp32",
+    cfg: float = 0.0,
     on_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """Each image's mean log-density (no guidance) over its n i.i.d. draws (E, n, 3) -> (E,) float32.
+    """Each image's mean log-density, under guidance cfg, over its n i.i.d. draws (E, n, 3) -> (E,) float32.
 
     Unbiased for the mean over all n draws from the exact log-density of about `exact` of them: with c the
     k-nearest-neighbour log-density of every draw as a control variate, mean_n(c) + sum_h W_h mean(log p - c)
@@ -381,7 +382,7 @@ def mean_log_density(
 
     def exact_log_density(points):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            return log_density(flow, emb, points, method=method, steps=steps, on_step=on_step)
+            return log_density(flow, emb, points, cfg=cfg, method=method, steps=steps, on_step=on_step)
 
     if n <= exact or n <= k:
         return exact_log_density(draws).mean(-1)

@@ -16,6 +16,7 @@ import torch
 
 from .checkpoint import ModelNotFoundError, load_flow, read_manifest, resolve_model_dir
 from .encoders import ImageEncoder, load_encoder
+from .guidance import Guidance, guidance_from_calibration
 from .network import GeoAdaLNMLP
 
 PACKAGE_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -142,15 +143,16 @@ class GeoModel:
         return self._weights_sha256
 
     @property
+    def guidance(self) -> Guidance:
+        """Guidance of the distribution the map shows: the manifest's calibration (`geoplonk calibrate`), one
+        w or one for land-looking photos and one for the others; else w = 0, the distribution as trained
+        (published checkpoints)."""
+        return guidance_from_calibration(self.manifest.get("calibration"), str(self.path / "geoplonk.json"))
+
+    @property
     def distribution_cfg(self) -> float:
-        """Guidance w of the distribution the map shows: the manifest's calibrated value
-        (`geoplonk calibrate`), else 0, the distribution as trained (published checkpoints)."""
-        calibration = self.manifest.get("calibration")
-        value = calibration.get("distribution_cfg", 0.0) if isinstance(calibration, dict) else 0.0
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 20.0:
-            raise ValueError(f"{self.path / 'geoplonk.json'}: calibration.distribution_cfg must be a number in "
-                             f"[-1, 20], got {value!r} (rerun `geoplonk calibrate` or remove the entry)")
-        return float(value)
+        """The calibrated w of photos that no land rule singles out (every photo's when there is none)."""
+        return self.guidance.cfg
 
     @property
     def training_encoder_name(self) -> str:

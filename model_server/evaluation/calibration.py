@@ -11,6 +11,7 @@ the exact density's, or those and the drawn map's too (map_scores.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,11 @@ import torch
 
 from geoplonk_service import protocol as P
 
+from ..engine.guidance import LAND_SHARE_THRESHOLD, Guidance
 from ..engine.likelihood import log_density, truth_and_draws_log_density
 from ..engine.network import GeoAdaLNMLP
 from ..geodesy import xyz_to_latlon
+from ..photo_guidance import guess_draws, land_shares
 from .criteria import COVERAGE_KINDS, CRITERIA, MAP_CRITERIA, MIN_CFG, best_cfg, best_cfg_by_coverage
 from .map_scores import score_maps
 from .metrics import COVERAGE_LEVELS, coverage
@@ -199,6 +202,64 @@ def score_guidance(
     return scores, best_cfg_by_coverage(scores, kinds=COVERAGE_KINDS[criterion])
 
 
+@dataclass
+class GroupScores:
+    """One group of photos of a calibration by land share: which photos, their scores per w and its choice."""
+
+    name: str
+    rows: np.ndarray  # (E,) bool: the group's photos
+    scores: dict[float, dict]
+    chosen: float
+
+
+def guess_land_shares(flow: GeoAdaLNMLP, emb: torch.Tensor, *, seed: int = 0, chunk: int = 20,
+                      precision: str = P.DEFAULT_OPTIONS["precision"]) -> np.ndarray:
+    """(E,) share of each photo's best-guess draws on land, by which the server picks a photo's w. Drawn from
+    seeded fresh start points, where the server takes its request's: the shares lie near 0 or 1 for almost
+    every photo, so the two split photos alike."""
+    gen = torch.Generator().manual_seed(seed)
+    return np.concatenate([land_shares(guess_draws(flow, emb[start : start + chunk], generator=gen,
+                                                   precision=precision))
+                           for start in range(0, len(emb), chunk)])
+
+
+def score_guidance_by_land_share(
+    flow: GeoAdaLNMLP,
+    emb: torch.Tensor,
+    truth_xyz: torch.Tensor,
+    grid: Sequence[float],
+    *,
+    shares: np.ndarray,
+    threshold: float = LAND_SHARE_THRESHOLD,
+    land: np.ndarray | None = None,
+    on_step: Progress | None = None,
+    **settings,
+) -> tuple[list[GroupScores], Guidance]:
+    """score_guidance on the land-looking photos (guess land share `shares` >= threshold) and on the others
+    apart, each choosing its own w: the Guidance the server applies photo by photo (engine/guidance.py).
+    `land` (E,) bool, the truths on land, is passed on to each group that has some."""
+    looks_land = np.asarray(shares) >= threshold
+    if looks_land.all() or not looks_land.any():
+        raise ValueError(f"a land rule needs photos on both sides of the land share {threshold:g}: "
+                         f"{int(looks_land.sum())} of {len(looks_land)} look like land")
+    if settings.get("criterion") == "map-land" and (land is None or not land[looks_land].any()
+                                                    or not land[~looks_land].any()):
+        raise ValueError("--criterion map-land scores each group's land photos again: both groups need some")
+    per_photo = (2 if settings.get("criterion") in MAP_CRITERIA else 1) * len(grid)  # as score_guidance counts
+    groups = []
+    for name, rows, offset in (("land-looking", looks_land, 0),
+                               ("others", ~looks_land, per_photo * int(looks_land.sum()))):
+        def progress(done: int, _: int, offset: int = offset) -> None:
+            if on_step is not None:
+                on_step(offset + done, per_photo * len(looks_land))
+
+        subset_land = None if land is None or not land[rows].any() else land[rows]
+        scores, chosen = score_guidance(flow, emb[torch.from_numpy(rows)], truth_xyz[torch.from_numpy(rows)], grid,
+                                        land=subset_land, on_step=progress, **settings)
+        groups.append(GroupScores(name, rows, scores, chosen))
+    return groups, Guidance(groups[1].chosen, groups[0].chosen, threshold)
+
+
 def calibration_record(
     scores: dict[float, dict],
     chosen: float,
@@ -236,6 +297,31 @@ def calibration_record(
     if criterion in COVERAGE_KINDS and land_tiles:
         record.update(land_tiles=land_tiles)
     return record
+
+
+GROUP_KEYS = ("distribution_cfg", "nll_by_cfg", "coverage_by_cfg", "n", "land_tiles")
+
+
+def land_rule_record(groups: list[GroupScores], guidance: Guidance, *, land: np.ndarray | None = None,
+                     **settings) -> dict:
+    """The manifest's `calibration` entry of a calibration by land share: the rule's two w at the top, where
+    the server reads them, and each group's scores (calibration_record's, less the settings they share)."""
+    records = {}
+    for group in groups:
+        land_tiles = None if land is None else int(land[group.rows].sum())
+        records[group.name] = calibration_record(group.scores, group.chosen, n=int(group.rows.sum()),
+                                                 land_tiles=land_tiles, **settings)
+    shared = {k: v for k, v in records["others"].items() if k not in GROUP_KEYS}
+    return {
+        "distribution_cfg": guidance.cfg + 0.0,
+        "land_cfg": guidance.land + 0.0,
+        "land_share_threshold": guidance.threshold,
+        "rule": "w = land_cfg where the share of the photo's best-guess draws on land reaches "
+                "land_share_threshold, else distribution_cfg; each chosen on its own group of tuning photos",
+        **shared,
+        "n": sum(int(g.rows.sum()) for g in groups),
+        "groups": {name: {k: v for k, v in r.items() if k in GROUP_KEYS} for name, r in records.items()},
+    }
 
 
 def record_calibration(model_dir: Path, record: dict) -> Path:

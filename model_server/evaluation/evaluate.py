@@ -62,11 +62,13 @@ def evaluate_model(
     methods, per_image = evaluate_flow(model.flow, emb, photos.latlon, scoring, on_step=stage("flow", len(emb)))
     if map_samples:
         lat, lon = photos.latlon[:, 0], photos.latlon[:, 1]
-        scores = score_maps(model.flow, emb, lat, lon, cfg=scoring.distribution_cfg, samples=map_samples,
+        cfgs = np.asarray(per_image["cfg"])  # each photo's w, as its distribution was drawn
+        scores = score_maps(model.flow, emb, lat, lon, cfg=cfgs, samples=map_samples,
                             resolution=map_resolution, steps=scoring.steps, solver=scoring.solver,
                             precision=scoring.precision,
                             seed=scoring.seed, chunk=scoring.chunk, on_step=stage("maps", len(emb)))
-        methods.append(map_method(scores, cfg=scoring.distribution_cfg, samples=map_samples, resolution=map_resolution))
+        methods.append(map_method(scores, guidance=scoring.guidance.describe(), samples=map_samples,
+                                  resolution=map_resolution))
     if train_data is not None:
         train = read_dataset(train_data, progress=progress)
         if train_limit:

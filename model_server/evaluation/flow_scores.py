@@ -12,9 +12,11 @@ import torch
 
 from geoplonk_service import protocol as P
 
+from ..engine.guidance import Guidance
 from ..engine.likelihood import localizability, truth_and_draws_log_density
 from ..engine.sampling import sample
 from ..geodesy import degrees_to_xyz, latlon_distance_km, xyz_to_degrees
+from ..photo_guidance import photo_cfgs
 from ..products.modes import best_guess
 from .metrics import inside_regions
 from .report import MethodScores
@@ -23,9 +25,10 @@ from .report import MethodScores
 @dataclass(frozen=True)
 class FlowScoring:
     """How the flow's rows are drawn and scored: the guess at guidance `cfg` from `guess_samples` draws, the
-    distribution at `distribution_cfg` from `samples` draws and the exact likelihood, `chunk` photos at a time."""
+    distribution at the photo's w under `guidance` from `samples` draws and the exact likelihood, `chunk`
+    photos at a time."""
 
-    distribution_cfg: float
+    guidance: Guidance
     cfg: float = P.GUESS_CFG
     guess_samples: int = P.GUESS_SAMPLES
     guess_steps: int = P.GUESS_STEPS
@@ -57,42 +60,48 @@ def evaluate_flow(
     figures, for photos `emb` (E, cond_dim) at truth_deg (E, 2).
 
     Per chunk of photos: `guess_samples` draws at guidance `cfg` (the first is the single sample, the best
-    guess is picked among all), then `samples` draws at `distribution_cfg` whose exact log-densities, solved
-    together with the truth's, give its NLL, the coverage of its credible regions and the photo's
-    localizability. on_step(done) after each chunk.
+    guess is picked among all; they set each photo's w when the guidance has a land rule), then `samples`
+    draws at the photo's w whose exact log-densities, solved together with the truth's, give its NLL, the
+    coverage of its credible regions and the photo's localizability. on_step(done) after each chunk.
     """
-    cfg, guess_samples, distribution_cfg = scoring.cfg, scoring.guess_samples, scoring.distribution_cfg
+    cfg, guess_samples, guidance = scoring.cfg, scoring.guess_samples, scoring.guidance
     steps, precision, chunk = scoring.steps, scoring.precision, scoring.chunk
     likelihood_method = scoring.likelihood_method
     gen = torch.Generator().manual_seed(scoring.seed)
     truth_xyz = degrees_to_xyz(truth_deg)
-    single, guess, logp_truth, logp_samples = [], [], [], []
+    single, guess, cfgs, shares = [], [], [], []
+    logp_truth, logp_samples = np.zeros(len(emb), np.float32), np.zeros((len(emb), scoring.samples), np.float32)
     for start in range(0, len(emb), chunk):
         e = emb[start : start + chunk]
         guided = sample(flow, e, guess_samples, steps=scoring.guess_steps, solver=scoring.guess_solver, cfg=cfg,
                         generator=gen, precision=precision).numpy()
         single.append(guided[:, 0])
         guess.append(best_guesses(guided))
-        at_truth, at_draws = truth_and_draws_log_density(
-            flow, e, torch.tensor(truth_xyz[start : start + chunk]), scoring.samples, cfg=distribution_cfg,
-            steps=steps, solver=scoring.solver, precision=precision, generator=gen, method=likelihood_method,
-            likelihood_steps=None if likelihood_method == "dopri5" else scoring.likelihood_steps)
-        logp_truth.append(at_truth.numpy())
-        logp_samples.append(at_draws.numpy())
+        chunk_cfgs, chunk_shares = photo_cfgs(guidance, guided)
+        cfgs.append(chunk_cfgs)
+        shares.append(chunk_shares)
+        for w in dict.fromkeys(chunk_cfgs.tolist()):  # each w's photos in one solve (one, without a land rule)
+            rows = start + np.flatnonzero(chunk_cfgs == w)
+            at_truth, at_draws = truth_and_draws_log_density(
+                flow, emb[rows], torch.tensor(truth_xyz[rows]), scoring.samples, cfg=w,
+                steps=steps, solver=scoring.solver, precision=precision, generator=gen, method=likelihood_method,
+                likelihood_steps=None if likelihood_method == "dopri5" else scoring.likelihood_steps)
+            logp_truth[rows], logp_samples[rows] = at_truth.numpy(), at_draws.numpy()
         if on_step is not None:
             on_step(start + len(e))
-    single, guess = np.concatenate(single), np.concatenate(guess)
-    logp_truth, logp_samples = np.concatenate(logp_truth), np.concatenate(logp_samples)
+    single, guess, cfgs = np.concatenate(single), np.concatenate(guess), np.concatenate(cfgs)
     d_single = latlon_distance_km(xyz_to_degrees(single), truth_deg)
     d_guess = latlon_distance_km(xyz_to_degrees(guess), truth_deg)
     loc = localizability(logp_samples)
     methods = [
         MethodScores("flow_single", f"flow, cfg={cfg:g} single sample", d_single),
         MethodScores("flow_guess", f"flow, cfg={cfg:g} best guess of {guess_samples} samples", d_guess),
-        MethodScores("flow_distribution", f"flow, distribution (cfg={distribution_cfg:g})", d_guess, logp_truth,
+        MethodScores("flow_distribution", f"flow, distribution ({guidance.describe()})", d_guess, logp_truth,
                      inside_regions(logp_truth, logp_samples), localizability=loc,
                      extra={"note": "distance figures of the distribution row are those of the best guess"}),
     ]
     per_image = {"localizability": loc.tolist(), "error_km_guess": d_guess.tolist(),
-                 "guess_deg": xyz_to_degrees(guess).tolist()}
+                 "guess_deg": xyz_to_degrees(guess).tolist(), "cfg": cfgs.tolist()}
+    if guidance.needs_land_share:
+        per_image["guess_land_share"] = np.concatenate(shares).tolist()
     return methods, per_image

@@ -70,7 +70,7 @@ def score_maps(
     lat: np.ndarray,
     lon: np.ndarray,
     *,
-    cfg: float,
+    cfg: float | np.ndarray,
     samples: int = P.SAMPLES.default,
     resolution: float = P.RESOLUTION.default,
     levels: Sequence[float] = COVERAGE_LEVELS,
@@ -81,8 +81,9 @@ def score_maps(
     chunk: int = 20,
     on_step: Callable[[int], None] | None = None,
 ) -> MapScores:
-    """Draw each photo's map as the server would (`samples` draws under guidance cfg, a kernel density raster
-    of `resolution` degrees, its credible regions) and look up its truth (lat, lon in degrees, (E,) each).
+    """Draw each photo's map as the server would (`samples` draws under guidance cfg, one w or each photo's
+    (E,), a kernel density raster of `resolution` degrees, its credible regions) and look up its truth (lat,
+    lon in degrees, (E,) each).
 
     The draws come from seed + 1 (other draws than those the exact density is scored on, which start from
     seed). on_step(done) after each chunk of photos.
@@ -90,27 +91,30 @@ def score_maps(
     grid = Grid.global_grid(resolution)
     levels = tuple(levels)
     gen = torch.Generator().manual_seed(seed + 1)
-    logp, inside = [], []
+    cfgs = np.broadcast_to(np.asarray(cfg, dtype=np.float64), (len(emb),))
+    logp, inside = np.zeros(len(emb)), np.zeros((len(emb), len(levels)), dtype=bool)
     for start in range(0, len(emb), chunk):
-        e = emb[start : start + chunk]
-        points = sample(flow, e, samples, steps=steps, solver=solver, cfg=cfg, generator=gen,
-                        precision=precision).numpy()
-        for i, x in enumerate(points, start):
-            scored = truth_on_map(x, lat[i], lon[i], grid, levels)
-            logp.append(scored.log_density)
-            inside.append(scored.inside)
+        chunk_cfgs = cfgs[start : start + chunk]
+        for w in dict.fromkeys(chunk_cfgs.tolist()):  # each w's photos in one draw (one, with a single w)
+            rows = start + np.flatnonzero(chunk_cfgs == w)
+            points = sample(flow, emb[rows], samples, steps=steps, solver=solver, cfg=w, generator=gen,
+                            precision=precision).numpy()
+            for i, x in zip(rows, points, strict=True):
+                scored = truth_on_map(x, lat[i], lon[i], grid, levels)
+                logp[i], inside[i] = scored.log_density, scored.inside
         if on_step is not None:
-            on_step(start + len(e))
-    return MapScores(levels, np.array(logp), np.array(inside, dtype=bool).reshape(len(logp), len(levels)))
+            on_step(min(start + chunk, len(emb)))
+    return MapScores(levels, logp, inside)
 
 
-def map_method(scores: MapScores, *, cfg: float, samples: int, resolution: float) -> MethodScores:
-    """The drawn map scored per photo: its NLL and its regions' coverage (no guess, so no distance figures)."""
-    name = f"flow, the server's map (cfg={cfg:g}, {samples} samples, {resolution:g} deg raster)"
+def map_method(scores: MapScores, *, guidance: str, samples: int, resolution: float) -> MethodScores:
+    """The drawn map scored per photo: its NLL and its regions' coverage (no guess, so no distance figures).
+    `guidance` labels the w it was drawn at (engine.guidance.Guidance.describe)."""
+    name = f"flow, the server's map ({guidance}, {samples} samples, {resolution:g} deg raster)"
     return MethodScores("flow_map", name, logp=scores.log_density, inside=scores.inside, levels=scores.levels,
                         extra={"note": "no distance figures: this row scores the raster and its credible regions"})
 
 
-def map_row(scores: MapScores, *, cfg: float, samples: int, resolution: float) -> dict:
+def map_row(scores: MapScores, *, guidance: str, samples: int, resolution: float) -> dict:
     """The report's row of the drawn map on all photos."""
-    return method_row(map_method(scores, cfg=cfg, samples=samples, resolution=resolution))
+    return method_row(map_method(scores, guidance=guidance, samples=samples, resolution=resolution))

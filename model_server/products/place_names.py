@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geodesy import haversine_km, latlon_to_xyz
+from ..geodesy import haversine_km, latlon_to_xyz, xyz_to_latlon
 
 OPEN_OCEAN = "open ocean"
 # Beyond this distance from the nearest GeoNames town the place is described as "near <town>".
@@ -79,6 +79,13 @@ def is_land(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     lon = np.asarray(lon, dtype=np.float64)
     lon = np.where(lon >= 180.0, lon - 360.0, lon)
     return np.asarray(globe.is_land(lat, lon), dtype=bool)
+
+
+def land_share(xyz: np.ndarray) -> float:
+    """Share of the points (n, 3) that lie on land: which of a model's guidance values a photo gets
+    (engine.guidance), from its best-guess draws."""
+    lat, lon = xyz_to_latlon(np.asarray(xyz, dtype=np.float64))
+    return float(np.mean(is_land(lat, lon)))
 
 
 def name_places(lats: list[float], lons: list[float]) -> list[PlaceName]:

@@ -83,7 +83,9 @@ def _run_joint(model, device, state, names, options, emit, is_cancelled) -> None
         return
     t = time.perf_counter()
     on_stage("joint")
-    options = {**options, "cfg": model.distribution_cfg} if options.get("cfg") is None else options
+    guidance = model.guidance
+    if options.get("cfg") is None and not guidance.needs_land_share:  # else each photo's own w (run_photo)
+        options = {**options, "cfg": guidance.cfg}
     pmap = state.accumulator.combined()
     aoi = area_of_interest(options)
     aoi_fields = None
@@ -103,8 +105,9 @@ def _run_joint(model, device, state, names, options, emit, is_cancelled) -> None
     check()
     emit("progress", "write", None, None)
     t = time.perf_counter()
+    cfg = options["cfg"] if options.get("cfg") is not None else f"each photo's, {guidance.describe()}"
     tags = {"model": model.name, "encoder": model.encoder_name, "solver": options["solver"],
-            "steps": options["steps"], "cfg": options["cfg"], "samples": options["samples"], "seed": options["seed"],
+            "steps": options["steps"], "cfg": cfg, "samples": options["samples"], "seed": options["seed"],
             "software_version": __version__, "joint_photos": str(len(parts)), "kernel": METHOD,
             "kernel_kappa": f"{products.raster.kappa:.6g}"}
     tiff, gpkg = write_products(products, localizability, tags)

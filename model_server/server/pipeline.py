@@ -22,6 +22,7 @@ from geoplonk_service import protocol as P
 
 from .. import __version__
 from ..images import ImageError, decode_image, exif_gps
+from ..photo_guidance import guess_draws, photo_cfgs
 from ..products.aoi import aoi_geometry
 from ..products.claims import Claim
 from ..products.density import KERNEL_NAME
@@ -50,14 +51,18 @@ class Cancelled(Exception):
 
 
 def localizability(model, emb: torch.Tensor, samples: torch.Tensor,
-                   check: Callable[[], None] | None = None) -> tuple[np.ndarray, str]:
+                   check: Callable[[], None] | None = None, cfg: float = 0.0) -> tuple[np.ndarray, str]:
     """The paper's localizability: mean log-density (nats/sr) of the model's own samples / (4 pi ln 2).
 
     engine.likelihood.mean_log_density: the exact likelihood (probability-flow ODE with the exact
     divergence; rk4, LOCALIZABILITY_STEPS steps, bf16 matmuls where the device has them) of about
     LOCALIZABILITY_SAMPLES of the photo's samples, and the k-nearest-neighbour density of all of them as a
     control variate, stratified: as close to the exact mean over all samples as 8 times as many exact
-    points alone (benchmarks/check_localizability.py). Without guidance, as in the reference.
+    points alone (benchmarks/check_localizability.py). The density is that of the field the samples were drawn
+    from (guidance cfg), so that the score is the negative entropy of the map shown: the reference takes it
+    without guidance, the same at w = 0 (its checkpoints'), but at a negative w the unguided density of wider
+    draws adds their divergence from it, which grows with w and would rank a land view drawn at the land rule's
+    wider w below open ocean.
     Returns (values (E,), method).
 
     One photo at a time: the matmuls' blocking depends on the batch, and a photo's localizability must not
@@ -72,12 +77,13 @@ def localizability(model, emb: torch.Tensor, samples: torch.Tensor,
     for row in range(emb.shape[0]):
         mean = likelihood.mean_log_density(model.flow, emb[row : row + 1], samples[row : row + 1],
                                            exact=LOCALIZABILITY_SAMPLES, steps=LOCALIZABILITY_STEPS,
-                                           precision=precision, on_step=check)
+                                           precision=precision, cfg=cfg, on_step=check)
         values.append(likelihood.localizability(mean[:, None]).cpu().numpy())
     n = samples.shape[1]
+    exact = f"exact at the draws' w = {cfg:g}" if cfg else "exact"
     if n <= LOCALIZABILITY_SAMPLES:
-        return np.concatenate(values), f"exact, rk4 {LOCALIZABILITY_STEPS} steps {precision}, all {n} samples"
-    return np.concatenate(values), (f"exact, rk4 {LOCALIZABILITY_STEPS} steps {precision}, "
+        return np.concatenate(values), f"{exact}, rk4 {LOCALIZABILITY_STEPS} steps {precision}, all {n} samples"
+    return np.concatenate(values), (f"{exact}, rk4 {LOCALIZABILITY_STEPS} steps {precision}, "
                                     f"{LOCALIZABILITY_SAMPLES} of {n} samples; kNN-density control variate")
 
 
@@ -129,8 +135,6 @@ def _run(model, device, request_names, request_blobs, indices, options, emit, pe
     """run_unit's stages, photo by photo: each photo's result leaves as soon as it is ready, so the first
     answer of a batch comes after one photo's time.  `check` raises Cancelled inside a stage, `cancel_rest`
     answers between photos."""
-    if options.get("cfg") is None:  # the summary and the raster's tags say which guidance ran
-        options = {**options, "cfg": model.distribution_cfg}
     from ..engine.sampling import supported_precision
 
     precision = supported_precision(options["precision"], model.device)
@@ -151,6 +155,18 @@ def _run(model, device, request_names, request_blobs, indices, options, emit, pe
             fail(i, P.E_INTERNAL, f"{type(exc).__name__}: {exc}")
             continue
         pending.remove(i)
+
+
+def choose_guidance(model, options: dict[str, Any], guess: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The options with the photo's guidance w filled in (the request's, else the model's calibrated w, which
+    may depend on where its best-guess draws `guess` (m, 3) fall), and what chose it, for the summary."""
+    if options.get("cfg") is not None:
+        return options, {"source": "request"}
+    cfgs, shares = photo_cfgs(model.guidance, guess[None])
+    chosen = {"source": "model", "rule": model.guidance.describe()}
+    if shares is not None:
+        chosen["guess_land_share"] = round(float(shares[0]), 4)
+    return {**options, "cfg": float(cfgs[0])}, chosen
 
 
 def area_of_interest(options: dict[str, Any]) -> AreaOfInterest | None:
@@ -210,13 +226,13 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
     with stage("sample"):
         n = options["samples"]
         m = min(P.GUESS_SAMPLES, n)
+        guess = guess_draws(model.flow, emb, x0=x0[:m], on_step=check, precision=precision)
+        options, guidance = choose_guidance(model, options, guess[0])
         samples = sample(model.flow, emb, n, steps=options["steps"], solver=options["solver"], cfg=options["cfg"],
                          x0=x0, on_step=check, precision=precision)
-        guess = sample(model.flow, emb, m, steps=P.GUESS_STEPS, solver=P.GUESS_SOLVER, cfg=P.GUESS_CFG, x0=x0[:m],
-                       on_step=check, precision=precision)
 
     with stage("localizability"):
-        loc, loc_method = localizability(model, emb, samples, check)
+        loc, loc_method = localizability(model, emb, samples, check, cfg=options["cfg"])
 
     def on_stage(label: str) -> None:
         check()
@@ -252,6 +268,7 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
         "options": options,
         **summary_fields(products, float(loc[0])),
         "localizability_method": loc_method,
+        "guidance": guidance,
         "warnings": warnings,
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }

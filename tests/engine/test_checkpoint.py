@@ -122,3 +122,28 @@ def test_calibrated_guidance_is_read_from_the_manifest_and_checked(tmp_path, net
         with pytest.raises(ValueError, match="distribution_cfg must be a number in"):
             model_with({"distribution_cfg": bad}).distribution_cfg  # noqa: B018 - the property raises
     clear_cache()
+
+
+def test_a_land_rule_in_the_manifest_gives_land_looking_photos_their_own_guidance(tmp_path, net):
+    from model_server.engine.guidance import Guidance
+    from model_server.engine.model import clear_cache, load_model
+
+    def model_with(calibration):
+        clear_cache()
+        return load_model(save_model_dir(tmp_path / "m", net, {"name": "tiny", "encoder": "efficientnet-lite0",
+                                                                "calibration": calibration}))
+
+    model = model_with({"distribution_cfg": -0.1, "land_cfg": -0.2, "land_share_threshold": 0.4})
+    assert model.guidance == Guidance(-0.1, -0.2, 0.4) and model.distribution_cfg == -0.1
+    assert [model.guidance.for_land_share(s) for s in (0.0, 0.39, 0.4, 1.0)] == [-0.1, -0.1, -0.2, -0.2]
+    with pytest.raises(ValueError, match="land share"):
+        model.guidance.for_land_share(None)  # a rule needs the photo's share
+    assert model_with({"distribution_cfg": -0.1}).guidance.for_land_share(None) == -0.1  # one w needs none
+    assert "-0.2 land-looking, -0.1 others" in model.guidance.describe()
+    for bad, message in (({"land_cfg": "wide"}, "land_cfg must be a number"),
+                         ({"land_cfg": None}, "land_cfg must be a number"),
+                         ({"land_cfg": -0.2, "land_share_threshold": 0}, "land_share_threshold must be"),
+                         ({"land_cfg": -0.2, "land_share_threshold": 1.5}, "land_share_threshold must be")):
+        with pytest.raises(ValueError, match=message):
+            model_with({"distribution_cfg": -0.1, **bad}).guidance  # noqa: B018 - the property raises
+    clear_cache()

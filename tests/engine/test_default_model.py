@@ -24,6 +24,7 @@ from model_server.engine.sphere import xyz_to_degrees
 from model_server.evaluation.criteria import COVERAGE_KINDS, CRITERIA, best_cfg_by_coverage
 from model_server.geodesy import haversine_km
 from model_server.images import read_exif_gps
+from model_server.photo_guidance import cfg_for_photo
 from model_server.products.modes import best_guess
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -70,10 +71,16 @@ def test_default_model_is_committed_and_verifies(model):
     calibration = model.manifest["calibration"]
     criterion = next(key for key, text in CRITERIA.items() if text == calibration["criterion"])
     assert calibration["skip"] == 300 and calibration["n"] == 200 and criterion in COVERAGE_KINDS
-    scores = {float(w): {"nll": nll, **calibration["coverage_by_cfg"][w]}
-              for w, nll in calibration["nll_by_cfg"].items()}
-    chosen = best_cfg_by_coverage(scores, kinds=COVERAGE_KINDS[criterion])
-    assert model.distribution_cfg == chosen and -1 <= model.distribution_cfg <= 0
+
+    def chosen(scored: dict) -> float:
+        scores = {float(w): {"nll": nll, **scored["coverage_by_cfg"][w]} for w, nll in scored["nll_by_cfg"].items()}
+        return best_cfg_by_coverage(scores, kinds=COVERAGE_KINDS[criterion])
+
+    # by land share: each group's w chosen on its own tiles, the land-looking ones' wider
+    groups = calibration["groups"]
+    assert groups["land-looking"]["n"] + groups["others"]["n"] == calibration["n"]
+    assert model.guidance.land == chosen(groups["land-looking"]) and model.distribution_cfg == chosen(groups["others"])
+    assert -1 <= model.guidance.land < model.distribution_cfg <= 0
 
 
 def test_sample_tiles_carry_their_position():
@@ -108,11 +115,13 @@ def test_featureless_tiles_are_less_localizable_than_distinctive_ones(model):
     images = [Image.open(SAMPLES / f"{n}.jpg").convert("RGB") for n in names]
     emb = model.encoder.embed(images)
     gen = torch.Generator().manual_seed(0)
-    # the map's draws, as the server makes them: at the calibrated guidance (their density without it)
-    w = model.distribution_cfg
-    own = sample(model.flow, emb, 128, cfg=w, generator=gen)
-    loc = localizability(log_density(model.flow, emb, own, method="rk4", steps=16)).tolist()
-    x = sample(model.flow, emb, 256, steps=32, cfg=w, generator=gen)
+    # the map's draws, as the server makes them: each photo at the w its guess draws pick, and their density
+    # under that same field (pipeline.localizability)
+    ws = [cfg_for_photo(model, emb[i : i + 1]) for i in range(len(names))]
+    own = torch.cat([sample(model.flow, emb[i : i + 1], 128, cfg=w, generator=gen) for i, w in enumerate(ws)])
+    loc = [localizability(log_density(model.flow, emb[i : i + 1], own[i : i + 1], cfg=w, method="rk4",
+                                      steps=16)).item() for i, w in enumerate(ws)]
+    x = torch.cat([sample(model.flow, emb[i : i + 1], 256, steps=32, cfg=w, generator=gen) for i, w in enumerate(ws)])
     lat, lon = xyz_to_degrees(x).unbind(-1)
     spread = []  # median distance of a sample to the image's best guess
     for i in range(len(names)):

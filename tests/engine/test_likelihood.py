@@ -304,3 +304,11 @@ def test_server_localizability_names_its_method():
     assert f"{pipeline.LOCALIZABILITY_SAMPLES} of 512 samples" in method and "control variate" in method
     _, method = pipeline.localizability(model, emb, draws[:, :10])
     assert "all 10 samples" in method
+    # guided draws: their density under the same guided field (the map's own entropy)
+    guided = sample(net, emb, 40, steps=32, cfg=-0.8, generator=torch.Generator().manual_seed(7))  # all exact
+    values, method = pipeline.localizability(model, emb, guided, cfg=-0.8)
+    exact = localizability(log_density(net, emb, guided, cfg=-0.8, method="rk4", steps=16)).item()
+    unguided = localizability(log_density(net, emb, guided, method="rk4", steps=16)).item()
+    print("guided draws: server", values[0], "exact", exact, "unguided density", unguided)
+    assert abs(values[0] - exact) < abs(exact - unguided) / 4
+    assert "w = -0.8" in method

@@ -262,11 +262,32 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main([*by_land, "--limit", "1", "--skip", "2"]) == 2  # only the Pacific tile: no land photo to score
     assert "none of the 1 photos' truths is on land" in capsys.readouterr().err
+    # by land share: one w for the tiles whose guess draws fall more on land, one for the others, each chosen
+    # on its own tiles (the threshold set between the two tiles' shares, as the command computes them)
+    from model_server.engine.datasets import embed_dataset, read_dataset
+    from model_server.evaluation.calibration import guess_land_shares
+
+    emb, _ = embed_dataset(read_dataset(moved, progress=False).subset(np.arange(1, 3)), model.encoder,
+                           cache_path=tmp_path / "moved-emb.npz", progress=False)
+    shares = guess_land_shares(model.flow, emb)
+    assert shares[0] != shares[1]
+    by_share = [*by_land[: by_land.index("--criterion")], "--criterion", "coverage", "--samples", "4",
+                "--cache", str(tmp_path / "moved-emb.npz"), "--by-land-share"]
+    assert main([*by_share, "--land-share-threshold", "1.5"]) == 2
+    assert "--land-share-threshold must lie in (0, 1]" in capsys.readouterr().err
+    assert main([*by_share, "--land-share-threshold", str(shares.mean())]) == 0
+    calibration = json.loads((out / "geoplonk.json").read_text())["calibration"]
+    assert calibration["land_share_threshold"] == shares.mean() and calibration["n"] == 2
+    assert {name: g["n"] for name, g in calibration["groups"].items()} == {"land-looking": 1, "others": 1}
+    for name, key in (("land-looking", "land_cfg"), ("others", "distribution_cfg")):
+        assert calibration[key] == calibration["groups"][name]["distribution_cfg"]
+    assert verify_files(out) == []
     from model_server.engine.model import clear_cache
 
     clear_cache()
     model = load_model(out)
     assert model.distribution_cfg == calibration["distribution_cfg"]
+    assert model.guidance.land == calibration["land_cfg"]
     assert main(["calibrate", "--model", str(out), "--data", test_csv, "--skip", "3", "--quiet"]) == 2  # none left
     report_path = tmp_path / "report.json"
     assert main(["eval", "--model", str(out), "--data", str(tmp_path / "tiles" / "test.csv"), "--train-data",
@@ -282,8 +303,10 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     assert methods[0] == "uniform prior" and any(m.startswith("retrieval top-1") for m in methods)
     flow, drawn_map = report["rows"][-2:]
     # the distribution and the drawn map are the calibrated ones
-    tag = f"cfg={model.distribution_cfg:g}"
-    assert tag in flow["method"] and tag in drawn_map["method"]
+    tag = model.guidance.describe()
+    assert "land-looking" in tag and tag in flow["method"] and tag in drawn_map["method"]
+    assert set(report["per_image"]["cfg"]) <= {model.guidance.land, model.guidance.cfg}
+    assert report["settings"]["land_cfg"] == model.guidance.land
     assert flow["n"] == 3 and {"nll_mean", "coverage_50", "coverage_90", "coverage_99", "geoscore"} <= set(flow)
     # the map as the server draws it: its regions' coverage grows with the level, and it has no distance figures
     assert drawn_map["method"].startswith("flow, the server's map") and "geoscore" not in drawn_map

@@ -153,8 +153,82 @@ def test_the_map_row_of_eval_and_the_map_scores_of_calibrate_are_one_computation
     kw = {"samples": 64, "resolution": 5.0, "steps": 8, "seed": 3, "chunk": 4}
     scores = score_maps(net, emb, lat, lon, cfg=-0.2, **kw)
     assert scores.inside.shape == (7, 3) and np.all(np.isfinite(scores.log_density))
-    row = map_row(scores, cfg=-0.2, samples=64, resolution=5.0)
+    row = map_row(scores, guidance="cfg=-0.2", samples=64, resolution=5.0)
     assert row["method"] == "flow, the server's map (cfg=-0.2, 64 samples, 5 deg raster)" and row["n"] == 7
     calibrated = map_scores(net, emb, truth, [-0.2], **kw)[-0.2]
     assert calibrated["map_nll"] == row["nll_mean"]
     assert all(calibrated[f"map_coverage_{p}"] == row[f"coverage_{p}"] for p in (50, 90, 99))
+
+
+def test_each_photo_drawn_at_its_own_w_matches_that_w_drawn_for_every_photo():
+    """Photo by photo (chunk 1) the draws come from the same generator state, so a photo drawn at its own w
+    (a land rule's) gets the very map, and the very exact scores, that a single w gives it."""
+    from model_server.engine.guidance import Guidance
+    from model_server.evaluation.flow_scores import FlowScoring, evaluate_flow
+    from model_server.evaluation.map_scores import score_maps
+    from model_server.geodesy import xyz_to_latlon
+
+    net = field(gain=0.6)
+    emb = torch.randn(5, 8)
+    truth = sample(net, emb, 1, steps=8, generator=torch.Generator().manual_seed(6))[:, 0]
+    lat, lon = xyz_to_latlon(truth.double().numpy())
+    cfgs = np.array([-0.4, 0.0, -0.4, -0.4, 0.0])
+    kw = {"samples": 32, "resolution": 5.0, "steps": 4, "seed": 3, "chunk": 1}
+    mixed = score_maps(net, emb, lat, lon, cfg=cfgs, **kw)
+    for w in (-0.4, 0.0):
+        alone = score_maps(net, emb, lat, lon, cfg=w, **kw)
+        rows = cfgs == w
+        assert np.array_equal(mixed.inside[rows], alone.inside[rows])
+        assert np.array_equal(mixed.log_density[rows], alone.log_density[rows])
+    # in one chunk, each w's photos are drawn together, the first w met first: they get back their own rows
+    together = score_maps(net, emb, lat, lon, cfg=cfgs, **{**kw, "chunk": 5})
+    first = cfgs == cfgs[0]
+    alone = score_maps(net, emb[torch.from_numpy(first)], lat[first], lon[first], cfg=cfgs[0], **{**kw, "chunk": 5})
+    assert np.array_equal(together.log_density[first], alone.log_density)
+    assert np.array_equal(together.inside[first], alone.inside)
+    truth_deg = np.stack([lat, lon], axis=1)
+    settings = {"cfg": 1.0, "guess_samples": 16, "guess_steps": 4, "samples": 8, "steps": 4,
+                "likelihood_steps": 2, "chunk": 1}
+    by_rule = {}
+    for name, guidance in (("land", Guidance(0.0, -0.4, 1e-9)), ("others", Guidance(0.0, -0.4, 1.0 + 1e-9)),
+                           ("w=-0.4", Guidance(-0.4)), ("w=0", Guidance(0.0))):
+        methods, per_image = evaluate_flow(net, emb, truth_deg, FlowScoring(guidance=guidance, **settings))
+        by_rule[name] = (methods[-1], per_image)
+    # every photo's guess draws have some share on land (>= 1e-9) and none all of it (>= 1 + 1e-9)
+    for rule, single in (("land", "w=-0.4"), ("others", "w=0")):
+        (rule_scores, rule_photos), (w_scores, w_photos) = by_rule[rule], by_rule[single]
+        assert np.array_equal(rule_scores.logp, w_scores.logp) and rule_photos["cfg"] == w_photos["cfg"]
+        assert len(rule_photos["guess_land_share"]) == 5 and "guess_land_share" not in w_photos
+    assert by_rule["land"][0].method == ("flow, distribution (cfg=-0.4 land-looking, 0 others "
+                                         "(guess land share >= 1e-09))")
+
+
+def test_calibration_by_land_share_chooses_a_w_for_each_group_on_its_photos_alone():
+    from model_server.engine.guidance import Guidance, guidance_from_calibration
+    from model_server.evaluation.calibration import land_rule_record, score_guidance_by_land_share
+
+    net = field(gain=0.6)
+    emb = torch.randn(6, 8)
+    truth = sample(net, emb, 1, steps=8, generator=torch.Generator().manual_seed(5))[:, 0]
+    grid = [-0.5, -0.25, 0.0]
+    shares = np.array([0.9, 0.1, 0.8, 0.0, 0.2, 0.6])
+    settings = {"criterion": "coverage", "samples": 4, "likelihood_steps": 2, "steps": 4}
+    seen = []
+    groups, guidance = score_guidance_by_land_share(net, emb, truth, grid, shares=shares, threshold=0.5,
+                                                    on_step=lambda d, t: seen.append((d, t)), **settings)
+    assert [g.name for g in groups] == ["land-looking", "others"]
+    assert groups[0].rows.tolist() == [True, False, True, False, False, True]
+    for group in groups:
+        rows = torch.from_numpy(group.rows)
+        assert (group.scores, group.chosen) == score_guidance(net, emb[rows], truth[rows], grid, **settings)
+    assert guidance == Guidance(groups[1].chosen, groups[0].chosen, 0.5)
+    assert seen[-1] == (len(grid) * 6,) * 2 and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    record = land_rule_record(groups, guidance, land=np.array([1, 0, 1, 0, 0, 0], dtype=bool),
+                              criterion="coverage", data="tiles.csv", skip=0, likelihood_method="rk4",
+                              likelihood_steps=2, samples=4, seed=0, map_samples=32, map_resolution=5.0)
+    assert guidance_from_calibration(record) == guidance  # what the server reads back
+    assert record["n"] == 6 and record["groups"]["land-looking"]["n"] == 3
+    assert record["groups"]["land-looking"]["land_tiles"] == 2 and "land_tiles" not in record["groups"]["others"]
+    assert set(record["groups"]["others"]["coverage_by_cfg"]) == {"-0.5", "-0.25", "0"}
+    with pytest.raises(ValueError, match="0 of 6 look like land"):
+        score_guidance_by_land_share(net, emb, truth, grid, shares=shares, threshold=0.95, **settings)

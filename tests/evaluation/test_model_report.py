@@ -42,7 +42,7 @@ def test_blocks_show_every_figure_with_its_interval(tmp_path):
 def test_committed_figures_match_their_records():
     from geoplonk_service import protocol as P
 
-    calibrated = json.loads(R.MANIFEST.read_text())["calibration"]["distribution_cfg"]
+    calibration = json.loads(R.MANIFEST.read_text())["calibration"]
     for split in R.SPLITS:
         doc = R.load(split)
         assert doc["model_name"] == "earth-tiles" and doc["n"] >= {"report": 1000, "land": 300}[split]
@@ -50,7 +50,10 @@ def test_committed_figures_match_their_records():
         ran = doc["settings"]
         assert (ran["solver"], ran["steps"], ran["precision"]) == (P.DEFAULT_SOLVER, P.STEPS.default,
                                                                     P.DEFAULT_OPTIONS["precision"])
-        assert ran["distribution_cfg"] == calibrated, (ran["distribution_cfg"], calibrated)
+        assert ran["distribution_cfg"] == calibration["distribution_cfg"]
+        assert ran.get("land_cfg") == calibration.get("land_cfg")  # the manifest's rule by land share, if any
+        if "land_cfg" in calibration:
+            assert ran["land_share_threshold"] == calibration["land_share_threshold"]
         assert all(len(e) == doc["n"] for e in doc["per_image"]["error_km"].values())  # per-tile errors kept
     assert R.load("land")["land"]["water_share"] == 0.0
     assert R.main(["--check"]) == 0

@@ -112,16 +112,18 @@ def test_settings_dialog_edits_and_validates(qgis_iface):
     assert (dialog.solver.currentData(), dialog.steps.value()) == (P.DEFAULT_SOLVER, P.STEPS.default)
     labels = [dialog.solver.itemText(i) for i in range(dialog.solver.count())]
     assert [dialog.solver.itemData(i) for i in range(dialog.solver.count())] == list(P.SOLVERS)
-    assert "euler (the reference's sampler), default" in labels and "rk3 (third order" in labels[3]
+    assert labels[P.SOLVERS.index(P.DEFAULT_SOLVER)].endswith(", default")
+    assert sum(", default" in t for t in labels) == 1
+    assert labels[0].startswith("euler (the reference's sampler)") and labels[3].startswith("rk3 (third order")
     dialog.samples.setValue(300)
     dialog.levels.setText("50, 80")
     dialog.auto_start.setChecked(False)
-    dialog.solver.setCurrentIndex(dialog.solver.findData("rk3"))
-    dialog.steps.setValue(7)
+    dialog.solver.setCurrentIndex(dialog.solver.findData("euler"))
+    dialog.steps.setValue(32)
     edited = dialog.settings()
     assert (edited.samples, edited.levels, edited.auto_start) == (300, [0.5, 0.8], False)
-    assert (edited.solver, edited.steps) == ("rk3", 7)
-    assert (edited.options()["solver"], edited.options()["steps"]) == ("rk3", 7)
+    assert (edited.solver, edited.steps) == ("euler", 32)
+    assert (edited.options()["solver"], edited.options()["steps"]) == ("euler", 32)
     # the guidance box starts at "model's calibrated" (no cfg sent); any value in the range is sent as is
     assert dialog.guidance.text() == "model's calibrated" and edited.cfg is None
     dialog.guidance.setValue(-0.3)

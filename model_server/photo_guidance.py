@@ -1,0 +1,53 @@
+"""Which guidance w a photo's distribution is drawn at: the request's, else the model's calibration
+(engine.guidance), which may depend on where the photo's best-guess draws fall. Shared by the server, the
+command line, `geoplonk eval` and `geoplonk calibrate`, so that all of them draw a photo at the same w."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from geoplonk_service import protocol as P
+
+from .engine.guidance import Guidance
+from .products.place_names import land_share
+
+
+def guess_draws(flow, emb: torch.Tensor, *, x0: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, precision: str = P.DEFAULT_OPTIONS["precision"],
+                on_step=None) -> torch.Tensor:
+    """The best guess's draws (E, m, 3): the server's guess sampler at its guidance, from x0 (m, 3) or
+    GUESS_SAMPLES fresh points."""
+    from .engine.sampling import sample
+
+    samples = P.GUESS_SAMPLES if x0 is None else x0.shape[-2]
+    return sample(flow, emb, samples, steps=P.GUESS_STEPS, solver=P.GUESS_SOLVER, cfg=P.GUESS_CFG, x0=x0,
+                  generator=generator, on_step=on_step, precision=precision)
+
+
+def land_shares(guesses: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(E, m, 3) guess draws -> (E,) share of each photo's draws on land."""
+    guesses = guesses.float().cpu().numpy() if isinstance(guesses, torch.Tensor) else np.asarray(guesses)
+    return np.array([land_share(g) for g in guesses], dtype=np.float64)
+
+
+def photo_cfgs(guidance: Guidance, guesses: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each photo's w (E,) under `guidance`, and the land shares it was chosen by (None when it needs none)."""
+    shares = land_shares(guesses) if guidance.needs_land_share else None
+    count = len(guesses)
+    cfgs = np.array([guidance.for_land_share(None if shares is None else shares[i]) for i in range(count)])
+    return cfgs, shares
+
+
+def cfg_for_photo(model, emb: torch.Tensor, precision: str = P.DEFAULT_OPTIONS["precision"]) -> float:
+    """The model's w for one photo's embedding (1, d), drawing its guess only when the calibration needs it,
+    from the start points the server's guess takes under the default options (so the same w)."""
+    guidance = model.guidance
+    if not guidance.needs_land_share:
+        return guidance.cfg
+    from .engine.sampling import supported_precision
+    from .server.pipeline import start_points
+
+    x0 = start_points(P.SAMPLES.default, P.SEED.default)[: P.GUESS_SAMPLES]
+    guesses = guess_draws(model.flow, emb[:1], x0=x0, precision=supported_precision(precision, model.device))
+    return float(photo_cfgs(guidance, guesses)[0][0])
