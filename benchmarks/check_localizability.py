@@ -34,7 +34,7 @@ from geoplonk_service import protocol as P  # noqa: E402
 from model_server.engine.likelihood import localizability, log_density  # noqa: E402
 from model_server.engine.sampling import sample, supported_precision  # noqa: E402
 from model_server.evaluation.metrics import spearman  # noqa: E402
-from model_server.photo_guidance import guess_draws, photo_cfgs  # noqa: E402
+from model_server.photo_guidance import guess_draws  # noqa: E402
 from model_server.server import pipeline  # noqa: E402
 
 SCALE = 4 * math.pi * math.log(2)
@@ -100,7 +100,7 @@ def main() -> None:
         def draw(one=one):  # as the server: the guess first, whose draws pick the photo's w
             with torch.inference_mode():
                 guessed = guess_draws(model.flow, one, x0=x0[:guess], precision=precision)
-                w = float(photo_cfgs(model.guidance, guessed)[0][0])
+                w = pipeline.choose_guidance(model, options, guessed[0])[0]["cfg"]
                 return sample(model.flow, one, options["samples"], steps=options["steps"], solver=options["solver"],
                               cfg=w, x0=x0, precision=precision), w
 

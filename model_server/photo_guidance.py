@@ -28,15 +28,15 @@ def guess_draws(flow, emb: torch.Tensor, *, x0: torch.Tensor | None = None,
 def land_shares(guesses: torch.Tensor | np.ndarray) -> np.ndarray:
     """(E, m, 3) guess draws -> (E,) share of each photo's draws on land."""
     guesses = guesses.float().cpu().numpy() if isinstance(guesses, torch.Tensor) else np.asarray(guesses)
-    return np.array([land_share(g) for g in guesses], dtype=np.float64)
+    return land_share(guesses)
 
 
 def photo_cfgs(guidance: Guidance, guesses: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Each photo's w (E,) under `guidance`, and the land shares it was chosen by (None when it needs none)."""
-    shares = land_shares(guesses) if guidance.needs_land_share else None
-    count = len(guesses)
-    cfgs = np.array([guidance.for_land_share(None if shares is None else shares[i]) for i in range(count)])
-    return cfgs, shares
+    if not guidance.needs_land_share:
+        return np.full(len(guesses), guidance.cfg), None
+    shares = land_shares(guesses)
+    return np.array([guidance.for_land_share(s) for s in shares]), shares
 
 
 def cfg_for_photo(model, emb: torch.Tensor, precision: str = P.DEFAULT_OPTIONS["precision"]) -> float:

@@ -81,11 +81,11 @@ def is_land(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     return np.asarray(globe.is_land(lat, lon), dtype=bool)
 
 
-def land_share(xyz: np.ndarray) -> float:
-    """Share of the points (n, 3) that lie on land: which of a model's guidance values a photo gets
-    (engine.guidance), from its best-guess draws."""
+def land_share(xyz: np.ndarray) -> np.ndarray:
+    """Share of the points (..., n, 3) that lie on land, per leading index (a 0-d array for one set): which of a
+    model's guidance values a photo gets (engine.guidance), from its best-guess draws."""
     lat, lon = xyz_to_latlon(np.asarray(xyz, dtype=np.float64))
-    return float(np.mean(is_land(lat, lon)))
+    return is_land(lat.ravel(), lon.ravel()).reshape(lat.shape).mean(axis=-1)
 
 
 def name_places(lats: list[float], lons: list[float]) -> list[PlaceName]:

@@ -162,8 +162,9 @@ def choose_guidance(model, options: dict[str, Any], guess: torch.Tensor) -> tupl
     may depend on where its best-guess draws `guess` (m, 3) fall), and what chose it, for the summary."""
     if options.get("cfg") is not None:
         return options, {"source": "request"}
-    cfgs, shares = photo_cfgs(model.guidance, guess[None])
-    chosen = {"source": "model", "rule": model.guidance.describe()}
+    guidance = model.guidance
+    cfgs, shares = photo_cfgs(guidance, guess[None])
+    chosen = {"source": "model", "rule": guidance.describe()}
     if shares is not None:
         chosen["guess_land_share"] = round(float(shares[0]), 4)
     return {**options, "cfg": float(cfgs[0])}, chosen
