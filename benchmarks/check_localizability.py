@@ -9,11 +9,13 @@ Prints |estimate - exact| (median, max), Spearman against exact, and seconds per
 CPU) of each estimate and of the server's sampling (the distribution's draws and the best guess's 256).
 --validate N checks the exact solve against dopri5 (atol = rtol = 1e-6) on 32 draws of the first N photos;
 --exact-from reuses the exact values of an earlier --save of the same rows (the draws are seeded), and
---points/--steps try another setting than pipeline.LOCALIZABILITY_SAMPLES/_STEPS.
+--points/--steps try another setting than pipeline.LOCALIZABILITY_SAMPLES/_STEPS. --save also keeps every draw and,
+without --exact-from, its exact log-density: benchmarks/compare_control_variates.py studies estimators on them.
 
   .venv/server/bin/python benchmarks/check_localizability.py --tiles 0:100 [--threads 1] [--validate 5]
       [--record benchmarks/results/]
-Tiles 300-499 of build/earth-tiles/test.csv were used to choose the setting; report on 0-99.
+Tiles 300-499 of build/earth-tiles/test.csv were used to choose the number of exact draws and the strata; report
+on 0-99 (the steps, LOCALIZABILITY_STEPS = 4, were chosen on 0-99: docs/samplers.md).
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def main() -> None:
           f"{options['samples']} draws, {options['steps']} {options['solver']} steps, {precision}; "
           f"exact: {args.exact}; torch threads {torch.get_num_threads()}", flush=True)
 
-    rows, method = [], ""
+    rows, method, saved_draws, saved_lp, saved_w = [], "", [], [], []
     for i in range(len(emb)):
         one = emb[i : i + 1]
 
@@ -111,12 +113,15 @@ def main() -> None:
         if earlier is None:
             exact_lp = log_density(model.flow, one, draws, cfg=w, **exact_kw)
             exact = localizability(exact_lp).item()
+            saved_lp.append(exact_lp[0].numpy())
         else:
             exact = float(earlier[i])
+        saved_draws.append(draws[0].float().numpy())
+        saved_w.append(w)
         rows.append((exact, float(server[0]), float(old[0]), sample_wall, sample_cpu, server_wall, server_cpu,
                      old_wall, old_cpu))
         if i < args.validate and earlier is None:
-            tight = log_density(model.flow, one, draws[:, :32], method="dopri5", atol=1e-6, rtol=1e-6)
+            tight = log_density(model.flow, one, draws[:, :32], cfg=w, method="dopri5", atol=1e-6, rtol=1e-6)
             gap = exact_lp[:, :32] - tight
             print(f"  photo {i}: exact solve against dopri5 on 32 draws: max |d log p| {gap.abs().max().item():.2e}, "
                   f"mean {gap.mean().item():+.2e} nats")
@@ -147,8 +152,12 @@ def main() -> None:
     figures.append({"what": f"sampling, {options['samples']} + {guess} draws", "value": round(float(timing[0]), 3),
                     "unit": "s", "compare": f"{timing[1]:.3f} s CPU"})
     if args.save:
+        per_draw = {"draws": np.stack(saved_draws), "cfg": np.array(saved_w)}
+        if saved_lp:  # every draw's exact log-density, to study estimators offline
+            per_draw["exact_log_density"] = np.stack(saved_lp)
         np.savez(args.save, rows=a, columns=np.array(["exact", "server", "former", "sample_wall", "sample_cpu",
-                                                      "server_wall", "server_cpu", "former_wall", "former_cpu"]))
+                                                      "server_wall", "server_cpu", "former_wall", "former_cpu"]),
+                 **per_draw)
     if args.record:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from render_doc import write_record

@@ -279,8 +279,9 @@ def part_accuracy(sizes: Sizes, device, flow, emb, x0, reference, reference_seco
 # ------------------------------------------------------------------------------------------------ 4
 
 
-def part_density(sizes: Sizes, device, flow, emb) -> dict:
-    """log_density points per second: rk4 16 steps, and the server's localizability as the server calls it."""
+def part_density(sizes: Sizes, device, flow, emb, cfg: float = 0.0) -> dict:
+    """log_density points per second: rk4 16 steps, and the server's localizability as the server calls it, at
+    the w the server would draw this photo at (cfg)."""
     import torch
 
     from model_server.engine.likelihood import log_density
@@ -311,8 +312,8 @@ def part_density(sizes: Sizes, device, flow, emb) -> dict:
     own = uniform_sphere(k, generator=gen).to(device)[None]
     model = types.SimpleNamespace(flow=flow, device=torch.device(device))
     method: list[str] = []
-    seconds = median(timed(lambda: method.append(pipeline.localizability(model, emb, own)[1]), sizes.repeats,
-                           device))
+    seconds = median(timed(lambda: method.append(pipeline.localizability(model, emb, own, cfg=cfg)[1]),
+                           sizes.repeats, device))
     out["server"] = {"points": k, "method": method[-1], "seconds": seconds}
     log(f"  the server's localizability ({method[-1]}, {k} points): {seconds:.3f} s = {k / seconds:.1f} points/s")
     return out
@@ -333,7 +334,8 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
 
     config = FlowConfig()
     raw["flops"] = {"config": config.to_dict(), **flop_count(config)}
-    models, accuracy_emb, accuracy_cfg, accuracy_rule = {}, {}, {}, {}  # the guidance part 3 draws at (default 0)
+    # the guidance part 3 draws at and the one photo's w of part 4 (default 0)
+    models, accuracy_emb, accuracy_cfg, accuracy_rule, photo_cfg = {}, {}, {}, {}, {}
     if parts & {"sampling", "accuracy", "density"}:
         gen = torch.Generator().manual_seed(0)
         models[PLONK] = (random_flow(config, device), torch.randn(1, config.cond_dim, generator=gen).to(device))
@@ -341,6 +343,7 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
         from PIL import Image
 
         from model_server.engine.model import load_model
+        from model_server.photo_guidance import cfg_for_photo
 
         try:
             model = load_model(str(DEFAULT_MODEL), device=device)
@@ -356,6 +359,7 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
             accuracy_cfg[DEFAULT] = float(model.distribution_cfg)
             if model.guidance.needs_land_share:
                 accuracy_rule[DEFAULT] = model.guidance.describe()
+            photo_cfg[DEFAULT] = cfg_for_photo(model, accuracy_emb[DEFAULT][:1])
         except Exception as exc:  # noqa: BLE001 - recorded; the PLONK-size parts still run
             traceback.print_exc()
             failures.append(f"loading the {DEFAULT} ({DEFAULT_MODEL}): {type(exc).__name__}: {exc}")
@@ -381,6 +385,7 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
         if result:
             raw.setdefault("accuracy", {})[name] = result
     for name, (flow, emb) in models.items():
-        result = attempt("density", f", {name}", lambda flow=flow, emb=emb: part_density(sizes, device, flow, emb))
+        result = attempt("density", f", {name}", lambda flow=flow, emb=emb, name=name: part_density(
+            sizes, device, flow, emb, photo_cfg.get(name, 0.0)))
         if result:
             raw.setdefault("density", {})[name] = result

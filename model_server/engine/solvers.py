@@ -130,20 +130,15 @@ def get_solver(name: str) -> Callable[..., torch.Tensor]:
         raise ValueError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}") from None
 
 
-def guided_velocity(net: torch.nn.Module, emb: torch.Tensor, cfg: float, *, joint: bool = True) -> Velocity:
+def guided_velocity(net: torch.nn.Module, emb: torch.Tensor, cfg: float) -> Velocity:
     """(1 + w) v(x, g, c) - w v(x, g, 0), with the images' embeddings broadcast over samples.
 
-    emb is (E, 1, cond_dim) for x of shape (E, N, 3). joint: both fields in one network call on the doubled
-    batch (fewer, larger matmuls: how the sampler runs); otherwise one call each, as the likelihood runs.
-    The two agree to float32 rounding but not bit for bit (the matmuls' blocking depends on the batch), and
-    each caller keeps its own so that a seed or a recorded calibration reproduces exactly.
+    emb is (E, 1, cond_dim) for x of shape (E, N, 3). Both fields in one network call on the doubled batch:
+    fewer, larger matmuls (the likelihood's field does the same, likelihood.field_and_divergence).
     """
     if cfg == 0:
         return lambda x, g: net(x, g, emb)
-    zeros = torch.zeros_like(emb)
-    if not joint:
-        return lambda x, g: (1 + cfg) * net(x, g, emb) - cfg * net(x, g, zeros)
-    both = torch.cat([emb, zeros], dim=0)
+    both = torch.cat([emb, torch.zeros_like(emb)], dim=0)
 
     def velocity(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         v_cond, v_uncond = net(torch.cat([x, x], dim=0), g, both).chunk(2, dim=0)

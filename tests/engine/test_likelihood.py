@@ -14,6 +14,7 @@ import torch
 from model_server.engine.likelihood import (
     TangentField,
     field_and_divergence,
+    guided_conditions,
     knn_log_density,
     localizability,
     log_density,
@@ -202,9 +203,8 @@ def test_divergence_is_the_trace_of_the_jacobian(projected, cfg):
     x[0, 0] = torch.tensor([0.0, 0.0, -1.0])  # where the tangent frame changes branch
     t = torch.tensor(0.37)
     tangent = TangentField(net)
-    parts = [(1.0, emb)] if cfg == 0 else [(1 + cfg, emb), (-cfg, torch.zeros_like(emb))]
-    conds = [(w, tangent.modulations(net.cond_mapper(e), gamma(t))) for w, e in parts]
-    u, div = field_and_divergence(tangent, conds, x, t, projected)
+    weights, cond = guided_conditions(net, emb, cfg)
+    u, div = field_and_divergence(tangent, weights, tangent.modulations(cond, gamma(t)), x, t, projected)
     for i in range(2):
         ref = autograd_field(net, emb[i, 0], cfg, t, projected)
         for j in range(5):
@@ -304,11 +304,13 @@ def test_server_localizability_names_its_method():
     assert f"{pipeline.LOCALIZABILITY_SAMPLES} of 512 samples" in method and "control variate" in method
     _, method = pipeline.localizability(model, emb, draws[:, :10])
     assert "all 10 samples" in method
-    # guided draws: their density under the same guided field (the map's own entropy)
+    # guided draws: their density under the same guided field (the map's own entropy), against both fields'
+    # densities at the server's own steps, so that only the field tells them apart
     guided = sample(net, emb, 40, steps=32, cfg=-0.8, generator=torch.Generator().manual_seed(7))  # all exact
     values, method = pipeline.localizability(model, emb, guided, cfg=-0.8)
-    exact = localizability(log_density(net, emb, guided, cfg=-0.8, method="rk4", steps=16)).item()
-    unguided = localizability(log_density(net, emb, guided, method="rk4", steps=16)).item()
+    steps = pipeline.LOCALIZABILITY_STEPS
+    exact = localizability(log_density(net, emb, guided, cfg=-0.8, method="rk4", steps=steps)).item()
+    unguided = localizability(log_density(net, emb, guided, method="rk4", steps=steps)).item()
     print("guided draws: server", values[0], "exact", exact, "unguided density", unguided)
     assert abs(values[0] - exact) < abs(exact - unguided) / 4
     assert "w = -0.8" in method
