@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -131,6 +132,10 @@ def main() -> None:
     a = np.array(rows)
     exact, server, old = a[:, 0], a[:, 1], a[:, 2]
     timing = a[:, 3:].mean(0)
+    ws = np.array(saved_w)
+    if len(set(saved_w)) > 1:  # the label names one photo's w; the photos here took several
+        counts = ", ".join(f"{w:g} for {int((ws == w).sum())}" for w in sorted(set(saved_w)))
+        method = re.sub(r"at the draws' w = [-+.\d]+", f"at each photo's w ({counts} photos)", method)
     print(f"\nserver: {method}")
     figures = []
     for name, est, wall, cpu in (("server", server, timing[2], timing[3]), ("former", old, timing[4], timing[5])):
@@ -163,7 +168,7 @@ def main() -> None:
         from render_doc import write_record
 
         write_record(args.record, "check_localizability",
-                     f"Localizability as the server estimates it against the exact value, {len(emb)} held-out tiles",
+                     f"Localizability as the server estimates it against the exact value, {len(emb)} tiles",
                      figures, device="cpu",
                      conditions=f"{args.data} rows {args.tiles}, exact = {args.exact} on all "
                                 f"{options['samples']} draws, {torch.get_num_threads()} torch threads",

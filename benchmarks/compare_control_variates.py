@@ -1,7 +1,7 @@
 """How close the localizability estimate gets to the mean over all draws, by control variate and number of exact
 draws, offline: no network runs, only every draw's exact log-density saved by check_localizability.py --save.
 
-For each photo and each setting, REPEATS random choices of the exact draws (stratified by the control's rank as
+For each photo and each setting, --repeats random choices of the exact draws (stratified by the control's rank as
 engine.likelihood.mean_log_density takes them, or plain at random) give the estimate's error against the mean
 of all the photo's draws: the sampling error alone, without the ODE's truncation.
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model_server.engine.likelihood import DENSITY_STRATA, STRATUM_SHARES, knn_log_density  # noqa: E402
-from model_server.products.kde import adaptive_kappas, log_kernel_sums, select_kappa  # noqa: E402
+from model_server.products.kde import adaptive_kappas, log_kernel_sums, select_kappa, vmf_log_norms  # noqa: E402
 
 SCALE = 4 * math.pi * math.log(2)  # log-density (nats/sr) to localizability
 
@@ -31,8 +31,7 @@ SCALE = 4 * math.pi * math.log(2)  # log-density (nats/sr) to localizability
 def vmf_leave_one_out(x: np.ndarray, kappa: np.ndarray | float) -> np.ndarray:
     """Each draw's von Mises-Fisher kernel density among the others (nats/sr)."""
     k = np.broadcast_to(np.asarray(kappa, dtype=np.float64), (len(x),))
-    log_norm = np.log(k) - np.log(2 * math.pi) - np.log1p(-np.exp(-2 * k))  # for exp(k (x.c - 1))
-    return log_kernel_sums(x, x, k, log_norm, leave_out_own=True) - np.log(len(x) - 1)
+    return log_kernel_sums(x, x, k, vmf_log_norms(k), leave_out_own=True) - np.log(len(x) - 1)
 
 
 def controls(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -68,6 +67,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=300)
     args = parser.parse_args()
     saved = np.load(args.saved)
+    if "exact_log_density" not in saved:
+        raise SystemExit(f"{args.saved} holds no exact log-densities: save it without --exact-from")
     draws, lp = saved["draws"].astype(np.float64), saved["exact_log_density"].astype(np.float64)
     rng = np.random.default_rng(0)
     truth = lp.mean(1)

@@ -161,10 +161,11 @@ def density(b: Builder, raw: dict) -> None:
     if not results:
         return
     b.part("density", "log_density at points under one photo's flow (exact divergence): rk4 with 16 fixed steps "
-                      "(what calibration and evaluation use) with fp32 matmuls and with bf16 ones (the server's "
-                      "precision; the ODE state, norms and divergence stay fp32), and the server's localizability as "
-                      "the server computes it (model_server.server.pipeline.localizability: its method, steps and "
-                      "number of own samples); median of several after a warm-up.")
+                      "at w = 0 (what calibration and evaluation use; at w != 0 the batch doubles) with fp32 "
+                      "matmuls and with bf16 ones (the server's precision; the ODE state, norms and divergence stay "
+                      "fp32), and the server's localizability as the server computes it "
+                      "(model_server.server.pipeline.localizability: its method, steps and number of own samples, at "
+                      "the w the server draws the photo at); median of several after a warm-up.")
     for name, result in results.items():
         label, rk4 = LABELS.get(name, name), result["rk4"]
         rate = rk4["points"] / rk4["seconds"]

@@ -76,7 +76,8 @@ class TangentField:
     def modulations(self, cond: torch.Tensor, g: torch.Tensor):
         """Per block (1 + scale, shift, gate) and the head's (1 + scale, shift), each (E, 1, dim), at time g.
 
-        cond: flow.cond_mapper(emb) (E, 1, dim), the part of the conditioning that does not depend on time.
+        cond: flow.cond_mapper(emb) (E, 1, dim), the part of the conditioning that does not depend on time
+        (guided: the K fields' stacked on the image axis, guided_conditions' (K E, 1, dim)).
         g of shape (T,) gives a list, one per time, from one matmul (the AdaLN weights are read once).
         """
         flow, dim = self.flow, self.flow.config.dim

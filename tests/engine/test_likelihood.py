@@ -236,18 +236,21 @@ def test_fixed_steps_match_torchdiffeq_and_call_on_step_before_every_evaluation(
     assert torch.allclose(lp, expected - math.log(4 * math.pi), atol=1e-5)
 
 
-def test_on_step_may_stop_the_solve_from_row_workers_too():
-    """Enough points to split among two row workers: every evaluation of each is announced, and a raise stops it."""
+@pytest.mark.parametrize("cfg", [0.0, 1.5])
+def test_on_step_may_stop_the_solve_from_row_workers_too(cfg):
+    """Enough points to split among two row workers: every evaluation of each is announced, the split gives the
+    one-thread values (guided too: each worker doubles its own rows), and a raise stops it."""
     net = field(gain=0.5)
     pts = uniform_sphere(64, generator=torch.Generator().manual_seed(2))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         calls = []
-        split = log_density(net, torch.ones(1, 8), pts, method="midpoint", steps=2, on_step=lambda: calls.append(1))
+        split = log_density(net, torch.ones(1, 8), pts, cfg=cfg, method="midpoint", steps=2,
+                            on_step=lambda: calls.append(1))
         assert len(calls) == 2 * 4  # two workers, 2 steps of 2 evaluations each
         torch.set_num_threads(1)
-        assert torch.equal(split, log_density(net, torch.ones(1, 8), pts, method="midpoint", steps=2))
+        assert torch.equal(split, log_density(net, torch.ones(1, 8), pts, cfg=cfg, method="midpoint", steps=2))
         torch.set_num_threads(2)
 
         def stop():
@@ -257,6 +260,18 @@ def test_on_step_may_stop_the_solve_from_row_workers_too():
             log_density(net, torch.ones(1, 8), pts, method="rk4", steps=4, on_step=stop)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_guided_density_by_an_adaptive_solver_and_by_fixed_steps_agree():
+    """The guided field through torchdiffeq's dopri5 (one modulation table per call) and through the engine's own
+    rk4 (every stage's table at once): the same ODE."""
+    net = field(gain=0.5, seed=9)
+    emb = torch.randn(2, 8, generator=torch.Generator().manual_seed(10))
+    pts = uniform_sphere(6, generator=torch.Generator().manual_seed(11))
+    adaptive = log_density(net, emb, pts, cfg=1.5, method="dopri5", atol=1e-7, rtol=1e-7)
+    fixed = log_density(net, emb, pts, cfg=1.5, method="rk4", steps=64)
+    assert torch.allclose(adaptive, fixed, atol=1e-3)
+    assert (adaptive - log_density(net, emb, pts, method="dopri5", atol=1e-7, rtol=1e-7)).abs().max() > 1e-2
 
 
 def test_bf16_matmuls_under_autocast_stay_close():
@@ -311,6 +326,8 @@ def test_server_localizability_names_its_method():
     steps = pipeline.LOCALIZABILITY_STEPS
     exact = localizability(log_density(net, emb, guided, cfg=-0.8, method="rk4", steps=steps)).item()
     unguided = localizability(log_density(net, emb, guided, method="rk4", steps=steps)).item()
-    print("guided draws: server", values[0], "exact", exact, "unguided density", unguided)
+    converged = localizability(log_density(net, emb, guided, cfg=-0.8, method="rk4", steps=16)).item()
+    print("guided draws: server", values[0], "same steps", exact, "unguided", unguided, "rk4 16", converged)
     assert abs(values[0] - exact) < abs(exact - unguided) / 4
+    assert abs(values[0] - converged) < 0.005  # the steps' truncation, against 0.01 for the control variate above
     assert "w = -0.8" in method
