@@ -39,6 +39,13 @@ def photo_cfgs(guidance: Guidance, guesses: torch.Tensor | np.ndarray) -> tuple[
     return np.array([guidance.for_land_share(s) for s in shares]), shares
 
 
+def rows_by_cfg(cfgs: np.ndarray, start: int = 0):
+    """(w, rows) for each distinct w of `cfgs` (E,), in first-seen order, rows offset by `start`: each w's photos
+    drawn or solved together (one group when every photo has the same w)."""
+    for w in dict.fromkeys(np.asarray(cfgs).tolist()):
+        yield w, start + np.flatnonzero(cfgs == w)
+
+
 def cfg_for_photo(model, emb: torch.Tensor, precision: str = P.DEFAULT_OPTIONS["precision"]) -> float:
     """The model's w for one photo's embedding (1, d), drawing its guess only when the calibration needs it,
     from the start points the server's guess takes under the default options (so the same w)."""

@@ -356,9 +356,10 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
                     embs.append(model.encoder.embed([image.convert("RGB")]))
             accuracy_emb[DEFAULT] = torch.cat(embs)
             models[DEFAULT] = (model.flow, accuracy_emb[DEFAULT][:1].to(device))
-            accuracy_cfg[DEFAULT] = float(model.distribution_cfg)
-            if model.guidance.needs_land_share:
-                accuracy_rule[DEFAULT] = model.guidance.describe()
+            guidance = model.guidance
+            accuracy_cfg[DEFAULT] = float(guidance.cfg)
+            if guidance.needs_land_share:
+                accuracy_rule[DEFAULT] = guidance.describe()
             photo_cfg[DEFAULT] = cfg_for_photo(model, accuracy_emb[DEFAULT][:1])
         except Exception as exc:  # noqa: BLE001 - recorded; the PLONK-size parts still run
             traceback.print_exc()

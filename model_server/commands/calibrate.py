@@ -165,10 +165,8 @@ def _run(args: argparse.Namespace) -> int:
                 "map_resolution": args.map_resolution, "seed": args.seed,
                 "likelihood_method": args.likelihood_method, "likelihood_steps": args.likelihood_steps,
                 "solver": args.solver, "steps": args.steps}
-    record_settings = {"criterion": args.criterion, "data": args.data, "skip": args.skip,
-                       "likelihood_method": args.likelihood_method, "likelihood_steps": args.likelihood_steps,
-                       "samples": args.samples, "seed": args.seed, "map_samples": args.map_samples,
-                       "map_resolution": args.map_resolution, "sampler": f"{args.solver}, {args.steps} steps"}
+    record_settings = {**{k: v for k, v in settings.items() if k not in ("solver", "steps")},
+                       "data": args.data, "skip": args.skip, "sampler": f"{args.solver}, {args.steps} steps"}
     if args.by_land_share:
         shares = guess_land_shares(model.flow, emb, seed=args.seed)
         try:
@@ -179,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from None
         bar.close()
         for group in groups:
-            print(f"{group.name} photos ({int(group.rows.sum())}):")
+            print(f"{group.name} photos ({group.n}):")
             _print_scores(group.scores, group.chosen)
         record = land_rule_record(groups, guidance, land=land, **record_settings)
         chosen_text = guidance.describe()

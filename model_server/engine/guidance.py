@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-CFG_RANGE = (-1.0, 20.0)
+from geoplonk_service import protocol as P
+
 LAND_SHARE_THRESHOLD = 0.5
 
 
@@ -47,7 +48,7 @@ def _number(calibration: dict[str, Any], key: str, default: float | None, where:
     if key not in calibration:
         return default
     value = calibration[key]
-    low, high = CFG_RANGE
+    low, high = P.CFG.minimum, P.CFG.maximum
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise ValueError(f"{where}: calibration.{key} must be a number in [{low:g}, {high:g}], got {value!r} "
                          "(rerun `geoplonk calibrate` or remove the entry)")

@@ -211,6 +211,10 @@ class GroupScores:
     scores: dict[float, dict]
     chosen: float
 
+    @property
+    def n(self) -> int:
+        return int(self.rows.sum())
+
 
 def guess_land_shares(flow: GeoAdaLNMLP, emb: torch.Tensor, *, seed: int = 0, chunk: int = 20,
                       precision: str = P.DEFAULT_OPTIONS["precision"]) -> np.ndarray:
@@ -309,7 +313,7 @@ def land_rule_record(groups: list[GroupScores], guidance: Guidance, *, land: np.
     records = {}
     for group in groups:
         land_tiles = None if land is None else int(land[group.rows].sum())
-        records[group.name] = calibration_record(group.scores, group.chosen, n=int(group.rows.sum()),
+        records[group.name] = calibration_record(group.scores, group.chosen, n=group.n,
                                                  land_tiles=land_tiles, **settings)
     shared = {k: v for k, v in records["others"].items() if k not in GROUP_KEYS}
     return {
@@ -319,7 +323,7 @@ def land_rule_record(groups: list[GroupScores], guidance: Guidance, *, land: np.
         "rule": "w = land_cfg where the share of the photo's best-guess draws on land reaches "
                 "land_share_threshold, else distribution_cfg; each chosen on its own group of tuning photos",
         **shared,
-        "n": sum(int(g.rows.sum()) for g in groups),
+        "n": len(groups[0].rows),  # the groups split the photos
         "groups": {name: {k: v for k, v in r.items() if k in GROUP_KEYS} for name, r in records.items()},
     }
 

@@ -16,7 +16,7 @@ from ..engine.guidance import Guidance
 from ..engine.likelihood import localizability, truth_and_draws_log_density
 from ..engine.sampling import sample
 from ..geodesy import degrees_to_xyz, latlon_distance_km, xyz_to_degrees
-from ..photo_guidance import photo_cfgs
+from ..photo_guidance import photo_cfgs, rows_by_cfg
 from ..products.modes import best_guess
 from .metrics import inside_regions
 from .report import MethodScores
@@ -80,8 +80,7 @@ def evaluate_flow(
         chunk_cfgs, chunk_shares = photo_cfgs(guidance, guided)
         cfgs.append(chunk_cfgs)
         shares.append(chunk_shares)
-        for w in dict.fromkeys(chunk_cfgs.tolist()):  # each w's photos in one solve (one, without a land rule)
-            rows = start + np.flatnonzero(chunk_cfgs == w)
+        for w, rows in rows_by_cfg(chunk_cfgs, start):  # each w's photos in one solve
             at_truth, at_draws = truth_and_draws_log_density(
                 flow, emb[rows], torch.tensor(truth_xyz[rows]), scoring.samples, cfg=w,
                 steps=steps, solver=scoring.solver, precision=precision, generator=gen, method=likelihood_method,

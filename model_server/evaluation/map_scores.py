@@ -17,6 +17,7 @@ import torch
 from geoplonk_service import protocol as P
 
 from ..engine.sampling import sample
+from ..photo_guidance import rows_by_cfg
 from ..products.density import kde_raster
 from ..products.grid import Grid
 from ..products.regions import region_masks
@@ -95,8 +96,7 @@ def score_maps(
     logp, inside = np.zeros(len(emb)), np.zeros((len(emb), len(levels)), dtype=bool)
     for start in range(0, len(emb), chunk):
         chunk_cfgs = cfgs[start : start + chunk]
-        for w in dict.fromkeys(chunk_cfgs.tolist()):  # each w's photos in one draw (one, with a single w)
-            rows = start + np.flatnonzero(chunk_cfgs == w)
+        for w, rows in rows_by_cfg(chunk_cfgs, start):  # each w's photos in one draw
             points = sample(flow, emb[rows], samples, steps=steps, solver=solver, cfg=w, generator=gen,
                             precision=precision).numpy()
             for i, x in zip(rows, points, strict=True):

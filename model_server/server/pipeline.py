@@ -34,9 +34,8 @@ log = logging.getLogger("geoplonk.server")
 Emit = Callable[..., None]
 # Localizability: the exact log-density (rk4, LOCALIZABILITY_STEPS steps) of about LOCALIZABILITY_SAMPLES of the
 # photo's own samples, with a nearest-neighbour density of all of them as control variate (the paper: the
-# exact log-density of 1024 samples, with dopri5). rk4 in 4 steps comes near 5 or 7 on tuning tiles 0-99 (a bias
-# of +0.0026 against 0.0000), in 3 it does not, on a uniform or a weighted time grid (docs/samplers.md); 64 points
-# split between the two row workers of a 2-core CPU (likelihood.MIN_POINTS_PER_WORKER), where 48 would run on one.
+# exact log-density of 1024 samples, with dopri5). 4 rk4 steps come near 5 or 7, 3 do not (docs/samplers.md); 64
+# points split between the two row workers of a 2-core CPU (likelihood.MIN_POINTS_PER_WORKER), 48 would run on one.
 LOCALIZABILITY_SAMPLES = 64
 LOCALIZABILITY_STEPS = 4
 
