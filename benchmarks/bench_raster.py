@@ -88,9 +88,8 @@ def model_cases(n: int) -> dict[str, tuple[np.ndarray, float | None]]:
 
     from geoplonk_service import protocol as P
     from model_server.engine.model import load_model
-    from model_server.engine.sampling import sample, supported_precision
+    from model_server.engine.sampling import sample, start_points, supported_precision
     from model_server.images import decode_image
-    from model_server.server.pipeline import start_points
 
     model = load_model(None, device="cpu")
     options = P.DEFAULT_OPTIONS

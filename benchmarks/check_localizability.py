@@ -8,9 +8,10 @@ guidance, seed 0), then three estimates of the mean log-density of those draws /
 Prints |estimate - exact| (median, max), Spearman against exact, and seconds per photo (wall and process
 CPU) of each estimate and of the server's sampling (the distribution's draws and the best guess's 256).
 --validate N checks the exact solve against dopri5 (atol = rtol = 1e-6) on 32 draws of the first N photos;
---exact-from reuses the exact values of an earlier --save of the same rows (the draws are seeded), and
---points/--steps try another setting than pipeline.LOCALIZABILITY_SAMPLES/_STEPS. --save also keeps every draw and,
-without --exact-from, its exact log-density: benchmarks/compare_control_variates.py studies estimators on them.
+--exact-from reuses the exact values of an earlier --save of the same rows (the draws are seeded, and checked),
+and --points/--steps/--divergence try another setting than the server's (pipeline.LOCALIZABILITY_*). --save also
+keeps every draw and, without --exact-from, its exact log-density: benchmarks/compare_control_variates.py
+studies estimators on them.
 
   .venv/server/bin/python benchmarks/check_localizability.py --tiles 0:100 [--threads 1] [--validate 5]
       [--record benchmarks/results/]
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from geoplonk_service import protocol as P  # noqa: E402
 from model_server.engine.likelihood import localizability, log_density  # noqa: E402
-from model_server.engine.sampling import sample, supported_precision  # noqa: E402
+from model_server.engine.sampling import sample, start_points, supported_precision  # noqa: E402
 from model_server.evaluation.metrics import spearman  # noqa: E402
 from model_server.photo_guidance import guess_draws  # noqa: E402
 from model_server.server import pipeline  # noqa: E402
@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--exact-from", metavar="NPZ", help="exact values from an earlier --save of these rows")
     parser.add_argument("--points", type=int, help="exact draws per photo (default: the server's)")
     parser.add_argument("--steps", type=int, help="rk4 steps (default: the server's)")
+    parser.add_argument("--divergence", choices=("exact", "hutchinson"), help="the server's divergence (default: "
+                        "the server's)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--save", metavar="NPZ", help="also write the per-photo figures")
     parser.add_argument("--record", metavar="PATH", help="also write the figures as JSON (a file, or a folder)")
@@ -75,6 +77,8 @@ def main() -> None:
         pipeline.LOCALIZABILITY_SAMPLES = args.points
     if args.steps:
         pipeline.LOCALIZABILITY_STEPS = args.steps
+    if args.divergence:
+        pipeline.LOCALIZABILITY_DIVERGENCE = args.divergence
 
     from model_server.engine.datasets import embed_dataset, read_dataset
     from model_server.engine.model import load_model
@@ -87,9 +91,14 @@ def main() -> None:
     exact_kw = {"method": "dopri5"} if args.exact == "dopri5" else {"method": "rk4", "steps": int(args.exact[4:])}
     options = P.DEFAULT_OPTIONS
     precision = supported_precision(options["precision"], model.device)
-    x0 = pipeline.start_points(options["samples"], options["seed"])
+    x0 = start_points(options["samples"], options["seed"])
     guess = min(P.GUESS_SAMPLES, options["samples"])
-    earlier = np.load(args.exact_from)["rows"][:, 0] if args.exact_from else None
+    earlier = earlier_draws = None
+    if args.exact_from:
+        with np.load(args.exact_from) as saved:
+            if "draws" not in saved:
+                raise SystemExit(f"{args.exact_from} holds no draws: make it with this script's --save")
+            earlier, earlier_draws = saved["rows"][:, 0], saved["draws"]
     if earlier is not None and len(earlier) != len(emb):
         raise SystemExit(f"{args.exact_from} has {len(earlier)} photos, these rows {len(emb)}")
     print(f"{len(emb)} photos of {args.data} (rows {args.tiles}), model {model.name}, {model.guidance.describe()}, "
@@ -115,7 +124,10 @@ def main() -> None:
             exact_lp = log_density(model.flow, one, draws, cfg=w, **exact_kw)
             exact = localizability(exact_lp).item()
             saved_lp.append(exact_lp[0].numpy())
-        else:
+        else:  # the same draws, or the exact values belong to other points (another model or embedding)
+            if not np.allclose(draws[0].float().numpy(), earlier_draws[i], atol=1e-5):
+                raise SystemExit(f"photo {i + start}: its draws differ from {args.exact_from}'s; "
+                                 "same --model, --cache and --tiles?")
             exact = float(earlier[i])
         saved_draws.append(draws[0].float().numpy())
         saved_w.append(w)
@@ -135,7 +147,7 @@ def main() -> None:
     ws = np.array(saved_w)
     if len(set(saved_w)) > 1:  # the label names one photo's w; the photos here took several
         counts = ", ".join(f"{w:g} for {int((ws == w).sum())}" for w in sorted(set(saved_w)))
-        method = re.sub(r"at the draws' w = [-+.\d]+", f"at each photo's w ({counts} photos)", method)
+        method = pipeline.localizability_method(options["samples"], precision, f"at each photo's w ({counts} photos)")
     print(f"\nserver: {method}")
     figures = []
     for name, est, wall, cpu in (("server", server, timing[2], timing[3]), ("former", old, timing[4], timing[5])):

@@ -1,10 +1,11 @@
-"""The default model's best guess from query embeddings averaged over 8 views (d8) against the 4 it was trained on
-(rot4): issue 25's "d8 views at query time" lever, on a split of build/earth-tiles (default: the tuning split).
+"""The default model's best guess from query embeddings averaged over 8 views (d8, what it uses) against the 4 it
+was trained on (rot4): issue 25's "d8 views at query time" lever, on a split of build/earth-tiles (default: the
+tuning split).
 
-The guess is the server's: GUESS_SAMPLES draws at GUESS_CFG from the server's start points, then best_guess at
-0.25 degrees. Prints GeoScore and the shares within 750 and 2,500 km, on all tiles and on land tiles, and the
-paired bootstrap interval of the GeoScore difference. Embeddings are cached in
-build/earth-tiles/emb-<split>-<views>.npz.
+The guess is the server's: GUESS_SAMPLES draws at GUESS_CFG from the server's start points, then the best guess
+at 0.25 degrees (flow_scores.best_guesses, as `geoplonk eval`). Prints GeoScore and the shares within 750 and
+2,500 km, on all tiles and on land tiles, and the paired bootstrap interval of the GeoScore difference.
+Embeddings are cached in build/earth-tiles/emb-<split>-<views>.npz.
 
   .venv/server/bin/python benchmarks/compare_query_views.py [--split test]
 """
@@ -25,12 +26,12 @@ from geoplonk_service import protocol as P  # noqa: E402
 from model_server.engine.datasets import embed_dataset, read_dataset  # noqa: E402
 from model_server.engine.encoders import load_encoder  # noqa: E402
 from model_server.engine.model import load_model  # noqa: E402
+from model_server.engine.sampling import start_points  # noqa: E402
+from model_server.evaluation.flow_scores import best_guesses  # noqa: E402
 from model_server.evaluation.metrics import geoscore  # noqa: E402
-from model_server.geodesy import haversine_km  # noqa: E402
+from model_server.geodesy import latlon_distance_km, xyz_to_degrees  # noqa: E402
 from model_server.photo_guidance import guess_draws  # noqa: E402
-from model_server.products.modes import best_guess  # noqa: E402
 from model_server.products.place_names import is_land  # noqa: E402
-from model_server.server.pipeline import start_points  # noqa: E402
 
 
 def guess_errors_km(model, emb: torch.Tensor, latlon: np.ndarray, chunk: int = 50) -> np.ndarray:
@@ -39,10 +40,8 @@ def guess_errors_km(model, emb: torch.Tensor, latlon: np.ndarray, chunk: int = 5
     for start in range(0, len(emb), chunk):
         with torch.inference_mode():
             draws = guess_draws(model.flow, emb[start : start + chunk], x0=x0, precision="bf16").float().numpy()
-        guesses += [best_guess(d, 0.25) for d in draws]
-    g = np.array(guesses)
-    lat, lon = np.degrees(np.arcsin(np.clip(g[:, 2], -1, 1))), np.degrees(np.arctan2(g[:, 1], g[:, 0]))
-    return haversine_km(latlon[:, 0], latlon[:, 1], lat, lon)
+        guesses.append(best_guesses(draws, 0.25))
+    return latlon_distance_km(xyz_to_degrees(np.concatenate(guesses)), latlon)
 
 
 def main() -> None:

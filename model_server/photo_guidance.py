@@ -10,6 +10,7 @@ import torch
 from geoplonk_service import protocol as P
 
 from .engine.guidance import Guidance
+from .engine.sampling import sample, start_points, supported_precision
 from .products.place_names import land_share
 
 
@@ -18,8 +19,6 @@ def guess_draws(flow, emb: torch.Tensor, *, x0: torch.Tensor | None = None,
                 on_step=None) -> torch.Tensor:
     """The best guess's draws (E, m, 3): the server's guess sampler at its guidance, from x0 (m, 3) or
     GUESS_SAMPLES fresh points."""
-    from .engine.sampling import sample
-
     samples = P.GUESS_SAMPLES if x0 is None else x0.shape[-2]
     return sample(flow, emb, samples, steps=P.GUESS_STEPS, solver=P.GUESS_SOLVER, cfg=P.GUESS_CFG, x0=x0,
                   generator=generator, on_step=on_step, precision=precision)
@@ -52,9 +51,6 @@ def cfg_for_photo(model, emb: torch.Tensor, precision: str = P.DEFAULT_OPTIONS["
     guidance = model.guidance
     if not guidance.needs_land_share:
         return guidance.cfg
-    from .engine.sampling import supported_precision
-    from .server.pipeline import start_points
-
     x0 = start_points(P.SAMPLES.default, P.SEED.default)[: P.GUESS_SAMPLES]
     guesses = guess_draws(model.flow, emb[:1], x0=x0, precision=supported_precision(precision, model.device))
     return float(photo_cfgs(guidance, guesses)[0][0])

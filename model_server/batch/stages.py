@@ -144,8 +144,7 @@ class Locator:
 
         from ..engine.model import load_model
         from ..engine.runtime import configure_cpu_math
-        from ..engine.sampling import supported_precision
-        from ..server.pipeline import start_points
+        from ..engine.sampling import start_points, supported_precision
 
         configure_cpu_math()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

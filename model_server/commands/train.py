@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query-views", choices=("rot4", "d8"), default=None,
                         help="photos to locate are embedded as the mean over these views (rot4: quarter turns, "
                              "d8: and mirror images); for overhead imagery, whose orientation is arbitrary. "
-                             "Training photos keep one view each, as they come")
+                             "Training photos go through --encoder, its own +VIEWS included")
     parser.add_argument("--encoder-dir", default=None, help="encoder weights folder (transformers encoders)")
     parser.add_argument("--out", required=True, type=Path, help="model directory to write")
     parser.add_argument("--steps", type=int, default=10000)
@@ -94,10 +94,6 @@ def run(args: argparse.Namespace) -> int:
     dataset = read_dataset(args.data, progress=not args.quiet)
     if args.limit:
         dataset = dataset.subset(list(range(min(args.limit, len(dataset)))))
-    if args.query_views and "+" in args.encoder:
-        print(f"error: --encoder {args.encoder} already averages views; drop its +VIEWS or --query-views",
-              file=sys.stderr)
-        return 2
     encoder = load_encoder(args.encoder, args.encoder_dir)
     emb, dataset = embed_dataset(dataset, encoder, cache_path=args.cache, progress=not args.quiet)
     encode_s = timer.elapsed()

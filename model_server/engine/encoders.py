@@ -262,6 +262,12 @@ class ViewAveragedEncoder(ImageEncoder):
         return torch.stack([self.base.forward_batch(v) for v in VIEWS[self.views](pixels)]).mean(0)
 
 
+def query_encoder_name(training_name: str, query_views: str | None) -> str:
+    """The encoder photos to locate go through: the training encoder with its views, if any, replaced by the
+    query's (a model trained on quarter-turn means may locate tiles by the mean of eight views)."""
+    return f"{training_name.partition('+')[0]}+{query_views}" if query_views else training_name
+
+
 ENCODERS: dict[str, type[ImageEncoder]] = {
     EfficientNetLite0Encoder.name: EfficientNetLite0Encoder,
     StreetCLIPEncoder.name: StreetCLIPEncoder,

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import ModelNotFoundError, load_flow, read_manifest, resolve_model_dir
-from .encoders import ImageEncoder, load_encoder
+from .encoders import ImageEncoder, load_encoder, query_encoder_name
 from .guidance import Guidance, guidance_from_calibration
 from .network import GeoAdaLNMLP
 
@@ -91,8 +91,7 @@ def infer_encoder(model_dir: Path, manifest: dict | None, required: bool = True)
         spec = {"name": spec}
     if spec:
         rel = spec.get("path")
-        name = f"{spec['name']}+{spec['views']}" if spec.get("views") else spec["name"]
-        return name, (model_dir / rel) if rel else None
+        return query_encoder_name(spec["name"], spec.get("views")), (model_dir / rel) if rel else None
     lowered = str(model_dir).lower()
     for key, encoder in _ENCODER_BY_NAME:
         if key in lowered:
@@ -156,10 +155,9 @@ class GeoModel:
 
     @property
     def training_encoder_name(self) -> str:
-        """The encoder the training photos went through: the query encoder less its query-time views."""
+        """The encoder the training photos went through: the manifest's encoder before its query-time views."""
         spec = self.manifest.get("encoder")
-        views = spec.get("views") if isinstance(spec, dict) else None
-        return self.encoder_name.removesuffix(f"+{views}") if views and self.encoder_name else self.encoder_name
+        return spec["name"] if isinstance(spec, dict) and spec.get("views") else self.encoder_name
 
     @property
     def encoder(self) -> ImageEncoder:

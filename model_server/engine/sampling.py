@@ -57,6 +57,11 @@ def initial_points(
     return normalize(x0.to(device))
 
 
+def start_points(n: int, seed: int) -> torch.Tensor:
+    """The same seeded uniform start points for every photo: a photo's result does not depend on its batch."""
+    return uniform_sphere(n, generator=torch.Generator().manual_seed(int(seed)))
+
+
 def network_for(flow: GeoAdaLNMLP, precision: str) -> Callable[..., torch.Tensor]:
     """The flow itself in fp32 (the reference path), its cached bf16 evaluator in bf16; the points stay fp32."""
     if precision not in PRECISIONS:

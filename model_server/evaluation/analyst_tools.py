@@ -15,7 +15,7 @@ import torch
 
 from geoplonk_service import protocol as P
 
-from ..engine.sampling import sample
+from ..engine.sampling import sample, start_points
 from ..products.claims import Claim, check_claims
 from ..products.grid import Grid
 from ..products.joint import JOINT_ALPHA, JointAccumulator
@@ -35,8 +35,6 @@ def draw_maps(flow, emb: torch.Tensor, *, cfg: float, samples: int, resolution: 
               seed: int = 0, chunk: int = 25, on_step: Callable[[int], None] | None = None
               ) -> list[tuple[ProbabilityMap, np.ndarray]]:
     """Each photo's map and draws, as the server makes them (same start points for every photo)."""
-    from ..server.pipeline import start_points
-
     grid = Grid.global_grid(resolution)
     x0 = start_points(samples, seed)
     out = []

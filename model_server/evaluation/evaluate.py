@@ -73,9 +73,8 @@ def evaluate_model(
         train = read_dataset(train_data, progress=progress)
         if train_limit:
             train = train.subset(np.arange(min(train_limit, len(train))))
-        # The gallery is embedded as the flow's training photos were (one view each), the query as photos are located.
-        train_encoder = model.encoder if model.training_encoder_name == model.encoder_name else model.encoder.base
-        train_emb, train = embed_dataset(train, train_encoder, cache_path=train_cache, progress=progress)
+        # The gallery is embedded as the photos to locate are: retrieval on the flow's query embeddings.
+        train_emb, train = embed_dataset(train, model.encoder, cache_path=train_cache, progress=progress)
         methods = baseline_scores(train_emb.numpy(), train.latlon, emb.numpy(), photos.latlon,
                                   seed=scoring.seed) + methods
     land = is_land(photos.latlon[:, 0], photos.latlon[:, 1])

@@ -21,6 +21,7 @@ import torch
 from geoplonk_service import protocol as P
 
 from .. import __version__
+from ..engine.sampling import start_points
 from ..images import ImageError, decode_image, exif_gps
 from ..photo_guidance import guess_draws, photo_cfgs
 from ..products.aoi import aoi_geometry
@@ -38,13 +39,7 @@ Emit = Callable[..., None]
 # points split between the two row workers of a 2-core CPU (likelihood.MIN_POINTS_PER_WORKER), 48 would run on one.
 LOCALIZABILITY_SAMPLES = 64
 LOCALIZABILITY_STEPS = 4
-
-
-def start_points(n: int, seed: int) -> torch.Tensor:
-    """The same seeded uniform start points for every photo: a photo's result does not depend on its batch."""
-    from ..engine.sphere import uniform_sphere
-
-    return uniform_sphere(n, generator=torch.Generator().manual_seed(int(seed)))
+LOCALIZABILITY_DIVERGENCE = "exact"
 
 
 class Cancelled(Exception):
@@ -78,14 +73,21 @@ def localizability(model, emb: torch.Tensor, samples: torch.Tensor,
     for row in range(emb.shape[0]):
         mean = likelihood.mean_log_density(model.flow, emb[row : row + 1], samples[row : row + 1],
                                            exact=LOCALIZABILITY_SAMPLES, steps=LOCALIZABILITY_STEPS,
-                                           precision=precision, cfg=cfg, on_step=check)
+                                           precision=precision, cfg=cfg, on_step=check,
+                                           divergence=LOCALIZABILITY_DIVERGENCE)
         values.append(likelihood.localizability(mean[:, None]).cpu().numpy())
-    n = samples.shape[1]
-    exact = f"exact at the draws' w = {cfg:g}" if cfg else "exact"
+    at = f"at the draws' w = {cfg:g}" if cfg else ""
+    return np.concatenate(values), localizability_method(samples.shape[1], precision, at)
+
+
+def localizability_method(n: int, precision: str, at: str = "") -> str:
+    """The summary's `localizability_method` for n draws; `at` names the w the density was taken at."""
+    exact = "exact" if LOCALIZABILITY_DIVERGENCE == "exact" else f"{LOCALIZABILITY_DIVERGENCE} divergence"
+    exact = f"{exact} {at}" if at else exact
     if n <= LOCALIZABILITY_SAMPLES:
-        return np.concatenate(values), f"{exact}, rk4 {LOCALIZABILITY_STEPS} steps {precision}, all {n} samples"
-    return np.concatenate(values), (f"{exact}, rk4 {LOCALIZABILITY_STEPS} steps {precision}, "
-                                    f"{LOCALIZABILITY_SAMPLES} of {n} samples; kNN-density control variate")
+        return f"{exact}, rk4 {LOCALIZABILITY_STEPS} steps {precision}, all {n} samples"
+    return (f"{exact}, rk4 {LOCALIZABILITY_STEPS} steps {precision}, "
+            f"{LOCALIZABILITY_SAMPLES} of {n} samples; kNN-density control variate")
 
 
 def run_unit(

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from model_server.engine import encoders
-from model_server.engine.encoders import EncoderNotFoundError, load_encoder
+from model_server.engine.encoders import EncoderNotFoundError, load_encoder, query_encoder_name
 
 
 def photo(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -80,6 +80,13 @@ def test_view_averaging_makes_embeddings_orientation_free(lite0):
     assert torch.allclose(emb[0], lite0.embed([image.rotate(90 * k) for k in range(4)]).mean(0), atol=1e-4)
     with pytest.raises(ValueError, match="unknown views 'rot3'"):
         load_encoder("efficientnet-lite0+rot3")
+
+
+def test_query_views_replace_the_training_views():
+    """A model trained on quarter-turn means may locate photos by eight views."""
+    assert query_encoder_name("efficientnet-lite0+rot4", "d8") == "efficientnet-lite0+d8"
+    assert query_encoder_name("efficientnet-lite0", "rot4") == "efficientnet-lite0+rot4"
+    assert query_encoder_name("efficientnet-lite0+rot4", None) == "efficientnet-lite0+rot4"
 
 
 def test_empty_batch_and_unknown_names(lite0):

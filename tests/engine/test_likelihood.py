@@ -213,6 +213,56 @@ def test_divergence_is_the_trace_of_the_jacobian(projected, cfg):
             assert div[i, j].item() == pytest.approx(jac.trace().item(), abs=1e-5, rel=1e-5)
 
 
+def test_hutchinson_divergence_is_the_trace_on_average():
+    """Each sign pair gives the trace plus s1 s2 times the frame's symmetric off-diagonal: the four pairs
+    average to the exact divergence, and the pairs differ (an estimate, not the trace again)."""
+    net = field(gain=0.7, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    emb = torch.randn(1, 1, 8, generator=gen)
+    x = uniform_sphere(6, generator=gen).reshape(1, 6, 3) * 1.03
+    t = torch.tensor(0.37)
+    tangent = TangentField(net)
+    weights, cond = guided_conditions(net, emb, 1.5)
+    mods = tangent.modulations(cond, gamma(t))
+    u, exact = field_and_divergence(tangent, weights, mods, x, t)
+    estimates = []
+    for s1 in (-1.0, 1.0):
+        for s2 in (-1.0, 1.0):
+            signs = torch.tensor([s1, s2]).expand(1, 6, 2)
+            u_h, div = field_and_divergence(tangent, weights, mods, x, t, signs=signs)
+            assert torch.allclose(u_h, u, atol=1e-6)
+            estimates.append(div)
+    assert torch.allclose(torch.stack(estimates).mean(0), exact, atol=1e-5)
+    assert (estimates[0] - estimates[1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="projected"):
+        field_and_divergence(tangent, weights, mods, x, t, projected=False, signs=signs)
+
+
+def test_hutchinson_log_density_is_seeded_by_the_points_and_near_the_exact_one():
+    """The same points give the same values in any batch or split between row workers; the noise averages
+    out over points; adaptive solvers refuse it."""
+    net = field(gain=0.5)
+    pts = uniform_sphere(64, generator=torch.Generator().manual_seed(2))
+    emb = torch.ones(1, 8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        split = log_density(net, emb, pts, cfg=-0.2, method="rk4", steps=4, divergence="hutchinson")
+        torch.set_num_threads(1)
+        alone = log_density(net, emb, pts, cfg=-0.2, method="rk4", steps=4, divergence="hutchinson")
+        first = log_density(net, emb, pts[:5], cfg=-0.2, method="rk4", steps=4, divergence="hutchinson")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(split, alone) and torch.allclose(first, alone[:, :5], atol=1e-6)
+    exact = log_density(net, emb, pts, cfg=-0.2, method="rk4", steps=4)
+    assert not torch.equal(alone, exact)
+    assert abs((alone - exact).mean().item()) < 0.1 * (alone - exact).abs().max().item() + 1e-4
+    with pytest.raises(ValueError, match="fixed-step"):
+        log_density(net, emb, pts, method="dopri5", divergence="hutchinson")
+    with pytest.raises(ValueError, match="divergence must be"):
+        log_density(net, emb, pts, method="rk4", divergence="random")
+
+
 @pytest.mark.parametrize("method,steps,evaluations", [("euler", 5, 5), ("midpoint", 4, 8), ("rk4", 3, 12)])
 def test_fixed_steps_match_torchdiffeq_and_call_on_step_before_every_evaluation(method, steps, evaluations):
     """The engine's own fixed-step integrators against torchdiffeq's on the autograd field."""

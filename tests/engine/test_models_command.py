@@ -98,8 +98,11 @@ def test_pull_refuses_when_offline(tmp_path):
 @pytest.mark.parametrize(
     ("encoder", "names"),
     [
-        # the default model: every tile, trained on or located, as the mean of its quarter turns
+        # every tile, trained on or located, as the mean of its quarter turns
         ({"name": "efficientnet-lite0+rot4"}, ("efficientnet-lite0+rot4", "efficientnet-lite0+rot4")),
+        # the default model: trained on quarter-turn means, located as the mean of eight views
+        # (`train --encoder efficientnet-lite0+rot4 --query-views d8`)
+        ({"name": "efficientnet-lite0+rot4", "views": "d8"}, ("efficientnet-lite0+d8", "efficientnet-lite0+rot4")),
         # trained on one view per photo, located as the mean of the quarter turns (`train --query-views rot4`)
         ({"name": "efficientnet-lite0", "views": "rot4"}, ("efficientnet-lite0+rot4", "efficientnet-lite0")),
     ],

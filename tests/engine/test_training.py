@@ -194,7 +194,8 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "model"
     common = ["train", "--data", str(tmp_path / "tiles" / "train"), "--out", str(out), "--dim", "32", "--depth", "1",
               "--batch-size", "16", "--warmup", "2", "--state-every", "3", "--cache", str(tmp_path / "emb.npz"),
-              "--weights-dtype", "fp16", "--query-views", "rot4", "--quiet", "--threads", "1"]
+              "--weights-dtype", "fp16", "--encoder", "efficientnet-lite0+rot4", "--query-views", "d8", "--quiet",
+              "--threads", "1"]
     assert main(common + ["--steps", "3"]) == 0
     state = torch.load(out.with_name("model.train-state.pt"), weights_only=False)
     assert state["step"] == 3
@@ -203,9 +204,10 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     assert verify_files(out) == []
     model = load_model(out)
     assert model.manifest["provenance"]["n_images"] == 8 and model.flow.config.dim == 32
-    # trained on one view per tile; tiles to locate are embedded as the mean of their quarter turns
-    assert model.encoder_name == "efficientnet-lite0+rot4" and model.training_encoder_name == "efficientnet-lite0"
-    assert model.encoder.name == "efficientnet-lite0+rot4"
+    # as the default model: trained on quarter-turn means, tiles to locate embedded as the mean of eight views
+    assert model.manifest["encoder"] == {"name": "efficientnet-lite0+rot4", "views": "d8"}
+    assert model.encoder_name == "efficientnet-lite0+d8" and model.training_encoder_name == "efficientnet-lite0+rot4"
+    assert model.encoder.name == "efficientnet-lite0+d8"
     # calibrate on test tiles 1-2 (tile 0 stands for the report split): the manifest records the chosen w,
     # and its file hashes still verify; a dry run leaves the manifest alone
     test_csv = str(tmp_path / "tiles" / "test.csv")
@@ -295,10 +297,9 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
                  "--likelihood-steps", "2", "--map-samples", "32", "--map-resolution", "2",
                  "--out", str(report_path), "--quiet", "--threads", "1"]) == 0
     report = json.loads(report_path.read_text())
-    # the retrieval gallery is embedded as the flow's training photos were (one view), the queries as located
+    # the retrieval gallery is embedded as the tiles to locate are (d8), not as the flow was trained (rot4)
     caches = sorted(p.name for p in (tmp_path / "cache" / "geoplonk" / "embeddings").glob("*.npz"))
-    assert [c.split("-", 1)[0] for c in caches if c.endswith("-efficientnet-lite0.npz")] == ["train"], caches
-    assert [c.split("-", 1)[0] for c in caches if c.endswith("-efficientnet-lite0+rot4.npz")] == ["test"], caches
+    assert [c.split("-", 1)[0] for c in caches if c.endswith("-efficientnet-lite0+d8.npz")] == ["test", "train"], caches
     methods = [r["method"] for r in report["rows"]]
     assert methods[0] == "uniform prior" and any(m.startswith("retrieval top-1") for m in methods)
     flow, drawn_map = report["rows"][-2:]

@@ -28,9 +28,15 @@ def test_the_default_models_card_says_overhead_views_encoder_and_licence():
     (card,) = [c for c in model_cards(None) if c["name"] == "earth-tiles"]
     assert card["imagery"] == "overhead"
     assert "overhead views" in card["purpose"] and "not ground photos" in card["purpose"]
-    assert card["encoder"].startswith("efficientnet-lite0")
+    assert card["encoder"] == "efficientnet-lite0+rot4"
     assert card["licence"].startswith("Weights: MIT")
     assert card["card"].startswith("earth-tiles: for overhead views") and "\n" not in card["card"]
+
+
+def test_a_card_names_the_query_encoder_and_its_views_make_it_overhead():
+    card = model_card("mine", {"encoder": {"name": "efficientnet-lite0", "views": "rot4"}})
+    assert (card["encoder"], card["imagery"]) == ("efficientnet-lite0+rot4", "overhead")
+    assert model_card("street", {"encoder": "streetclip"})["imagery"] == "ground"
 
 
 def test_a_ground_model_without_manifest_gets_a_bare_card_and_no_warnings():

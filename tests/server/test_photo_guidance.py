@@ -10,10 +10,11 @@ from geoplonk_service import protocol as P
 from model_server.engine.checkpoint import save_model_dir
 from model_server.engine.model import clear_cache, load_model
 from model_server.engine.network import FlowConfig, GeoAdaLNMLP
+from model_server.engine.sampling import start_points
 from model_server.images import decode_image
 from model_server.photo_guidance import cfg_for_photo, guess_draws
 from model_server.products.place_names import land_share
-from model_server.server.pipeline import run_unit, start_points
+from model_server.server.pipeline import run_unit
 
 from .conftest import FAST, jpeg_bytes
 from .test_server import read_geotiff

@@ -180,7 +180,7 @@ def test_a_photo_gives_the_same_result_alone_or_in_a_batch(tmp_path):
     with torch.no_grad():
         for block in net.blocks:
             block.mlp[3].weight.normal_(0, 0.05)
-    encoder = {"name": "efficientnet-lite0", "views": "rot4"}  # as the default model's manifest says
+    encoder = {"name": "efficientnet-lite0", "views": "rot4"}  # photos to locate as the mean of their quarter turns
     model = load_model(str(save_model_dir(tmp_path / "tiny-rot4", net, {"name": "tiny-rot4", "encoder": encoder})))
     names = [f"p{i}.jpg" for i in range(2)]
     blobs = [jpeg_bytes(300 + i, gps=(10.0 * i, 20.0 * i)) for i in range(2)]
