@@ -15,6 +15,7 @@ which is what they published; it is kept to compare against their code.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Callable
 
@@ -264,10 +265,10 @@ def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk, 
     def solve(x: torch.Tensor, signs: torch.Tensor | None = None) -> torch.Tensor:
         if method in _OWN_STEPPERS:  # one state tensor: the point and its log-density change
             mods = iter(stage_mods)
-            stage_signs = iter(signs.unbind(-2)) if signs is not None else None
+            stage_signs = iter(signs.unbind(-2)) if signs is not None else itertools.repeat(None)
             state = torch.cat([x, torch.zeros_like(x[..., :1])], dim=-1)
-            logdet = _integrate(method, plan, lambda t, y: packed_rhs(
-                t, y, next(mods), next(stage_signs) if stage_signs is not None else None), state)[..., 3]
+            logdet = _integrate(method, plan, lambda t, y: packed_rhs(t, y, next(mods), next(stage_signs)),
+                                state)[..., 3]
         else:  # a tuple, for the adaptive solvers' error norm (the largest of the two parts')
             state = (x, torch.zeros(x.shape[:-1], dtype=dtype, device=device))
             logdet = odeint(tuple_rhs, state, span, method=method, atol=atol, rtol=rtol, options=options)[1][-1]

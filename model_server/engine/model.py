@@ -80,18 +80,25 @@ def no_encoder_message(model_dir: Path) -> str:
             "embeddings (--embedding)")
 
 
+def manifest_encoder(manifest: dict | None) -> str | None:
+    """The encoder photos to locate go through, from the manifest's entry (a name, or {name, views}), or None."""
+    spec = (manifest or {}).get("encoder")
+    if isinstance(spec, dict):
+        return query_encoder_name(spec["name"], spec.get("views")) if spec.get("name") else None
+    return spec or None
+
+
 def infer_encoder(model_dir: Path, manifest: dict | None, required: bool = True) -> tuple[str | None, Path | None]:
     """(encoder name, weights folder or None) from the manifest, else from the published folder's name.
 
     A published folder (config.json + model.safetensors) under any other name has no known encoder:
     ModelNotFoundError when `required`, else (None, None) (the flow alone, for ready-made embeddings).
     """
-    spec = (manifest or {}).get("encoder")
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if spec:
-        rel = spec.get("path")
-        return query_encoder_name(spec["name"], spec.get("views")), (model_dir / rel) if rel else None
+    name = manifest_encoder(manifest)
+    if name:
+        spec = manifest["encoder"]
+        rel = spec.get("path") if isinstance(spec, dict) else None
+        return name, (model_dir / rel) if rel else None
     lowered = str(model_dir).lower()
     for key, encoder in _ENCODER_BY_NAME:
         if key in lowered:

@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 
 from ..engine import model as engine_model
-from ..engine.encoders import query_encoder_name
 
 
 def available_models(default: str | None) -> list[str]:
@@ -78,21 +77,13 @@ EXIF_IFD, FOCAL_LENGTH = 0x8769, 0x920A
 SQUARE_TOLERANCE = 1.1
 
 
-def query_encoder(manifest: dict | None) -> str:
-    """The encoder photos to locate go through, from the manifest's entry ("" when it names none)."""
-    spec = (manifest or {}).get("encoder") or ""
-    if isinstance(spec, dict):
-        return query_encoder_name(str(spec.get("name", "")), spec.get("views")) if spec.get("name") else ""
-    return str(spec)
-
-
 def imagery_kind(manifest: dict | None) -> str:
     """What a model was made for: the manifest's "imagery", else overhead when its encoder averages rotations
     (rot4 / d8: an overhead view has no "up") or its training data are tiles, else ground photos."""
     manifest = manifest or {}
     if manifest.get("imagery") in PURPOSE:
         return manifest["imagery"]
-    encoder = query_encoder(manifest)
+    encoder = engine_model.manifest_encoder(manifest) or ""
     data = str(manifest.get("training_data", "")).lower()
     return OVERHEAD if "+rot" in encoder or "+d8" in encoder or "tile" in data else GROUND
 
@@ -100,7 +91,7 @@ def imagery_kind(manifest: dict | None) -> str:
 def model_card(name: str, manifest: dict | None) -> dict[str, str]:
     """One model's card for clients: what it is for, its encoder, its licence, and a one-line summary."""
     manifest = manifest or {}
-    encoder = query_encoder(manifest) or "unknown encoder"
+    encoder = engine_model.manifest_encoder(manifest) or "unknown encoder"
     licence = str(manifest.get("licence") or "licence not stated").split(". ")[0].rstrip(".")
     kind = imagery_kind(manifest)
     purpose = str(manifest.get("purpose") or PURPOSE[kind])
