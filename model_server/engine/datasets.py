@@ -11,7 +11,7 @@ import csv
 import hashlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +93,15 @@ def read_folder(folder: str | os.PathLike, progress: bool = True) -> GeoDataset:
     if not paths:
         raise ValueError(f"no geotagged photos (EXIF GPS) found under {folder}")
     return GeoDataset(paths, np.asarray(coords, dtype=np.float64).reshape(-1, 2), str(folder))
+
+
+def read_datasets(paths: Sequence[str | os.PathLike], progress: bool = True) -> GeoDataset:
+    """Several CSV files or folders as one dataset, in the order given (`--data A --data B`)."""
+    parts = [read_dataset(path, progress) for path in paths]
+    if len(parts) == 1:
+        return parts[0]
+    return GeoDataset([p for part in parts for p in part.paths], np.concatenate([part.latlon for part in parts]),
+                      parts[0].source)
 
 
 def read_dataset(path: str | os.PathLike, progress: bool = True) -> GeoDataset:

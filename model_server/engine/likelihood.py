@@ -453,9 +453,9 @@ def mean_log_density(
 def _draw_order(draws: torch.Tensor) -> torch.Tensor:
     """(E, n, 3) -> (E, n): a permutation of each image's draws, seeded by the draws' own bits.
 
-    Not draw order: the server starts every photo from the same points, and taking the same start points'
-    draws in every photo left the photos' errors a common offset (+0.007 localizability on the held-out
-    tiles, against about 0 at random). Seeded by the values, a photo's result stays the same run to run.
+    Not draw order: the server starts every photo from the same points, so the same start points' draws in
+    every photo would share their errors, a common offset across photos (measured in docs/samplers.md).
+    Seeded by the values, a photo's result stays the same run to run.
     """
     orders = [torch.randperm(row.shape[0], generator=_generator_of(row))
               for row in draws.detach().float().cpu().numpy()]

@@ -7,7 +7,7 @@ report's land rows (report.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,7 @@ def evaluate_model(
     map_resolution: float = P.RESOLUTION.default,
     limit: int | None = None,
     cache: Path | None = None,
-    train_data: Path | None = None,
+    train_data: Sequence[Path] | None = None,
     train_cache: Path | None = None,
     train_limit: int | None = None,
     progress: bool = True,
@@ -50,7 +50,7 @@ def evaluate_model(
 ) -> Evaluation:
     """Score `model` on the photos of `data` (CSV or folder; the first `limit` only): the flow's methods, the
     drawn map when map_samples > 0, and with train_data the baselines, which come first."""
-    from ..engine.datasets import embed_dataset, read_dataset
+    from ..engine.datasets import embed_dataset, read_dataset, read_datasets
 
     def stage(name: str, total: int) -> Callable[[int], None]:
         return lambda done: on_step(name, done, total) if on_step is not None else None
@@ -70,7 +70,7 @@ def evaluate_model(
         methods.append(map_method(scores, guidance=scoring.guidance.describe(), samples=map_samples,
                                   resolution=map_resolution))
     if train_data is not None:
-        train = read_dataset(train_data, progress=progress)
+        train = read_datasets(train_data, progress=progress)
         if train_limit:
             train = train.subset(np.arange(min(train_limit, len(train))))
         # The gallery is embedded as the photos to locate are: retrieval on the flow's query embeddings.

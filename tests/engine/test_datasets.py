@@ -11,7 +11,7 @@ from PIL import Image
 from model_server.data.earth_tiles import (
     TileSpec,
     build_earth_tiles,
-    heldout_centres,
+    distant_centres,
     sample_plate_carree,
     tile_lonlat,
     uniform_centres,
@@ -101,10 +101,10 @@ def test_pole_and_antimeridian_tiles_wrap_instead_of_cutting():
     assert px.shape == (3, 3) and np.isfinite(px).all()
 
 
-def test_heldout_centres_keep_their_distance():
+def test_distant_centres_keep_their_distance():
     rng = np.random.default_rng(0)
     train = uniform_centres(2000, rng)
-    test = heldout_centres(100, train, rng, 150.0)
+    test = distant_centres(100, train, rng, 150.0)
     dots = latlon_to_xyz(test[:, 0], test[:, 1]) @ latlon_to_xyz(train[:, 0], train[:, 1]).T
     assert np.arccos(np.clip(dots.max(1), -1, 1)).min() * EARTH_RADIUS_KM >= 150.0 - 1e-6
     assert abs(np.mean(np.sin(np.radians(uniform_centres(20000, rng)[:, 0])))) < 0.02  # uniform by area
@@ -153,3 +153,28 @@ def test_report_splits_are_added_without_touching_the_training_and_tuning_tiles(
     assert build_earth_tiles(tmp_path, n_train=5, n_test=2, seed=3, size=48, progress=False)["n_land"] == 6
     with pytest.raises(ValueError, match="n_land 6 there, 7 asked"):
         build_earth_tiles(tmp_path, n_train=5, n_test=2, seed=3, size=48, progress=False, n_land=7)
+
+
+def test_train_land_tiles_lie_on_land_away_from_every_heldout_tile(tmp_path):
+    """More training tiles on land, added without moving a tile of any other split."""
+    from model_server.products.place_names import is_land
+
+    def tiles(folder):
+        return {f"{split}/{p.name}": p.read_bytes() for split in ("train", "test", "report", "land")
+                for p in (folder / split).iterdir()}
+
+    options = dict(n_train=5, n_test=2, seed=3, size=48, progress=False, n_report=3, n_land=4)
+    build_earth_tiles(tmp_path, **options)
+    before = tiles(tmp_path)
+    info = build_earth_tiles(tmp_path, **options, n_train_land=6)
+    assert tiles(tmp_path) == before and info["n_train_land"] == 6
+    extra = read_csv(tmp_path / "train-land.csv")
+    assert len(extra) == 6 and is_land(extra.latlon[:, 0], extra.latlon[:, 1]).all()
+    heldout = np.concatenate([read_csv(tmp_path / f"{split}.csv").latlon for split in ("test", "report", "land")])
+    dots = latlon_to_xyz(extra.latlon[:, 0], extra.latlon[:, 1]) @ latlon_to_xyz(heldout[:, 0], heldout[:, 1]).T
+    assert np.arccos(np.clip(dots.max(1), -1, 1)).min() * EARTH_RADIUS_KM >= 75.0 - 1e-6
+    # a report split added after them could fall near them: refused, with what to do
+    other = tmp_path / "other"
+    build_earth_tiles(other, n_train=5, n_test=2, seed=3, size=48, progress=False, n_train_land=2)
+    with pytest.raises(ValueError, match="build every split in one run"):
+        build_earth_tiles(other, n_train=5, n_test=2, seed=3, size=48, progress=False, n_report=2)

@@ -190,9 +190,12 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     from model_server.engine.checkpoint import verify_files
     from model_server.engine.model import load_model
 
-    build_earth_tiles(tmp_path / "tiles", n_train=8, n_test=3, seed=2, size=96, progress=False)
+    build_earth_tiles(tmp_path / "tiles", n_train=8, n_test=3, seed=2, size=96, progress=False, n_train_land=2)
     out = tmp_path / "model"
-    common = ["train", "--data", str(tmp_path / "tiles" / "train"), "--out", str(out), "--dim", "32", "--depth", "1",
+    # two sources in one training set, as the default model's uniform and land tiles
+    tiles = tmp_path / "tiles"
+    common = ["train", "--data", str(tiles / "train"), "--data", str(tiles / "train-land.csv"), "--out", str(out),
+              "--dim", "32", "--depth", "1",
               "--batch-size", "16", "--warmup", "2", "--state-every", "3", "--cache", str(tmp_path / "emb.npz"),
               "--weights-dtype", "fp16", "--encoder", "efficientnet-lite0+rot4", "--query-views", "d8", "--quiet",
               "--threads", "1"]
@@ -203,7 +206,7 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     assert torch.load(out.with_name("model.train-state.pt"), weights_only=False)["step"] == 6
     assert verify_files(out) == []
     model = load_model(out)
-    assert model.manifest["provenance"]["n_images"] == 8 and model.flow.config.dim == 32
+    assert model.manifest["provenance"]["n_images"] == 10 and model.flow.config.dim == 32
     # as the default model: trained on quarter-turn means, tiles to locate embedded as the mean of eight views
     assert model.manifest["encoder"] == {"name": "efficientnet-lite0+rot4", "views": "d8"}
     assert model.encoder_name == "efficientnet-lite0+d8" and model.training_encoder_name == "efficientnet-lite0+rot4"
@@ -293,13 +296,18 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(["calibrate", "--model", str(out), "--data", test_csv, "--skip", "3", "--quiet"]) == 2  # none left
     report_path = tmp_path / "report.json"
     assert main(["eval", "--model", str(out), "--data", str(tmp_path / "tiles" / "test.csv"), "--train-data",
-                 str(tmp_path / "tiles" / "train.csv"), "--samples", "8", "--guess-samples", "8", "--steps", "4",
+                 str(tmp_path / "tiles" / "train.csv"), "--train-data", str(tmp_path / "tiles" / "train-land.csv"),
+                 "--samples", "8", "--guess-samples", "8", "--steps", "4",
                  "--likelihood-steps", "2", "--map-samples", "32", "--map-resolution", "2",
                  "--out", str(report_path), "--quiet", "--threads", "1"]) == 0
     report = json.loads(report_path.read_text())
     # the retrieval gallery is embedded as the tiles to locate are (d8), not as the flow was trained (rot4)
     caches = sorted(p.name for p in (tmp_path / "cache" / "geoplonk" / "embeddings").glob("*.npz"))
     assert [c.split("-", 1)[0] for c in caches if c.endswith("-efficientnet-lite0+d8.npz")] == ["test", "train"], caches
+    # the gallery is the flow's whole training set, both sources
+    assert report["settings"]["train_data"] == [str(tmp_path / "tiles" / f) for f in ("train.csv", "train-land.csv")]
+    gallery = next((tmp_path / "cache" / "geoplonk" / "embeddings").glob("train-*-efficientnet-lite0+d8.npz"))
+    assert len(np.load(gallery)["keys"]) == 10
     methods = [r["method"] for r in report["rows"]]
     assert methods[0] == "uniform prior" and any(m.startswith("retrieval top-1") for m in methods)
     flow, drawn_map = report["rows"][-2:]
