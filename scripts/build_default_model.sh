@@ -26,12 +26,15 @@ RUN="nice -n 10"
 # FRESH=1 starts from nothing.
 [[ ${FRESH:-0} == 1 ]] && rm -rf "$WORK"
 $RUN "$GEOPLONK" data earth-tiles --out "$WORK" --n-train "$N_TRAIN" --n-test "$N_TEST" --seed 0 \
-    --n-report "$N_REPORT" --n-land "$N_LAND" --n-train-land "$N_TRAIN_LAND" --min-distance-km 75 --samples samples --quiet
-# The training set: the uniform tiles, then the land tiles if any (the retrieval baseline's gallery too).
+    --n-report "$N_REPORT" --n-land "$N_LAND" --n-train-land "$N_TRAIN_LAND" --min-distance-km 75 \
+    --samples samples --quiet
+# The training set: the uniform tiles, then the land tiles if any; the retrieval baseline's gallery is the same.
 TRAIN_DATA=(--data "$WORK/train.csv")
+GALLERY=(--train-data "$WORK/train.csv")
 LAND_TILES=""
 if [[ $N_TRAIN_LAND -gt 0 ]]; then
     TRAIN_DATA+=(--data "$WORK/train-land.csv")
+    GALLERY+=(--train-data "$WORK/train-land.csv")
     LAND_TILES=" and $N_TRAIN_LAND more centred on land"
 fi
 
@@ -56,7 +59,7 @@ $RUN "$GEOPLONK" calibrate --model "$OUT" --data "$WORK/test.csv" --cache "$WORK
 # and on the land split.
 for split in report land; do
     $RUN "$GEOPLONK" eval --model "$OUT" --data "$WORK/$split.csv" --cache "$WORK/emb-$split-rot4.npz" \
-        "${TRAIN_DATA[@]/--data/--train-data}" --train-cache "$WORK/emb-train-rot4.npz" \
+        "${GALLERY[@]}" --train-cache "$WORK/emb-train-rot4.npz" \
         --samples 64 --guess-samples 256 --likelihood-method rk4 --likelihood-steps 16 --map-samples 1024 \
         --seed 0 --threads "$THREADS" --out "$WORK/eval-$split.json" --quiet
 done

@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache for --data")
     parser.add_argument("--train-cache", type=Path, default=None, help="embedding cache for --train-data")
-    parser.add_argument("--train-limit", type=int, default=None, help="first N photos of --train-data only")
+    parser.add_argument("--train-limit", type=int, default=None,
+                        help="first N photos of --train-data only (of all, in order)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quiet", action="store_true")
 
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _jsonable(value):
+def _jsonable(value: object) -> object:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, list):  # repeated options

@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from a training state file (default: DIR.train-state.pt)")
     parser.add_argument("--state-every", type=int, default=500)
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache (.npz)")
-    parser.add_argument("--limit", type=int, default=None, help="train on the first N photos only")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="train on the first N photos only (of all --data, in order)")
     parser.add_argument("--name", default=None, help="model name in the manifest (default: DIR's name)")
     parser.add_argument("--description", default=None, help="what the training data is (manifest)")
     parser.add_argument("--licence", default=None, help="licence of the weights/data (manifest)")

@@ -238,9 +238,6 @@ def build_earth_tiles(
     extra = {"n_report": n_report, "n_land": n_land, "n_train_land": n_train_land}
     _check_same_settings(out / "dataset.json", settings, min_distance_km, extra)
     built = json.loads((out / "dataset.json").read_text()) if (out / "dataset.json").is_file() else {}
-    if built.get("n_train_land") and any(extra[f"n_{name}"] and not built.get(f"n_{name}") for name in REPORT_SPLITS):
-        raise ValueError(f"{out} holds train-land tiles placed away from the held-out splits built then; a report "
-                         "split added now could fall near them: build every split in one run, or another --out")
     extra = {k: v or built.get(k, 0) for k, v in extra.items()}  # a split built before and not asked now stays
     info = {
         "name": "earth-tiles",
@@ -295,11 +292,18 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _check_same_settings(info_path: Path, settings: dict, min_distance_km: float, extra: dict) -> None:
     """Tiles already in `out` are reused (a rerun only writes what is missing), so they must come from
-    the same settings: the tile at an index depends on all of them. A report split (`extra`: its size) not
-    built yet may be added: it has its own random stream."""
+    the same settings: the tile at an index depends on all of them. A split (`extra`: its size) not built yet
+    may be added, since it has its own random stream; but not a report split once train-land tiles are on
+    disk, which were placed away from the held-out tiles of their day only."""
     if not info_path.is_file():
         return
     old = json.loads(info_path.read_text())
+    land_tiles = info_path.parent / "train-land"
+    added = [f"n_{name}" for name in REPORT_SPLITS if extra[f"n_{name}"] and not old.get(f"n_{name}")]
+    if added and land_tiles.is_dir() and any(land_tiles.iterdir()):
+        raise ValueError(f"{info_path.parent} holds train-land tiles placed away from the held-out tiles built "
+                         f"with them; a report split added now ({', '.join(added)}) could fall near them: build "
+                         "every split in one run, or choose another --out")
     wanted = {**settings, "heldout": f"test centres >= {min_distance_km} km from every training centre"}
     wanted.update({k: v for k, v in extra.items() if v and old.get(k)})
     differ = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}

@@ -95,8 +95,14 @@ def read_folder(folder: str | os.PathLike, progress: bool = True) -> GeoDataset:
     return GeoDataset(paths, np.asarray(coords, dtype=np.float64).reshape(-1, 2), str(folder))
 
 
-def read_datasets(paths: Sequence[str | os.PathLike], progress: bool = True) -> GeoDataset:
-    """Several CSV files or folders as one dataset, in the order given (`--data A --data B`)."""
+def read_datasets(paths: str | os.PathLike | Sequence[str | os.PathLike], progress: bool = True) -> GeoDataset:
+    """Several CSV files or folders as one dataset, in the order given (`--data A --data B`).
+
+    The joined dataset takes the first source's name, so its default embedding cache is the first source's
+    (entries are keyed by file, so a shared cache only grows).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
     parts = [read_dataset(path, progress) for path in paths]
     if len(parts) == 1:
         return parts[0]

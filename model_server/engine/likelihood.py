@@ -454,7 +454,7 @@ def _draw_order(draws: torch.Tensor) -> torch.Tensor:
     """(E, n, 3) -> (E, n): a permutation of each image's draws, seeded by the draws' own bits.
 
     Not draw order: the server starts every photo from the same points, so the same start points' draws in
-    every photo would share their errors, a common offset across photos (measured in docs/samplers.md).
+    every photo would share their errors, a common offset across photos (docs/samplers.md, localizability).
     Seeded by the values, a photo's result stays the same run to run.
     """
     orders = [torch.randperm(row.shape[0], generator=_generator_of(row))

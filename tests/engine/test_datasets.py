@@ -16,7 +16,7 @@ from model_server.data.earth_tiles import (
     tile_lonlat,
     uniform_centres,
 )
-from model_server.engine.datasets import embed_dataset, read_csv, read_dataset
+from model_server.engine.datasets import embed_dataset, read_csv, read_dataset, read_datasets
 from model_server.engine.encoders import load_encoder
 from model_server.geodesy import EARTH_RADIUS_KM, haversine_km, latlon_to_xyz
 from model_server.images import exif_with_gps
@@ -159,22 +159,39 @@ def test_train_land_tiles_lie_on_land_away_from_every_heldout_tile(tmp_path):
     """More training tiles on land, added without moving a tile of any other split."""
     from model_server.products.place_names import is_land
 
-    def tiles(folder):
-        return {f"{split}/{p.name}": p.read_bytes() for split in ("train", "test", "report", "land")
-                for p in (folder / split).iterdir()}
+    splits = ("train", "test", "report", "land")
+
+    def listing(folder):
+        return {split: (folder / f"{split}.csv").read_text() for split in splits}
 
     options = dict(n_train=5, n_test=2, seed=3, size=48, progress=False, n_report=3, n_land=4)
+    build_earth_tiles(tmp_path / "at-once", **options, n_train_land=6)
     build_earth_tiles(tmp_path, **options)
-    before = tiles(tmp_path)
+    before = listing(tmp_path)
     info = build_earth_tiles(tmp_path, **options, n_train_land=6)
-    assert tiles(tmp_path) == before and info["n_train_land"] == 6
+    assert listing(tmp_path) == before and info["n_train_land"] == 6
+    # the same tiles as a dataset built in one run (the CSVs list every tile's place)
+    assert listing(tmp_path) == listing(tmp_path / "at-once")
+    assert (tmp_path / "train-land.csv").read_text() == (tmp_path / "at-once" / "train-land.csv").read_text()
     extra = read_csv(tmp_path / "train-land.csv")
     assert len(extra) == 6 and is_land(extra.latlon[:, 0], extra.latlon[:, 1]).all()
-    heldout = np.concatenate([read_csv(tmp_path / f"{split}.csv").latlon for split in ("test", "report", "land")])
+    heldout = np.concatenate([read_csv(tmp_path / f"{split}.csv").latlon for split in splits[1:]])
     dots = latlon_to_xyz(extra.latlon[:, 0], extra.latlon[:, 1]) @ latlon_to_xyz(heldout[:, 0], heldout[:, 1]).T
     assert np.arccos(np.clip(dots.max(1), -1, 1)).min() * EARTH_RADIUS_KM >= 75.0 - 1e-6
+    # reruns: the build script's options again, or none, keep it on record; another size is refused
+    assert build_earth_tiles(tmp_path, **options, n_train_land=6)["n_train_land"] == 6
+    assert build_earth_tiles(tmp_path, n_train=5, n_test=2, seed=3, size=48, progress=False)["n_train_land"] == 6
+    with pytest.raises(ValueError, match="n_train_land 6 there, 8 asked"):
+        build_earth_tiles(tmp_path, **options, n_train_land=8)
     # a report split added after them could fall near them: refused, with what to do
     other = tmp_path / "other"
     build_earth_tiles(other, n_train=5, n_test=2, seed=3, size=48, progress=False, n_train_land=2)
     with pytest.raises(ValueError, match="build every split in one run"):
         build_earth_tiles(other, n_train=5, n_test=2, seed=3, size=48, progress=False, n_report=2)
+
+
+def test_several_sources_read_as_one_dataset(photo_folder):
+    one = read_datasets(photo_folder, progress=False)
+    both = read_datasets([photo_folder, str(photo_folder)], progress=False)
+    assert len(both) == 2 * len(one) and both.paths == one.paths * 2 and both.source == one.source
+    assert np.array_equal(both.latlon, np.concatenate([one.latlon, one.latlon]))
