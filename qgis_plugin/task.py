@@ -23,7 +23,7 @@ from . import messages
 from .settings import Settings
 
 # How far one photo is when the server reports a stage (its share of the photo's work, measured roughly on the
-# default model: sampling dominates).  Stages of the whole batch have no index; the others name one photo.
+# default model: sampling dominates).
 STAGE_SHARE = {
     "queued": 0.0, "load": 0.02, "decode": 0.05, "embed": 0.15, "sample": 0.25, "localizability": 0.65,
     "density": 0.7, "regions": 0.8, "places": 0.88, "write": 0.95,
@@ -34,8 +34,9 @@ STAGE_ORDER = list(STAGE_SHARE)
 
 
 def stage_progress(progress: dict, photos: int, creep: float = 0.0) -> float:
-    """Percent of the job done from one of the server's progress messages (the client's `fraction` counts
-    finished photos; the stage adds the photos still in the request by how far that stage is).
+    """Percent of the job done from one of the server's progress messages: the client's `fraction` counts
+    finished photos, and the stage adds how far the next one is (the server takes a request's photos one at a
+    time; queued and load come before its first).
 
     `creep` (0-1): how far into the stage the job is, from the heartbeats that repeat it (a long stage such as
     sampling then moves the bar steadily towards the next stage's share instead of jumping at its end)."""
@@ -44,14 +45,7 @@ def stage_progress(progress: dict, photos: int, creep: float = 0.0) -> float:
     share = STAGE_SHARE.get(stage, 0.0)
     if stage in STAGE_SHARE and stage != STAGE_ORDER[-1]:
         share += min(max(creep, 0.0), 1.0) * (STAGE_SHARE[STAGE_ORDER[STAGE_ORDER.index(stage) + 1]] - share)
-    done, total = progress.get("done"), progress.get("total")
-    in_flight = max(int(total) - int(done), 0) if isinstance(done, int) and isinstance(total, int) else 0
-    if in_flight and progress.get("index") is not None and share >= STAGE_SHARE["localizability"]:
-        # one photo at a per-photo stage after the batch stages: the others in the request are past those
-        extra = share + (in_flight - 1) * STAGE_SHARE["localizability"]
-    else:
-        extra = share * in_flight
-    return 100.0 * min(done_fraction + extra / max(photos, 1), 1.0)
+    return 100.0 * min(done_fraction + share / max(photos, 1), 1.0)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model_server.commands.common import jsonable_settings
 from model_server.engine.datasets import embed_dataset, read_dataset, targets_xyz
 from model_server.engine.encoders import load_encoder
 from model_server.engine.likelihood import log_density
@@ -104,7 +105,7 @@ def main() -> None:
                      TrainConfig(steps=args.steps, batch_size=args.batch_size, warmup=300,
                                  embedding_noise=args.noise, target_jitter_km=args.jitter_km,
                                  cond_rank=args.cond_rank), threads=1)
-    result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    result = {"settings": jsonable_settings(args),
               "n_train": len(train_emb), "training_seconds": round(time.time() - t0)}
     result.update(score(net, test_emb[lo:hi], test_deg[lo:hi], args.own_samples, args.guess_samples))
     line = json.dumps(result)

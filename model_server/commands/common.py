@@ -1,4 +1,5 @@
-"""What the subcommands share: the user-error exception and its guard, the model and photo arguments, .npy I/O."""
+"""What the subcommands share: the user-error exception and its guard, the model and photo arguments, .npy I/O,
+the settings a record keeps."""
 
 from __future__ import annotations
 
@@ -32,6 +33,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--image", type=Path, help="a photo to embed with the model's encoder")
     parser.add_argument("--cfg", type=float, default=None,
                         help="guidance weight w (default: the model's calibrated distribution, 0 if it has none)")
+
+
+def jsonable_settings(args: argparse.Namespace) -> dict:
+    """The parsed options as a record keeps them: paths as strings, repeated options as lists."""
+    def jsonable(value: object) -> object:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, list):
+            return [jsonable(v) for v in value]
+        return value
+
+    return {k: jsonable(v) for k, v in vars(args).items() if not k.startswith("_")}
 
 
 def load_npy(path: Path, what: str) -> np.ndarray:

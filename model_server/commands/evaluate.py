@@ -18,6 +18,8 @@ from pathlib import Path
 
 from geoplonk_service import protocol as P
 
+from .common import jsonable_settings
+
 MIN_MAP_SAMPLES = 16
 
 
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         model, args.data, scoring, map_samples=args.map_samples, map_resolution=args.map_resolution,
         limit=args.limit, cache=args.cache, train_data=args.train_data, train_cache=args.train_cache,
         train_limit=args.train_limit, progress=progress, on_step=on_step)
-    settings = {k: _jsonable(v) for k, v in vars(args).items() if k != "_run"}
+    settings = jsonable_settings(args)
     report = report_document(model, str(args.data), settings, result)
     print(format_report(report))
     if args.out:
@@ -122,10 +124,3 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(args.out, json.dumps(report, indent=2).encode("utf-8"))
     return 0
 
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list):  # repeated options
-        return [_jsonable(v) for v in value]
-    return value

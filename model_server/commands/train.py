@@ -132,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"step {step}/{total} loss {smooth[-1]:.4f} ({timer.elapsed():.0f} s)", file=sys.stderr)
 
     train_timer = Timer()
+    # a resumed run counts the interrupted runs' training time too: the manifest names the whole training's cost
+    earlier_s = float(resume.get("training_seconds", 0.0)) if resume else 0.0
+
+    def save_state(state: dict) -> None:
+        _save_state(spath, {**state, "training_seconds": earlier_s + train_timer.elapsed()})
+
     on_land = None
     if args.land_weight != 1.0:
         from model_server.products.place_names import is_land
@@ -139,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         on_land = torch.from_numpy(is_land(dataset.latlon[:, 0], dataset.latlon[:, 1]))
     net = train_flow(emb, targets_xyz(dataset.latlon), flow_config, train_config, on_land=on_land,
                      on_step=on_step, resume=resume,
-                     on_state=lambda s: _save_state(spath, s), state_every=args.state_every)
+                     on_state=save_state, state_every=args.state_every)
     bar.close()
     manifest = {
         "name": args.name or args.out.name,
@@ -155,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
             "flow_config": flow_config.to_dict(),
             "final_loss": smooth[-1] if smooth else None,
             "embedding_seconds": round(encode_s, 1),
-            "training_seconds": round(train_timer.elapsed(), 1),
+            "training_seconds": round(earlier_s + train_timer.elapsed(), 1),
+            **({"resumed_at_step": int(resume["step"])} if resume else {}),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "embeddings": "raw encoder output; the training input map (standardisation) folded into cond_mapper",
         },

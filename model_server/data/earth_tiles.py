@@ -236,8 +236,7 @@ def build_earth_tiles(
     out = Path(out)
     settings = {"n_train": n_train, "n_test": n_test, "seed": seed, "tile_px": size}
     extra = {"n_report": n_report, "n_land": n_land, "n_train_land": n_train_land}
-    _check_same_settings(out / "dataset.json", settings, min_distance_km, extra)
-    built = json.loads((out / "dataset.json").read_text()) if (out / "dataset.json").is_file() else {}
+    built = _check_same_settings(out / "dataset.json", settings, min_distance_km, extra)
     extra = {k: v or built.get(k, 0) for k, v in extra.items()}  # a split built before and not asked now stays
     info = {
         "name": "earth-tiles",
@@ -290,13 +289,13 @@ def _write_json(path: Path, data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=2).encode("utf-8"))
 
 
-def _check_same_settings(info_path: Path, settings: dict, min_distance_km: float, extra: dict) -> None:
+def _check_same_settings(info_path: Path, settings: dict, min_distance_km: float, extra: dict) -> dict:
     """Tiles already in `out` are reused (a rerun only writes what is missing), so they must come from
     the same settings: the tile at an index depends on all of them. A split (`extra`: its size) not built yet
     may be added, since it has its own random stream; but not a report split once train-land tiles are on
-    disk, which were placed away from the held-out tiles of their day only."""
+    disk, which were placed away from the held-out tiles of their day only. Returns the record there ({} if none)."""
     if not info_path.is_file():
-        return
+        return {}
     old = json.loads(info_path.read_text())
     land_tiles = info_path.parent / "train-land"
     added = [f"n_{name}" for name in REPORT_SPLITS if extra[f"n_{name}"] and not old.get(f"n_{name}")]
@@ -311,6 +310,7 @@ def _check_same_settings(info_path: Path, settings: dict, min_distance_km: float
         detail = ", ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in differ.items())
         raise ValueError(f"{info_path.parent} holds a dataset built with other settings ({detail}); "
                          "remove it or choose another --out")
+    return old
 
 
 # Distinctive places for the demo and the tests: name -> (lat, lon, footprint km).

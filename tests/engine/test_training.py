@@ -202,10 +202,15 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(common + ["--steps", "3"]) == 0
     state = torch.load(out.with_name("model.train-state.pt"), weights_only=False)
     assert state["step"] == 3
+    assert state["training_seconds"] > 0
+    torch.save({**state, "training_seconds": 1000.0}, out.with_name("model.train-state.pt"))  # a long first run
     assert main(common + ["--steps", "6", "--resume"]) == 0
     assert torch.load(out.with_name("model.train-state.pt"), weights_only=False)["step"] == 6
     assert verify_files(out) == []
     model = load_model(out)
+    # the resumed run's manifest counts both runs' training time
+    assert model.manifest["provenance"]["resumed_at_step"] == 3
+    assert 1000.0 <= model.manifest["provenance"]["training_seconds"] < 1100.0
     assert model.manifest["provenance"]["n_images"] == 10 and model.flow.config.dim == 32
     # as the default model: trained on quarter-turn means, tiles to locate embedded as the mean of eight views
     assert model.manifest["encoder"] == {"name": "efficientnet-lite0+rot4", "views": "d8"}
