@@ -34,18 +34,21 @@ STAGE_ORDER = list(STAGE_SHARE)
 
 
 def stage_progress(progress: dict, photos: int, creep: float = 0.0) -> float:
-    """Percent of the job done from one of the server's progress messages: the client's `fraction` counts
-    finished photos, and the stage adds how far the next one is (the server takes a request's photos one at a
-    time; queued and load come before its first).
+    """Percent of the job done from one of the server's progress messages: the client's `fraction` (or, for a
+    joint job, the server's done / total) counts finished photos, and the stage adds how far the next one is (the
+    server takes a request's photos one at a time; queued and load come before each turn of the request).
 
     `creep` (0-1): how far into the stage the job is, from the heartbeats that repeat it (a long stage such as
     sampling then moves the bar steadily towards the next stage's share instead of jumping at its end)."""
-    done_fraction = float(progress.get("fraction") or 0.0)
     stage = str(progress.get("stage") or "")
     share = STAGE_SHARE.get(stage, 0.0)
     if stage in STAGE_SHARE and stage != STAGE_ORDER[-1]:
         share += min(max(creep, 0.0), 1.0) * (STAGE_SHARE[STAGE_ORDER[STAGE_ORDER.index(stage) + 1]] - share)
-    return 100.0 * min(done_fraction + share / max(photos, 1), 1.0)
+    fraction = progress.get("fraction")
+    done, total = progress.get("done"), progress.get("total")
+    if fraction is None and isinstance(done, int) and isinstance(total, int) and total > 0:
+        return 100.0 * min((done + share) / total, 1.0)  # a joint job: one request, counted by the server
+    return 100.0 * min(float(fraction or 0.0) + share / max(photos, 1), 1.0)
 
 
 @dataclass

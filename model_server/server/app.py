@@ -171,6 +171,8 @@ class Server:
             if kind == "progress":
                 stage, index, name = args
                 req.stage = {"stage": stage, "index": index, "name": name}
+            elif kind == "result":  # set before the result leaves: a heartbeat never repeats an answered photo's stage
+                req.stage = {"stage": "queued", "index": None, "name": None}
             post((kind, req, *args))
 
         try:

@@ -24,6 +24,7 @@ from test_plugin_headless import by_role, result_groups, run_action
 from geoplonk_service.launcher import free_port
 from qgis_plugin import layers
 from qgis_plugin.settings import Settings
+from qgis_plugin.task import STAGE_ORDER, stage_progress
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -216,11 +217,32 @@ def test_progress_moves_with_the_servers_stages(plugin, plugin_settings, photo_d
     assert seen == sorted(seen) and seen[-1] == 100
     assert max(b - a for a, b in zip([0.0, *seen], seen, strict=False)) <= 40, log
     # no still stretch (the issue saw 49 s at 0 %): every stage of every photo, and every heartbeat repeating a
-    # stage that has a next one, moves the bar; heartbeats come each second, so the bar never stands still long
-    still = [(a, b) for a, b in zip(log, log[1:], strict=False) if b[2] <= a[2] and not a[1] == b[1] == "write"]
+    # stage that has a next one, moves the bar (each heartbeat's step: test_stage_progress_moves_...)
+    still = [(a, b) for a, b in zip(log, log[1:], strict=False)
+             if b[2] <= a[2] < 100 and not a[1] == b[1] == "write"]
     assert not still, (still, log)
-    heartbeats = [b for a, b in zip(log, log[1:], strict=False) if a[1] == b[1] == "sample"]
-    assert len(heartbeats) >= 3, log  # 3 photos sampling 1024 points each: heartbeats were seen and counted
+
+
+def test_stage_progress_moves_through_every_photo_and_heartbeat():
+    """The server's messages for 3 photos in one request, and for a joint job (no client `fraction`): every
+    stage of every photo, and each heartbeat repeating one, raises the bar, which ends at 100."""
+    stages = [s for s in STAGE_ORDER if s not in ("queued", "load")]
+
+    def job(joint: bool) -> list[float]:
+        bar = [stage_progress({"stage": "queued", "done": 0, "total": 3, **({} if joint else {"fraction": 0.0})}, 3)]
+        for done in range(3):
+            counts = {"done": done, "total": 3, "index": done, **({} if joint else {"fraction": done / 3})}
+            for stage in stages:
+                bar += [stage_progress({"stage": stage, **counts}, 3, creep) for creep in (0.0, 0.3, 0.5)]
+        last = {"stage": "write", "done": 3, "total": 3, **({} if joint else {"fraction": 1.0})}
+        return [*bar, stage_progress(last, 3)]
+
+    for joint in (False, True):
+        bar = job(joint)
+        rises = [b > a for a, b in zip(bar, bar[1:], strict=False)]
+        # only a heartbeat of `write`, the last stage, has nothing to creep towards
+        assert sum(not r for r in rises) == 3 * 2, (joint, bar)
+        assert bar[-1] == 100.0 and max(bar[:-1]) < 100.0
 
 
 def test_cancel_shows_cancelled_with_the_counts(plugin, plugin_settings, photo_dir, wait_for_task, qtbot):
