@@ -134,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
     train_timer = Timer()
     # a resumed run counts the interrupted runs' training time too: the manifest names the whole training's cost
     earlier_s = float(resume.get("training_seconds", 0.0)) if resume else 0.0
+    uncounted = resume is not None and "training_seconds" not in resume  # a state saved before the counter
+    if uncounted:
+        print(f"the training state does not say how long steps 0-{resume['step']} took: the manifest's "
+              "training_seconds counts this run only", file=sys.stderr)
 
     def save_state(state: dict) -> None:
         _save_state(spath, {**state, "training_seconds": earlier_s + train_timer.elapsed()})
@@ -163,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             "embedding_seconds": round(encode_s, 1),
             "training_seconds": round(earlier_s + train_timer.elapsed(), 1),
             **({"resumed_at_step": int(resume["step"])} if resume else {}),
+            **({"training_seconds_note": f"steps 0-{resume['step']} not counted"} if uncounted else {}),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "embeddings": "raw encoder output; the training input map (standardisation) folded into cond_mapper",
         },

@@ -211,6 +211,13 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     # the resumed run's manifest counts both runs' training time
     assert model.manifest["provenance"]["resumed_at_step"] == 3
     assert 1000.0 <= model.manifest["provenance"]["training_seconds"] < 1100.0
+    assert "training_seconds_note" not in model.manifest["provenance"]
+    # a state saved before the counter: the manifest says which steps its time leaves out
+    legacy = tmp_path / "legacy"
+    torch.save({k: v for k, v in state.items() if k != "training_seconds"}, legacy.with_name("legacy.train-state.pt"))
+    assert main([str(legacy) if a == str(out) else a for a in common] + ["--steps", "6", "--resume"]) == 0
+    assert json.loads((legacy / "geoplonk.json").read_text())["provenance"]["training_seconds_note"] == (
+        "steps 0-3 not counted")
     assert model.manifest["provenance"]["n_images"] == 10 and model.flow.config.dim == 32
     # as the default model: trained on quarter-turn means, tiles to locate embedded as the mean of eight views
     assert model.manifest["encoder"] == {"name": "efficientnet-lite0+rot4", "views": "d8"}
