@@ -134,13 +134,16 @@ def run(args: argparse.Namespace) -> int:
     train_timer = Timer()
     # a resumed run counts the interrupted runs' training time too: the manifest names the whole training's cost
     earlier_s = float(resume.get("training_seconds", 0.0)) if resume else 0.0
-    uncounted = resume is not None and "training_seconds" not in resume  # a state saved before the counter
+    # steps whose time no state counted (a state saved before the counter); carried through later resumes
+    uncounted = 0 if resume is None else (
+        resume.get("uncounted_steps", 0) if "training_seconds" in resume else int(resume["step"]))
     if uncounted:
-        print(f"the training state does not say how long steps 0-{resume['step']} took: the manifest's "
-              "training_seconds counts this run only", file=sys.stderr)
+        print(f"the training state does not say how long its first {uncounted} steps took: the manifest's "
+              "training_seconds leaves them out", file=sys.stderr)
 
     def save_state(state: dict) -> None:
-        _save_state(spath, {**state, "training_seconds": earlier_s + train_timer.elapsed()})
+        _save_state(spath, {**state, "training_seconds": earlier_s + train_timer.elapsed(),
+                            "uncounted_steps": uncounted})
 
     on_land = None
     if args.land_weight != 1.0:
@@ -167,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             "embedding_seconds": round(encode_s, 1),
             "training_seconds": round(earlier_s + train_timer.elapsed(), 1),
             **({"resumed_at_step": int(resume["step"])} if resume else {}),
-            **({"training_seconds_note": f"steps 0-{resume['step']} not counted"} if uncounted else {}),
+            **({"training_seconds_note": f"the first {uncounted} steps not counted"} if uncounted else {}),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "embeddings": "raw encoder output; the training input map (standardisation) folded into cond_mapper",
         },

@@ -181,9 +181,9 @@ class Server:
         except Exception as exc:  # noqa: BLE001
             log.error("model load failed:\n%s", traceback.format_exc())
             for i in unit.indices:
-                post(("result", req, i, P.STATUS_FAILED, None, {"code": P.E_MODEL, "message": str(exc)}, None))
+                emit("result", i, P.STATUS_FAILED, None, {"code": P.E_MODEL, "message": str(exc)}, None)
             if unit.joint:
-                post(("joint", req, P.STATUS_FAILED, None, {"code": P.E_MODEL, "message": str(exc)}, None))
+                emit("joint", P.STATUS_FAILED, None, {"code": P.E_MODEL, "message": str(exc)}, None)
             return
         if unit.joint:
             run_joint(model, self.models.device, req.joint, req.names, req.options, emit, req.cancelled.is_set)

@@ -214,10 +214,15 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     assert "training_seconds_note" not in model.manifest["provenance"]
     # a state saved before the counter: the manifest says which steps its time leaves out
     legacy = tmp_path / "legacy"
-    torch.save({k: v for k, v in state.items() if k != "training_seconds"}, legacy.with_name("legacy.train-state.pt"))
+    old_state = {k: v for k, v in state.items() if k not in ("training_seconds", "uncounted_steps")}
+    torch.save(old_state, legacy.with_name("legacy.train-state.pt"))
     assert main([str(legacy) if a == str(out) else a for a in common] + ["--steps", "6", "--resume"]) == 0
     assert json.loads((legacy / "geoplonk.json").read_text())["provenance"]["training_seconds_note"] == (
-        "steps 0-3 not counted")
+        "the first 3 steps not counted")
+    # and again after a second resume, whose state has the counter by then
+    assert main([str(legacy) if a == str(out) else a for a in common] + ["--steps", "9", "--resume"]) == 0
+    assert json.loads((legacy / "geoplonk.json").read_text())["provenance"]["training_seconds_note"] == (
+        "the first 3 steps not counted")
     assert model.manifest["provenance"]["n_images"] == 10 and model.flow.config.dim == 32
     # as the default model: trained on quarter-turn means, tiles to locate embedded as the mean of eight views
     assert model.manifest["encoder"] == {"name": "efficientnet-lite0+rot4", "views": "d8"}
