@@ -107,6 +107,29 @@ class PhotoResult:
         return paths
 
 
+def _job_progress(
+    on_progress: Callable[[dict[str, Any]], None] | None,
+    images: list[tuple[int, str, bytes]],
+    done_before: int,
+    total: int | None,
+) -> Callable[[dict[str, Any]], None]:
+    """One request's progress messages as the job's: `index` counted in the caller's photos, and `fraction`, the
+    share of the job's `total` photos done (`done_before` of them finished before this request)."""
+
+    def forward(fields: dict[str, Any]) -> None:
+        out = dict(fields)
+        index, done, count = out.get("index"), out.get("done"), out.get("total")
+        if isinstance(index, int) and 0 <= index < len(images):
+            out["index"] = images[index][0]
+        if total:
+            part = done / count if P.is_number(done) and P.is_number(count) and count > 0 else 0.0
+            out["fraction"] = min(1.0, (done_before + min(max(part, 0.0), 1.0) * len(images)) / total)
+        if on_progress is not None:
+            on_progress(out)
+
+    return forward
+
+
 def _failed(index: int, name: str, code: str, message: str, status: str = P.STATUS_FAILED) -> PhotoResult:
     return PhotoResult(index, name, status, error={"code": code, "message": message})
 
@@ -335,18 +358,8 @@ class GeoPlonkClient:
             if not images:
                 return
 
-            def job_progress(fields: dict[str, Any], done_before: int = delivered) -> None:
-                out = dict(fields)
-                index, done, count = out.get("index"), out.get("done"), out.get("total")
-                if isinstance(index, int) and 0 <= index < len(images):
-                    out["index"] = images[index][0]
-                if total:
-                    part = done / count if P.is_number(done) and P.is_number(count) and count > 0 else 0.0
-                    out["fraction"] = min(1.0, (done_before + min(max(part, 0.0), 1.0) * len(images)) / total)
-                if on_progress is not None:
-                    on_progress(out)
-
-            cancelled = self._geolocate_batch(images, options, job_progress, deliver, is_cancelled)
+            progress = _job_progress(on_progress, images, delivered, total)
+            cancelled = self._geolocate_batch(images, options, progress, deliver, is_cancelled)
 
         batch: list[tuple[int, str, Photo]] = []
         batch_bytes = 0
@@ -379,7 +392,8 @@ class GeoPlonkClient:
 
         All photos go in one request (the server multiplies their maps once the last is done), so they must
         fit one request: at most protocol.MAX_JOINT_PHOTOS, within the message size limit; ValueError
-        otherwise.  A photo that cannot be read fails alone and is left out of the joint map.
+        otherwise.  A photo that cannot be read fails alone and is left out of the joint map.  Progress as in
+        geolocate_each, with `fraction` counted over all `photos` (an unreadable one counts as done).
         """
         if len(photos) > P.MAX_JOINT_PHOTOS:
             raise ValueError(f"a joint map combines at most {P.MAX_JOINT_PHOTOS} photos, got {len(photos)}")
@@ -405,8 +419,9 @@ class GeoPlonkClient:
             raise ValueError("the photos of a joint map must fit one request: together they are over the "
                              f"{self.limits['max_message_bytes']:,} byte message limit")
         if images:
-            self._geolocate_batch(images, {**(options or {}), "joint": True}, on_progress or (lambda _: None), keep,
-                                  is_cancelled, on_joint=joint.append)
+            progress = _job_progress(on_progress, images, len(photos) - len(images), len(photos))
+            self._geolocate_batch(images, {**(options or {}), "joint": True}, progress, keep, is_cancelled,
+                                  on_joint=joint.append)
         if not joint:
             status = P.STATUS_CANCELLED if is_cancelled is not None and is_cancelled() else P.STATUS_FAILED
             joint.append(_failed(-1, JOINT_NAME, P.E_CANCELLED if status == P.STATUS_CANCELLED else P.E_BAD_IMAGE,

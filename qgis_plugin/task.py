@@ -20,35 +20,8 @@ from geoplonk_service.output_files import unused_stem
 from geoplonk_service.protocol import E_MODEL
 
 from . import messages
+from .progress import JobProgress
 from .settings import Settings
-
-# How far one photo is when the server reports a stage (its share of the photo's work, measured roughly on the
-# default model: sampling dominates).
-STAGE_SHARE = {
-    "queued": 0.0, "load": 0.02, "decode": 0.05, "embed": 0.15, "sample": 0.25, "localizability": 0.65,
-    "density": 0.7, "regions": 0.8, "places": 0.88, "write": 0.95,
-}  # fmt: skip
-
-
-STAGE_ORDER = list(STAGE_SHARE)
-
-
-def stage_progress(progress: dict, photos: int, creep: float = 0.0) -> float:
-    """Percent of the job done from one of the server's progress messages: the client's `fraction` (or, for a
-    joint job, the server's done / total) counts finished photos, and the stage adds how far the next one is (the
-    server takes a request's photos one at a time; queued and load come before each turn of the request).
-
-    `creep` (0-1): how far into the stage the job is, from the heartbeats that repeat it (a long stage such as
-    sampling then moves the bar steadily towards the next stage's share instead of jumping at its end)."""
-    stage = str(progress.get("stage") or "")
-    share = STAGE_SHARE.get(stage, 0.0)
-    if stage in STAGE_SHARE and stage != STAGE_ORDER[-1]:
-        share += min(max(creep, 0.0), 1.0) * (STAGE_SHARE[STAGE_ORDER[STAGE_ORDER.index(stage) + 1]] - share)
-    fraction = progress.get("fraction")
-    done, total = progress.get("done"), progress.get("total")
-    if fraction is None and isinstance(done, int) and isinstance(total, int) and total > 0:
-        return 100.0 * min((done + share) / total, 1.0)  # a joint job: one request, counted by the server
-    return 100.0 * min(float(fraction or 0.0) + share / max(photos, 1), 1.0)
 
 
 @dataclass
@@ -115,16 +88,11 @@ class GeolocateTask(QgsTask):
         return not self.report.error_title
 
     def _run(self) -> None:
-        creep = {"key": None, "value": 0.0}
+        bar = JobProgress(len(self.paths))
 
         def on_progress(progress: dict) -> None:
             self.last_stage = str(progress.get("stage") or "")
-            key = (self.last_stage, progress.get("index"), progress.get("done"), progress.get("fraction"))
-            if key == creep["key"]:  # a heartbeat: the same stage still runs; move a third of the way left
-                creep["value"] += (0.9 - creep["value"]) / 3
-            else:
-                creep["key"], creep["value"] = key, 0.0
-            self._advance(stage_progress(progress, len(self.paths), creep["value"]), self.last_stage)
+            self._advance(bar.update(progress), self.last_stage)
 
         with self._connect() as client:
             if self.joint:

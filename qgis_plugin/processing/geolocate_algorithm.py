@@ -53,6 +53,7 @@ from geoplonk_service.result_rows import RESULT_FIELDS, describe_row, summary_ro
 from .. import messages
 from ..claims import CLAIM_FIELDS, claim_fields
 from ..claims import quote as claims_quote
+from ..progress import JobProgress
 from ..settings import SOLVER_HELP, Settings, optional_float, solver_label
 from ..sources import guess_photo_field, layer_folder, resolve_photo_path
 from . import analyst_parameters
@@ -338,10 +339,10 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         vectors: list[str] = []
         finished = 0
 
+        bar = JobProgress(len(photos))
+
         def on_progress(progress: dict) -> None:
-            done, count = progress.get("done"), progress.get("total")
-            fraction = progress.get("fraction", done / count if isinstance(done, int) and count else 0.0)
-            feedback.setProgress(100.0 * fraction)
+            feedback.setProgress(bar.update(progress))
             if progress.get("stage"):
                 feedback.setProgressText(f"{progress['stage']} {progress.get('name') or ''}".strip())
 

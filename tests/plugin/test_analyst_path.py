@@ -23,8 +23,8 @@ from test_plugin_headless import by_role, result_groups, run_action
 
 from geoplonk_service.launcher import free_port
 from qgis_plugin import layers
+from qgis_plugin.progress import STAGE_ORDER, JobProgress
 from qgis_plugin.settings import Settings
-from qgis_plugin.task import STAGE_ORDER, stage_progress
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -217,7 +217,7 @@ def test_progress_moves_with_the_servers_stages(plugin, plugin_settings, photo_d
     assert seen == sorted(seen) and seen[-1] == 100
     assert max(b - a for a, b in zip([0.0, *seen], seen, strict=False)) <= 40, log
     # no still stretch (the issue saw 49 s at 0 %): every stage of every photo, and every heartbeat repeating a
-    # stage that has a next one, moves the bar (each heartbeat's step: test_stage_progress_moves_...)
+    # stage that has a next one, moves the bar (each heartbeat's step: test_job_progress_moves_...)
     # (a photo's last stage, `write`, has nothing to creep towards; `queued`, between a result and the next
     # photo, starts where the result left the bar)
     still = [(a, b) for a, b in zip(log, log[1:], strict=False)
@@ -225,26 +225,22 @@ def test_progress_moves_with_the_servers_stages(plugin, plugin_settings, photo_d
     assert not still, (still, log)
 
 
-def test_stage_progress_moves_through_every_photo_and_heartbeat():
-    """The server's messages for 3 photos in one request, and for a joint job (no client `fraction`): every
-    stage of every photo, and each heartbeat repeating one, raises the bar, which ends at 100."""
+def test_job_progress_moves_through_every_photo_and_heartbeat():
+    """The messages of 3 photos, each stage sent three times (a stage and two heartbeats): every stage of every
+    photo, and each heartbeat repeating one, raises the bar, which ends at 100."""
     stages = [s for s in STAGE_ORDER if s not in ("queued", "load")]
-
-    def job(joint: bool) -> list[float]:
-        bar = [stage_progress({"stage": "queued", "done": 0, "total": 3, **({} if joint else {"fraction": 0.0})}, 3)]
-        for done in range(3):
-            counts = {"done": done, "total": 3, "index": done, **({} if joint else {"fraction": done / 3})}
-            for stage in stages:
-                bar += [stage_progress({"stage": stage, **counts}, 3, creep) for creep in (0.0, 0.3, 0.5)]
-        last = {"stage": "write", "done": 3, "total": 3, **({} if joint else {"fraction": 1.0})}
-        return [*bar, stage_progress(last, 3)]
-
-    for joint in (False, True):
-        bar = job(joint)
-        rises = [b > a for a, b in zip(bar, bar[1:], strict=False)]
-        # only a heartbeat of `write`, the last stage, has nothing to creep towards
-        assert sum(not r for r in rises) == 3 * 2, (joint, bar)
-        assert bar[-1] == 100.0 and max(bar[:-1]) < 100.0
+    bar = JobProgress(3)
+    seen = [bar.update({"stage": "queued", "done": 0, "total": 3, "fraction": 0.0})]
+    for done in range(3):
+        for stage in stages:
+            message = {"stage": stage, "done": done, "total": 3, "index": done, "fraction": done / 3}
+            seen += [bar.update(dict(message)) for _ in range(3)]
+    seen.append(bar.update({"stage": "write", "done": 3, "total": 3, "fraction": 1.0}))
+    rises = [b > a for a, b in zip(seen, seen[1:], strict=False)]
+    # only a heartbeat of `write`, the last stage, has nothing to creep towards
+    assert sum(not r for r in rises) == 3 * 2, seen
+    assert seen[-1] == 100.0 and max(seen[:-1]) < 100.0
+    assert bar.update({"stage": "queued", "done": 0, "total": 3, "fraction": 0.0}) == 100.0  # never back
 
 
 def test_cancel_shows_cancelled_with_the_counts(plugin, plugin_settings, photo_dir, wait_for_task, qtbot):

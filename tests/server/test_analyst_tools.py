@@ -129,6 +129,18 @@ def test_locate_refuses_a_geojson_of_points(tmp_path):
     assert proc.returncode == 2 and "is a 'Point', not a polygon" in proc.stderr, proc.stderr
 
 
+def test_a_joint_jobs_progress_counts_every_photo(client, tmp_path):
+    """The client's `fraction` counts a photo it could not read as done, and `index` names the caller's photo."""
+    photos = [tmp_path / "missing.jpg", ("a.jpg", jpeg_bytes(60)), ("b.jpg", jpeg_bytes(61))]
+    seen: list[dict] = []
+    results, joint = client.geolocate_joint(photos, FAST, on_progress=seen.append)
+    assert [r.status for r in results] == ["failed", "ok", "ok"] and joint.ok
+    fractions = [p["fraction"] for p in seen]
+    assert fractions == sorted(fractions) and 1 / 3 <= fractions[0] and fractions[-1] <= 1.0, fractions
+    named = [(p["index"], p["name"]) for p in seen if isinstance(p.get("index"), int) and p.get("name")]
+    assert named and all(name == photos[i][0] for i, name in named), named
+
+
 def test_a_joint_request_streams_each_photo_then_one_combined_map(client):
     photos = [(f"j{i}.jpg", jpeg_bytes(50 + i, gps=(10.0, 20.0) if i == 0 else None)) for i in range(3)]
     order = []

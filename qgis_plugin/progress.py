@@ -1,0 +1,51 @@
+"""How far a job is, from the server's progress messages: one formula for the toolbar task and Processing.
+
+Pure (no Qt), so it is tested on synthetic messages.  The client gives every message a `fraction` (the share of
+the job's photos finished); the server's stage says how far the next photo is, and the heartbeats that repeat a
+stage creep the bar towards the next one, so a long stage such as sampling never leaves the bar still.
+"""
+
+from __future__ import annotations
+
+# How far one photo is when the server reports a stage (its share of the photo's work, measured roughly on the
+# default model: sampling dominates).
+STAGE_SHARE = {
+    "queued": 0.0, "load": 0.02, "decode": 0.05, "embed": 0.15, "sample": 0.25, "localizability": 0.65,
+    "density": 0.7, "regions": 0.8, "places": 0.88, "write": 0.95,
+}  # fmt: skip
+
+STAGE_ORDER = list(STAGE_SHARE)
+
+
+def stage_progress(progress: dict, photos: int, creep: float = 0.0) -> float:
+    """Percent of the job done: the client's `fraction` counts finished photos, and the stage adds how far the
+    next one is (the server takes a request's photos one at a time; queued and load come before each turn).
+
+    `creep` (0-1): how far into the stage the job is, from the heartbeats that repeat it."""
+    stage = str(progress.get("stage") or "")
+    share = STAGE_SHARE.get(stage, 0.0)
+    if stage in STAGE_SHARE and stage != STAGE_ORDER[-1]:
+        share += min(max(creep, 0.0), 1.0) * (STAGE_SHARE[STAGE_ORDER[STAGE_ORDER.index(stage) + 1]] - share)
+    fraction = progress.get("fraction")
+    fraction = float(fraction) if isinstance(fraction, (int, float)) else 0.0
+    return 100.0 * min(max(fraction, 0.0) + share / max(photos, 1), 1.0)
+
+
+class JobProgress:
+    """The bar of one job: a percent that only moves forward, with heartbeats creeping through long stages."""
+
+    def __init__(self, photos: int) -> None:
+        self.photos = photos
+        self.percent = 0.0
+        self._key: tuple | None = None
+        self._creep = 0.0
+
+    def update(self, progress: dict) -> float:
+        """The bar after one progress message (a message that repeats the last one is a heartbeat)."""
+        key = (progress.get("stage"), progress.get("index"), progress.get("done"), progress.get("fraction"))
+        if key == self._key:  # the same stage still runs: move a third of the way that is left
+            self._creep += (0.9 - self._creep) / 3
+        else:
+            self._key, self._creep = key, 0.0
+        self.percent = max(self.percent, stage_progress(progress, self.photos, self._creep))
+        return self.percent
