@@ -1,8 +1,9 @@
 """How far a job is, from the server's progress messages: one formula for the toolbar task and Processing.
 
 Pure (no Qt), so it is tested on synthetic messages.  The client gives every message a `fraction` (the share of
-the job's photos finished); the server's stage says how far the next photo is, and the heartbeats that repeat a
-stage creep the bar towards the next one, so a long stage such as sampling never leaves the bar still.
+the job's photos finished) when it knows the job's photo count; the server's stage says how far the next photo
+is, and the heartbeats that repeat a stage creep the bar towards the next one, so a long stage such as sampling
+never leaves the bar still.
 """
 
 from __future__ import annotations
@@ -48,4 +49,9 @@ class JobProgress:
         else:
             self._key, self._creep = key, 0.0
         self.percent = max(self.percent, stage_progress(progress, self.photos, self._creep))
+        return self.percent
+
+    def finished(self, count: int) -> float:
+        """The bar once `count` photos have their result (no progress message follows the last one)."""
+        self.percent = max(self.percent, 100.0 * min(count / max(self.photos, 1), 1.0))
         return self.percent

@@ -72,6 +72,7 @@ class GeolocateTask(QgsTask):
         self.report = TaskReport()
         self._stems: set[str] = set()
         self._finished_count = 0
+        self._bar = JobProgress(len(self.paths))
         self.last_stage: str | None = None  # the server's latest progress stage (e.g. "embed", "sample")
         self.progress_log: list[tuple[float, str, float]] = []  # (seconds since start, stage, percent)
         self._started = time.monotonic()
@@ -88,7 +89,7 @@ class GeolocateTask(QgsTask):
         return not self.report.error_title
 
     def _run(self) -> None:
-        bar = JobProgress(len(self.paths))
+        bar = self._bar
 
         def on_progress(progress: dict) -> None:
             self.last_stage = str(progress.get("stage") or "")
@@ -145,7 +146,7 @@ class GeolocateTask(QgsTask):
             self.report.cancelled += 1
         else:
             self.report.failed += 1
-        self._advance(100.0 * self._finished_count / max(len(self.paths), 1), "result")
+        self._advance(self._bar.finished(self._finished_count), "result")
         self.photoDone.emit(outcome)
 
     def _fail_job(self, exc: Exception) -> None:

@@ -351,7 +351,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             if result.status == P.STATUS_CANCELLED:
                 return
             finished += 1
-            feedback.setProgress(100.0 * finished / total)
+            feedback.setProgress(bar.finished(finished))
             row = summary_row(photos[result.index], result, result.save(out_dir, stems[result.index]))
             row.update(claim_fields(result.summary or {}))
             if not result.ok:

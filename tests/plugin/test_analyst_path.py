@@ -241,6 +241,8 @@ def test_job_progress_moves_through_every_photo_and_heartbeat():
     assert sum(not r for r in rises) == 3 * 2, seen
     assert seen[-1] == 100.0 and max(seen[:-1]) < 100.0
     assert bar.update({"stage": "queued", "done": 0, "total": 3, "fraction": 0.0}) == 100.0  # never back
+    results = JobProgress(4)
+    assert [results.finished(n) for n in (1, 3, 2, 4)] == [25.0, 75.0, 75.0, 100.0]
 
 
 def test_cancel_shows_cancelled_with_the_counts(plugin, plugin_settings, photo_dir, wait_for_task, qtbot):
