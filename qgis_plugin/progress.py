@@ -22,7 +22,9 @@ def stage_progress(progress: dict, photos: int, creep: float = 0.0) -> float:
     """Percent of the job done: the client's `fraction` counts finished photos, and the stage adds how far the
     next one is (the server takes a request's photos one at a time; queued and load come before each turn).
 
-    `creep` (0-1): how far into the stage the job is, from the heartbeats that repeat it."""
+    `creep` (0-1): how far into the stage the job is, from the heartbeats that repeat it.  A message without a
+    `fraction` counts as the first photo, so the client must be given the job's photo count.  A joint job's
+    combined map comes after its last photo, so the bar reads 100 while it is made."""
     stage = str(progress.get("stage") or "")
     share = STAGE_SHARE.get(stage, 0.0)
     if stage in STAGE_SHARE and stage != STAGE_ORDER[-1]:
@@ -44,8 +46,8 @@ class JobProgress:
     def update(self, progress: dict) -> float:
         """The bar after one progress message (a message that repeats the last one is a heartbeat)."""
         key = (progress.get("stage"), progress.get("index"), progress.get("done"), progress.get("fraction"))
-        if key == self._key:  # the same stage still runs: move a third of the way that is left
-            self._creep += (0.9 - self._creep) / 3
+        if key == self._key:  # the same stage still runs: move a third of the way that is left, never reaching
+            self._creep += (0.9 - self._creep) / 3  # the next stage's share, which its own message brings
         else:
             self._key, self._creep = key, 0.0
         self.percent = max(self.percent, stage_progress(progress, self.photos, self._creep))

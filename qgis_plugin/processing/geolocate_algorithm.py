@@ -339,7 +339,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         vectors: list[str] = []
         finished = 0
 
-        bar = JobProgress(len(photos))
+        bar = JobProgress(total)
 
         def on_progress(progress: dict) -> None:
             feedback.setProgress(bar.update(progress))

@@ -234,7 +234,7 @@ def test_job_progress_moves_through_every_photo_and_heartbeat():
     for done in range(3):
         for stage in stages:
             message = {"stage": stage, "done": done, "total": 3, "index": done, "fraction": done / 3}
-            seen += [bar.update(dict(message)) for _ in range(3)]
+            seen += [bar.update(message) for _ in range(3)]
     seen.append(bar.update({"stage": "write", "done": 3, "total": 3, "fraction": 1.0}))
     rises = [b > a for a, b in zip(seen, seen[1:], strict=False)]
     # only a heartbeat of `write`, the last stage, has nothing to creep towards
