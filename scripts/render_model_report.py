@@ -133,7 +133,7 @@ def targets_block(report: dict, land: dict) -> list[str]:
         for c in doc["comparisons"]:
             if c["subset"] == subset:
                 lo, hi = c["geoscore_difference_ci"]
-                holds_zero = " (its interval holds 0)" if lo < 0 < hi else ""
+                holds_zero = " on its point figure; its interval holds 0" if lo < 0 < hi else ""
                 lines.append(f"| best guess GeoScore at least retrieval's ({name}) | {c['geoscore_a']:.0f} against "
                              f"{c['geoscore_b']:.0f}: {c['geoscore_difference']:+.0f} [{lo:+.0f}, {hi:+.0f}] "
                              f"| {_met(c['geoscore_difference'] >= 0)}{holds_zero} |")
@@ -165,9 +165,12 @@ def calibration_block(manifest: dict) -> list[str]:
              f"{cal['likelihood']}{', draws by ' + cal['sampler'] if cal.get('sampler') else ''}:", ""]
     if "groups" not in cal:
         return lines + _scores_table(cal)
-    lines[0] = lines[0][:-1] + (f", split by where each tile's best-guess draws fall: w = {cal['land_cfg']:g} "
-                                f"where at least {100 * cal['land_share_threshold']:.0f} % of them are on land, "
-                                f"else {cal['distribution_cfg']:g}.")
+    rule = (f"w = {cal['land_cfg']:g} where at least {100 * cal['land_share_threshold']:.0f} % of them are on land, "
+            f"else {cal['distribution_cfg']:g}")
+    if cal["land_cfg"] == cal["distribution_cfg"]:
+        rule = (f"each group (at least {100 * cal['land_share_threshold']:.0f} % of them on land, or not) "
+                f"chose w = {cal['land_cfg']:g}")
+    lines[0] = lines[0][:-1] + f", split by where each tile's best-guess draws fall: {rule}."
     titles = {"land-looking": "Land-looking tiles", "others": "The other tiles"}
     for name, group in cal["groups"].items():
         on_land = group.get("land_tiles")
