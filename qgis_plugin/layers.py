@@ -18,6 +18,7 @@ from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsColorRampLegendNodeSettings,
     QgsColorRampShader,
+    QgsExpression,
     QgsFillSymbol,
     QgsGradientColorRamp,
     QgsLayerTreeGroup,
@@ -259,14 +260,18 @@ def style_exif(layer: QgsVectorLayer) -> None:
            priority=PRIORITY[EXIF_NAME])
 
 
-def style_claims(layer: QgsVectorLayer) -> None:
+def style_claims(layer: QgsVectorLayer, photo: str = "") -> None:
     """Claimed locations: an orange triangle labelled with who claims it and the verdict; the map tip quotes
-    the server's full sentence."""
+    the server's full sentence.  Every photo's group checks the same claims, each with its own verdict, so with
+    `photo` the label names whose verdict it is."""
     symbol = QgsMarkerSymbol.createSimple(
         {"name": "triangle", "color": "#ed8936", "outline_color": "#1a202c", "outline_width": "0.4", "size": "4"}
     )
     layer.setRenderer(QgsSingleSymbolRenderer(symbol))
-    _label(layer, case_text.CLAIM_LABEL_EXPRESSION, 8.5, priority=PRIORITY[CLAIMS_NAME])
+    expression = case_text.CLAIM_LABEL_EXPRESSION
+    if photo:
+        expression = f"{QgsExpression.quotedString(photo + ' · ')} || {expression}"
+    _label(layer, expression, 8.5, priority=PRIORITY[CLAIMS_NAME])
     layer.setMapTipTemplate(case_text.CLAIM_TIP_TEMPLATE)
 
 
@@ -416,7 +421,7 @@ def add_result_group(
 
     vectors = []
     for layer_name, role, styler, required in (
-        ("claims", CLAIMS_NAME, style_claims, False),
+        ("claims", CLAIMS_NAME, lambda layer: style_claims(layer, stem), False),
         ("best_guess", BEST_NAME, style_best_guess, False),
         ("exif_truth", EXIF_NAME, style_exif, False),
         ("top_places", PLACES_NAME, style_places, True),

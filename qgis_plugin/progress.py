@@ -1,9 +1,10 @@
 """How far a job is, from the server's progress messages: one formula for the toolbar task and Processing.
 
-Pure (no Qt), so it is tested on synthetic messages.  The client gives every message a `fraction` (the share of
-the job's photos finished) when it knows the job's photo count; the server's stage says how far the next photo
-is, and the heartbeats that repeat a stage creep the bar towards the next one, so a long stage such as sampling
-never leaves the bar still.
+Pure (no Qt), so it is tested on synthetic messages.  A job is counted in units: one per photo, and for a joint
+job one more, the combined map made after the last photo (`job_units`).  The client gives every message a
+`fraction` (the share of the job's units finished) when it knows the job's size; the server's stage says how far
+the next unit is, and the heartbeats that repeat a stage creep the bar towards the next one, so a long stage such
+as sampling never leaves the bar still.
 """
 
 from __future__ import annotations
@@ -18,27 +19,33 @@ STAGE_SHARE = {
 STAGE_ORDER = list(STAGE_SHARE)
 
 
-def stage_progress(progress: dict, photos: int, creep: float = 0.0) -> float:
-    """Percent of the job done: the client's `fraction` counts finished photos, and the stage adds how far the
-    next one is (the server takes a request's photos one at a time; queued and load come before each turn).
+def job_units(photos: int, joint: bool = False) -> int:
+    """The bar's units: the photos, and a joint job's combined map, which takes a stage of its own after them
+    (the client's `fraction` for a joint job counts the same units)."""
+    return photos + (1 if joint else 0)
+
+
+def stage_progress(progress: dict, units: int, creep: float = 0.0) -> float:
+    """Percent of the job done: the client's `fraction` counts finished units, and the stage adds how far the
+    next one is (the server takes a request's photos one at a time; queued and load come before each turn; a
+    joint map's own stages, from `joint` on, come after the last photo).
 
     `creep` (0-1): how far into the stage the job is, from the heartbeats that repeat it.  A message without a
-    `fraction` counts as the first photo, so the client must be given the job's photo count.  A joint job's
-    combined map comes after its last photo, so the bar reads 100 while it is made."""
+    `fraction` counts as the first unit, so the client must be given the job's size."""
     stage = str(progress.get("stage") or "")
     share = STAGE_SHARE.get(stage, 0.0)
     if stage in STAGE_SHARE and stage != STAGE_ORDER[-1]:
         share += min(max(creep, 0.0), 1.0) * (STAGE_SHARE[STAGE_ORDER[STAGE_ORDER.index(stage) + 1]] - share)
     fraction = progress.get("fraction")
     fraction = float(fraction) if isinstance(fraction, (int, float)) else 0.0
-    return 100.0 * min(max(fraction, 0.0) + share / max(photos, 1), 1.0)
+    return 100.0 * min(max(fraction, 0.0) + share / max(units, 1), 1.0)
 
 
 class JobProgress:
     """The bar of one job: a percent that only moves forward, with heartbeats creeping through long stages."""
 
-    def __init__(self, photos: int) -> None:
-        self.photos = photos
+    def __init__(self, units: int) -> None:
+        self.units = units
         self.percent = 0.0
         self._key: tuple | None = None
         self._creep = 0.0
@@ -50,10 +57,10 @@ class JobProgress:
             self._creep += (0.9 - self._creep) / 3  # the next stage's share, which its own message brings
         else:
             self._key, self._creep = key, 0.0
-        self.percent = max(self.percent, stage_progress(progress, self.photos, self._creep))
+        self.percent = max(self.percent, stage_progress(progress, self.units, self._creep))
         return self.percent
 
     def finished(self, count: int) -> float:
-        """The bar once `count` photos have their result (no progress message follows the last one)."""
-        self.percent = max(self.percent, 100.0 * min(count / max(self.photos, 1), 1.0))
+        """The bar once `count` units have their result (no progress message follows the last one)."""
+        self.percent = max(self.percent, 100.0 * min(count / max(self.units, 1), 1.0))
         return self.percent

@@ -20,7 +20,7 @@ from geoplonk_service.output_files import unused_stem
 from geoplonk_service.protocol import E_MODEL
 
 from . import messages
-from .progress import JobProgress
+from .progress import JobProgress, job_units
 from .settings import Settings
 
 
@@ -72,7 +72,7 @@ class GeolocateTask(QgsTask):
         self.report = TaskReport()
         self._stems: set[str] = set()
         self._finished_count = 0
-        self._bar = JobProgress(len(self.paths))
+        self._bar = JobProgress(job_units(len(self.paths), joint))
         self.last_stage: str | None = None  # the server's latest progress stage (e.g. "embed", "sample")
         self.progress_log: list[tuple[float, str, float]] = []  # (seconds since start, stage, percent)
         self._started = time.monotonic()
@@ -111,7 +111,10 @@ class GeolocateTask(QgsTask):
 
     def _save_joint(self, result) -> None:
         """The joint map beside the photos' files (joint.*, or joint_2.* when the name is taken)."""
-        self.jointDone.emit(self._written("", result, "the joint map"))
+        outcome = self._written("", result, "the joint map")
+        if outcome.status != "cancelled":  # a cancelled job's bar stays where the work stopped
+            self._advance(self._bar.finished(self._bar.units), "joint")
+        self.jointDone.emit(outcome)
 
     def _advance(self, percent: float, stage: str) -> None:
         """Show the bar (JobProgress keeps it moving forward) and log it for the tests."""
@@ -145,7 +148,8 @@ class GeolocateTask(QgsTask):
             self.report.cancelled += 1
         else:
             self.report.failed += 1
-        self._advance(self._bar.finished(self._finished_count), "result")
+        if outcome.status != "cancelled":  # a cancelled job's bar stays where the work stopped
+            self._advance(self._bar.finished(self._finished_count - self.report.cancelled), "result")
         self.photoDone.emit(outcome)
 
     def _fail_job(self, exc: Exception) -> None:

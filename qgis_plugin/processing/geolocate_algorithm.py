@@ -53,7 +53,7 @@ from geoplonk_service.result_rows import RESULT_FIELDS, describe_row, summary_ro
 from .. import messages
 from ..claims import CLAIM_FIELDS, claim_fields
 from ..claims import quote as claims_quote
-from ..progress import JobProgress
+from ..progress import JobProgress, job_units
 from ..settings import SOLVER_HELP, Settings, optional_float, solver_label
 from ..sources import guess_photo_field, layer_folder, resolve_photo_path
 from . import analyst_parameters
@@ -339,7 +339,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         vectors: list[str] = []
         finished = 0
 
-        bar = JobProgress(total)
+        bar = JobProgress(job_units(total, bool(options.get("joint"))))
 
         def on_progress(progress: dict) -> None:
             feedback.setProgress(bar.update(progress))
@@ -385,6 +385,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"None of the {total} photo(s) could be geolocated; see the errors above.")
         feedback.pushInfo(f"{succeeded} photo(s) geolocated, {failed} failed; results in {out_dir}")
         joint_files = self._save_joint(joint, out_dir, set(stems), feedback) if joint is not None else {}
+        if joint is not None and joint.status != P.STATUS_CANCELLED:
+            feedback.setProgress(bar.finished(bar.units))
         if report and joint_files:
             self._report("joint map", joint_files, joint.summary, feedback)
         return {

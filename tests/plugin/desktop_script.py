@@ -310,6 +310,8 @@ class DesktopRun(QObject):
                     context = QgsExpressionContext(QgsExpressionContextUtils.globalProjectLayerScopes(layer))
                     context.setFeature(next(layer.getFeatures()))
                     entry["map_tip_text"] = QgsExpression.replaceExpressionText(layer.mapTipTemplate(), context)
+                    label = QgsExpression(layer.labeling().settings().fieldName)
+                    entry["label_text"] = str(label.evaluate(context))
                 if entry["role"] == "credible regions" and layer is not None:
                     symbols = layer.renderer().symbols(QgsRenderContext())
                     entry["outline_colours"] = sorted({s.symbolLayer(0).strokeColor().name() for s in symbols})

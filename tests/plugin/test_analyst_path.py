@@ -23,7 +23,7 @@ from test_plugin_headless import by_role, result_groups, run_action
 
 from geoplonk_service.launcher import free_port
 from qgis_plugin import layers
-from qgis_plugin.progress import STAGE_ORDER, JobProgress
+from qgis_plugin.progress import STAGE_ORDER, JobProgress, job_units
 from qgis_plugin.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,6 +243,17 @@ def test_job_progress_moves_through_every_photo_and_heartbeat():
     assert bar.update({"stage": "queued", "done": 0, "total": 3, "fraction": 0.0}) == 100.0  # never back
     results = JobProgress(4)
     assert [results.finished(n) for n in (1, 3, 2, 4)] == [25.0, 75.0, 75.0, 100.0]
+
+
+def test_a_joint_jobs_bar_counts_the_combined_map_as_one_more_unit():
+    """Two photos and their combined map: the map's stages, after the photos, move the bar below 100."""
+    bar = JobProgress(job_units(2, joint=True))
+    assert bar.units == 3 and job_units(2) == 2
+    after_photos = bar.finished(2)
+    during = [bar.update({"stage": stage, "done": 2, "total": 2, "fraction": 2 / 3}) for stage in
+              ("joint", "regions", "places")]
+    assert after_photos == pytest.approx(200 / 3) and during == sorted(during) and during[-1] > after_photos
+    assert max(during) < 100 and bar.finished(bar.units) == 100
 
 
 def test_cancel_shows_cancelled_with_the_counts(plugin, plugin_settings, photo_dir, wait_for_task, qtbot):

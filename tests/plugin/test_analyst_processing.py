@@ -125,6 +125,8 @@ def test_joint_map_of_photos_of_one_place(provider, plugin_settings, photo_dir, 
                   "CLAIM_POINT": "2.35,48.85 [EPSG:4326]", "REPORT": True}, feedback)
     assert result["SUCCEEDED"] == 3
     assert result["JOINT_RASTER"] == str(out / "joint.tif") and result["JOINT_GPKG"] == str(out / "joint.gpkg")
+    bar = feedback.progress_values  # four units, the joint map the last: 100 only once it is written
+    assert bar == sorted(bar) and bar[-1] == 100 and max(bar[:-1]) < 100 and 75.0 in bar, bar
     summary = json.loads((out / "joint.json").read_text())
     assert sorted(p["name"] for p in summary["joint"]["photos"]) == ["desert road.png", "forest.tif", "harbour.jpg"]
     assert len(summary["joint"]["contributions"]) == 3

@@ -133,7 +133,7 @@ def test_claims_and_area_reach_the_layers_labels_and_map_tips(plugin, plugin_set
     label = claims.labeling().settings().fieldName
     for feature, check in zip(features, summary["claims"], strict=True):
         text = evaluate(label, claims, feature, expression=True)
-        assert text == f"{check['label']}: {check['verdict']}" and check["verdict"] in VERDICTS
+        assert text == f"tower · {check['label']}: {check['verdict']}" and check["verdict"] in VERDICTS
         tip = evaluate(claims.mapTipTemplate(), claims, feature)
         assert check["words"] in tip and check["label"] in tip, tip
     best_tip = by_role(group)[layers.BEST_NAME].layer().mapTipTemplate()
@@ -159,6 +159,12 @@ def test_geolocate_as_one_place_adds_a_joint_group_named_for_the_photos(plugin, 
     plugin.choose_files = lambda: photos
     report = run_action(plugin, plugin.analyst.action_joint, wait_for_task)
     assert report.ok == 2
+    # three units, the combined map the last: the bar stands at 2/3 after the photos, moves through the map's
+    # stages and reaches 100 only with it
+    bar = [(stage, percent) for _, stage, percent in plugin.task.progress_log]
+    results = [percent for stage, percent in bar if stage == "result"]
+    assert results[-1] == pytest.approx(200 / 3) and bar[-1] == ("joint", 100.0), bar
+    assert max(percent for _, percent in bar[:-1]) < 100, bar
     groups = result_groups(QgsProject.instance())
     joint = groups["Joint map: harbour.jpg + desert road.png"]
     assert joint is plugin.last_joint_group and joint.name().endswith(" · earth-tiles")

@@ -214,6 +214,8 @@ def test_a_claim_clicked_on_the_real_canvas_is_checked(desktop):
         claims = next(layer for layer in group["layers"] if layer["role"] == "claims")
         assert claims["valid"] and claims["features"] == 1 and claims["labels"]
         assert "likely under the model: " in claims["map_tip_text"] and "clicked point" in claims["map_tip_text"]
+        # both groups label the same point, each with its own photo's verdict: the label says whose it is
+        assert claims["label_text"].startswith(f"{Path(group['photo']).stem} · clicked point "), claims
 
 
 def test_open_case_report_from_the_real_layers_panel_menu(desktop):

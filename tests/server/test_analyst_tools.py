@@ -130,13 +130,17 @@ def test_locate_refuses_a_geojson_of_points(tmp_path):
 
 
 def test_a_joint_jobs_progress_counts_every_photo(client, tmp_path):
-    """The client's `fraction` counts a photo it could not read as done, and `index` names the caller's photo."""
+    """The client's `fraction` counts a photo it could not read as done and the combined map as one more unit,
+    made after the photos; `index` names the caller's photo."""
     photos = [tmp_path / "missing.jpg", ("a.jpg", jpeg_bytes(60)), ("b.jpg", jpeg_bytes(61))]
     seen: list[dict] = []
     results, joint = client.geolocate_joint(photos, FAST, on_progress=seen.append)
     assert [r.status for r in results] == ["failed", "ok", "ok"] and joint.ok
     fractions = [p["fraction"] for p in seen]
-    assert fractions == sorted(fractions) and fractions[0] == pytest.approx(1 / 3) and fractions[-1] == 1.0, fractions
+    assert fractions == sorted(fractions) and fractions[0] == pytest.approx(1 / 4), fractions
+    joint_stages = [p for p in seen if p["stage"] == "joint"]
+    assert joint_stages and all(p["fraction"] == pytest.approx(3 / 4) for p in joint_stages), seen
+    assert fractions[-1] == pytest.approx(3 / 4), fractions  # 1 only with the joint result itself
     named = [(p["index"], p["name"]) for p in seen if isinstance(p.get("index"), int) and p.get("name")]
     assert named and all(name == photos[i][0] for i, name in named), named
 
