@@ -194,11 +194,21 @@ def _scores_table(cal: dict) -> list[str]:
     return lines
 
 
+def check_same_model(records: dict[str, dict], manifest: dict) -> None:
+    """Refuse records of other weights than the manifest's (records written before eval kept the sha have none)."""
+    weights = manifest.get("files", {}).get("model.safetensors")
+    for split, doc in records.items():
+        if doc.get("model_sha256") and weights and doc["model_sha256"] != weights:
+            raise ValueError(f"the {split} record scored weights {doc['model_sha256'][:8]}..., but the committed "
+                             f"model's are {weights[:8]}...: evaluate the committed model again")
+
+
 def blocks(results: Path = RESULTS, manifest: Path = MANIFEST) -> dict[str, str]:
     report, land = load("report", results), load("land", results)
+    model = json.loads(manifest.read_text())
+    check_same_model({"report": report, "land": land}, model)
     body = {"summary": summary_block(report, land), "tables": tables_block(report, land),
-            "targets": targets_block(report, land),
-            "calibration": calibration_block(json.loads(manifest.read_text()))}
+            "targets": targets_block(report, land), "calibration": calibration_block(model)}
     return {name: "\n".join([BEGIN.format(name=name), *lines, END.format(name=name)]) for name, lines in body.items()}
 
 

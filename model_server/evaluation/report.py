@@ -149,7 +149,8 @@ def report_document(model, data: str, settings: dict, evaluation) -> dict:
     per_image = {**evaluation.per_image, "land": np.asarray(evaluation.land, dtype=bool).tolist(),
                  "error_km": per_tile_errors(evaluation.methods)}
     return {
-        "model": str(model.path), "model_name": model.name, "data": data, "n": evaluation.n,
+        "model": str(model.path), "model_name": model.name, "model_sha256": getattr(model, "weights_sha256", None),
+        "data": data, "n": evaluation.n,
         "settings": settings,
         "nll_unit": NLL_UNIT,
         "intervals": INTERVALS,

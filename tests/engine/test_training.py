@@ -3,6 +3,7 @@ clusters on the sphere; a short run must recover the clusters and beat uniform i
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -318,6 +319,7 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
                  "--likelihood-steps", "2", "--map-samples", "32", "--map-resolution", "2",
                  "--out", str(report_path), "--quiet", "--threads", "1"]) == 0
     report = json.loads(report_path.read_text())
+    assert report["model_sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     # the retrieval gallery is embedded as the tiles to locate are (d8), not as the flow was trained (rot4)
     caches = sorted(p.name for p in (tmp_path / "cache" / "geoplonk" / "embeddings").glob("*.npz"))
     assert [c.split("-", 1)[0] for c in caches if c.endswith("-efficientnet-lite0+d8.npz")] == ["test", "train"], caches

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from model_server.evaluation.report import report_sections
 
@@ -37,6 +38,18 @@ def test_blocks_show_every_figure_with_its_interval(tmp_path):
     assert "Land tiles: the land split, 120 held-out tiles" in blocks["summary"]
     text = f"before\n{R.BEGIN.format(name='summary')}\nold\n{R.END.format(name='summary')}\nafter\n"
     assert R.replace_block(text, "summary", blocks["summary"]) == f"before\n{blocks['summary']}\nafter\n"
+
+
+def test_records_of_other_weights_are_refused(tmp_path):
+    for split, doc in (("report", record(50, 3)), ("land", record(40, 1))):
+        doc["model_sha256"] = "ab" * 32
+        (tmp_path / f"earth-tiles-eval-{split}.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="the report record scored weights abababab..., but the committed model's"):
+        R.blocks(tmp_path)
+    manifest = {"files": {"model.safetensors": "ab" * 32}}
+    R.check_same_model({"report": {"model_sha256": "ab" * 32}, "land": {}}, manifest)  # the same weights, or no sha
+    with pytest.raises(ValueError, match="the land record"):
+        R.check_same_model({"report": {}, "land": {"model_sha256": "cd" * 32}}, manifest)
 
 
 def test_committed_figures_match_their_records():
