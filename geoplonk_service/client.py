@@ -393,8 +393,9 @@ class GeoPlonkClient:
         All photos go in one request (the server multiplies their maps once the last is done), so they must
         fit one request: at most protocol.MAX_JOINT_PHOTOS, within the message size limit; ValueError
         otherwise.  A photo that cannot be read fails alone and is left out of the joint map.  Progress as in
-        geolocate_each, with `fraction` counted over all `photos` (an unreadable one counts as done) and the
-        combined map, one more unit after them: it reaches 1 only with the joint result.
+        geolocate_each, with `fraction` counted in protocol.job_units: all `photos` (an unreadable one counts as
+        done) and the combined map after them.  No progress message follows the joint result, so `fraction`
+        stays below 1: the caller completes its bar when the joint result arrives.
         """
         if len(photos) > P.MAX_JOINT_PHOTOS:
             raise ValueError(f"a joint map combines at most {P.MAX_JOINT_PHOTOS} photos, got {len(photos)}")
@@ -420,8 +421,7 @@ class GeoPlonkClient:
             raise ValueError("the photos of a joint map must fit one request: together they are over the "
                              f"{self.limits['max_message_bytes']:,} byte message limit")
         if images:
-            # the combined map is one more unit after the photos (qgis_plugin.progress.job_units)
-            progress = _job_progress(on_progress, images, len(photos) - len(images), len(photos) + 1)
+            progress = _job_progress(on_progress, images, len(photos) - len(images), P.job_units(len(photos), True))
             self._geolocate_batch(images, {**(options or {}), "joint": True}, progress, keep, is_cancelled,
                                   on_joint=joint.append)
         if not joint:

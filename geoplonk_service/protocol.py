@@ -140,6 +140,13 @@ MAX_CLAIM_TEXT = 200
 CLAIM_SOURCES = ("exif", "click", "layer", "user")
 # A joint request keeps each photo's draws (not its raster) until the combined map is made.
 MAX_JOINT_PHOTOS = 64
+
+
+def job_units(photos: int, joint: bool = False) -> int:
+    """A job's progress units: its photos, and a joint job's combined map, made after the last photo (the
+    client's `fraction` and the plugin's bar count the same units)."""
+    return photos + (1 if joint else 0)
+
 # Work bounds of one photo, beyond the options' own ranges.  The density raster evaluates every sample's
 # kernel at every cell near it, so its time grows with samples x cells (about 7 s per 10^9 on two CPU cores
 # for a broad distribution): 2^33 admits the defaults (1024 x 1,036,800 cells at 0.25 degrees) with room

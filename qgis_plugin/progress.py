@@ -9,6 +9,10 @@ as sampling never leaves the bar still.
 
 from __future__ import annotations
 
+from geoplonk_service.protocol import job_units
+
+__all__ = ["STAGE_ORDER", "STAGE_SHARE", "JobProgress", "job_units", "stage_progress"]
+
 # How far one photo is when the server reports a stage (its share of the photo's work, measured roughly on the
 # default model: sampling dominates).
 STAGE_SHARE = {
@@ -17,12 +21,6 @@ STAGE_SHARE = {
 }  # fmt: skip
 
 STAGE_ORDER = list(STAGE_SHARE)
-
-
-def job_units(photos: int, joint: bool = False) -> int:
-    """The bar's units: the photos, and a joint job's combined map, which takes a stage of its own after them
-    (the client's `fraction` for a joint job counts the same units)."""
-    return photos + (1 if joint else 0)
 
 
 def stage_progress(progress: dict, units: int, creep: float = 0.0) -> float:

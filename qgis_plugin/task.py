@@ -17,7 +17,7 @@ from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from geoplonk_service.output_files import unused_stem
-from geoplonk_service.protocol import E_MODEL
+from geoplonk_service.protocol import E_MODEL, STATUS_CANCELLED
 
 from . import messages
 from .progress import JobProgress, job_units
@@ -112,7 +112,7 @@ class GeolocateTask(QgsTask):
     def _save_joint(self, result) -> None:
         """The joint map beside the photos' files (joint.*, or joint_2.* when the name is taken)."""
         outcome = self._written("", result, "the joint map")
-        if outcome.status != "cancelled":  # a cancelled job's bar stays where the work stopped
+        if outcome.status != STATUS_CANCELLED:  # a cancelled job's bar stays where the work stopped
             self._advance(self._bar.finished(self._bar.units), "joint")
         self.jointDone.emit(outcome)
 
@@ -144,11 +144,11 @@ class GeolocateTask(QgsTask):
         self._finished_count += 1
         if outcome.status == "ok":
             self.report.ok += 1
-        elif outcome.status == "cancelled":
+        elif outcome.status == STATUS_CANCELLED:
             self.report.cancelled += 1
         else:
             self.report.failed += 1
-        if outcome.status != "cancelled":  # a cancelled job's bar stays where the work stopped
+        if outcome.status != STATUS_CANCELLED:  # a cancelled job's bar stays where the work stopped
             self._advance(self._bar.finished(self._finished_count - self.report.cancelled), "result")
         self.photoDone.emit(outcome)
 

@@ -50,7 +50,7 @@ rm -f "$OUT.train-state.pt"
 # The distribution's guidance w, one for the tiles whose best-guess draws fall mostly on land and one for the
 # others: in each group the w whose 50 and 90 % regions, of the exact density and of the drawn map (the
 # server's raster) both, hold nearest their share of tuning tiles 300-499 (never a report split), recorded in
-# the manifest, where the server and the eval read it. Land views want a wider field than sea views
+# the manifest, where the server and the eval read it. Land views can want a wider field than sea views
 # (docs/default-model.md).
 $RUN "$GEOPLONK" calibrate --model "$OUT" --data "$WORK/test.csv" --cache "$WORK/emb-test-rot4.npz" \
     --skip 300 --criterion map --samples 32 --grid="$GRID" --by-land-share --threads "$THREADS" --quiet

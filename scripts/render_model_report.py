@@ -195,7 +195,7 @@ def _scores_table(cal: dict) -> list[str]:
 
 
 def check_same_model(records: dict[str, dict], manifest: dict) -> None:
-    """Refuse records of other weights than the manifest's (records written before eval kept the sha have none)."""
+    """Refuse records of other weights than the manifest's (records from before eval wrote the sha have none)."""
     weights = manifest.get("files", {}).get("model.safetensors")
     for split, doc in records.items():
         if doc.get("model_sha256") and weights and doc["model_sha256"] != weights:

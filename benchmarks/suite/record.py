@@ -7,13 +7,14 @@ Beside schema 1's keys, the record carries `parts` ([{part, title, about}], the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import render_doc
 
-from .common import BENCHMARK, DEFAULT, LABELS, PARTS, PLONK, Sizes, sig
+from .common import BENCHMARK, DEFAULT, DEFAULT_MODEL, LABELS, PARTS, PLONK, Sizes, sig
 from .engine import flop_count
 
 
@@ -279,6 +280,17 @@ def runs(count: int) -> str:
     return f"{count} run" + ("" if count == 1 else "s")
 
 
+def default_model_note(folder=DEFAULT_MODEL) -> str:
+    """Which weights the default model's figures are of: the model is retrained between runs."""
+    try:
+        manifest = json.loads((folder / "geoplonk.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"The default model's manifest could not be read ({exc})."
+    sha = (manifest.get("files") or {}).get("model.safetensors") or "unknown"
+    name = manifest.get("name", folder.name)
+    return f"The default model: {name}, weights sha256 {sha[:8]}... ({folder.name}/geoplonk.json)."
+
+
 def build_record(raw: dict, *, sizes: Sizes, quick: bool, failures: list, parts: set | None = None,
                  command: str | None = None, now: datetime | None = None) -> dict:
     """The record of one run: every figure with its part and key, the parts' texts, the issue's targets."""
@@ -294,6 +306,7 @@ def build_record(raw: dict, *, sizes: Sizes, quick: bool, failures: list, parts:
         "The reference runs in the same process as ours, so with denormal floats flushed to zero as our sampler sets "
         "it (model_server.engine.runtime).",
     ]
+    notes.append(default_model_note())
     wall = raw.get("wall_s") or {}
     if wall:
         notes.append("Wall time: " + ", ".join(f"{PARTS.get(k, k)} {v:.0f} s" for k, v in wall.items() if k != "total")

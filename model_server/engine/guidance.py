@@ -1,10 +1,11 @@
 """The distribution's guidance w for one photo, as a model's calibration sets it.
 
-One w rarely fits every photo: on held-out tiles the default model's land views want a wider map (a more
-negative w) than its sea views. The photo's best-guess draws, made anyway at guidance 2, tell the two apart:
-the share of them that falls on land is near 0 or near 1 for almost every photo. So a calibration may hold
-two values, `land_cfg` for photos whose guess draws fall mostly on land and `distribution_cfg` for the rest,
-each chosen on its own group of tuning photos (`geoplonk calibrate --by-land-share`).
+One w need not fit every photo: a model's land views can want a wider map (a more negative w) than its sea
+views, as earlier builds of the default model did on held-out tiles. The photo's best-guess draws, made anyway at
+guidance 2, tell the two apart: the share of them that falls on land is near 0 or near 1 for almost every photo.
+So a calibration may hold two values, `land_cfg` for photos whose guess draws fall mostly on land and
+`distribution_cfg` for the rest, each chosen on its own group of tuning photos (`geoplonk calibrate
+--by-land-share`).
 """
 
 from __future__ import annotations

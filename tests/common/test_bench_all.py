@@ -30,6 +30,8 @@ def test_dry_run_record_validates_and_renders(tmp_path):
     assert {t["key"] for t in record["targets"]} >= {"sampling_share", "density_rate", "one_photo", "raster",
                                                      "batch_first", "accuracy_cost.plonk-size"}
     assert {"cpu", "cores", "torch", "device"} <= set(record["machine"])
+    weights = json.loads((REPO / "model_server/models/earth-tiles/geoplonk.json").read_text())["files"]
+    assert f"weights sha256 {weights['model.safetensors'][:8]}..." in " ".join(record["notes"])  # which model
 
     readme = tmp_path / "README.md"
     readme.write_text((REPO / "README.md").read_text(encoding="utf-8"), encoding="utf-8")

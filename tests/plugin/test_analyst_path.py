@@ -269,6 +269,7 @@ def test_cancel_shows_cancelled_with_the_counts(plugin, plugin_settings, photo_d
     text = " ".join(messages_of(plugin, 1))
     assert "GeoPlonk: cancelled" in text and f"{report.cancelled} not geolocated" in text, text
     assert not [m for m in messages_of(plugin, 3) if "geolocated in" in m]  # no green "success"
+    assert max(percent for *_, percent in task.progress_log) < 100  # cancelled photos do not fill the bar
 
 
 # --- gap 10: files the team can read --------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def test_a_joint_jobs_progress_counts_every_photo(client, tmp_path):
     assert fractions == sorted(fractions) and fractions[0] == pytest.approx(1 / 4), fractions
     joint_stages = [p for p in seen if p["stage"] == "joint"]
     assert joint_stages and all(p["fraction"] == pytest.approx(3 / 4) for p in joint_stages), seen
-    assert fractions[-1] == pytest.approx(3 / 4), fractions  # 1 only with the joint result itself
+    assert fractions[-1] == pytest.approx(3 / 4), fractions  # the caller completes the bar with the joint result
     named = [(p["index"], p["name"]) for p in seen if isinstance(p.get("index"), int) and p.get("name")]
     assert named and all(name == photos[i][0] for i, name in named), named
 
