@@ -1,17 +1,13 @@
 """How far a job is, from the server's progress messages: one formula for the toolbar task and Processing.
 
 Pure (no Qt), so it is tested on synthetic messages.  A job is counted in units: one per photo, and for a joint
-job one more, the combined map made after the last photo (`job_units`).  The client gives every message a
+job one more, the combined map made after the last photo (`protocol.job_units`).  The client gives every message a
 `fraction` (the share of the job's units finished) when it knows the job's size; the server's stage says how far
 the next unit is, and the heartbeats that repeat a stage creep the bar towards the next one, so a long stage such
 as sampling never leaves the bar still.
 """
 
 from __future__ import annotations
-
-from geoplonk_service.protocol import job_units
-
-__all__ = ["STAGE_ORDER", "STAGE_SHARE", "JobProgress", "job_units", "stage_progress"]
 
 # How far one photo is when the server reports a stage (its share of the photo's work, measured roughly on the
 # default model: sampling dominates).

@@ -17,10 +17,10 @@ from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from geoplonk_service.output_files import unused_stem
-from geoplonk_service.protocol import E_MODEL, STATUS_CANCELLED
+from geoplonk_service.protocol import E_MODEL, STATUS_CANCELLED, job_units
 
 from . import messages
-from .progress import JobProgress, job_units
+from .progress import JobProgress
 from .settings import Settings
 
 
@@ -149,7 +149,7 @@ class GeolocateTask(QgsTask):
         else:
             self.report.failed += 1
         if outcome.status != STATUS_CANCELLED:  # a cancelled job's bar stays where the work stopped
-            self._advance(self._bar.finished(self._finished_count - self.report.cancelled), "result")
+            self._advance(self._bar.finished(self.report.ok + self.report.failed), "result")
         self.photoDone.emit(outcome)
 
     def _fail_job(self, exc: Exception) -> None:

@@ -165,11 +165,11 @@ def calibration_block(manifest: dict) -> list[str]:
              f"{cal['likelihood']}{', draws by ' + cal['sampler'] if cal.get('sampler') else ''}:", ""]
     if "groups" not in cal:
         return lines + _scores_table(cal)
-    rule = (f"w = {cal['land_cfg']:g} where at least {100 * cal['land_share_threshold']:.0f} % of them are on land, "
-            f"else {cal['distribution_cfg']:g}")
+    share = f"{100 * cal['land_share_threshold']:.0f} %"
     if cal["land_cfg"] == cal["distribution_cfg"]:
-        rule = (f"each group (at least {100 * cal['land_share_threshold']:.0f} % of them on land, or not) "
-                f"chose w = {cal['land_cfg']:g}")
+        rule = f"each group (at least {share} of them on land, or not) chose w = {cal['land_cfg']:g}"
+    else:
+        rule = f"w = {cal['land_cfg']:g} where at least {share} of them are on land, else {cal['distribution_cfg']:g}"
     lines[0] = lines[0][:-1] + f", split by where each tile's best-guess draws fall: {rule}."
     titles = {"land-looking": "Land-looking tiles", "others": "The other tiles"}
     for name, group in cal["groups"].items():

@@ -7,7 +7,6 @@ Beside schema 1's keys, the record carries `parts` ([{part, title, about}], the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -282,13 +281,11 @@ def runs(count: int) -> str:
 
 def default_model_note(folder=DEFAULT_MODEL) -> str:
     """Which weights the default model's figures are of: the model is retrained between runs."""
-    try:
-        manifest = json.loads((folder / "geoplonk.json").read_text())
-    except (OSError, ValueError) as exc:
-        return f"The default model's manifest could not be read ({exc})."
-    sha = (manifest.get("files") or {}).get("model.safetensors") or "unknown"
-    name = manifest.get("name", folder.name)
-    return f"The default model: {name}, weights sha256 {sha[:8]}... ({folder.name}/geoplonk.json)."
+    from model_server.engine.checkpoint import read_manifest
+
+    manifest = read_manifest(folder) or {}
+    sha = manifest.get("files", {}).get("model.safetensors", "unknown")
+    return f"The default model: {manifest.get('name', folder.name)}, weights sha256 {sha[:8]}... ({folder.name})."
 
 
 def build_record(raw: dict, *, sizes: Sizes, quick: bool, failures: list, parts: set | None = None,

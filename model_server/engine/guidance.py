@@ -1,11 +1,10 @@
 """The distribution's guidance w for one photo, as a model's calibration sets it.
 
 One w need not fit every photo: a model's land views can want a wider map (a more negative w) than its sea
-views, as earlier builds of the default model did on held-out tiles. The photo's best-guess draws, made anyway at
-guidance 2, tell the two apart: the share of them that falls on land is near 0 or near 1 for almost every photo.
-So a calibration may hold two values, `land_cfg` for photos whose guess draws fall mostly on land and
-`distribution_cfg` for the rest, each chosen on its own group of tuning photos (`geoplonk calibrate
---by-land-share`).
+views. The photo's best-guess draws, made anyway at guidance 2, tell the two apart: the share of them that falls
+on land is near 0 or near 1 for almost every photo. So a calibration may hold two values, `land_cfg` for photos
+whose guess draws fall mostly on land and `distribution_cfg` for the rest, each chosen on its own group of tuning
+photos (`geoplonk calibrate --by-land-share`).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ from geoplonk_service.result_rows import RESULT_FIELDS, describe_row, summary_ro
 from .. import messages
 from ..claims import CLAIM_FIELDS, claim_fields
 from ..claims import quote as claims_quote
-from ..progress import JobProgress, job_units
+from ..progress import JobProgress
 from ..settings import SOLVER_HELP, Settings, optional_float, solver_label
 from ..sources import guess_photo_field, layer_folder, resolve_photo_path
 from . import analyst_parameters
@@ -339,7 +339,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         vectors: list[str] = []
         finished = 0
 
-        bar = JobProgress(job_units(total, bool(options.get("joint"))))
+        bar = JobProgress(P.job_units(total, bool(options.get("joint"))))
 
         def on_progress(progress: dict) -> None:
             feedback.setProgress(bar.update(progress))

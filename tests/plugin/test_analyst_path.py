@@ -22,8 +22,9 @@ from qgis.PyQt.QtTest import QTest
 from test_plugin_headless import by_role, result_groups, run_action
 
 from geoplonk_service.launcher import free_port
+from geoplonk_service.protocol import job_units
 from qgis_plugin import layers
-from qgis_plugin.progress import STAGE_ORDER, JobProgress, job_units
+from qgis_plugin.progress import STAGE_ORDER, JobProgress
 from qgis_plugin.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
