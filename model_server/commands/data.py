@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train-land", type=int, default=0,
                    help="also this many more training tiles centred on land, away from every held-out tile "
                         "(train-land/; train on train.csv and train-land.csv)")
+    p.add_argument("--n-tune-land", type=int, default=0,
+                   help="also this many tuning tiles centred on land, away from every other tile (tune-land/; "
+                        "for the settings `geoplonk calibrate` chooses on land views)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=224, help="tile size in pixels")
     p.add_argument("--min-distance-km", type=float, default=75.0,
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         info = build_earth_tiles(args.out, args.n_train, args.n_test, seed=args.seed, size=args.size,
                                  min_distance_km=args.min_distance_km, progress=not args.quiet,
                                  n_report=args.n_report, n_land=args.n_land,
-                                 n_train_land=args.n_train_land)
+                                 n_train_land=args.n_train_land, n_tune_land=args.n_tune_land)
     except ValueError as exc:
         print(f"geoplonk data: {exc}", file=sys.stderr)
         return 2

@@ -219,23 +219,27 @@ REPORT_SPLITS = {"report": (1, False), "land": (2, True)}
 # Training tiles centred on land beyond the uniform ones (train-land/): their own stream too, and kept
 # min_distance_km from every held-out centre, so that adding them leaves every held-out split held out.
 TRAIN_LAND_STREAM = 3
+# Tuning tiles centred on land (tune-land/), for settings chosen on land views (geoplonk calibrate): their own
+# stream, min_distance_km from every other centre, training ones included, so they are held out from all.
+TUNE_LAND_STREAM = 4
 
 
 def build_earth_tiles(
     out: Path, n_train: int, n_test: int, seed: int = 0, size: int = 224, min_distance_km: float = 75.0,
-    progress: bool = True, n_report: int = 0, n_land: int = 0, n_train_land: int = 0,
+    progress: bool = True, n_report: int = 0, n_land: int = 0, n_train_land: int = 0, n_tune_land: int = 0,
 ) -> dict:
     """Write out/train/, out/train.csv, out/test/, out/test.csv and out/dataset.json; returns the description.
     With n_report and n_land, the report splits too: out/report/ (centres uniform by area) and out/land/
     (centres on land), both at least min_distance_km from every training and tuning centre. With n_train_land,
     out/train-land/: more training tiles, centred on land, at least min_distance_km from every held-out centre
-    (the land views analysts ask about, covered more densely than uniform tiles cover them).
+    (the land views analysts ask about, covered more densely than uniform tiles cover them). With n_tune_land,
+    out/tune-land/: tuning tiles centred on land, at least min_distance_km from every other centre.
 
     Reruns are cheap and resume an interrupted build: tiles already on disk are kept.
     """
     out = Path(out)
     settings = {"n_train": n_train, "n_test": n_test, "seed": seed, "tile_px": size}
-    extra = {"n_report": n_report, "n_land": n_land, "n_train_land": n_train_land}
+    extra = {"n_report": n_report, "n_land": n_land, "n_train_land": n_train_land, "n_tune_land": n_tune_land}
     built = _check_same_settings(out / "dataset.json", settings, min_distance_km, extra)
     extra = {k: v or built.get(k, 0) for k, v in extra.items()}  # a split built before and not asked now stays
     info = {
@@ -251,6 +255,8 @@ def build_earth_tiles(
                          f"{min_distance_km} km from every training and test centre",
         "train_land": f"training tiles centred on land (global-land-mask), >= {min_distance_km} km from every "
                       "test, report and land centre",
+        "tune_land": f"tuning tiles centred on land (global-land-mask), >= {min_distance_km} km from every other "
+                     "centre",
         "complete": False,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -264,16 +270,23 @@ def build_earth_tiles(
     write_split(image, test_specs, out / "test", size, progress)
     taken = np.concatenate([train_c, _centres(test_specs)])
     heldout = [_centres(test_specs)]
+    placed = [train_c, _centres(test_specs)]  # every centre so far
     for name, (index, on_land) in REPORT_SPLITS.items():
         if n := extra[f"n_{name}"]:
             split_rng = np.random.default_rng([seed, index])
             specs = random_specs(distant_centres(n, taken, split_rng, min_distance_km, on_land), split_rng)
             write_split(image, specs, out / name, size, progress)
             heldout.append(_centres(specs))
+            placed.append(_centres(specs))
     if n := extra["n_train_land"]:
         land_rng = np.random.default_rng([seed, TRAIN_LAND_STREAM])
         centres = distant_centres(n, np.concatenate(heldout), land_rng, min_distance_km, on_land=True)
         write_split(image, random_specs(centres, land_rng), out / "train-land", size, progress)
+        placed.append(centres)
+    if n := extra["n_tune_land"]:
+        tune_rng = np.random.default_rng([seed, TUNE_LAND_STREAM])
+        centres = distant_centres(n, np.concatenate(placed), tune_rng, min_distance_km, on_land=True)
+        write_split(image, random_specs(centres, tune_rng), out / "tune-land", size, progress)
     info["complete"] = True
     _write_json(out / "dataset.json", info)
     return info
@@ -303,6 +316,11 @@ def _check_same_settings(info_path: Path, settings: dict, min_distance_km: float
         raise ValueError(f"{info_path.parent} holds train-land tiles placed away from the held-out tiles built "
                          f"with them; a report split added now ({', '.join(added)}) could fall near them: build "
                          "every split in one run, or choose another --out")
+    tune_tiles = info_path.parent / "tune-land"
+    if extra["n_train_land"] and not old.get("n_train_land") and tune_tiles.is_dir() and any(tune_tiles.iterdir()):
+        raise ValueError(f"{info_path.parent} holds tune-land tiles placed away from the tiles of their day; "
+                         "train-land tiles added now could fall near them: build every split in one run, or "
+                         "choose another --out")
     wanted = {**settings, "heldout": f"test centres >= {min_distance_km} km from every training centre"}
     wanted.update({k: v for k, v in extra.items() if v and old.get(k)})
     differ = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
