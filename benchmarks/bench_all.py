@@ -1,6 +1,6 @@
 """Every benchmark figure of issue 21 in one process, against the authors' code where it has one (`make bench`).
 
-  .venv/server/bin/python benchmarks/bench_all.py             # full run, 13-26 min on 2 CPU cores: records
+  .venv/server/bin/python benchmarks/bench_all.py             # full run, 13-25 min on 2 CPU cores: records
                                                               # benchmarks/results/<YYYY-MM-DD>.json, regenerates
                                                               # docs/benchmarks.md and README.md's table
   .venv/server/bin/python benchmarks/bench_all.py --quick     # smoke run at tiny sizes (< 2 min); records nothing

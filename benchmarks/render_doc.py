@@ -117,7 +117,7 @@ HEADER = """\
 # Benchmarks
 
 This page is generated from the recorded runs in `benchmarks/results/` (one JSON file per run).
-`make bench` runs every figure in one process (13 to 26 minutes on two CPU cores, by machine), records
+`make bench` runs every figure in one process (13 to 25 minutes on two CPU cores, by machine), records
 `benchmarks/results/<YYYY-MM-DD>.json` and regenerates this page and README.md's Performance table.
 A single benchmark script records a run with `--record benchmarks/results/`; then regenerate this page:
 

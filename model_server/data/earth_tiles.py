@@ -150,8 +150,8 @@ def distant_centres(
     n: int, others: np.ndarray, rng: np.random.Generator, min_distance_km: float, on_land: bool = False
 ) -> np.ndarray:
     """n centres uniform by area (on land only, by global-land-mask, with on_land), each at least
-    min_distance_km from every centre of `others`: held-out tiles away from the training tiles, or extra
-    training tiles away from the held-out ones."""
+    min_distance_km from every centre of `others`: held-out tiles away from the training tiles, extra
+    training tiles away from the held-out ones, or land tuning tiles away from all."""
     from scipy.spatial import cKDTree
 
     from ..products.place_names import is_land
@@ -222,6 +222,9 @@ TRAIN_LAND_STREAM = 3
 # Tuning tiles centred on land (tune-land/), for settings chosen on land views (geoplonk calibrate): their own
 # stream, min_distance_km from every other centre, training ones included, so they are held out from all.
 TUNE_LAND_STREAM = 4
+# The splits cut after the others, each placed away from those that existed then: none of these may be added
+# once the folder holds tiles.
+PLACED_AWAY_FROM = {"train-land": ("n_report", "n_land"), "tune-land": ("n_report", "n_land", "n_train_land")}
 
 
 def build_earth_tiles(
@@ -270,22 +273,21 @@ def build_earth_tiles(
     write_split(image, test_specs, out / "test", size, progress)
     taken = np.concatenate([train_c, _centres(test_specs)])
     heldout = [_centres(test_specs)]
-    placed = [train_c, _centres(test_specs)]  # every centre so far
     for name, (index, on_land) in REPORT_SPLITS.items():
         if n := extra[f"n_{name}"]:
             split_rng = np.random.default_rng([seed, index])
             specs = random_specs(distant_centres(n, taken, split_rng, min_distance_km, on_land), split_rng)
             write_split(image, specs, out / name, size, progress)
             heldout.append(_centres(specs))
-            placed.append(_centres(specs))
+    train_land = np.empty((0, 2))
     if n := extra["n_train_land"]:
         land_rng = np.random.default_rng([seed, TRAIN_LAND_STREAM])
-        centres = distant_centres(n, np.concatenate(heldout), land_rng, min_distance_km, on_land=True)
-        write_split(image, random_specs(centres, land_rng), out / "train-land", size, progress)
-        placed.append(centres)
+        train_land = distant_centres(n, np.concatenate(heldout), land_rng, min_distance_km, on_land=True)
+        write_split(image, random_specs(train_land, land_rng), out / "train-land", size, progress)
     if n := extra["n_tune_land"]:
         tune_rng = np.random.default_rng([seed, TUNE_LAND_STREAM])
-        centres = distant_centres(n, np.concatenate(placed), tune_rng, min_distance_km, on_land=True)
+        everything = np.concatenate([train_c, *heldout, train_land])
+        centres = distant_centres(n, everything, tune_rng, min_distance_km, on_land=True)
         write_split(image, random_specs(centres, tune_rng), out / "tune-land", size, progress)
     info["complete"] = True
     _write_json(out / "dataset.json", info)
@@ -305,22 +307,20 @@ def _write_json(path: Path, data: dict) -> None:
 def _check_same_settings(info_path: Path, settings: dict, min_distance_km: float, extra: dict) -> dict:
     """Tiles already in `out` are reused (a rerun only writes what is missing), so they must come from
     the same settings: the tile at an index depends on all of them. A split (`extra`: its size) not built yet
-    may be added, since it has its own random stream; but not a report split once train-land tiles are on
-    disk, which were placed away from the held-out tiles of their day only. Returns the record there ({} if none)."""
+    may be added, since it has its own random stream; but not one that a split on disk was placed away from
+    (PLACED_AWAY_FROM), since that split kept its distance only from the tiles of its own run. Returns the record
+    there ({} if none)."""
     if not info_path.is_file():
         return {}
     old = json.loads(info_path.read_text())
-    land_tiles = info_path.parent / "train-land"
-    added = [f"n_{name}" for name in REPORT_SPLITS if extra[f"n_{name}"] and not old.get(f"n_{name}")]
-    if added and land_tiles.is_dir() and any(land_tiles.iterdir()):
-        raise ValueError(f"{info_path.parent} holds train-land tiles placed away from the held-out tiles built "
-                         f"with them; a report split added now ({', '.join(added)}) could fall near them: build "
-                         "every split in one run, or choose another --out")
-    tune_tiles = info_path.parent / "tune-land"
-    if extra["n_train_land"] and not old.get("n_train_land") and tune_tiles.is_dir() and any(tune_tiles.iterdir()):
-        raise ValueError(f"{info_path.parent} holds tune-land tiles placed away from the tiles of their day; "
-                         "train-land tiles added now could fall near them: build every split in one run, or "
-                         "choose another --out")
+    added = [key for key, size in extra.items() if size and not old.get(key)]
+    for folder, splits in PLACED_AWAY_FROM.items():
+        late = [key for key in added if key in splits]
+        tiles = info_path.parent / folder
+        if late and tiles.is_dir() and any(tiles.iterdir()):
+            raise ValueError(f"{info_path.parent} holds {folder} tiles, placed away from the splits that existed "
+                             f"when they were cut; {', '.join(late)} added now could fall near them: build every "
+                             "split in one run, or choose another --out")
     wanted = {**settings, "heldout": f"test centres >= {min_distance_km} km from every training centre"}
     wanted.update({k: v for k, v in extra.items() if v and old.get(k)})
     differ = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}

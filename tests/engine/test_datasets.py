@@ -191,11 +191,13 @@ def test_train_land_tiles_lie_on_land_away_from_every_heldout_tile(tmp_path):
 
 
 def test_land_tuning_tiles_lie_on_land_away_from_every_other_tile(tmp_path):
-    """Tuning tiles on land, added to a built dataset without moving a tile, held out from every split."""
+    """Tuning tiles on land, added to a built dataset without moving a tile, held out from every split (1,000 km
+    apart here, so that a split left out of the distance check would show)."""
     from model_server.products.place_names import is_land
 
     splits = ("train", "test", "report", "land", "train-land")
-    options = dict(n_train=5, n_test=2, seed=3, size=48, progress=False, n_report=3, n_land=4, n_train_land=6)
+    options = dict(n_train=5, n_test=2, seed=3, size=48, progress=False, n_report=3, n_land=4, n_train_land=6,
+                   min_distance_km=1000.0)
     build_earth_tiles(tmp_path, **options)
     before = {split: (tmp_path / f"{split}.csv").read_text() for split in splits}
     info = build_earth_tiles(tmp_path, **options, n_tune_land=5)
@@ -205,14 +207,20 @@ def test_land_tuning_tiles_lie_on_land_away_from_every_other_tile(tmp_path):
     assert (tmp_path / "tune-land.csv").read_text() == (tmp_path / "at-once" / "tune-land.csv").read_text()
     tune = read_csv(tmp_path / "tune-land.csv")
     assert len(tune) == 5 and is_land(tune.latlon[:, 0], tune.latlon[:, 1]).all()
-    others = np.concatenate([read_csv(tmp_path / f"{split}.csv").latlon for split in splits])
-    dots = latlon_to_xyz(tune.latlon[:, 0], tune.latlon[:, 1]) @ latlon_to_xyz(others[:, 0], others[:, 1]).T
-    assert np.arccos(np.clip(dots.max(1), -1, 1)).min() * EARTH_RADIUS_KM >= 75.0 - 1e-6
-    # train-land tiles added after them could fall near them: refused
+    for split in splits:
+        other = read_csv(tmp_path / f"{split}.csv").latlon
+        dots = latlon_to_xyz(tune.latlon[:, 0], tune.latlon[:, 1]) @ latlon_to_xyz(other[:, 0], other[:, 1]).T
+        assert np.arccos(np.clip(dots.max(1), -1, 1)).min() * EARTH_RADIUS_KM >= 1000.0 - 1e-6, split
+    # reruns keep them on record; another size is refused
+    assert build_earth_tiles(tmp_path, **options)["n_tune_land"] == 5
+    with pytest.raises(ValueError, match="n_tune_land 5 there, 6 asked"):
+        build_earth_tiles(tmp_path, **options, n_tune_land=6)
+    # no split they were placed away from may be added after them
     other = tmp_path / "other"
     build_earth_tiles(other, n_train=5, n_test=2, seed=3, size=48, progress=False, n_tune_land=2)
-    with pytest.raises(ValueError, match="tune-land tiles"):
-        build_earth_tiles(other, n_train=5, n_test=2, seed=3, size=48, progress=False, n_train_land=2)
+    for late in ({"n_train_land": 2}, {"n_report": 2}, {"n_land": 2}):
+        with pytest.raises(ValueError, match=f"tune-land tiles.*{next(iter(late))} added now"):
+            build_earth_tiles(other, n_train=5, n_test=2, seed=3, size=48, progress=False, **late)
 
 
 def test_several_sources_read_as_one_dataset(photo_folder):
