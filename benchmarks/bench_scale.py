@@ -31,6 +31,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from geoplonk_service import protocol as P  # noqa: E402
+
 
 class StubServer:
     """A GeoPlonk server without a model, for memory measurements of the client side: a ROUTER socket on
@@ -70,8 +72,6 @@ class StubServer:
 
     def _serve(self) -> None:
         import zmq
-
-        from geoplonk_service import protocol as P
 
         half = len(self.blob) // 2
         blobs = [memoryview(self.blob)[:half], memoryview(self.blob)[half:]]
@@ -195,9 +195,10 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=40)
     parser.add_argument("--size", type=int, default=256, help="tile side in pixels")
     parser.add_argument("--model", default=None, help="model (default: the default model)")
-    parser.add_argument("--samples", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--resolution", type=float, default=0.25)
+    parser.add_argument("--samples", type=int, default=P.SAMPLES.default)
+    parser.add_argument("--steps", type=int, default=P.STEPS.default)
+    parser.add_argument("--solver", choices=P.SOLVERS, default=P.DEFAULT_SOLVER)
+    parser.add_argument("--resolution", type=float, default=P.RESOLUTION.default)
     parser.add_argument("--only-memory", action="store_true", help="only locate's peak RSS")
     parser.add_argument("--actors", default="1,2", help="model actor counts to measure")
     parser.add_argument("--stub", action="store_true", help="only locate's memory against a stub server")
@@ -207,7 +208,8 @@ def main() -> None:
 
     from geoplonk_service.launcher import start_local_server
 
-    options = ["--samples", str(args.samples), "--steps", str(args.steps), "--resolution", str(args.resolution)]
+    options = ["--samples", str(args.samples), "--steps", str(args.steps), "--solver", args.solver,
+               "--resolution", str(args.resolution)]
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     report: dict = {"photos": args.photos, "options": options, "cpus": os.cpu_count(),
                     "load_before": os.getloadavg()}
@@ -240,7 +242,7 @@ def main() -> None:
 
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-            opts = {"samples": args.samples, "steps": args.steps, "resolution": args.resolution}
+            opts = {"samples": args.samples, "steps": args.steps, "solver": args.solver, "resolution": args.resolution}
             for actors in (int(a) for a in args.actors.split(",")):
                 result = run_job(str(photos), str(work / f"batch{actors}"), args.model, opts, actors=actors)
                 report[f"batch_{actors}_actors"] = {"seconds": round(result.seconds, 1),

@@ -25,6 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from geoplonk_service import protocol as P  # noqa: E402
 from geoplonk_service.client import GeoPlonkClient  # noqa: E402
 from geoplonk_service.launcher import start_local_server  # noqa: E402
 
@@ -56,9 +57,10 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--photo")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--samples", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--resolution", type=float, default=0.25)
+    ap.add_argument("--samples", type=int, default=P.SAMPLES.default)
+    ap.add_argument("--steps", type=int, default=P.STEPS.default)
+    ap.add_argument("--solver", choices=P.SOLVERS, default=P.DEFAULT_SOLVER)
+    ap.add_argument("--resolution", type=float, default=P.RESOLUTION.default)
     ap.add_argument("--precision", default="bf16,fp32",
                     help="sampler precisions to time, comma-separated; the first is compared with the others")
     ap.add_argument("--cfg", default="model",
@@ -74,7 +76,7 @@ def main() -> None:
         srv = start_local_server(f"{sys.executable} -m model_server.cli serve --model {model}",
                                  env={"PYTHONPATH": str(REPO)})
         try:
-            base = {"samples": args.samples, "steps": args.steps, "resolution": args.resolution}
+            base = {"samples": args.samples, "steps": args.steps, "solver": args.solver, "resolution": args.resolution}
             data = photo_bytes(args.photo)
             with GeoPlonkClient(srv.endpoint, timeout_s=120) as client:
                 info = client.info()
