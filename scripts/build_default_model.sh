@@ -10,6 +10,7 @@ WORK=${WORK:-build/earth-tiles}
 OUT=${OUT:-model_server/models/earth-tiles}
 N_TRAIN=${N_TRAIN:-20000}   # training tiles (seed 0)
 N_TEST=${N_TEST:-500}       # the tuning split (test.csv): settings and levers are chosen on it, w on tiles 300-499
+N_TUNE_LAND=${N_TUNE_LAND:-300}  # more tuning tiles centred on land (tune-land.csv): w is chosen on them and 300-499
 N_REPORT=${N_REPORT:-1000}  # the report split (report.csv): held-out tiles, centres uniform by area
 N_LAND=${N_LAND:-400}       # the land report split (land.csv): held-out tiles centred on land
 N_TRAIN_LAND=${N_TRAIN_LAND:-20000}  # more training tiles centred on land (train-land.csv), away from every held-out tile
@@ -26,8 +27,8 @@ RUN="nice -n 10"
 # FRESH=1 starts from nothing.
 [[ ${FRESH:-0} == 1 ]] && rm -rf "$WORK"
 $RUN "$GEOPLONK" data earth-tiles --out "$WORK" --n-train "$N_TRAIN" --n-test "$N_TEST" --seed 0 \
-    --n-report "$N_REPORT" --n-land "$N_LAND" --n-train-land "$N_TRAIN_LAND" --min-distance-km 75 \
-    --samples samples --quiet
+    --n-report "$N_REPORT" --n-land "$N_LAND" --n-train-land "$N_TRAIN_LAND" --n-tune-land "$N_TUNE_LAND" \
+    --min-distance-km 75 --samples samples --quiet
 # The training set: the uniform tiles, then the land tiles if any; the retrieval baseline's gallery is the same.
 TRAIN_DATA=(--data "$WORK/train.csv")
 GALLERY=(--train-data "$WORK/train.csv")
@@ -49,11 +50,12 @@ rm -f "$OUT.train-state.pt"
 
 # The distribution's guidance w, one for the tiles whose best-guess draws fall mostly on land and one for the
 # others: in each group the w whose 50 and 90 % regions, of the exact density and of the drawn map (the
-# server's raster) both, hold nearest their share of tuning tiles 300-499 (never a report split), recorded in
-# the manifest, where the server and the eval read it. Land views can want a wider field than sea views
-# (docs/default-model.md).
-$RUN "$GEOPLONK" calibrate --model "$OUT" --data "$WORK/test.csv" --cache "$WORK/emb-test-rot4.npz" \
-    --skip 300 --criterion map --samples 32 --grid="$GRID" --by-land-share --threads "$THREADS" --quiet
+# server's raster) both, hold nearest their share of the tuning tiles (test.csv's 300-499 and tune-land.csv,
+# never a report split), recorded in the manifest, where the server and the eval read it. Land views can want
+# another field than sea views (docs/default-model.md).
+{ head -n 1 "$WORK/test.csv"; tail -n +302 "$WORK/test.csv"; tail -n +2 "$WORK/tune-land.csv"; } > "$WORK/tune.csv"
+$RUN "$GEOPLONK" calibrate --model "$OUT" --data "$WORK/tune.csv" --cache "$WORK/emb-tune-rot4.npz" \
+    --criterion map --samples 32 --grid="$GRID" --by-land-share --threads "$THREADS" --quiet
 
 # The report: every figure with its bootstrap interval, on the report split (all tiles, and its land tiles)
 # and on the land split.

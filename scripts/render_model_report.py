@@ -159,7 +159,8 @@ def calibration_block(manifest: dict) -> list[str]:
     """The manifest's calibration: every w scored, the chosen one in bold (per group, for a land rule)."""
     cal = manifest["calibration"]
     land = cal.get("land_tiles") or sum(g.get("land_tiles") or 0 for g in cal.get("groups", {}).values())
-    lines = [f"Tuning tiles {cal['skip']}-{cal['skip'] + cal['n'] - 1} ({cal['n']} tiles"
+    rows = f" {cal['skip']}-{cal['skip'] + cal['n'] - 1}" if cal.get("skip") else ""
+    lines = [f"Tuning tiles{rows} of `{Path(cal['data']).name}` ({cal['n']} tiles"
              f"{f', {land} of them on land' if land else ''}), {cal['samples']} own draws and a "
              f"{cal['map_samples']:,}-draw map at {cal['map_resolution']} deg per tile, likelihood "
              f"{cal['likelihood']}{', draws by ' + cal['sampler'] if cal.get('sampler') else ''}:", ""]
