@@ -9,7 +9,7 @@ GEOPLONK=${GEOPLONK:-.venv/server/bin/geoplonk}
 WORK=${WORK:-build/earth-tiles}
 OUT=${OUT:-model_server/models/earth-tiles}
 N_TRAIN=${N_TRAIN:-20000}   # training tiles (seed 0)
-N_TEST=${N_TEST:-500}       # the tuning split (test.csv): settings and levers are chosen on it, w on tiles 300-499
+N_TEST=${N_TEST:-500}       # the tuning split (test.csv): settings and levers are chosen on it, w on 300-499 (N_TEST > 300)
 N_TUNE_LAND=${N_TUNE_LAND:-300}  # more tuning tiles centred on land (tune-land.csv): w is chosen on them and 300-499
 N_REPORT=${N_REPORT:-1000}  # the report split (report.csv): held-out tiles, centres uniform by area
 N_LAND=${N_LAND:-400}       # the land report split (land.csv): held-out tiles centred on land
@@ -53,7 +53,10 @@ rm -f "$OUT.train-state.pt"
 # server's raster) both, hold nearest their share of the tuning tiles (test.csv's 300-499 and tune-land.csv,
 # never a report split), recorded in the manifest, where the server and the eval read it. Land views can want
 # another field than sea views (docs/default-model.md).
-{ head -n 1 "$WORK/test.csv"; tail -n +302 "$WORK/test.csv"; tail -n +2 "$WORK/tune-land.csv"; } > "$WORK/tune.csv"
+{
+    head -n 1 "$WORK/test.csv"; tail -n +302 "$WORK/test.csv"  # the header, then tiles 300-499
+    if [[ $N_TUNE_LAND -gt 0 ]]; then tail -n +2 "$WORK/tune-land.csv"; fi
+} > "$WORK/tune.csv"
 $RUN "$GEOPLONK" calibrate --model "$OUT" --data "$WORK/tune.csv" --cache "$WORK/emb-tune-rot4.npz" \
     --criterion map --samples 32 --grid="$GRID" --by-land-share --threads "$THREADS" --quiet
 
