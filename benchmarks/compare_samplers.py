@@ -16,7 +16,6 @@ Run: .venv/server/bin/python benchmarks/compare_samplers.py guess --tiles 0:300 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -40,13 +39,15 @@ from model_server.geodesy import latlon_distance_km, xyz_to_degrees  # noqa: E40
 WORK = ROOT / "build" / "earth-tiles"
 
 
-def held_out(tiles: slice) -> tuple[torch.Tensor, np.ndarray]:
-    """Embeddings (E, cond) and truths (E, 2) degrees of the held-out tiles `tiles`."""
-    emb = np.load(WORK / "emb-test-rot4.npz")["embeddings"][tiles]
-    with open(WORK / "test.csv") as f:
-        rows = list(csv.DictReader(f))[tiles]
-    truth = np.array([[float(r["latitude"]), float(r["longitude"])] for r in rows])
-    return torch.from_numpy(emb).float(), truth
+def held_out(model, tiles: slice) -> tuple[torch.Tensor, np.ndarray]:
+    """Embeddings (E, cond) and truths (E, 2) degrees of the held-out tiles `tiles`; the cache is filled for tiles
+    it lacks."""
+    from model_server.engine.datasets import embed_dataset, read_dataset
+
+    photos = read_dataset(WORK / "test.csv", progress=False)
+    photos = photos.subset(np.arange(len(photos))[tiles])
+    emb, photos = embed_dataset(photos, model.encoder, cache_path=WORK / "emb-test-rot4.npz", progress=False)
+    return emb.float(), photos.latlon
 
 
 def compare_guesses(flow, emb, truth, samplers, chunk: int = 25) -> list[dict]:
@@ -102,7 +103,7 @@ def main() -> None:
     samplers = [(s, int(k)) for s, k in (item.split(":") for item in args.samplers.split(","))]
     model = load_model(device="cpu")
     flow = model.flow.eval()
-    emb, truth = held_out(slice(start, stop))
+    emb, truth = held_out(model, slice(start, stop))
     print(f"{args.part}: default model, held-out tiles {start}-{stop - 1} ({len(emb)})", flush=True)
     if args.part == "guess":
         rows = compare_guesses(flow, emb, truth, samplers)

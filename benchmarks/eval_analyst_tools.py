@@ -6,7 +6,7 @@
    place at least --offset-km + 75 km from every training tile), each tile's own map against the group's
    joint map: how often the 90 % region holds the place, and its area.
 
-    nice -n 19 .venv/server/bin/python benchmarks/eval_analyst_tools.py [--claims 500] [--groups 60]
+    nice -n 19 .venv/server/bin/python benchmarks/eval_analyst_tools.py [--data CSV] [--claims 500] [--groups 60]
         [--per-group 3] [--samples 1024] [--resolution 1] [--json out.json]
 """
 
@@ -38,15 +38,16 @@ from model_server.evaluation.analyst_tools import (  # noqa: E402
 TILES = ROOT / "build" / "earth-tiles"
 
 
-def held_out_tiles(limit: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Embeddings (read from the cache, matched to test.csv by file name) and (lat, lon) of the test tiles."""
-    with open(TILES / "test.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))[:limit]
-    with np.load(TILES / "emb-test-rot4.npz", allow_pickle=False) as cache:
-        by_name = {Path(k.split("|")[0]).name: i for i, k in enumerate(cache["keys"].tolist())}
-        emb = cache["embeddings"][[by_name[Path(r["path"]).name] for r in rows]]
-    truth = np.array([[float(r["latitude"]), float(r["longitude"])] for r in rows])
-    return torch.from_numpy(emb).float(), truth
+def held_out_tiles(model, data: Path, limit: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Embeddings and (lat, lon) of the first `limit` tiles of `data`; its cache (emb-<split>-rot4.npz beside it)
+    is filled for tiles it lacks."""
+    from model_server.engine.datasets import embed_dataset, read_dataset
+
+    photos = read_dataset(data, progress=False)
+    photos = photos.subset(np.arange(min(limit, len(photos))))
+    cache = data.with_name(f"emb-{data.stem}-rot4.npz")
+    emb, photos = embed_dataset(photos, model.encoder, cache_path=cache, progress=False)
+    return emb.float(), photos.latlon
 
 
 def offset(lat: float, lon: float, km: float, bearing: float) -> tuple[float, float]:
@@ -78,6 +79,8 @@ def group_tiles(model, groups: int, per_group: int, offset_km: float, seed: int)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--claims", type=int, default=500, help="held-out tiles for the claim check")
+    parser.add_argument("--data", type=Path, default=TILES / "report.csv",
+                        help="the claim check's tiles (default: the report split, held out from the committed model)")
     parser.add_argument("--groups", type=int, default=60, help="places for the joint map")
     parser.add_argument("--per-group", type=int, default=3, help="tiles cut around each place")
     parser.add_argument("--offset-km", type=float, default=25.0, help="tile centres within this of the place")
@@ -94,10 +97,13 @@ def main() -> int:
     torch.manual_seed(args.seed)
     model = load_model(None, device="cpu")
     cfg = model.distribution_cfg
-    out: dict = {"model": model.name, "cfg": cfg, "samples": args.samples, "resolution": args.resolution}
+    data = args.data.resolve()
+    out: dict = {"model": model.name, "model_sha256": model.weights_sha256,
+                 "data": str(data.relative_to(ROOT) if data.is_relative_to(ROOT) else data), "cfg": cfg,
+                 "samples": args.samples, "resolution": args.resolution}
     t = time.perf_counter()
     if args.claims:
-        emb, truth = held_out_tiles(args.claims)
+        emb, truth = held_out_tiles(model, args.data, args.claims)
         maps = draw_maps(model.flow, emb, cfg=cfg, samples=args.samples, resolution=args.resolution, seed=args.seed)
         false = truth[derangement(len(truth), np.random.default_rng(args.seed))]
         levels = np.array([claim_levels(pmap, [tuple(truth[i]), tuple(false[i])]) for i, (pmap, _) in
