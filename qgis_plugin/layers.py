@@ -40,11 +40,15 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
+from geoplonk_service.output_files import safe_stem
+
 from . import case_text
 
 GROUP_PROPERTY = "geoplonk/result"  # custom property marking our groups (value: the summary JSON path)
 ROLE_PROPERTY = "geoplonk/role"  # custom property of each layer: which product it shows (one of the names below)
-# A layer is named "<photo stem>: <role>" ("nile_delta: probability"), so layer pickers are unambiguous.
+PHOTO_NAME_PROPERTY = "geoplonk/photo_name"  # custom property of our groups: the photo's file name (or joint title)
+# A layer is named "<photo stem>: <role>" ("nile_delta: probability"), so layer pickers are unambiguous; a photo
+# whose files got another stem (a same-named photo took it) is named by its files' stem ("IMG_0001_2: probability").
 DENSITY_NAME = "probability"
 REGIONS_NAME = "credible regions"
 PLACES_NAME = "top places"
@@ -71,7 +75,7 @@ PLACES_LABEL = (
     PLACE_EXPRESSION + " || '\n' || format_number(\"p_within_100km\" * 100, 0) || ' % within 100 km, ' || "
     "format_number(\"p_within_500km\" * 100, 0) || ' % within 500 km'"
 )
-GROUP_SEPARATOR = " · "  # group name: "<photo file name> · <model>"
+GROUP_SEPARATOR = " · "  # group name: "<photo file name> · <model>", "<photo file name> (<files' stem>) · <model>"
 
 # --- pure styling math -------------------------------------------------------------
 
@@ -323,15 +327,24 @@ def layer_role(layer) -> str:
     return str(layer.customProperty(ROLE_PROPERTY, "") or "") if layer is not None else ""
 
 
-def group_name(photo_name: str, summary: dict[str, Any]) -> str:
-    """'nile_delta.jpg · earth-tiles': the photo and the model that placed it."""
+def group_name(photo_name: str, summary: dict[str, Any], files_stem: str = "") -> str:
+    """'nile_delta.jpg · earth-tiles': the photo and the model that placed it; with `files_stem`,
+    'IMG_0001.jpg (IMG_0001_2) · earth-tiles', which tells apart two photos of one name."""
+    title = f"{photo_name} ({files_stem})" if files_stem else photo_name
     model = summary.get("model")
-    return f"{photo_name}{GROUP_SEPARATOR}{model}" if model else photo_name
+    return f"{title}{GROUP_SEPARATOR}{model}" if model else title
+
+
+def other_files_stem(photo_name: str, files: dict[str, str | os.PathLike]) -> str:
+    """The saved files' stem when it is not the one the photo's name gives (`IMG_0001_2`: a same-named photo,
+    of this batch or an earlier one in the folder, took `IMG_0001`), else '': the name that tells them apart."""
+    stem = Path(str(files["geotiff"])).stem
+    return "" if stem == safe_stem(photo_name) else stem
 
 
 def photo_of_group(group) -> str:
-    """The photo file name a result group is named after."""
-    return group.name().split(GROUP_SEPARATOR)[0]
+    """The photo file name a result group is named after (without the files' stem its title may add)."""
+    return str(group.customProperty(PHOTO_NAME_PROPERTY) or "") or group.name().split(GROUP_SEPARATOR)[0]
 
 
 # --- basemap ---------------------------------------------------------------------------
@@ -403,14 +416,17 @@ def add_result_group(
     `files` maps "geotiff"/"gpkg"/"json" to paths (PhotoResult.save's return value).
     Layers that are missing from the GeoPackage are skipped; invalid layers raise ValueError.
     A joint map's group is named for its photos ("Joint map: a.jpg + b.jpg · model"), whatever `name` says.
+    A photo whose files have another stem than its name gives is named by that stem too (`other_files_stem`).
     """
     project = project or QgsProject.instance()
     root = project.layerTreeRoot()
     joint = case_text.is_joint(summary)
     title = case_text.joint_title(summary) if joint else name
-    group = root.insertGroup(0, group_name(title, summary))
+    files_stem = "" if joint else other_files_stem(name, files)
+    group = root.insertGroup(0, group_name(title, summary, files_stem))
     group.setCustomProperty(GROUP_PROPERTY, str(files.get("json", "")))
-    stem = "joint map" if joint else Path(name).stem
+    group.setCustomProperty(PHOTO_NAME_PROPERTY, title)
+    stem = "joint map" if joint else files_stem or Path(name).stem
     tif, gpkg = str(files["geotiff"]), str(files["gpkg"])
 
     density = QgsRasterLayer(tif, f"{stem}: {DENSITY_NAME}", "gdal")

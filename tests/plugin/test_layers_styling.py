@@ -48,6 +48,14 @@ def test_output_folder_rules(tmp_path, qgis_new_project):  # noqa: ARG001
     project.setFileName("")
 
 
+def test_a_group_shows_its_files_stem_only_when_the_photos_name_does_not_give_it():
+    assert layers.other_files_stem("desert road.png", {"geotiff": "/r/desert_road.tif"}) == ""  # made file-safe
+    assert layers.other_files_stem("IMG_0001.jpg", {"geotiff": "/r/IMG_0001_2.tif"}) == "IMG_0001_2"
+    assert layers.group_name("IMG_0001.jpg", {"model": "earth-tiles"}) == "IMG_0001.jpg · earth-tiles"
+    assert layers.group_name("IMG_0001.jpg", {"model": "earth-tiles"}, "IMG_0001_2") == (
+        "IMG_0001.jpg (IMG_0001_2) · earth-tiles")
+
+
 def test_map_tip_html_escapes_and_shows_the_essentials(tmp_path):
     photo = tmp_path / "a<b>.jpg"
     photo.write_bytes(b"x")

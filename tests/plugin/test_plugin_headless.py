@@ -93,6 +93,9 @@ def test_file_dialog_source_end_to_end(plugin, plugin_settings, photos, wait_for
     for group in groups.values():
         assert_result_group(group)
     assert layers.photo_of_group(project.layerTreeRoot().children()[0]) in groups  # results on top of the tree
+    # named after the photo, not its files' stem (desert_road.*), which only a same-named photo's group shows
+    assert groups["desert road.png"].name().split(layers.GROUP_SEPARATOR)[0] == "desert road.png"
+    assert by_role(groups["desert road.png"])[layers.DENSITY_NAME].layer().name() == "desert road: probability"
     assert Path(plugin_settings.output_folder, "harbour.tif").is_file()
 
     image = render_canvas(qtbot, qgis_canvas, project, plugin)
@@ -299,6 +302,39 @@ def test_project_reopens_with_the_same_styled_layers(plugin, plugin_settings, ph
     assert_result_group(group)
     density = next(n.layer() for n in group.findLayers() if layers.layer_role(n.layer()) == layers.DENSITY_NAME)
     assert "harbour" in density.source()
+
+
+def test_same_named_photos_of_two_folders_get_groups_and_layers_told_apart(plugin, plugin_settings, photo_dir,
+                                                                          wait_for_task, tmp_path):
+    """a/IMG_0001.jpg and b/IMG_0001.jpg: saved as IMG_0001.* and IMG_0001_2.*, their groups' titles and layers'
+    names differ by that stem, both groups still name the photo, and their case reports do not overwrite."""
+    from qgis.PyQt.QtGui import QImage
+
+    from qgis_plugin.report import write_case_report
+
+    same = [tmp_path / "a" / "IMG_0001.jpg", tmp_path / "b" / "IMG_0001.jpg"]
+    for path, source in zip(same, ("harbour.jpg", "desert road.png"), strict=True):
+        path.parent.mkdir()
+        assert QImage(str(photo_dir / source)).save(str(path), "JPEG")
+    plugin.choose_files = lambda: [str(p) for p in same]
+    report = run_action(plugin, plugin.action_geolocate, wait_for_task)
+    assert (report.ok, report.failed) == (2, 0)
+    groups = {Path(g.customProperty(layers.GROUP_PROPERTY)).stem: g
+              for g in QgsProject.instance().layerTreeRoot().children() if g.customProperty(layers.GROUP_PROPERTY)}
+    assert set(groups) == {"IMG_0001", "IMG_0001_2"}
+    assert {stem: g.name().split(layers.GROUP_SEPARATOR)[0] for stem, g in groups.items()} == {
+        "IMG_0001": "IMG_0001.jpg", "IMG_0001_2": "IMG_0001.jpg (IMG_0001_2)"}
+    assert [layers.photo_of_group(g) for g in groups.values()] == ["IMG_0001.jpg", "IMG_0001.jpg"]
+    names = {stem: {n.layer().name() for n in g.findLayers()} for stem, g in groups.items()}
+    assert not names["IMG_0001"] & names["IMG_0001_2"], names
+    for stem, group in groups.items():
+        assert_result_group(group)
+        density = by_role(group)[layers.DENSITY_NAME].layer()
+        assert density.name() == f"{stem}: probability" and Path(density.source()).stem == stem
+    pages = {stem: write_case_report(g) for stem, g in groups.items()}
+    out = Path(plugin_settings.output_folder)
+    assert pages == {"IMG_0001": out / "IMG_0001.html", "IMG_0001_2": out / "IMG_0001_2.html"}
+    assert all("IMG_0001.jpg" in page.read_text(encoding="utf-8") for page in pages.values())
 
 
 def test_map_tip_shows_thumbnail_localizability_and_best_guess(plugin, plugin_settings, photos, wait_for_task):
