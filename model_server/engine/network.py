@@ -183,6 +183,17 @@ class Bf16Velocity:
 
 
 @functools.cache
+def native_cpu_bf16() -> bool:
+    """Whether this CPU has bf16 dot products (AVX-512 BF16 or AMX) and oneDNN uses them. Elsewhere oneDNN emulates
+    bf16 or refuses it, and torch's fallback runs the sampler about 2x slower than fp32 (docs/benchmarks.md)."""
+    try:
+        units = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:  # a torch without these probes: trust oneDNN alone
+        units = True
+    return bool(units) and _onednn_bf16()
+
+
+@functools.cache
 def _onednn_bf16() -> bool:
     """Whether oneDNN runs bf16 matmuls with a GELU epilogue here (CPUs without bf16 support may refuse)."""
     if not torch.backends.mkldnn.is_available():

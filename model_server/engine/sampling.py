@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from .network import GeoAdaLNMLP, bf16_velocity
+from .network import GeoAdaLNMLP, bf16_velocity, native_cpu_bf16
 from .runtime import configure_cpu_math
 from .solvers import get_solver, guided_velocity
 from .sphere import normalize, uniform_sphere
@@ -19,9 +19,11 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def supported_precision(precision: str, device: str | torch.device) -> str:
-    """`precision`, or fp32 where bf16 autocast is not native: GPUs without bf16 units and Apple's MPS."""
+    """`precision`, or fp32 where bf16 is not native, so slower than fp32: CPUs without bf16 dot products (most
+    laptops': AVX2 only), GPUs without bf16 units and Apple's MPS."""
     kind = torch.device(device).type
-    if precision == "bf16" and (kind == "mps" or (kind == "cuda" and not torch.cuda.is_bf16_supported())):
+    if precision == "bf16" and (kind == "mps" or (kind == "cuda" and not torch.cuda.is_bf16_supported())
+                                or (kind == "cpu" and not native_cpu_bf16())):
         return "fp32"
     return precision
 
