@@ -4,7 +4,7 @@ The roofline is the fastest bf16 matmul of the same run: 2048 x 2048 x 2048 prod
 threads), or one 1024 x 2048 x 2048 product per core at once on the row workers, whichever is faster; they are
 timed in the same rounds as the sampler, since the speed of a shared machine changes from second to second.
 The sampler's FLOPs are counted from the network's matmuls (flop_count). Variants, timed round robin
-(best of --repeats): bf16 by autocast over the fp32 module (the engine's bf16 path before network.Bf16Velocity),
+(best of --repeats): bf16 by autocast over the fp32 module (the engine's bf16 path before network.FastVelocity),
 the engine's bf16 and fp32 samplers, and with --reference the authors' sampler.
 Run: .venv/server/bin/python benchmarks/bench_roofline.py [--steps 32] [--cfg 0] [--reference] [--record PATH]
 """
@@ -104,9 +104,9 @@ def main() -> None:
 
     variants = {
         "bf16, autocast (before)": autocast_bf16,
-        "bf16, Bf16Velocity (after)": lambda: sample(flow, emb, args.n, steps=args.steps, x0=x0, cfg=args.cfg,
+        "bf16, FastVelocity (after)": lambda: sample(flow, emb, args.n, steps=args.steps, x0=x0, cfg=args.cfg,
                                                       precision="bf16"),
-        "fp32 (the reference path)": lambda: sample(flow, emb, args.n, steps=args.steps, x0=x0, cfg=args.cfg),
+        "fp32, FastVelocity": lambda: sample(flow, emb, args.n, steps=args.steps, x0=x0, cfg=args.cfg),
     }
     if args.reference:
         run = authors_sampler(flow)

@@ -62,6 +62,12 @@ BENCHMARKS = {
         "`benchmarks/bench_stages.py`: one photo through a real `geoplonk serve`; the server's stage timings "
         "(medians) and the client's round trip, for each sampler precision and guidance asked for.",
     ),
+    "bench_cpu_precision": (
+        "Precision by CPU",
+        "`benchmarks/bench_cpu_precision.py`: one photo's distribution draws on the default model through the "
+        "module's forward() in fp32, the server's fp32 evaluator and its bf16 one, on this CPU and limited to "
+        "AVX2 as most laptops are; which precision the server runs for a \"bf16\" request on each.",
+    ),
     "bench_engine": (
         "Sampling at the published model size",
         "`benchmarks/bench_engine.py`: 1,024 samples x 32 Euler steps with random weights at the published "

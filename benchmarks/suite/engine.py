@@ -174,8 +174,8 @@ def accuracy_vs_cost(flow, emb, x0, *, n, device, repeats, accuracy_samples, con
     solver the engine has, `converged_steps` steps; the same at half the steps gives its error bar), for every
     solver of engine.solvers.SOLVERS at each step count in `steps` and the (solver, steps) pairs of `extra` and
     `default`, at `precision`, each timed on all n start points (median of `repeats`; one warm-up first).
-    Network evaluations are counted by a forward hook on cond_mapper, which every evaluation calls once (fp32
-    through forward(), bf16 through network.Bf16Velocity, the guided pair in one call). The reference's Euler at
+    Network evaluations are counted by a forward hook on cond_mapper, which every evaluation calls once (both
+    precisions through network.FastVelocity, the guided pair in one call). The reference's Euler at
     `reference_steps`: endpoints from its own code (at cfg < 0, which it does not guide, from our fp32 Euler on its
     path); its time measured at the first at |cfg| (or taken from reference_seconds), scaled linearly for the rest.
     """

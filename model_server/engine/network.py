@@ -113,25 +113,28 @@ class GeoAdaLNMLP(nn.Module):
         return self.final_linear((1 + scale) * self.final_ln(h) + shift)
 
 
-class Bf16Velocity:
-    """Inference-only bf16 evaluation of a GeoAdaLNMLP, callable like its forward().
+class FastVelocity:
+    """Inference-only evaluation of a GeoAdaLNMLP with its MLPs' matmuls in `dtype` (bf16, or fp32), callable like
+    its forward(); the sampler's network at both precisions.
 
     Autocast would convert every fp32 weight to bf16 on every call and round the activations in extra
     passes. Here the MLP weights are converted once; the modulations of all blocks come from one fp32
     matmul per call (they depend on the image and gamma only); the residual stream stays fp32; GELU runs
     as the first matmul's epilogue. On a CPU, chunks of the sample rows go to row workers (see
-    runtime.RowWorkers); rows never interact, and a row's result does not depend on its chunk.
+    runtime.RowWorkers); rows never interact, and a row's result does not depend on its chunk. In fp32 it
+    differs from forward() by float rounding only, and is no slower on CPUs, faster on a busy one (docs/benchmarks.md,
+    "Precision by CPU").
     """
 
     MIN_ROWS = 128  # per worker: thinner matmuls are not worth a thread
 
-    def __init__(self, net: GeoAdaLNMLP):
+    def __init__(self, net: GeoAdaLNMLP, dtype: torch.dtype = torch.bfloat16):
         # the layers, not the module: the cache below must not keep the module alive
         self.cond_mapper, self.time_embedder = net.cond_mapper, net.time_embedder
         self.initial_mapper, self.final_linear = net.initial_mapper, net.final_linear
-        self.dim = net.config.dim
+        self.dim, self.dtype = net.config.dim, dtype
         self.mlps = [
-            tuple(t.detach().to(torch.bfloat16).contiguous()
+            tuple(t.detach().to(dtype).contiguous()
                   for t in (b.mlp[0].weight, b.mlp[0].bias, b.mlp[3].weight, b.mlp[3].bias))
             for b in net.blocks
         ]
@@ -142,7 +145,7 @@ class Bf16Velocity:
             bias[3 * i * self.dim : (3 * i + 1) * self.dim] += 1
         self.ada_bias = bias
         self.on_cpu = self.ada_weight.device.type == "cpu"
-        self.fused = self.on_cpu and _onednn_bf16()
+        self.fused = self.on_cpu and _onednn_fused(dtype)
 
     def modulations(self, g: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """Every block's (1 + scale, shift, gate) and the head's (1 + scale, shift), concatenated: (..., 1, M)."""
@@ -156,11 +159,11 @@ class Bf16Velocity:
         h = self.initial_mapper(x)
         shape = h.shape
         one_image = mods.shape[:-1].numel() == 1  # then LayerNorm applies the modulation itself, in one pass
-        z = None if one_image else torch.empty(shape, dtype=torch.bfloat16, device=h.device)
+        z = None if one_image else torch.empty(shape, dtype=self.dtype, device=h.device)
         for i, mlp in enumerate(self.mlps):
             scale, shift, gate = mods[..., 3 * i * dim : 3 * (i + 1) * dim].split(dim, dim=-1)
             if one_image:
-                z = F.layer_norm(h, (dim,), scale.reshape(dim), shift.reshape(dim)).to(torch.bfloat16)
+                z = F.layer_norm(h, (dim,), scale.reshape(dim), shift.reshape(dim)).to(self.dtype)
             else:
                 torch.addcmul(shift, F.layer_norm(h, (dim,)), scale, out=z)
             h.addcmul_(self._mlp(z.reshape(-1, dim), *mlp).reshape(shape), gate)
@@ -185,28 +188,28 @@ class Bf16Velocity:
 @functools.cache
 def native_cpu_bf16() -> bool:
     """Whether this CPU has bf16 dot products (AVX-512 BF16 or AMX) and oneDNN uses them. Elsewhere oneDNN emulates
-    bf16 or refuses it, and torch's fallback runs the sampler about 2x slower than fp32 (docs/benchmarks.md)."""
+    bf16 or refuses it, and torch's fallback runs the sampler several times slower than fp32 (docs/benchmarks.md)."""
     try:
         units = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     except AttributeError:  # a torch without these probes: trust oneDNN alone
         units = True
-    return bool(units) and _onednn_bf16()
+    return bool(units) and _onednn_fused(torch.bfloat16)
 
 
 @functools.cache
-def _onednn_bf16() -> bool:
-    """Whether oneDNN runs bf16 matmuls with a GELU epilogue here (CPUs without bf16 support may refuse)."""
+def _onednn_fused(dtype: torch.dtype) -> bool:
+    """Whether oneDNN runs `dtype` matmuls with a GELU epilogue here (CPUs without bf16 support refuse bf16)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        w = torch.ones(4, 4, dtype=torch.bfloat16)
+        w = torch.ones(4, 4, dtype=dtype)
         torch.ops.mkldnn._linear_pointwise(w, w, w[0], "gelu", [], "none")
     except (RuntimeError, AttributeError):
         return False
     return True
 
 
-_BF16_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FAST_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _version(p: torch.Tensor) -> int:
@@ -216,11 +219,12 @@ def _version(p: torch.Tensor) -> int:
         return -1
 
 
-def bf16_velocity(net: GeoAdaLNMLP) -> Bf16Velocity:
-    """The net's Bf16Velocity, converted once and reused until a parameter changes (in place or replaced)."""
+def fast_velocity(net: GeoAdaLNMLP, dtype: torch.dtype = torch.bfloat16) -> FastVelocity:
+    """The net's FastVelocity in `dtype`, converted once and reused until a parameter changes (in place or
+    replaced)."""
     key = tuple((p.data_ptr(), _version(p), p.device, p.dtype) for p in net.parameters())
-    cached = _BF16_CACHE.get(net)
+    per_dtype = _FAST_CACHE.setdefault(net, {})
+    cached = per_dtype.get(dtype)
     if cached is None or cached[0] != key:
-        cached = (key, Bf16Velocity(net))
-        _BF16_CACHE[net] = cached
+        cached = per_dtype[dtype] = (key, FastVelocity(net, dtype))
     return cached[1]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from .network import GeoAdaLNMLP, bf16_velocity, native_cpu_bf16
+from .network import GeoAdaLNMLP, fast_velocity, native_cpu_bf16
 from .runtime import configure_cpu_math
 from .solvers import get_solver, guided_velocity
 from .sphere import normalize, uniform_sphere
@@ -65,10 +65,10 @@ def start_points(n: int, seed: int) -> torch.Tensor:
 
 
 def network_for(flow: GeoAdaLNMLP, precision: str) -> Callable[..., torch.Tensor]:
-    """The flow itself in fp32 (the reference path), its cached bf16 evaluator in bf16; the points stay fp32."""
+    """The flow's cached fast evaluator with its matmuls in `precision`; the points stay fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return flow if precision == "fp32" else bf16_velocity(flow)
+    return fast_velocity(flow, torch.float32 if precision == "fp32" else torch.bfloat16)
 
 
 @torch.inference_mode()

@@ -1,12 +1,12 @@
-"""The bf16 evaluator the sampler runs: close to the fp32 network, cached until the weights change, and a
-sample's rows independent of how they are split among the row workers."""
+"""The evaluator the sampler runs, in bf16 and fp32: close to the network (fp32: to float rounding), cached until
+the weights change, and a sample's rows independent of how they are split among the row workers."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model_server.engine.network import FlowConfig, GeoAdaLNMLP, bf16_velocity
+from model_server.engine.network import FlowConfig, GeoAdaLNMLP, fast_velocity
 from model_server.engine.runtime import row_workers
 from model_server.engine.sampling import sample
 from model_server.engine.sphere import geodesic_distance, uniform_sphere
@@ -28,7 +28,7 @@ def test_bf16_velocity_is_close_to_the_fp32_network(net, images):
     gen = torch.Generator().manual_seed(1)
     x = uniform_sphere(images * 40, generator=gen).reshape(images, 40, 3)
     emb = torch.randn(images, 1, CONFIG.cond_dim, generator=gen)
-    fast = bf16_velocity(net)
+    fast = fast_velocity(net)
     with torch.inference_mode():
         for g in (1e-9, 0.3, 1.0):
             exact = net(x, torch.tensor(g), emb)
@@ -38,9 +38,24 @@ def test_bf16_velocity_is_close_to_the_fp32_network(net, images):
         assert layer.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("images", [1, 3])
+def test_fp32_velocity_is_the_network_to_float_rounding(net, images):
+    """The fp32 sampler runs this evaluator, not forward(): it must stay the reference's field (test_oracle checks
+    the endpoints against the authors' code)."""
+    gen = torch.Generator().manual_seed(4)
+    x = uniform_sphere(images * 300, generator=gen).reshape(images, 300, 3)  # 300 rows: split among row workers
+    emb = torch.randn(images, 1, CONFIG.cond_dim, generator=gen)
+    fast = fast_velocity(net, torch.float32)
+    assert fast is not fast_velocity(net) and fast_velocity(net, torch.float32) is fast
+    with torch.inference_mode():
+        for g in (1e-9, 0.3, 1.0):
+            exact = net(x, torch.tensor(g), emb)
+            assert (fast(x, torch.tensor(g), emb) - exact).abs().max() < 1e-5 * exact.abs().max(), g
+
+
 def test_bf16_weights_are_converted_once_and_follow_changes(net):
-    fast = bf16_velocity(net)
-    assert bf16_velocity(net) is fast
+    fast = fast_velocity(net)
+    assert fast_velocity(net) is fast
     x = uniform_sphere(30, generator=torch.Generator().manual_seed(2)).unsqueeze(0)
     emb = torch.randn(1, 1, CONFIG.cond_dim)
     with torch.inference_mode():
@@ -48,11 +63,11 @@ def test_bf16_weights_are_converted_once_and_follow_changes(net):
     changed = GeoAdaLNMLP(CONFIG)
     randomise(changed, 1)
     net.load_state_dict(changed.state_dict())  # in place: the parameters' version counters move
-    again = bf16_velocity(net)
+    again = fast_velocity(net)
     with torch.inference_mode():
         after = again(x, torch.tensor(0.5), emb)
         assert again is not fast and not torch.allclose(before, after)
-        assert torch.allclose(after, bf16_velocity(changed)(x, torch.tensor(0.5), emb))
+        assert torch.allclose(after, fast_velocity(changed)(x, torch.tensor(0.5), emb))
 
 
 def test_the_cache_does_not_keep_a_model_alive():
@@ -60,7 +75,7 @@ def test_the_cache_does_not_keep_a_model_alive():
     import weakref
 
     net = GeoAdaLNMLP(CONFIG)
-    bf16_velocity(net)
+    fast_velocity(net)
     ref = weakref.ref(net)
     del net
     gc.collect()
