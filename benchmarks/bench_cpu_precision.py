@@ -36,9 +36,11 @@ def measure(repeats: int) -> dict:
     from geoplonk_service import protocol as P
     from model_server.engine.model import load_model
     from model_server.engine.network import fast_velocity
+    from model_server.engine.runtime import configure_cpu_math
     from model_server.engine.sampling import start_points, supported_precision
     from model_server.engine.solvers import get_solver, guided_velocity
 
+    configure_cpu_math()  # as sample() does: the main thread, where forward() runs, flushes denormals too
     model = load_model(None, device="cpu")
     flow, options = model.flow.eval(), P.DEFAULT_OPTIONS
     w = model.guidance.for_land_share(1.0)
@@ -100,8 +102,8 @@ def main() -> None:
                      device="cpu",
                      conditions=f"{run['model']} at w = {run['w']:g}, {run['sampler']}, one photo; best of "
                                 f"{args.repeats}; AVX2 limits: " + " ".join(f"{k}={v}" for k, v in AVX2_ONLY.items()),
-                     notes=[f"{label}: a \"bf16\" request runs in {r['server_precision']}" for label, r in
-                            runs.items()])
+                     notes=[f"{label}: a \"bf16\" request runs in {r['server_precision']}; FastVelocity fp32's "
+                            f"endpoints within {r['fp32_gap']:.1e} of forward()'s" for label, r in runs.items()])
 
 
 if __name__ == "__main__":

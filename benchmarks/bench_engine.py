@@ -1,6 +1,6 @@
 """Engine speed on the published model size (dim 512, depth 12, cond 1024), random weights.
 
-Prints seconds per photo to draw 1024 samples with 32 Euler steps: ours (fp32, bf16 autocast)
+Prints seconds per photo to draw 1024 samples with 32 Euler steps: ours (fp32, bf16)
 against the authors' riemannian_flow_sampler in the same run, and log_density throughput.
 Run: .venv/server/bin/python benchmarks/bench_engine.py [--threads N] [--repeats R] [--record benchmarks/results/]
 """

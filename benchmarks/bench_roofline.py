@@ -105,7 +105,7 @@ def main() -> None:
     variants = {
         "bf16, autocast (before)": autocast_bf16,
         "bf16, FastVelocity (after)": lambda: sample(flow, emb, args.n, steps=args.steps, x0=x0, cfg=args.cfg,
-                                                      precision="bf16"),
+                                                    precision="bf16"),
         "fp32, FastVelocity": lambda: sample(flow, emb, args.n, steps=args.steps, x0=x0, cfg=args.cfg),
     }
     if args.reference:

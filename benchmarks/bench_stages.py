@@ -3,7 +3,7 @@
 Without --model it builds a random flow of the default model's size (dim 256, depth 6, on
 EfficientNet-Lite0 features) in a temporary folder: the timings do not depend on the weights.
 Sends the photo once to warm up, then --repeat times, and prints the server's stage timings, for each
-sampler precision (bf16 autocast, the default, against the reference fp32) and each distribution guidance
+sampler precision (bf16, the default, against fp32) and each distribution guidance
 (--cfg model,0: the model's calibrated w, which costs a second network pass per step, against none).
 
   .venv/server/bin/python benchmarks/bench_stages.py [--model DIR] [--photo JPG] [--samples 1024] ...

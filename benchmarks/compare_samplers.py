@@ -1,7 +1,7 @@
-"""What a sampler does to the products, on held-out tiles: the best guess and the drawn map's coverage.
+"""What a sampler does to the products, on the tuning tiles: the best guess and the drawn map's coverage.
 
 Endpoint accuracy against cost is part 3 of `make bench` (benchmarks/bench_solvers.py). This measures what an
-analyst sees instead, on the default model and the held-out tiles (build/earth-tiles, `make default-model`):
+analyst sees instead, on the default model and the tuning tiles (build/earth-tiles, `make default-model`):
   guess  the best guess from protocol.GUESS_SAMPLES draws at guidance protocol.GUESS_CFG, per sampler: its
          distance to the truth (share within 750 / 2500 km, median, GeoScore), and how far it moves from the
          first sampler's guess

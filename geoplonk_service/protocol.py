@@ -174,7 +174,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "samples": SAMPLES.default,
     "steps": STEPS.default,
     "solver": DEFAULT_SOLVER,
-    "precision": PRECISIONS[0],  # the sampler's matmuls: bf16 autocast (several times faster on CPUs) or fp32
+    "precision": PRECISIONS[0],  # the sampler's matmuls: bf16 where the device has bf16 units (else fp32), or fp32
     "cfg": CFG.default,
     "resolution": RESOLUTION.default,
     "levels": [0.5, 0.9, 0.99],  # credible region levels

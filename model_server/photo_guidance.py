@@ -18,8 +18,9 @@ def guess_draws(flow, emb: torch.Tensor, *, x0: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, precision: str = P.DEFAULT_OPTIONS["precision"],
                 on_step=None) -> torch.Tensor:
     """The best guess's draws (E, m, 3): the server's guess sampler at its guidance, from x0 (m, 3) or
-    GUESS_SAMPLES fresh points."""
+    GUESS_SAMPLES fresh points, in `precision` where the device runs it natively (as the server draws them)."""
     samples = P.GUESS_SAMPLES if x0 is None else x0.shape[-2]
+    precision = supported_precision(precision, next(flow.parameters()).device)
     return sample(flow, emb, samples, steps=P.GUESS_STEPS, solver=P.GUESS_SOLVER, cfg=P.GUESS_CFG, x0=x0,
                   generator=generator, on_step=on_step, precision=precision)
 

@@ -20,12 +20,17 @@ PRECISIONS = ("fp32", "bf16")
 
 def supported_precision(precision: str, device: str | torch.device) -> str:
     """`precision`, or fp32 where bf16 is not native, so slower than fp32: CPUs without bf16 dot products (most
-    laptops': AVX2 only), GPUs without bf16 units and Apple's MPS."""
-    kind = torch.device(device).type
-    if precision == "bf16" and (kind == "mps" or (kind == "cuda" and not torch.cuda.is_bf16_supported())
-                                or (kind == "cpu" and not native_cpu_bf16())):
-        return "fp32"
-    return precision
+    laptops': AVX2 only), GPUs without bf16 units (which torch would emulate) and Apple's MPS."""
+    return "fp32" if precision == "bf16" and not _native_bf16(torch.device(device)) else precision
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return native_cpu_bf16()
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+    return False  # Apple's MPS: autocast to bf16 depends on the build
 
 
 def as_embeddings(emb: torch.Tensor, cond_dim: int) -> torch.Tensor:

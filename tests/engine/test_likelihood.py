@@ -345,8 +345,9 @@ def test_knn_density_of_uniform_points_is_uniform_on_average():
 def test_mean_log_density_is_close_to_the_mean_over_every_draw():
     """The stratified control-variate estimate from 64 exact draws against the exact mean over all 1024.
 
-    An estimate: one image's error is random (its 64 draws are chosen by the draws' own bits), up to about
-    0.15 nats here, so the test holds the error over 6 images to account, not one image's."""
+    An estimate: one image's error is random (its 64 draws are chosen by the draws' own bits, so any change in the
+    sampler's rounding picks others), up to about 0.15 nats here: the test bounds each image's error loosely and
+    the root mean square over 6 images tightly."""
     net = field(gain=0.7)
     emb = torch.randn(6, 8, generator=torch.Generator().manual_seed(5))
     draws = sample(net, emb, 1024, steps=32, generator=torch.Generator().manual_seed(6))
@@ -355,6 +356,7 @@ def test_mean_log_density_is_close_to_the_mean_over_every_draw():
     estimate = mean_log_density(net, emb, draws, exact=64, method="rk4", steps=4)
     print("full", full.tolist(), "estimate", estimate.tolist(), "first 64 alone", plain.tolist())
     rms, plain_rms = (d.square().mean().sqrt().item() for d in (estimate - full, plain - full))
+    assert (estimate - full).abs().max() < 0.25, estimate - full
     assert rms < 0.1, rms  # nats: 0.01 of localizability
     assert rms < plain_rms / 2, (rms, plain_rms)
     few = draws[:, :40]
