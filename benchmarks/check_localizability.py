@@ -80,14 +80,12 @@ def main() -> None:
     if args.divergence:
         pipeline.LOCALIZABILITY_DIVERGENCE = args.divergence
 
-    from model_server.engine.datasets import embed_dataset, read_dataset
+    from model_server.engine.datasets import embed_rows
     from model_server.engine.model import load_model
 
     model = load_model(args.model, device="cpu")
     start, stop = (int(v) for v in args.tiles.split(":"))
-    photos = read_dataset(args.data, progress=False)
-    photos = photos.subset(np.arange(start, min(stop, len(photos))))
-    emb, photos = embed_dataset(photos, model.encoder, cache_path=args.cache, progress=False)
+    emb, _ = embed_rows(args.data, slice(start, stop), model.encoder, args.cache)
     exact_kw = {"method": "dopri5"} if args.exact == "dopri5" else {"method": "rk4", "steps": int(args.exact[4:])}
     options = P.DEFAULT_OPTIONS
     precision = supported_precision(options["precision"], model.device)

@@ -39,14 +39,12 @@ from model_server.geodesy import latlon_distance_km, xyz_to_degrees  # noqa: E40
 WORK = ROOT / "build" / "earth-tiles"
 
 
-def held_out(model, tiles: slice) -> tuple[torch.Tensor, np.ndarray]:
-    """Embeddings (E, cond) and truths (E, 2) degrees of the held-out tiles `tiles`; the cache is filled for tiles
+def tuning_tiles(model, tiles: slice) -> tuple[torch.Tensor, np.ndarray]:
+    """Embeddings (E, cond) and truths (E, 2) degrees of the tuning tiles `tiles`; the cache is filled for tiles
     it lacks."""
-    from model_server.engine.datasets import embed_dataset, read_dataset
+    from model_server.engine.datasets import embed_rows
 
-    photos = read_dataset(WORK / "test.csv", progress=False)
-    photos = photos.subset(np.arange(len(photos))[tiles])
-    emb, photos = embed_dataset(photos, model.encoder, cache_path=WORK / "emb-test-rot4.npz", progress=False)
+    emb, photos = embed_rows(WORK / "test.csv", tiles, model.encoder, WORK / "emb-test-rot4.npz")
     return emb.float(), photos.latlon
 
 
@@ -103,8 +101,8 @@ def main() -> None:
     samplers = [(s, int(k)) for s, k in (item.split(":") for item in args.samplers.split(","))]
     model = load_model(device="cpu")
     flow = model.flow.eval()
-    emb, truth = held_out(model, slice(start, stop))
-    print(f"{args.part}: default model, held-out tiles {start}-{stop - 1} ({len(emb)})", flush=True)
+    emb, truth = tuning_tiles(model, slice(start, stop))
+    print(f"{args.part}: default model, tuning tiles {start}-{stop - 1} ({len(emb)})", flush=True)
     if args.part == "guess":
         rows = compare_guesses(flow, emb, truth, samplers)
     else:

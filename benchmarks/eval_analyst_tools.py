@@ -41,12 +41,9 @@ TILES = ROOT / "build" / "earth-tiles"
 def held_out_tiles(model, data: Path, limit: int) -> tuple[torch.Tensor, np.ndarray]:
     """Embeddings and (lat, lon) of the first `limit` tiles of `data`; its cache (emb-<split>-rot4.npz beside it)
     is filled for tiles it lacks."""
-    from model_server.engine.datasets import embed_dataset, read_dataset
+    from model_server.engine.datasets import embed_rows
 
-    photos = read_dataset(data, progress=False)
-    photos = photos.subset(np.arange(min(limit, len(photos))))
-    cache = data.with_name(f"emb-{data.stem}-rot4.npz")
-    emb, photos = embed_dataset(photos, model.encoder, cache_path=cache, progress=False)
+    emb, photos = embed_rows(data, slice(limit), model.encoder, data.with_name(f"emb-{data.stem}-rot4.npz"))
     return emb.float(), photos.latlon
 
 
@@ -103,7 +100,7 @@ def main() -> int:
                  "samples": args.samples, "resolution": args.resolution}
     t = time.perf_counter()
     if args.claims:
-        emb, truth = held_out_tiles(model, args.data, args.claims)
+        emb, truth = held_out_tiles(model, data, args.claims)
         maps = draw_maps(model.flow, emb, cfg=cfg, samples=args.samples, resolution=args.resolution, seed=args.seed)
         false = truth[derangement(len(truth), np.random.default_rng(args.seed))]
         levels = np.array([claim_levels(pmap, [tuple(truth[i]), tuple(false[i])]) for i, (pmap, _) in

@@ -210,6 +210,15 @@ def embed_dataset(
     return torch.from_numpy(emb), dataset.subset(keep)
 
 
+def embed_rows(
+    path: str | os.PathLike, rows: slice, encoder, cache_path: str | os.PathLike
+) -> tuple[torch.Tensor, GeoDataset]:
+    """embed_dataset on the rows `rows` of a dataset file or folder, quietly: the research scripts' tiles."""
+    photos = read_dataset(path, progress=False)
+    photos = photos.subset(np.arange(len(photos))[rows])
+    return embed_dataset(photos, encoder, cache_path=cache_path, progress=False)
+
+
 def targets_xyz(latlon_deg: np.ndarray) -> torch.Tensor:
     """(N, 2) degrees -> (N, 3) float32 unit vectors (the engine's convention)."""
     from .sphere import degrees_to_xyz
