@@ -15,6 +15,8 @@ the field's spectrum in gamma matches the trained default model's).
 Run: .venv/server/bin/python benchmarks/bench_solvers.py [--models default,plonk-smooth,plonk-raw]
          [--cache build/earth-tiles/emb-test-rot4.npz] [--record benchmarks/results/]
      rk3's grid weight: ... --cache none --photos 7 --candidates rk3:5,rk3:6,rk3:7 --grid-weights 0.5,0.6,0.7,0.8
+     the unguided field held or not: ... --models default --only-candidates --candidates rk3:6,rk3:6:full
+A candidate SOLVER:STEPS:full evaluates the unguided field at every stage (sampling.sample's hold_unguided).
 The measurement is importable: solver_accuracy_table(...), and accuracy_vs_cost(...) for benchmarks/bench_all.py.
 """
 
@@ -121,7 +123,8 @@ def solver_accuracy_table(
     reference_seconds: dict | None = None,
     log=print,
 ) -> dict:
-    """Endpoint error against time, per (solver, steps, precision) in `cases` and the reference's Euler.
+    """Endpoint error against time, per (solver, steps, precision[, hold_unguided]) in `cases` and the
+    reference's Euler.
 
     emb (P, cond_dim): the photos; x0 (n, 3): every photo's start points (the server's are shared likewise).
     Errors: the first `accuracy_samples` endpoints of every photo against fp32 rk4 at `converged_steps` from the
@@ -156,12 +159,15 @@ def solver_accuracy_table(
             source = "our fp32 Euler (the reference's path)"
         rows.append({"solver": "euler", "steps": k, "precision": "fp32", "evals": k, "reference": True,
                      "label": f"reference euler {k} fp32", "ends": ends, "note": f"endpoints by {source}"})
-    for solver, k, precision in cases:
-        ends = sample(flow, emb, m, steps=k, solver=solver, x0=start, cfg=cfg, precision=precision)
+    for solver, k, precision, *held in cases:
+        hold = held[0] if held else True
+        ends = sample(flow, emb, m, steps=k, solver=solver, x0=start, cfg=cfg, precision=precision,
+                      hold_unguided=hold)
         rows.append({"solver": solver, "steps": k, "precision": precision, "evals": k * EVALUATIONS[solver],
-                     "label": f"{solver} {k} {precision}", "reference": False, "ends": ends})
-        funcs[len(rows) - 1] = (lambda solver=solver, k=k, precision=precision: sample(
-            flow, emb[:1], n, steps=k, solver=solver, x0=x0, cfg=cfg, precision=precision))
+                     "label": f"{solver} {k} {precision}" + ("" if hold else " full"), "reference": False,
+                     "ends": ends, **({} if hold else {"hold_unguided": False})})
+        funcs[len(rows) - 1] = (lambda solver=solver, k=k, precision=precision, hold=hold: sample(
+            flow, emb[:1], n, steps=k, solver=solver, x0=x0, cfg=cfg, precision=precision, hold_unguided=hold))
 
     measured = dict(reference_seconds or {})
     first = reference_steps[0]
@@ -283,16 +289,20 @@ def main() -> None:
                         "(default: the server's default)")
     parser.add_argument("--grid-weights", default=None, help="W,W,...: instead of the table, rk3's endpoint error "
                         "per grid weight at the --candidates' rk3 step counts")
+    parser.add_argument("--only-candidates", action="store_true", help="time and score the --candidates and the "
+                        "reference only, not the other solvers")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--record", metavar="PATH", help="also write the figures as JSON (a file, or a folder)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from geoplonk_service import protocol as P
 
-    candidates = [(text.split(":")[0], int(text.split(":")[1])) for text in
-                  (args.candidates or f"{P.DEFAULT_OPTIONS['solver']}:{P.STEPS.default}").split(",")]
-    cases = list(CASES)
-    cases += [(*pair, "bf16") for pair in candidates if (*pair, "bf16") not in cases]
+    specs = [text.split(":") for text in
+             (args.candidates or f"{P.DEFAULT_OPTIONS['solver']}:{P.STEPS.default}").split(",")]
+    candidates = [(spec[0], int(spec[1])) for spec in specs if spec[2:] != ["full"]]
+    cases = [] if args.only_candidates else list(CASES)
+    cases += [(spec[0], int(spec[1]), "bf16", spec[2:] != ["full"]) for spec in specs
+              if (spec[0], int(spec[1]), "bf16") not in cases]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.n} samples per photo timed, "
           f"{args.accuracy_samples} scored, converged: rk4 {args.converged_steps} steps fp32")
     figures, notes = [], []

@@ -16,7 +16,7 @@ import torch
 
 from geoplonk_service import protocol as P
 
-from ..engine.sampling import sample
+from ..engine.sampling import sample, supported_precision
 from ..photo_guidance import rows_by_cfg
 from ..products.density import kde_raster
 from ..products.grid import Grid
@@ -81,16 +81,18 @@ def score_maps(
     seed: int = 0,
     chunk: int = 20,
     on_step: Callable[[int], None] | None = None,
+    hold_unguided: bool = True,
 ) -> MapScores:
     """Draw each photo's map as the server would (`samples` draws under guidance cfg, one w or each photo's
     (E,), a kernel density raster of `resolution` degrees, its credible regions) and look up its truth (lat,
     lon in degrees, (E,) each).
 
     The draws come from seed + 1 (other draws than those the exact density is scored on, which start from
-    seed). on_step(done) after each chunk of photos.
+    seed). on_step(done) after each chunk of photos. hold_unguided: sampling.sample's.
     """
     grid = Grid.global_grid(resolution)
     levels = tuple(levels)
+    precision = supported_precision(precision, next(flow.parameters()).device)  # as the server draws
     gen = torch.Generator().manual_seed(seed + 1)
     cfgs = np.broadcast_to(np.asarray(cfg, dtype=np.float64), (len(emb),))
     logp, inside = np.zeros(len(emb)), np.zeros((len(emb), len(levels)), dtype=bool)
@@ -98,7 +100,7 @@ def score_maps(
         chunk_cfgs = cfgs[start : start + chunk]
         for w, rows in rows_by_cfg(chunk_cfgs, start):  # each w's photos in one draw
             points = sample(flow, emb[rows], samples, steps=steps, solver=solver, cfg=w, generator=gen,
-                            precision=precision).numpy()
+                            precision=precision, hold_unguided=hold_unguided).numpy()
             for i, x in zip(rows, points, strict=True):
                 scored = truth_on_map(x, lat[i], lon[i], grid, levels)
                 logp[i], inside[i] = scored.log_density, scored.inside
