@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     from model_server.engine.guidance import Guidance
     from model_server.engine.model import load_model
+    from model_server.engine.sampling import supported_precision
     from model_server.evaluation.evaluate import evaluate_model
     from model_server.evaluation.flow_scores import FlowScoring
     from model_server.evaluation.report import format_report, report_document
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     progress = not args.quiet
     model = load_model(args.model, device="cpu")
+    args.precision = supported_precision(args.precision, model.device)  # the record says which ran
     guidance = model.guidance if args.distribution_cfg is None else Guidance(args.distribution_cfg)
     # the record says which w ran: the calibrated rule's values unless --distribution-cfg set one
     args.distribution_cfg, args.land_cfg, args.land_share_threshold = guidance.cfg, guidance.land, guidance.threshold

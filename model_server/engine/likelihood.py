@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .network import GeoAdaLNMLP
 from .runtime import configure_cpu_math, row_workers
-from .sampling import as_embeddings, sample
+from .sampling import as_embeddings, sample, supported_precision
 from .schedule import gamma, gamma_derivative
 from .sphere import LOG_SPHERE_AREA, normalize
 
@@ -357,7 +357,9 @@ def truth_and_draws_log_density(
     likelihood_steps: int | None = 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(E,) log-density of each photo's true location and (E, n) of n of the model's own draws, all under
-    guidance cfg in one solve: what coverage and calibration compare (evaluation.metrics.coverage)."""
+    guidance cfg in one solve: what coverage and calibration compare (evaluation.metrics.coverage). The draws
+    take `precision` where the device runs it natively, as the server's do (sampling.supported_precision)."""
+    precision = supported_precision(precision, next(flow.parameters()).device)
     drawn = sample(flow, emb, n, steps=steps, solver=solver, cfg=cfg, generator=generator, precision=precision)
     points = torch.cat([torch.as_tensor(truth_xyz, dtype=torch.float32)[:, None], drawn], dim=1)
     lp = log_density(flow, emb, points, cfg=cfg, method=method, steps=likelihood_steps)

@@ -15,7 +15,7 @@ import torch
 
 from geoplonk_service import protocol as P
 
-from ..engine.sampling import sample, start_points
+from ..engine.sampling import sample, start_points, supported_precision
 from ..products.claims import Claim, check_claims
 from ..products.grid import Grid
 from ..products.joint import JOINT_ALPHA, JointAccumulator
@@ -37,10 +37,11 @@ def draw_maps(flow, emb: torch.Tensor, *, cfg: float, samples: int, resolution: 
     """Each photo's map and draws, as the server makes them (same start points for every photo)."""
     grid = Grid.global_grid(resolution)
     x0 = start_points(samples, seed)
+    precision = supported_precision("bf16", next(flow.parameters()).device)  # as the server draws
     out = []
     for start in range(0, len(emb), chunk):
         e = emb[start:start + chunk]
-        points = sample(flow, e, samples, steps=steps, cfg=cfg, x0=x0, precision="bf16").float().numpy()
+        points = sample(flow, e, samples, steps=steps, cfg=cfg, x0=x0, precision=precision).float().numpy()
         out.extend((sample_map(x, grid), x) for x in points)
         if on_step is not None:
             on_step(start + len(e))

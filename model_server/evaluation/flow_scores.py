@@ -14,7 +14,7 @@ from geoplonk_service import protocol as P
 
 from ..engine.guidance import Guidance
 from ..engine.likelihood import localizability, truth_and_draws_log_density
-from ..engine.sampling import sample
+from ..engine.sampling import sample, supported_precision
 from ..geodesy import degrees_to_xyz, latlon_distance_km, xyz_to_degrees
 from ..photo_guidance import photo_cfgs, rows_by_cfg
 from ..products.modes import best_guess
@@ -65,7 +65,8 @@ def evaluate_flow(
     coverage of its credible regions and the photo's localizability. on_step(done) after each chunk.
     """
     cfg, guess_samples, guidance = scoring.cfg, scoring.guess_samples, scoring.guidance
-    steps, precision, chunk = scoring.steps, scoring.precision, scoring.chunk
+    steps, chunk = scoring.steps, scoring.chunk
+    precision = supported_precision(scoring.precision, next(flow.parameters()).device)  # as the server draws
     likelihood_method = scoring.likelihood_method
     gen = torch.Generator().manual_seed(scoring.seed)
     truth_xyz = degrees_to_xyz(truth_deg)

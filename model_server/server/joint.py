@@ -68,6 +68,8 @@ def run_joint(model, device: str, state: JointState, names: list[str], options: 
 
 
 def _run_joint(model, device, state, names, options, emit, is_cancelled) -> None:
+    from ..engine.sampling import supported_precision
+
     def check() -> None:
         if is_cancelled():
             raise Cancelled
@@ -84,6 +86,7 @@ def _run_joint(model, device, state, names, options, emit, is_cancelled) -> None
     t = time.perf_counter()
     on_stage("joint")
     guidance = model.guidance
+    options = {**options, "precision": supported_precision(options["precision"], model.device)}  # as run_photo's
     if options.get("cfg") is None and not guidance.needs_land_share:  # else each photo's own w (run_photo)
         options = {**options, "cfg": guidance.cfg}
     pmap = state.accumulator.combined()

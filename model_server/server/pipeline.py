@@ -141,6 +141,7 @@ def _run(model, device, request_names, request_blobs, indices, options, emit, pe
     from ..engine.sampling import supported_precision
 
     precision = supported_precision(options["precision"], model.device)
+    options = {**options, "precision": precision}  # the summary says what ran, as the GeoTIFF tag does
     x0 = start_points(options["samples"], options["seed"])
     for i in indices:
         if cancel_rest():

@@ -100,7 +100,7 @@ def test_the_distribution_is_drawn_at_the_models_calibrated_guidance_unless_aske
 
 def test_bf16_sampling_draws_the_same_map_as_fp32(client):
     """The default bf16 sampler only rounds the network's matmuls: its map matches the fp32 one. The GeoTIFF says
-    which ran: fp32 for a bf16 request on a CPU without bf16 dot products."""
+    which ran, and so does the summary: fp32 for a bf16 request on a CPU without bf16 dot products."""
     from model_server.engine.sampling import supported_precision
 
     photo = [("plain.jpg", jpeg_bytes(3))]
@@ -109,6 +109,7 @@ def test_bf16_sampling_draws_the_same_map_as_fp32(client):
         (result,) = client.geolocate(photo, {**FAST, "precision": precision})
         raster, meta = read_geotiff(result.geotiff)
         assert meta["tags"]["precision"] == supported_precision(precision, "cpu")
+        assert result.summary["options"]["precision"] == meta["tags"]["precision"]
         maps[precision] = raster.astype(np.float64) / raster.sum(dtype=np.float64)
     total_variation = 0.5 * np.abs(maps["bf16"] - maps["fp32"]).sum()
     assert total_variation < 0.1, total_variation
