@@ -59,11 +59,16 @@ def roofline(b: Builder, raw: dict) -> None:
     roof = raw.get("roofline")
     if not roof:
         return
-    b.part("roofline", f"torch.mm of two {roof['size']} x {roof['size']} matrices on the device (2·n³ FLOPs), median "
-                       f"of {roof['repeats']} after a warm-up: what the matmul library reaches on this machine.")
+    ways = "the faster of two ways, " if roof.get("ways") else ""
+    b.part("roofline", f"torch.mm of two {roof['size']} x {roof['size']} matrices on the device (2·n³ FLOPs), {ways}"
+                       f"median of {roof['repeats']} after a warm-up: what the matmul library reaches on this machine."
+                       + (" The ways: all cores on one product (intra-op threads), and its rows split over one row "
+                          "worker per core, as the samplers run." if ways else ""))
     for name in ("fp32", "bf16"):
         if name in roof:
-            b.fig("roofline", f"roofline.{name}", f"{name} matmul", round(roof[name]), "GFLOP/s")
+            by_way = (roof.get("ways") or {}).get(name, {})
+            note = ", ".join(f"{way} {rate:,.0f}" for way, rate in by_way.items())
+            b.fig("roofline", f"roofline.{name}", f"{name} matmul", round(roof[name]), "GFLOP/s", note=note)
 
 
 def sampling(b: Builder, raw: dict) -> None:
