@@ -40,6 +40,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
+from geoplonk_service.client import JOINT_NAME
 from geoplonk_service.output_files import safe_stem
 
 from . import case_text
@@ -416,17 +417,20 @@ def add_result_group(
     `files` maps "geotiff"/"gpkg"/"json" to paths (PhotoResult.save's return value).
     Layers that are missing from the GeoPackage are skipped; invalid layers raise ValueError.
     A joint map's group is named for its photos ("Joint map: a.jpg + b.jpg · model"), whatever `name` says.
-    A photo whose files have another stem than its name gives is named by that stem too (`other_files_stem`).
+    A photo or joint map whose files have another stem than its name gives is named by that stem too
+    (`other_files_stem`): the second of one name, or the same photos' joint map made again.
     """
     project = project or QgsProject.instance()
     root = project.layerTreeRoot()
     joint = case_text.is_joint(summary)
     title = case_text.joint_title(summary) if joint else name
-    files_stem = "" if joint else other_files_stem(name, files)
+    files_stem = other_files_stem(JOINT_NAME if joint else name, files)
     group = root.insertGroup(0, group_name(title, summary, files_stem))
     group.setCustomProperty(GROUP_PROPERTY, str(files.get("json", "")))
     group.setCustomProperty(PHOTO_NAME_PROPERTY, title)
-    stem = "joint map" if joint else files_stem or Path(name).stem
+    stem = files_stem or Path(name).stem
+    if joint:
+        stem = f"joint map ({files_stem})" if files_stem else "joint map"
     tif, gpkg = str(files["geotiff"]), str(files["gpkg"])
 
     density = QgsRasterLayer(tif, f"{stem}: {DENSITY_NAME}", "gdal")

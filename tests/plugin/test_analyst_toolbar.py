@@ -187,6 +187,17 @@ def test_geolocate_as_one_place_adds_a_joint_group_named_for_the_photos(plugin, 
     page = (out / "joint.html").read_text(encoding="utf-8")
     assert "Joint map of several photos" in page and "Joint map: harbour.jpg + desert road.png" in page
 
+    # the same photos' joint map again: saved as joint_2.*, its group and layers told apart from the first's
+    assert run_action(plugin, plugin.analyst.action_joint, wait_for_task).ok == 2
+    second = plugin.last_joint_group
+    assert second is not joint
+    assert second.name() == "Joint map: harbour.jpg + desert road.png (joint_2) · earth-tiles"
+    assert layers.photo_of_group(second) == layers.photo_of_group(joint) == "Joint map: harbour.jpg + desert road.png"
+    assert by_role(second)[layers.DENSITY_NAME].layer().source() == str(out / "joint_2.tif")
+    first_names = {n.layer().name() for n in joint.findLayers()}
+    assert "joint map (joint_2): probability" in {n.layer().name() for n in second.findLayers()}
+    assert not first_names & {n.layer().name() for n in second.findLayers()}, first_names
+
 
 def test_a_country_of_qgis_world_map_is_simplified_to_fit_and_restricts_the_map(plugin, plugin_settings, photos,
                                                                                wait_for_task, qgis_iface):
