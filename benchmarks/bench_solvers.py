@@ -80,8 +80,9 @@ def random_plonk(smooth: bool, seed: int = 0) -> GeoAdaLNMLP:
 
 @torch.inference_mode()
 def converged_endpoints(flow: GeoAdaLNMLP, emb: torch.Tensor, x0: torch.Tensor, steps: int, cfg: float) -> torch.Tensor:
-    """fp32 rk4 endpoints (P, m, 3), as sample(..., solver="rk4") draws them, with the rows split over the row
-    workers: the fp32 sampler runs on intra-op threads, which a loaded machine slows several times."""
+    """fp32 rk4 endpoints (P, m, 3), as sample(..., solver="rk4", hold_unguided=False) draws them, with the rows
+    split over the row workers: the fp32 sampler runs on intra-op threads, which a loaded machine slows several
+    times."""
     count = max(1, min(torch.get_num_threads(), x0.shape[0] // 64))
     workers = row_workers(count)
 
@@ -202,8 +203,8 @@ def solver_accuracy_table(
 def verdict(rows: list[dict], solver: str, steps: int, precision: str = "bf16", base: int = 32) -> str | None:
     """Does (solver, steps) reach the reference `base`-step Euler's median and p99 in a tenth of its time?"""
     ref = next((r for r in rows if r.get("reference") and r["steps"] == base), None)
-    ours = next((r for r in rows if not r.get("reference") and (r["solver"], r["steps"], r["precision"])
-                 == (solver, steps, precision)), None)
+    ours = next((r for r in rows if not r.get("reference") and r.get("hold_unguided", True)
+                 and (r["solver"], r["steps"], r["precision"]) == (solver, steps, precision)), None)
     if ref is None or ours is None:
         return None
     met = ours["median_km"] <= ref["median_km"] and ours["p99_km"] <= ref["p99_km"] and ours["seconds"] <= ref[
@@ -285,7 +286,7 @@ def main() -> None:
     parser.add_argument("--accuracy-samples", type=int, default=256, help="samples per photo scored")
     parser.add_argument("--converged-steps", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds (best of)")
-    parser.add_argument("--candidates", default=None, help="SOLVER:STEPS,... judged against the target "
+    parser.add_argument("--candidates", default=None, help="SOLVER:STEPS[:full],... judged against the target "
                         "(default: the server's default)")
     parser.add_argument("--grid-weights", default=None, help="W,W,...: instead of the table, rk3's endpoint error "
                         "per grid weight at the --candidates' rk3 step counts")
@@ -299,10 +300,11 @@ def main() -> None:
 
     specs = [text.split(":") for text in
              (args.candidates or f"{P.DEFAULT_OPTIONS['solver']}:{P.STEPS.default}").split(",")]
-    candidates = [(spec[0], int(spec[1])) for spec in specs if spec[2:] != ["full"]]
-    cases = [] if args.only_candidates else list(CASES)
-    cases += [(spec[0], int(spec[1]), "bf16", spec[2:] != ["full"]) for spec in specs
-              if (spec[0], int(spec[1]), "bf16") not in cases]
+    if any(len(spec) not in (2, 3) or spec[2:] not in ([], ["full"]) for spec in specs):
+        raise SystemExit(f"--candidates: SOLVER:STEPS or SOLVER:STEPS:full, got {args.candidates!r}")
+    candidates = [(spec[0], int(spec[1])) for spec in specs if not spec[2:]]
+    cases = [] if args.only_candidates else [(*case, True) for case in CASES]
+    cases += [case for case in ((spec[0], int(spec[1]), "bf16", not spec[2:]) for spec in specs) if case not in cases]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.n} samples per photo timed, "
           f"{args.accuracy_samples} scored, converged: rk4 {args.converged_steps} steps fp32")
     figures, notes = [], []

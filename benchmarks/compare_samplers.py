@@ -55,6 +55,8 @@ def tiles_of(model, data: Path, tiles: slice) -> tuple[torch.Tensor, np.ndarray]
 def guided_cfgs(model, emb: torch.Tensor, chunk: int = 25) -> np.ndarray:
     """Each photo's w (E,) as the server chooses it: the model's calibration, by the land share of its guess draws
     from the server's start points."""
+    if not model.guidance.needs_land_share:
+        return np.full(len(emb), model.guidance.cfg)
     x0 = start_points(P.SAMPLES.default, P.SEED.default)[: P.GUESS_SAMPLES]
     return np.concatenate([photo_cfgs(model.guidance, guess_draws(model.flow, emb[i : i + chunk], x0=x0))[0]
                            for i in range(0, len(emb), chunk)])
@@ -116,8 +118,12 @@ def main() -> None:
     parser.add_argument("--record", metavar="PATH", help="also write the figures as JSON (a file, or a folder)")
     args = parser.parse_args()
     start, stop = (int(v) for v in args.tiles.split(":"))
-    samplers = [(spec[0], int(spec[1]), spec[2:] != ["full"]) for spec in
-                (item.split(":") for item in args.samplers.split(","))]
+    specs = [item.split(":") for item in args.samplers.split(",")]
+    if any(len(spec) not in (2, 3) or spec[2:] not in ([], ["full"]) for spec in specs):
+        raise SystemExit(f"--samplers: SOLVER:STEPS or SOLVER:STEPS:full, got {args.samplers!r}")
+    if args.part == "guess" and any(spec[2:] for spec in specs):
+        raise SystemExit("--samplers: the guess draws at guidance 2, where nothing is held; leave out ':full'")
+    samplers = [(spec[0], int(spec[1]), not spec[2:]) for spec in specs]
     model = load_model(device="cpu")
     flow = model.flow.eval()
     emb, truth = tiles_of(model, args.data, slice(start, stop))

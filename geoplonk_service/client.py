@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from . import protocol as P
-from .output_files import atomic_write, safe_stem
+from .output_files import JOINT_NAME, atomic_write, safe_stem
 from .photos import PhotoFileError, check_size, photo_size, read_photo
 
 # How often the geolocate loop wakes up to look at is_cancelled(), in seconds.
@@ -38,9 +38,6 @@ RETRIES = 2
 BUSY_FIRST_S = 0.25
 BUSY_MAX_S = 8.0
 BUSY_TIMEOUT_S = 600.0
-
-# The name (and file stem) of a joint request's combined map.
-JOINT_NAME = "joint"
 
 # A photo to geolocate: a file path, or (display name, file bytes).
 Photo = str | os.PathLike | tuple[str, bytes]

@@ -15,6 +15,10 @@ from pathlib import Path
 RESULT_EXTENSIONS = (".tif", ".gpkg", ".json")
 
 
+# The name (and file stem) of a joint request's combined map.
+JOINT_NAME = "joint"
+
+
 def safe_stem(name: str, index: int = 0) -> str:
     """A file-name-safe stem from a photo's name (its base name without extension)."""
     base = Path(str(name).replace("\\", "/")).stem or f"photo-{index}"

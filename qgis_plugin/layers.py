@@ -40,8 +40,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
-from geoplonk_service.client import JOINT_NAME
-from geoplonk_service.output_files import safe_stem
+from geoplonk_service.output_files import JOINT_NAME, safe_stem
 
 from . import case_text
 
@@ -428,9 +427,7 @@ def add_result_group(
     group = root.insertGroup(0, group_name(title, summary, files_stem))
     group.setCustomProperty(GROUP_PROPERTY, str(files.get("json", "")))
     group.setCustomProperty(PHOTO_NAME_PROPERTY, title)
-    stem = files_stem or Path(name).stem
-    if joint:
-        stem = f"joint map ({files_stem})" if files_stem else "joint map"
+    stem = (f"joint map ({files_stem})" if files_stem else "joint map") if joint else files_stem or Path(name).stem
     tif, gpkg = str(files["geotiff"]), str(files["gpkg"])
 
     density = QgsRasterLayer(tif, f"{stem}: {DENSITY_NAME}", "gdal")

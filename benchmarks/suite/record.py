@@ -59,7 +59,7 @@ def roofline(b: Builder, raw: dict) -> None:
     roof = raw.get("roofline")
     if not roof:
         return
-    ways = "the faster of two ways, " if roof.get("ways") else ""
+    ways = "the faster of two ways, " if any(len(v) > 1 for v in (roof.get("ways") or {}).values()) else ""
     b.part("roofline", f"torch.mm of two {roof['size']} x {roof['size']} matrices on the device (2·n³ FLOPs), {ways}"
                        f"median of {roof['repeats']} after a warm-up: what the matmul library reaches on this machine."
                        + (" The ways: all cores on one product (intra-op threads), and its rows split over one row "

@@ -119,7 +119,8 @@ def rk4_sphere(
 SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
     "euler": euler_sphere, "heun": heun_sphere, "midpoint": midpoint_sphere, "rk3": rk3_sphere, "rk4": rk4_sphere,
 }
-# Network evaluations per step, for cost comparisons.
+# Network evaluations per step, in the order each solver makes them: cost comparisons, and guided_velocity's
+# hold_unguided, which counts the calls to find each step's first stage.
 EVALUATIONS = {"euler": 1, "heun": 2, "midpoint": 2, "rk3": 3, "rk4": 4}
 
 
@@ -138,9 +139,11 @@ def guided_velocity(net: torch.nn.Module, emb: torch.Tensor, cfg: float, hold_un
 
     hold_unguided = k > 1 evaluates the unguided field at every k-th call only and holds it over the k - 1 calls
     after: with k a solver's evaluations per step, at each step's first stage. The guided field weighs it by
-    |w| (0.025-0.05 for the default model), so holding it moves the endpoints far less than the step error,
-    while a multi-stage step costs (k + 1) / 2k of the doubled batch's rows (docs/samplers.md).
+    |w|, so at a small |w| and few steps holding it moves the endpoints less than the step error (the held term
+    is first order: sampling.HOLD_UNGUIDED_MAX_CFG), while a step costs (k + 1) / 2k of the doubled batch's rows.
     """
+    if hold_unguided < 1:
+        raise ValueError(f"hold_unguided must be a positive number of calls, got {hold_unguided}")
     if cfg == 0:
         return lambda x, g: net(x, g, emb)
     both = torch.cat([emb, torch.zeros_like(emb)], dim=0)

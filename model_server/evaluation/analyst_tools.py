@@ -37,7 +37,7 @@ def draw_maps(flow, emb: torch.Tensor, *, cfg: float, samples: int, resolution: 
     """Each photo's map and draws, as the server makes them (same start points for every photo)."""
     grid = Grid.global_grid(resolution)
     x0 = start_points(samples, seed)
-    precision = supported_precision("bf16", next(flow.parameters()).device)  # as the server draws
+    precision = supported_precision(P.DEFAULT_OPTIONS["precision"], next(flow.parameters()).device)  # as the server
     out = []
     for start in range(0, len(emb), chunk):
         e = emb[start:start + chunk]

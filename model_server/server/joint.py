@@ -86,7 +86,7 @@ def _run_joint(model, device, state, names, options, emit, is_cancelled) -> None
     t = time.perf_counter()
     on_stage("joint")
     guidance = model.guidance
-    options = {**options, "precision": supported_precision(options["precision"], model.device)}  # as run_photo's
+    options = {**options, "precision": supported_precision(options["precision"], model.device)}  # what the photos ran
     if options.get("cfg") is None and not guidance.needs_land_share:  # else each photo's own w (run_photo)
         options = {**options, "cfg": guidance.cfg}
     pmap = state.accumulator.combined()
@@ -110,7 +110,8 @@ def _run_joint(model, device, state, names, options, emit, is_cancelled) -> None
     t = time.perf_counter()
     cfg = options["cfg"] if options.get("cfg") is not None else f"each photo's, {guidance.describe()}"
     tags = {"model": model.name, "encoder": model.encoder_name, "solver": options["solver"],
-            "steps": options["steps"], "cfg": cfg, "samples": options["samples"], "seed": options["seed"],
+            "steps": options["steps"], "precision": options["precision"], "cfg": cfg, "samples": options["samples"],
+            "seed": options["seed"],
             "software_version": __version__, "joint_photos": str(len(parts)), "kernel": METHOD,
             "kernel_kappa": f"{products.raster.kappa:.6g}"}
     tiff, gpkg = write_products(products, localizability, tags)

@@ -141,7 +141,6 @@ def _run(model, device, request_names, request_blobs, indices, options, emit, pe
     from ..engine.sampling import supported_precision
 
     precision = supported_precision(options["precision"], model.device)
-    options = {**options, "precision": precision}  # the summary says what ran, as the GeoTIFF tag does
     x0 = start_points(options["samples"], options["seed"])
     for i in indices:
         if cancel_rest():
@@ -270,7 +269,7 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
         "device": device,
         "software_version": __version__,
         "photo_sha256": hashlib.sha256(blob).hexdigest(),
-        "options": options,
+        "options": {**options, "precision": precision},  # what ran, as the GeoTIFF tag says
         **summary_fields(products, float(loc[0])),
         "localizability_method": loc_method,
         "guidance": guidance,

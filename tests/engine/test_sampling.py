@@ -128,9 +128,11 @@ def test_guided_velocity_in_one_call_is_the_two_fields_combined(net):
     assert torch.equal(guided_velocity(net, emb, 0.0)(x, g), net(x, g, emb))
 
 
-def test_the_unguided_field_is_held_over_each_step_at_the_first_stage(net):
-    """rk3 with the unguided field held evaluates the doubled batch at each step's first stage only."""
-    from model_server.engine.solvers import guided_velocity, rk3_sphere
+@pytest.mark.parametrize("solver", ["euler", "heun", "midpoint", "rk3", "rk4"])
+def test_the_unguided_field_is_held_over_each_step_at_the_first_stage(net, solver):
+    """With the unguided field held, each solver evaluates the doubled batch at each step's first stage only:
+    the call count per step that guided_velocity relies on."""
+    from model_server.engine.solvers import EVALUATIONS, SOLVERS, guided_velocity
 
     rows = []
 
@@ -138,15 +140,16 @@ def test_the_unguided_field_is_held_over_each_step_at_the_first_stage(net):
         rows.append(x.shape[0])
         return net(x, g, e)
 
+    k = EVALUATIONS[solver]
     x = uniform_sphere(50, generator=torch.Generator().manual_seed(10)).unsqueeze(0)
-    rk3_sphere(guided_velocity(counting, torch.randn(1, 1, 16), -0.05, 3), x, 4)
-    assert rows == [2, 1, 1] * 4
+    SOLVERS[solver](guided_velocity(counting, torch.randn(1, 1, 16), -0.05, k), x, 4)
+    assert rows == ([2] + [1] * (k - 1)) * 4
 
 
 def test_holding_the_unguided_field_moves_draws_less_than_the_step_error_at_a_small_w(net):
-    """At the default model's small |w| the held field costs far less accuracy than the solver's steps; beyond
-    HOLD_UNGUIDED_MAX_CFG, and for Euler, nothing is held."""
-    from model_server.engine.sampling import HOLD_UNGUIDED_MAX_CFG
+    """At the default model's small |w| and few steps the held field costs less accuracy than the solver's steps;
+    beyond HOLD_UNGUIDED_MAX_CFG or HOLD_UNGUIDED_MAX_STEPS, and for Euler, nothing is held."""
+    from model_server.engine.sampling import HOLD_UNGUIDED_MAX_CFG, HOLD_UNGUIDED_MAX_STEPS
 
     emb = torch.randn(2, 16, generator=torch.Generator().manual_seed(8))
     x0 = uniform_sphere(200, generator=torch.Generator().manual_seed(9))
@@ -161,6 +164,8 @@ def test_holding_the_unguided_field_moves_draws_less_than_the_step_error_at_a_sm
     assert torch.equal(draws(-0.05, solver="euler", steps=8), draws(-0.05, hold=False, solver="euler", steps=8))
     w = -2 * HOLD_UNGUIDED_MAX_CFG
     assert torch.equal(draws(w), draws(w, hold=False))
+    steps = HOLD_UNGUIDED_MAX_STEPS + 1
+    assert torch.equal(draws(-0.05, steps=steps), draws(-0.05, hold=False, steps=steps))
 
 
 def test_solvers_reach_their_order():

@@ -117,6 +117,20 @@ def test_pyzmq_missing_is_explained_not_raised(plugin, plugin_settings, photos, 
     assert "pyzmq" in critical and "restart QGIS" in critical
 
 
+def test_the_plugin_loads_in_a_qgis_python_without_pyzmq():
+    """QGIS loads the plugin's modules before any photo is sent: none of them may need pyzmq to import, or the
+    user would get an import error instead of the message above."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['zmq'] = None\n"
+            "import qgis_plugin.plugin, qgis_plugin.processing.provider, qgis_plugin.layers\n"
+            "print('loaded')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0 and "loaded" in run.stdout, run.stderr[-2000:]
+
+
 def test_selected_features_source(plugin, plugin_settings, photos, wait_for_task, qgis_iface):  # noqa: ARG001
     layer = QgsVectorLayer("Point?crs=EPSG:4326", "geotagged photos", "memory")
     layer.dataProvider().addAttributes([QgsField("name", QVariant.String), QgsField("Photo", QVariant.String)])

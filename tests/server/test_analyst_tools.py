@@ -161,6 +161,7 @@ def test_a_joint_request_streams_each_photo_then_one_combined_map(client):
     assert [c["label"] for c in s["claims"]] == ["EXIF GPS of j0.jpg"]
     prob, meta = read_geotiff(joint.geotiff)
     assert prob.sum() == pytest.approx(1.0, abs=1e-4) and meta["tags"]["joint_photos"] == "3"
+    assert s["options"]["precision"] == meta["tags"]["precision"] == results[0].summary["options"]["precision"]
     assert -0.3 < s["localizability"] and s["credible_regions"][0]["area_km2"] > 0
 
 
