@@ -33,12 +33,12 @@ sys.path.insert(0, str(ROOT))
 
 from geoplonk_service import protocol as P  # noqa: E402
 from model_server.engine.model import load_model  # noqa: E402
-from model_server.engine.sampling import sample, start_points  # noqa: E402
+from model_server.engine.sampling import sample  # noqa: E402
 from model_server.engine.sphere import uniform_sphere  # noqa: E402
 from model_server.evaluation.flow_scores import best_guesses  # noqa: E402
 from model_server.evaluation.map_scores import score_maps  # noqa: E402
 from model_server.geodesy import latlon_distance_km, xyz_to_degrees  # noqa: E402
-from model_server.photo_guidance import guess_draws, photo_cfgs  # noqa: E402
+from model_server.photo_guidance import cfgs_for_photos  # noqa: E402
 
 WORK = ROOT / "build" / "earth-tiles"
 
@@ -50,16 +50,6 @@ def tiles_of(model, data: Path, tiles: slice) -> tuple[torch.Tensor, np.ndarray]
 
     emb, photos = embed_rows(data, tiles, model.encoder, data.parent / f"emb-{data.stem}-rot4.npz")
     return emb.float(), photos.latlon
-
-
-def guided_cfgs(model, emb: torch.Tensor, chunk: int = 25) -> np.ndarray:
-    """Each photo's w (E,) as the server chooses it: the model's calibration, by the land share of its guess draws
-    from the server's start points."""
-    if not model.guidance.needs_land_share:
-        return np.full(len(emb), model.guidance.cfg)
-    x0 = start_points(P.SAMPLES.default, P.SEED.default)[: P.GUESS_SAMPLES]
-    return np.concatenate([photo_cfgs(model.guidance, guess_draws(model.flow, emb[i : i + chunk], x0=x0))[0]
-                           for i in range(0, len(emb), chunk)])
 
 
 def compare_guesses(flow, emb, truth, samplers, chunk: int = 25) -> list[dict]:
@@ -131,7 +121,7 @@ def main() -> None:
     if args.part == "guess":
         rows = compare_guesses(flow, emb, truth, [(solver, steps) for solver, steps, _ in samplers])
     else:
-        rows = compare_maps(flow, emb, truth, samplers, guided_cfgs(model, emb))
+        rows = compare_maps(flow, emb, truth, samplers, cfgs_for_photos(model, emb))
     if args.record:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
         out = Path(args.record)

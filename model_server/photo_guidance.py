@@ -47,11 +47,19 @@ def rows_by_cfg(cfgs: np.ndarray, start: int = 0):
 
 
 def cfg_for_photo(model, emb: torch.Tensor, precision: str = P.DEFAULT_OPTIONS["precision"]) -> float:
-    """The model's w for one photo's embedding (1, d), drawing its guess only when the calibration needs it,
-    from the start points the server's guess takes under the default options (so the same w)."""
+    """The model's w for one photo's embedding (1, d): cfgs_for_photos of that photo alone."""
+    return float(cfgs_for_photos(model, emb[:1], precision)[0])
+
+
+def cfgs_for_photos(model, emb: torch.Tensor, precision: str = P.DEFAULT_OPTIONS["precision"],
+                    chunk: int = 25) -> np.ndarray:
+    """The model's w (E,) for photos' embeddings (E, d), drawing their guesses (`chunk` photos at a time) only
+    when the calibration needs them, from the start points the server's guess takes under the default options
+    (so the same w)."""
     guidance = model.guidance
     if not guidance.needs_land_share:
-        return guidance.cfg
+        return np.full(len(emb), guidance.cfg)
     x0 = start_points(P.SAMPLES.default, P.SEED.default)[: P.GUESS_SAMPLES]
-    guesses = guess_draws(model.flow, emb[:1], x0=x0, precision=supported_precision(precision, model.device))
-    return float(photo_cfgs(guidance, guesses)[0][0])
+    return np.concatenate([photo_cfgs(guidance, guess_draws(model.flow, emb[i : i + chunk], x0=x0,
+                                                            precision=precision))[0]
+                           for i in range(0, len(emb), chunk)])

@@ -17,10 +17,9 @@ from .sphere import normalize, uniform_sphere
 
 PRECISIONS = ("fp32", "bf16")
 # Where a multi-stage solver holds the unguided field over each step: at most this |w| and this many steps. The held
-# term is integrated to first order, so its error grows with |w| and falls only as the step: on tests/engine's
-# random field at 6 rk3 steps it measured a fifth of the step error at w = -0.05 and twice it at -0.5 (one-off
-# runs), and rk3's own error falls 8-fold per halving of the step, so the two meet near 12 steps. The default
-# model's calibrated w are -0.025 and -0.05 at 6 steps; the best guess's w = 2 runs on Euler.
+# term is integrated to first order, so its error grows with |w| and falls only as the step, while rk3's own falls
+# as its cube: beyond these it would outgrow the solver's error (docs/samplers.md). The best guess's w = 2 runs on
+# Euler, where nothing is held.
 HOLD_UNGUIDED_MAX_CFG = 0.1
 HOLD_UNGUIDED_MAX_STEPS = 8
 
