@@ -9,9 +9,9 @@ Prints |estimate - exact| (median, max), Spearman against exact, and seconds per
 CPU) of each estimate and of the server's sampling (the distribution's draws and the best guess's 256).
 --validate N checks the exact solve against dopri5 (atol = rtol = 1e-6) on 32 draws of the first N photos;
 --exact-from reuses the exact values of an earlier --save of the same rows (the draws are seeded, and checked),
-and --points/--steps/--divergence try another setting than the server's (pipeline.LOCALIZABILITY_*). --save also
-keeps every draw and, without --exact-from, its exact log-density: benchmarks/compare_control_variates.py
-studies estimators on them.
+and --points/--steps/--divergence/--full-field try another setting than the server's (pipeline.LOCALIZABILITY_*).
+--save also keeps every draw and, without --exact-from, its exact log-density:
+benchmarks/compare_control_variates.py studies estimators on them.
 
   .venv/server/bin/python benchmarks/check_localizability.py --tiles 0:100 [--threads 1] [--validate 5]
       [--record benchmarks/results/]
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from geoplonk_service import protocol as P  # noqa: E402
 from model_server.engine.likelihood import localizability, log_density  # noqa: E402
-from model_server.engine.sampling import sample, start_points, supported_precision  # noqa: E402
+from model_server.engine.sampling import holds_unguided, sample, start_points, supported_precision  # noqa: E402
 from model_server.evaluation.metrics import spearman  # noqa: E402
 from model_server.photo_guidance import guess_draws  # noqa: E402
 from model_server.server import pipeline  # noqa: E402
@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="rk4 steps (default: the server's)")
     parser.add_argument("--divergence", choices=("exact", "hutchinson"), help="the server's divergence (default: "
                         "the server's)")
+    parser.add_argument("--full-field", action="store_true",
+                        help="the server's estimate without holding the unguided field over each step")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--save", metavar="NPZ", help="also write the per-photo figures")
     parser.add_argument("--record", metavar="PATH", help="also write the figures as JSON (a file, or a folder)")
@@ -79,6 +81,8 @@ def main() -> None:
         pipeline.LOCALIZABILITY_STEPS = args.steps
     if args.divergence:
         pipeline.LOCALIZABILITY_DIVERGENCE = args.divergence
+    if args.full_field:
+        pipeline.LOCALIZABILITY_HOLD_UNGUIDED = False
 
     from model_server.engine.datasets import embed_rows
     from model_server.engine.model import load_model
@@ -145,7 +149,10 @@ def main() -> None:
     ws = np.array(saved_w)
     if len(set(saved_w)) > 1:  # the label names one photo's w; the photos here took several
         counts = ", ".join(f"{w:g} for {int((ws == w).sum())}" for w in sorted(set(saved_w)))
-        method = pipeline.localizability_method(options["samples"], precision, f"at each photo's w ({counts} photos)")
+        held = pipeline.LOCALIZABILITY_HOLD_UNGUIDED and all(holds_unguided(w, pipeline.LOCALIZABILITY_STEPS)
+                                                             for w in saved_w)
+        method = pipeline.localizability_method(options["samples"], precision, f"at each photo's w ({counts} photos)",
+                                                held)
     print(f"\nserver: {method}")
     figures = []
     for name, est, wall, cpu in (("server", server, timing[2], timing[3]), ("former", old, timing[4], timing[5])):

@@ -34,6 +34,7 @@ from model_server.evaluation.analyst_tools import (  # noqa: E402
     draw_maps,
     joint_figures,
 )
+from model_server.photo_guidance import cfgs_for_photos  # noqa: E402
 
 TILES = ROOT / "build" / "earth-tiles"
 
@@ -93,15 +94,16 @@ def main() -> int:
 
     torch.manual_seed(args.seed)
     model = load_model(None, device="cpu")
-    cfg = model.distribution_cfg
     data = args.data.resolve()
     out: dict = {"model": model.name, "model_sha256": model.weights_sha256,
-                 "data": str(data.relative_to(ROOT) if data.is_relative_to(ROOT) else data), "cfg": cfg,
+                 "data": str(data.relative_to(ROOT) if data.is_relative_to(ROOT) else data),
+                 "cfg": f"each tile's, as the server chooses it: {model.guidance.describe()}",
                  "samples": args.samples, "resolution": args.resolution}
     t = time.perf_counter()
     if args.claims:
         emb, truth = held_out_tiles(model, data, args.claims)
-        maps = draw_maps(model.flow, emb, cfg=cfg, samples=args.samples, resolution=args.resolution, seed=args.seed)
+        maps = draw_maps(model.flow, emb, cfg=cfgs_for_photos(model, emb), samples=args.samples,
+                         resolution=args.resolution, seed=args.seed)
         false = truth[derangement(len(truth), np.random.default_rng(args.seed))]
         levels = np.array([claim_levels(pmap, [tuple(truth[i]), tuple(false[i])]) for i, (pmap, _) in
                            enumerate(maps)])
@@ -111,7 +113,8 @@ def main() -> int:
     t = time.perf_counter()
     if args.groups:
         emb, places = group_tiles(model, args.groups, args.per_group, args.offset_km, args.seed)
-        maps = draw_maps(model.flow, emb, cfg=cfg, samples=args.samples, resolution=args.resolution, seed=args.seed)
+        maps = draw_maps(model.flow, emb, cfg=cfgs_for_photos(model, emb), samples=args.samples,
+                         resolution=args.resolution, seed=args.seed)
         groups = [list(range(g * args.per_group, (g + 1) * args.per_group)) for g in range(args.groups)]
         truths = [tuple(p) for p in places]
         out["joint"] = {f"alpha {alpha:g}": asdict(joint_figures(maps, groups, truths, alpha))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .network import GeoAdaLNMLP
 from .runtime import configure_cpu_math, row_workers
-from .sampling import as_embeddings, sample, supported_precision
+from .sampling import as_embeddings, holds_unguided, sample, supported_precision
 from .schedule import gamma, gamma_derivative
 from .sphere import LOG_SPHERE_AREA, normalize
 
@@ -150,24 +150,38 @@ def field_and_divergence(field: TangentField, weights: tuple[float, ...], mods, 
     Projected, u(x) = P(y) v(y) with y = x / |x|: u is constant along rays, so J y = 0, and for a unit e
     orthogonal to y, e.(J e) = (e.(J_v e) - y.v) / |x|; the trace is the sum over two such e.
     """
-    if projected:
-        r = x.norm(dim=-1, keepdim=True)
-        point = x / r
-        frame = tangent_frame(point)
-        if signs is not None:
-            frame = (signs.unsqueeze(-1) * frame).sum(-2, keepdim=True)
-    else:
+    at = _evaluation_frame(x, projected, signs)
+    return _guided(weights, field_parts(field, mods, at, len(weights)), at, t)
+
+
+def _evaluation_frame(x: torch.Tensor, projected: bool, signs: torch.Tensor | None):
+    """(point, directions, |x| or None): where the fields are evaluated and along which directions."""
+    if not projected:
         if signs is not None:
             raise ValueError("Hutchinson's divergence is written for the projected field")
-        point = x
-        frame = torch.eye(3, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 3, 3)
-    k = len(weights)
+        return x, torch.eye(3, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 3, 3), None
+    r = x.norm(dim=-1, keepdim=True)
+    point = x / r
+    frame = tangent_frame(point)
+    if signs is not None:
+        frame = (signs.unsqueeze(-1) * frame).sum(-2, keepdim=True)
+    return point, frame, r
+
+
+def field_parts(field: TangentField, mods, at, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each of the k fields stacked in `mods`: its raw velocity v_k at the point and sum_e e.(J_{v_k} e) over the
+    directions of `at` (_evaluation_frame), from one pass on the k-fold batch."""
+    point, frame, _ = at
     out, dout = field(mods, torch.cat([point] * k), torch.cat([frame] * k)) if k > 1 else field(mods, point, frame)
-    v = jv = None
-    for weight, o, do in zip(weights, out.chunk(k), dout.chunk(k), strict=True):
-        v, jv = (o * weight, do * weight) if v is None else (v + o * weight, jv + do * weight)
-    trace = (frame * jv).sum((-2, -1))
-    if projected:  # the 2 is e1.e1 + e2.e2, or |s1 e1 + s2 e2|^2 for Hutchinson's direction
+    return [(o, (frame * do).sum((-2, -1))) for o, do in zip(out.chunk(k), dout.chunk(k), strict=True)]
+
+
+def _guided(weights: tuple[float, ...], parts, at, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """u and its divergence from the fields' parts (field_parts, or parts held from an earlier stage)."""
+    point, _, r = at
+    v = sum(weight * o for weight, (o, _) in zip(weights, parts, strict=True))
+    trace = sum(weight * tr for weight, (_, tr) in zip(weights, parts, strict=True))
+    if r is not None:  # projected; the 2 is e1.e1 + e2.e2, or |s1 e1 + s2 e2|^2 for Hutchinson's direction
         radial = (point * v).sum(-1)
         v = v - radial.unsqueeze(-1) * point
         trace = (trace - 2 * radial) / r.squeeze(-1)
@@ -198,6 +212,7 @@ def log_density(
     dtype: torch.dtype = torch.float32,
     on_step: Callable[[], None] | None = None,
     divergence: str = "exact",
+    hold_unguided: bool = False,
 ) -> torch.Tensor:
     """Natural log-density per steradian at `points`, for each image -> (E, M) float32.
 
@@ -209,6 +224,9 @@ def log_density(
     with noise; its signs are seeded by the points, so a point gets the same value whatever its batch.
     Called under torch.autocast (bfloat16), the network's matmuls run in bf16 and the rest in fp32: on the
     default model about 1e-3 nats from fp32 and several times faster on CPUs with bf16 units.
+    hold_unguided (fixed-step methods): where the sampler would (sampling.holds_unguided), evaluate the unguided
+    field and its divergence at each step's first stage only and hold them over its other stages, as
+    solvers.guided_velocity does for the draws: an approximation, off by default.
     """
     if odeint is None:
         raise RuntimeError("log_density needs torchdiffeq: pip install torchdiffeq")
@@ -233,11 +251,12 @@ def log_density(
     matmul_dtype = torch.get_autocast_dtype(device.type) if autocast else None
     with torch.autocast(device.type, enabled=False), torch.no_grad():
         return _solve(flow, emb.to(dtype).unsqueeze(1), normalize(points.to(device, dtype)), float(cfg), method,
-                      atol, rtol, steps, projected, chunk, on_step, matmul_dtype, divergence == "hutchinson")
+                      atol, rtol, steps, projected, chunk, on_step, matmul_dtype, divergence == "hutchinson",
+                      hold_unguided)
 
 
 def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk, on_step, matmul_dtype,
-           hutchinson) -> torch.Tensor:
+           hutchinson, hold_unguided=False) -> torch.Tensor:
     dtype, device = points.dtype, points.device
     field = TangentField(flow, matmul_dtype)
     weights, cond = guided_conditions(flow, emb, cfg)
@@ -254,10 +273,36 @@ def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk, 
         u, div = rhs(t, state[..., :3], mods, signs)
         return torch.cat([u, div.unsqueeze(-1)], dim=-1)
 
+    def held_rhs(every: int):
+        """packed_rhs with the unguided field's parts evaluated at every `every`-th call and held in between;
+        one per solve, since each row worker's points hold their own."""
+        calls, held = 0, None
+
+        def evaluate(t, state, mods, signs=None):
+            nonlocal calls, held
+            if on_step is not None:
+                on_step()
+            at = _evaluation_frame(state[..., :3], projected, signs)
+            if calls % every == 0:
+                parts = field_parts(field, mods, at, 2)
+                held = parts[1]
+            else:
+                parts = [*field_parts(field, mods, at, 1), held]
+            calls += 1
+            u, div = _guided(weights, parts, at, t)
+            return torch.cat([u, div.unsqueeze(-1)], dim=-1)
+
+        return evaluate
+
     if method in _OWN_STEPPERS:
         plan = _fixed_grid(method, steps or 32, dtype, device)
         times = torch.stack([t for _, stage_times in plan for t in stage_times])
         stage_mods = field.modulations(cond, gamma(times))  # every stage's, at once
+        stages = len(plan[0][1])
+        hold = stages if stages > 1 and hold_unguided and holds_unguided(cfg, len(plan)) else 0
+        if hold:  # the later stages' modulations of the guided field alone (the first of the stacked two)
+            stage_mods = [mods if i % hold == 0 else _first_field(mods, emb.shape[0])
+                          for i, mods in enumerate(stage_mods)]
     else:
         options = {"step_size": 1.0 / (steps or 32)} if method in FIXED_STEP_METHODS else {}
         span = torch.tensor([0.0, 1.0], dtype=dtype, device=device)
@@ -267,7 +312,8 @@ def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk, 
             mods = iter(stage_mods)
             stage_signs = iter(signs.unbind(-2)) if signs is not None else itertools.repeat(None)
             state = torch.cat([x, torch.zeros_like(x[..., :1])], dim=-1)
-            logdet = _integrate(method, plan, lambda t, y: packed_rhs(t, y, next(mods), next(stage_signs)),
+            step_rhs = held_rhs(hold) if hold else packed_rhs
+            logdet = _integrate(method, plan, lambda t, y: step_rhs(t, y, next(mods), next(stage_signs)),
                                 state)[..., 3]
         else:  # a tuple, for the adaptive solvers' error norm (the largest of the two parts')
             state = (x, torch.zeros(x.shape[:-1], dtype=dtype, device=device))
@@ -292,6 +338,12 @@ def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk, 
 
 _OWN_STEPPERS = ("euler", "midpoint", "rk4")
 DIVERGENCES = ("exact", "hutchinson")
+
+
+def _first_field(mods, images: int):
+    """TangentField.modulations' table cut to its first field's `images` rows (the guided, not the unguided)."""
+    blocks, head = mods
+    return [[m[:images] for m in block] for block in blocks], [m[:images] for m in head]
 
 
 def _hutchinson_signs(points: torch.Tensor, evaluations: int) -> torch.Tensor:
@@ -410,6 +462,7 @@ def mean_log_density(
     cfg: float = 0.0,
     on_step: Callable[[], None] | None = None,
     divergence: str = "exact",
+    hold_unguided: bool = False,
 ) -> torch.Tensor:
     """Each image's mean log-density, under guidance cfg, over its n i.i.d. draws (E, n, 3) -> (E,) float32.
 
@@ -419,7 +472,8 @@ def mean_log_density(
     remains is that of log p - c within strata: on the default model about 0.7 nats where log p's is about
     2, the accuracy of 8 times as many exact draws. Each stratum's exact draws are drawn at random, seeded
     by the draws themselves (see _draw_order).
-    precision "bf16" runs the network's matmuls in bf16 (see log_density). With n <= exact, the plain mean.
+    precision "bf16" runs the network's matmuls in bf16 and hold_unguided holds the unguided field over each
+    step (see log_density). With n <= exact, the plain mean.
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
@@ -430,7 +484,7 @@ def mean_log_density(
     def exact_log_density(points):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             return log_density(flow, emb, points, cfg=cfg, method=method, steps=steps, on_step=on_step,
-                               divergence=divergence)
+                               divergence=divergence, hold_unguided=hold_unguided)
 
     if n <= exact or n <= k:
         return exact_log_density(draws).mean(-1)

@@ -24,6 +24,19 @@ HOLD_UNGUIDED_MAX_CFG = 0.1
 HOLD_UNGUIDED_MAX_STEPS = 8
 
 
+def holds_unguided(cfg: float, steps: int) -> bool:
+    """Whether a multi-stage solve at guidance `cfg` in `steps` steps may hold the unguided field over each step:
+    the sampler's and the localizability's likelihood's one rule."""
+    return cfg != 0 and abs(cfg) <= HOLD_UNGUIDED_MAX_CFG and steps <= HOLD_UNGUIDED_MAX_STEPS
+
+
+def unguided_field(cfg: float, steps: int, solver: str) -> str | None:
+    """How sample()'s default treats the unguided field, for a result's record: None at w = 0 (there is none)."""
+    if cfg == 0:
+        return None
+    return "held over each step" if EVALUATIONS[solver] > 1 and holds_unguided(cfg, steps) else "every stage"
+
+
 def supported_precision(precision: str, device: str | torch.device) -> str:
     """`precision`, or fp32 where bf16 is not native, so slower than fp32: CPUs without bf16 dot products (most
     laptops': AVX2 only), GPUs without bf16 units (which torch would emulate) and Apple's MPS."""
@@ -113,8 +126,7 @@ def sample(
     emb = as_embeddings(emb, flow.config.cond_dim).to(device)
     x = initial_points(emb.shape[0], n, x0, generator, device)
     solve = get_solver(solver)
-    held = hold_unguided and abs(cfg) <= HOLD_UNGUIDED_MAX_CFG and steps <= HOLD_UNGUIDED_MAX_STEPS
-    hold = EVALUATIONS[solver] if held else 1
+    hold = EVALUATIONS[solver] if hold_unguided and holds_unguided(cfg, steps) else 1
     velocity = guided_velocity(network_for(flow, precision), emb.unsqueeze(1), float(cfg), hold)
     x = solve(velocity, x, steps, on_step, **(solver_options or {}))
     return normalize(x.float())

@@ -16,6 +16,7 @@ import torch
 from geoplonk_service import protocol as P
 
 from ..engine.sampling import sample, start_points, supported_precision
+from ..photo_guidance import rows_by_cfg
 from ..products.claims import Claim, check_claims
 from ..products.grid import Grid
 from ..products.joint import JOINT_ALPHA, JointAccumulator
@@ -31,17 +32,22 @@ def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(np.mean((neg > pos) + 0.5 * (neg == pos)))
 
 
-def draw_maps(flow, emb: torch.Tensor, *, cfg: float, samples: int, resolution: float, steps: int = P.STEPS.default,
-              seed: int = 0, chunk: int = 25, on_step: Callable[[int], None] | None = None
-              ) -> list[tuple[ProbabilityMap, np.ndarray]]:
-    """Each photo's map and draws, as the server makes them (same start points for every photo)."""
+def draw_maps(flow, emb: torch.Tensor, *, cfg: float | np.ndarray, samples: int, resolution: float,
+              steps: int = P.STEPS.default, seed: int = 0, chunk: int = 25,
+              on_step: Callable[[int], None] | None = None) -> list[tuple[ProbabilityMap, np.ndarray]]:
+    """Each photo's map and draws, as the server makes them (same start points for every photo), at one w or each
+    photo's own (E,) (photo_guidance.cfgs_for_photos)."""
     grid = Grid.global_grid(resolution)
     x0 = start_points(samples, seed)
     precision = supported_precision(P.DEFAULT_OPTIONS["precision"], next(flow.parameters()).device)  # as the server
+    cfgs = np.broadcast_to(np.asarray(cfg, dtype=np.float64), (len(emb),))
     out = []
     for start in range(0, len(emb), chunk):
         e = emb[start:start + chunk]
-        points = sample(flow, e, samples, steps=steps, cfg=cfg, x0=x0, precision=precision).float().numpy()
+        points = np.empty((len(e), samples, 3), dtype=np.float32)
+        for w, rows in rows_by_cfg(cfgs[start:start + chunk]):  # each w's photos in one draw
+            drawn = sample(flow, e[rows], samples, steps=steps, cfg=w, x0=x0, precision=precision)
+            points[rows] = drawn.float().numpy()
         out.extend((sample_map(x, grid), x) for x in points)
         if on_step is not None:
             on_step(start + len(e))

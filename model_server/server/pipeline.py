@@ -21,7 +21,7 @@ import torch
 from geoplonk_service import protocol as P
 
 from .. import __version__
-from ..engine.sampling import start_points
+from ..engine.sampling import start_points, unguided_field
 from ..images import ImageError, decode_image, exif_gps
 from ..photo_guidance import guess_draws, photo_cfgs
 from ..products.aoi import aoi_geometry
@@ -37,9 +37,12 @@ Emit = Callable[..., None]
 # photo's own samples, with a nearest-neighbour density of all of them as control variate (the paper: the
 # exact log-density of 1024 samples, with dopri5). 4 rk4 steps come near 5 or 7, 3 do not (docs/samplers.md); 64
 # points split between the two row workers of a 2-core CPU (likelihood.MIN_POINTS_PER_WORKER), 48 would run on one.
+# The unguided field is held over each step where the draws' was (sampling.holds_unguided): as accurate on the
+# check's tiles, for five of each step's eight batches of rows (docs/samplers.md).
 LOCALIZABILITY_SAMPLES = 64
 LOCALIZABILITY_STEPS = 4
 LOCALIZABILITY_DIVERGENCE = "exact"
+LOCALIZABILITY_HOLD_UNGUIDED = True
 
 
 class Cancelled(Exception):
@@ -66,7 +69,7 @@ def localizability(model, emb: torch.Tensor, samples: torch.Tensor,
     may raise Cancelled).
     """
     from ..engine import likelihood
-    from ..engine.sampling import supported_precision
+    from ..engine.sampling import holds_unguided, supported_precision
 
     precision = supported_precision("bf16", model.device)
     values = []
@@ -74,20 +77,23 @@ def localizability(model, emb: torch.Tensor, samples: torch.Tensor,
         mean = likelihood.mean_log_density(model.flow, emb[row : row + 1], samples[row : row + 1],
                                            exact=LOCALIZABILITY_SAMPLES, steps=LOCALIZABILITY_STEPS,
                                            precision=precision, cfg=cfg, on_step=check,
-                                           divergence=LOCALIZABILITY_DIVERGENCE)
+                                           divergence=LOCALIZABILITY_DIVERGENCE,
+                                           hold_unguided=LOCALIZABILITY_HOLD_UNGUIDED)
         values.append(likelihood.localizability(mean[:, None]).cpu().numpy())
     at = f"at the draws' w = {cfg:g}" if cfg else ""
-    return np.concatenate(values), localizability_method(samples.shape[1], precision, at)
+    held = LOCALIZABILITY_HOLD_UNGUIDED and holds_unguided(cfg, LOCALIZABILITY_STEPS)
+    return np.concatenate(values), localizability_method(samples.shape[1], precision, at, held)
 
 
-def localizability_method(n: int, precision: str, at: str = "") -> str:
-    """The summary's `localizability_method` for n draws; `at` names the w the density was taken at."""
+def localizability_method(n: int, precision: str, at: str = "", held: bool = False) -> str:
+    """The summary's `localizability_method` for n draws; `at` names the w the density was taken at, `held` says
+    the unguided field was held over each step."""
     exact = "exact" if LOCALIZABILITY_DIVERGENCE == "exact" else f"{LOCALIZABILITY_DIVERGENCE} divergence"
     exact = f"{exact} {at}" if at else exact
+    steps = f"rk4 {LOCALIZABILITY_STEPS} steps {precision}" + (" (unguided field held over each step)" if held else "")
     if n <= LOCALIZABILITY_SAMPLES:
-        return f"{exact}, rk4 {LOCALIZABILITY_STEPS} steps {precision}, all {n} samples"
-    return (f"{exact}, rk4 {LOCALIZABILITY_STEPS} steps {precision}, "
-            f"{LOCALIZABILITY_SAMPLES} of {n} samples; kNN-density control variate")
+        return f"{exact}, {steps}, all {n} samples"
+    return f"{exact}, {steps}, {LOCALIZABILITY_SAMPLES} of {n} samples; kNN-density control variate"
 
 
 def run_unit(
@@ -234,6 +240,9 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
         options, guidance = choose_guidance(model, options, guess[0])
         samples = sample(model.flow, emb, n, steps=options["steps"], solver=options["solver"], cfg=options["cfg"],
                          x0=x0, on_step=check, precision=precision)
+        unguided = unguided_field(options["cfg"], options["steps"], options["solver"])
+        if unguided:
+            guidance["unguided_field"] = unguided
 
     with stage("localizability"):
         loc, loc_method = localizability(model, emb, samples, check, cfg=options["cfg"])
@@ -259,6 +268,7 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
             "samples": options["samples"],
             "seed": options["seed"], "software_version": __version__,
             "kernel": KERNEL_NAME, "kernel_kappa": f"{products.raster.kappa:.6g}",
+            **({"unguided_field": unguided} if unguided else {}),
             **aoi_tags(products.aoi),
         }
         tiff, gpkg = write_products(products, float(loc[0]), tags)

@@ -415,7 +415,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
     @staticmethod
     def _save_joint(joint, out_dir: Path, stems: set[str], feedback) -> dict[str, str]:
         """Write the joint map as joint.tif/.gpkg/.json (joint-map.* when a photo is named joint)."""
-        from geoplonk_service.client import JOINT_NAME
+        from geoplonk_service.output_files import JOINT_NAME
 
         stem = JOINT_NAME if JOINT_NAME not in stems else f"{JOINT_NAME}-map"
         files = {kind: str(path) for kind, path in joint.save(out_dir, stem).items()}

@@ -312,6 +312,45 @@ def test_on_step_may_stop_the_solve_from_row_workers_too(cfg):
         torch.set_num_threads(threads)
 
 
+def test_the_likelihood_holds_the_unguided_field_over_each_step_as_the_sampler_does(monkeypatch):
+    """hold_unguided evaluates the doubled batch at each rk4 step's first stage only and moves the log-density less
+    than the steps' own error at a small |w|; beyond the sampler's limits, for Euler and by default, nothing is
+    held; a point's value does not depend on its split among row workers."""
+    from model_server.engine import likelihood
+    from model_server.engine.sampling import HOLD_UNGUIDED_MAX_CFG, HOLD_UNGUIDED_MAX_STEPS
+
+    net = field(gain=0.7)
+    emb = torch.randn(2, 8, generator=torch.Generator().manual_seed(3))
+    pts = uniform_sphere(64, generator=torch.Generator().manual_seed(4))
+
+    def density(w=-0.05, hold=True, method="rk4", steps=4, points=pts):
+        return log_density(net, emb, points, cfg=w, method=method, steps=steps, hold_unguided=hold)
+
+    full, held = density(hold=False), density()
+    converged = density(hold=False, steps=64)
+    assert 0 < (held - full).abs().mean() < 0.5 * (full - converged).abs().mean()
+    assert torch.equal(density(hold=False), log_density(net, emb, pts, cfg=-0.05, method="rk4", steps=4))
+    for kept in ({"method": "euler", "steps": 6}, {"w": -2 * HOLD_UNGUIDED_MAX_CFG},
+                 {"steps": HOLD_UNGUIDED_MAX_STEPS + 1}):
+        assert torch.equal(density(**kept), density(hold=False, **kept)), kept
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        split = density()
+        torch.set_num_threads(1)
+        alone, first = density(), density(points=pts[:5])
+        rows = []
+        call = likelihood.TangentField.__call__
+        monkeypatch.setattr(likelihood.TangentField, "__call__",
+                            lambda self, mods, x, dx: rows.append(x.shape[0]) or call(self, mods, x, dx))
+        density(steps=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(split, alone) and torch.allclose(first, alone[:, :5], atol=1e-6)
+    assert rows == [4, 2, 2, 2] * 3  # 2 photos: both fields' rows, then the guided field's alone
+
+
 def test_guided_density_by_an_adaptive_solver_and_by_fixed_steps_agree():
     """The guided field through torchdiffeq's dopri5 (one modulation table per call) and through the engine's own
     rk4 (every stage's table at once): the same ODE."""
@@ -386,4 +425,6 @@ def test_server_localizability_names_its_method():
     print("guided draws: server", values[0], "same steps", exact, "unguided", unguided, "rk4 16", converged)
     assert abs(values[0] - exact) < abs(exact - unguided) / 4
     assert abs(values[0] - converged) < 0.005  # the steps' truncation, against 0.01 for the control variate above
-    assert "w = -0.8" in method
+    assert "w = -0.8" in method and "held" not in method  # beyond the hold's |w|
+    _, method = pipeline.localizability(model, emb, guided, cfg=-0.05)
+    assert "w = -0.05" in method and "unguided field held over each step" in method

@@ -41,3 +41,25 @@ def test_true_claims_rank_below_false_ones_and_a_joint_map_narrows():
     assert plain.joint_inside_90 == pytest.approx(1.0) and plain.groups == 2
     tempered = joint_figures(maps, [[0, 1], [2, 3]], places)
     assert plain.joint_area_90_km2 < tempered.joint_area_90_km2 and tempered.joint_inside_90 == pytest.approx(1.0)
+
+
+def test_each_photo_is_drawn_at_its_own_guidance_as_the_server_draws_it():
+    """draw_maps at per-photo w gives each photo the draws of that photo alone at its w (the server's start points,
+    its precision), the same as one w for all where the w agree."""
+    import torch
+
+    from model_server.engine.network import FlowConfig, GeoAdaLNMLP
+    from model_server.engine.sampling import sample, start_points, supported_precision
+    from model_server.evaluation.analyst_tools import draw_maps
+
+    torch.manual_seed(0)
+    flow = GeoAdaLNMLP(FlowConfig(cond_dim=8, dim=32, depth=2)).eval()
+    emb = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    cfgs = np.array([-0.05, -0.5, -0.05])
+    maps = draw_maps(flow, emb, cfg=cfgs, samples=64, resolution=5.0, steps=4, seed=3)
+    precision = supported_precision("bf16", "cpu")
+    for i, w in enumerate(cfgs):
+        alone = sample(flow, emb[i : i + 1], 64, steps=4, cfg=w, x0=start_points(64, 3), precision=precision)
+        assert np.allclose(maps[i][1], alone[0].numpy(), atol=1e-5), i
+    assert not np.allclose(maps[1][1], draw_maps(flow, emb, cfg=-0.05, samples=64, resolution=5.0, steps=4,
+                                                 seed=3)[1][1], atol=1e-3)

@@ -89,10 +89,13 @@ def test_two_photos_give_two_valid_rasters_and_points(client, tmp_path):
 def test_the_distribution_is_drawn_at_the_models_calibrated_guidance_unless_asked(client):
     photo = [("plain.jpg", jpeg_bytes(4))]
     maps = {}
-    for options, expected in (({}, TINY_CALIBRATED_CFG), ({"cfg": 0.0}, 0.0)):
+    # the record says how the unguided field ran: held over each step only at a small |w| (sampling.holds_unguided)
+    for options, expected, unguided in (({}, TINY_CALIBRATED_CFG, "every stage"),
+                                        ({"cfg": -0.05}, -0.05, "held over each step"), ({"cfg": 0.0}, 0.0, None)):
         (result,) = client.geolocate(photo, {**FAST, **options})
         raster, meta = read_geotiff(result.geotiff)
         assert float(meta["tags"]["cfg"]) == expected and result.summary["options"]["cfg"] == expected
+        assert meta["tags"].get("unguided_field") == unguided == result.summary["guidance"].get("unguided_field")
         maps[expected] = raster.astype(np.float64) / raster.sum(dtype=np.float64)
     # same seed, same start points: only another field can move the map (the tiny model moves it little)
     assert 0.5 * np.abs(maps[TINY_CALIBRATED_CFG] - maps[0.0]).sum() > 1e-3
