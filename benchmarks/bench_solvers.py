@@ -38,7 +38,7 @@ from suite.engine import reference_sampler  # noqa: E402
 
 from model_server.engine.network import FlowConfig, GeoAdaLNMLP  # noqa: E402
 from model_server.engine.runtime import configure_cpu_math, row_workers  # noqa: E402
-from model_server.engine.sampling import holds_unguided, sample  # noqa: E402
+from model_server.engine.sampling import held_calls, sample  # noqa: E402
 from model_server.engine.solvers import EVALUATIONS, SOLVERS, guided_velocity, rk4_sphere  # noqa: E402
 from model_server.engine.sphere import geodesic_distance, normalize, uniform_sphere  # noqa: E402
 
@@ -166,7 +166,7 @@ def solver_accuracy_table(
                       hold_unguided=hold)
         evals = k * EVALUATIONS[solver]
         held_note = {}
-        if hold and EVALUATIONS[solver] > 1 and holds_unguided(cfg, k):
+        if hold and held_calls(solver, cfg, k) > 1:
             held_note = {"note": f"the unguided field held over each step: {evals + k} batches' rows, not {2 * evals}"}
         rows.append({"solver": solver, "steps": k, "precision": precision, "evals": evals,
                      "label": f"{solver} {k} {precision}" + ("" if hold else " full"), "reference": False,

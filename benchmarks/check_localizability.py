@@ -149,10 +149,12 @@ def main() -> None:
     ws = np.array(saved_w)
     if len(set(saved_w)) > 1:  # the label names one photo's w; the photos here took several
         counts = ", ".join(f"{w:g} for {int((ws == w).sum())}" for w in sorted(set(saved_w)))
-        held = pipeline.LOCALIZABILITY_HOLD_UNGUIDED and all(holds_unguided(w, pipeline.LOCALIZABILITY_STEPS)
-                                                             for w in saved_w)
-        method = pipeline.localizability_method(options["samples"], precision, f"at each photo's w ({counts} photos)",
-                                                held)
+        held = sum(pipeline.LOCALIZABILITY_HOLD_UNGUIDED and holds_unguided(w, pipeline.LOCALIZABILITY_STEPS)
+                   for w in saved_w)
+        at = f"at each photo's w ({counts} photos)"
+        if 0 < held < len(saved_w):
+            at += f"; the unguided field held over each step for {held} of them"
+        method = pipeline.localizability_method(options["samples"], precision, at, held == len(saved_w))
     print(f"\nserver: {method}")
     figures = []
     for name, est, wall, cpu in (("server", server, timing[2], timing[3]), ("former", old, timing[4], timing[5])):

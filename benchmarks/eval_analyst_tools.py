@@ -39,6 +39,13 @@ from model_server.photo_guidance import cfgs_for_photos  # noqa: E402
 TILES = ROOT / "build" / "earth-tiles"
 
 
+def tile_cfgs(model, emb: torch.Tensor, args: argparse.Namespace) -> np.ndarray:
+    """Each tile's w as the server would choose it for these samples and seed; the record counts them."""
+    cfgs = cfgs_for_photos(model, emb, samples=args.samples, seed=args.seed)
+    print(json.dumps({"w": {f"{w:g}": int((cfgs == w).sum()) for w in np.unique(cfgs)}}), flush=True)
+    return cfgs
+
+
 def held_out_tiles(model, data: Path, limit: int) -> tuple[torch.Tensor, np.ndarray]:
     """Embeddings and (lat, lon) of the first `limit` tiles of `data`; its cache (emb-<split>-rot4.npz beside it)
     is filled for tiles it lacks."""
@@ -102,7 +109,7 @@ def main() -> int:
     t = time.perf_counter()
     if args.claims:
         emb, truth = held_out_tiles(model, data, args.claims)
-        maps = draw_maps(model.flow, emb, cfg=cfgs_for_photos(model, emb), samples=args.samples,
+        maps = draw_maps(model.flow, emb, cfg=tile_cfgs(model, emb, args), samples=args.samples,
                          resolution=args.resolution, seed=args.seed)
         false = truth[derangement(len(truth), np.random.default_rng(args.seed))]
         levels = np.array([claim_levels(pmap, [tuple(truth[i]), tuple(false[i])]) for i, (pmap, _) in
@@ -113,7 +120,7 @@ def main() -> int:
     t = time.perf_counter()
     if args.groups:
         emb, places = group_tiles(model, args.groups, args.per_group, args.offset_km, args.seed)
-        maps = draw_maps(model.flow, emb, cfg=cfgs_for_photos(model, emb), samples=args.samples,
+        maps = draw_maps(model.flow, emb, cfg=tile_cfgs(model, emb, args), samples=args.samples,
                          resolution=args.resolution, seed=args.seed)
         groups = [list(range(g * args.per_group, (g + 1) * args.per_group)) for g in range(args.groups)]
         truths = [tuple(p) for p in places]

@@ -52,14 +52,14 @@ def cfg_for_photo(model, emb: torch.Tensor, precision: str = P.DEFAULT_OPTIONS["
 
 
 def cfgs_for_photos(model, emb: torch.Tensor, precision: str = P.DEFAULT_OPTIONS["precision"],
-                    chunk: int = 25) -> np.ndarray:
+                    chunk: int = 25, *, samples: int = P.SAMPLES.default, seed: int = P.SEED.default) -> np.ndarray:
     """The model's w (E,) for photos' embeddings (E, d), drawing their guesses (`chunk` photos at a time) only
-    when the calibration needs them, from the start points the server's guess takes under the default options
+    when the calibration needs them, from the start points the server's guess takes for `samples` and `seed`
     (so the same w)."""
     guidance = model.guidance
     if not guidance.needs_land_share:
         return np.full(len(emb), guidance.cfg)
-    x0 = start_points(P.SAMPLES.default, P.SEED.default)[: P.GUESS_SAMPLES]
+    x0 = start_points(samples, seed)[: min(P.GUESS_SAMPLES, samples)]
     return np.concatenate([photo_cfgs(guidance, guess_draws(model.flow, emb[i : i + chunk], x0=x0,
                                                             precision=precision))[0]
                            for i in range(0, len(emb), chunk)])

@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -137,8 +138,17 @@ def tangent_frame(y: torch.Tensor) -> torch.Tensor:
     return torch.stack([e1, e2], dim=-2)
 
 
+class EvaluationFrame(NamedTuple):
+    """Where the fields are evaluated and along which directions their Jacobians are taken."""
+
+    point: torch.Tensor  # (..., 3): x / |x| projected, else x
+    directions: torch.Tensor  # (..., k, 3)
+    radius: torch.Tensor | None  # |x| (..., 1) projected, else None
+
+
 def field_and_divergence(field: TangentField, weights: tuple[float, ...], mods, x: torch.Tensor, t: torch.Tensor,
-                         projected: bool = True, signs: torch.Tensor | None = None):
+                         projected: bool = True, signs: torch.Tensor | None = None,
+                         held: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """u(x, t) and the trace of its 3x3 Jacobian per point, from 2 (projected) or 3 directional derivatives.
 
     With `signs` (..., 2) of +-1 (projected only), Hutchinson's estimate of the trace instead, from the one
@@ -149,35 +159,42 @@ def field_and_divergence(field: TangentField, weights: tuple[float, ...], mods, 
     (from `guided_conditions`): all K in one pass on the K-fold batch, fewer and fuller matmuls than K passes.
     Projected, u(x) = P(y) v(y) with y = x / |x|: u is constant along rays, so J y = 0, and for a unit e
     orthogonal to y, e.(J e) = (e.(J_v e) - y.v) / |x|; the trace is the sum over two such e.
+    `held` (a list, x (E, m, 3)) holds the unguided field over a step: where `mods` carries every field, the
+    parts of all but the first are kept in it; where it carries the first alone (_first_field), the kept
+    parts stand in for the others.
     """
     at = _evaluation_frame(x, projected, signs)
-    return _guided(weights, field_parts(field, mods, at, len(weights)), at, t)
-
-
-def _evaluation_frame(x: torch.Tensor, projected: bool, signs: torch.Tensor | None):
-    """(point, directions, |x| or None): where the fields are evaluated and along which directions."""
+    if held is not None and mods[1][0].shape[0] == x.shape[0]:  # one field's rows per image: the guided alone
+        parts = [*_field_parts(field, mods, at, 1), *held]
+    else:
+        parts = _field_parts(field, mods, at, len(weights))
+        if held is not None:
+            held[:] = parts[1:]
+    return _guided(weights, parts, at, t)
+def _evaluation_frame(x: torch.Tensor, projected: bool, signs: torch.Tensor | None) -> EvaluationFrame:
     if not projected:
         if signs is not None:
             raise ValueError("Hutchinson's divergence is written for the projected field")
-        return x, torch.eye(3, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 3, 3), None
+        return EvaluationFrame(x, torch.eye(3, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 3, 3), None)
     r = x.norm(dim=-1, keepdim=True)
     point = x / r
     frame = tangent_frame(point)
     if signs is not None:
         frame = (signs.unsqueeze(-1) * frame).sum(-2, keepdim=True)
-    return point, frame, r
+    return EvaluationFrame(point, frame, r)
 
 
-def field_parts(field: TangentField, mods, at, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each of the k fields stacked in `mods`: its raw velocity v_k at the point and sum_e e.(J_{v_k} e) over the
-    directions of `at` (_evaluation_frame), from one pass on the k-fold batch."""
+def _field_parts(field: TangentField, mods, at: EvaluationFrame, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each of the k fields stacked in `mods`: its raw velocity at the point and sum_e e.(J e) over the frame's
+    directions, from one pass on the k-fold batch. The guided field is linear in these, so parts can be held."""
     point, frame, _ = at
     out, dout = field(mods, torch.cat([point] * k), torch.cat([frame] * k)) if k > 1 else field(mods, point, frame)
     return [(o, (frame * do).sum((-2, -1))) for o, do in zip(out.chunk(k), dout.chunk(k), strict=True)]
 
 
-def _guided(weights: tuple[float, ...], parts, at, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """u and its divergence from the fields' parts (field_parts, or parts held from an earlier stage)."""
+def _guided(weights: tuple[float, ...], parts, at: EvaluationFrame,
+            t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """u and its divergence from the fields' parts (_field_parts, some maybe held from an earlier stage)."""
     point, _, r = at
     v = sum(weight * o for weight, (o, _) in zip(weights, parts, strict=True))
     trace = sum(weight * tr for weight, (_, tr) in zip(weights, parts, strict=True))
@@ -224,9 +241,9 @@ def log_density(
     with noise; its signs are seeded by the points, so a point gets the same value whatever its batch.
     Called under torch.autocast (bfloat16), the network's matmuls run in bf16 and the rest in fp32: on the
     default model about 1e-3 nats from fp32 and several times faster on CPUs with bf16 units.
-    hold_unguided (fixed-step methods): where the sampler would (sampling.holds_unguided), evaluate the unguided
-    field and its divergence at each step's first stage only and hold them over its other stages, as
-    solvers.guided_velocity does for the draws: an approximation, off by default.
+    hold_unguided (euler, midpoint, rk4): at the |w| and steps where the sampler may (sampling.holds_unguided),
+    evaluate the unguided field and its divergence at each step's first stage only and hold them over its other
+    stages, as solvers.guided_velocity does for the draws: an approximation, off by default.
     """
     if odeint is None:
         raise RuntimeError("log_density needs torchdiffeq: pip install torchdiffeq")
@@ -235,6 +252,8 @@ def log_density(
     if divergence == "hutchinson" and (method not in _OWN_STEPPERS or not projected):
         raise ValueError(f"the Hutchinson divergence needs a fixed-step method ({', '.join(_OWN_STEPPERS)}) "
                          "and the projected field")
+    if hold_unguided and method not in _OWN_STEPPERS:
+        raise ValueError(f"holding the unguided field needs one of {', '.join(_OWN_STEPPERS)}, got {method!r}")
     configure_cpu_math()
     device = next(flow.parameters()).device
     emb = as_embeddings(emb, flow.config.cond_dim).to(device)
@@ -261,38 +280,17 @@ def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk, 
     field = TangentField(flow, matmul_dtype)
     weights, cond = guided_conditions(flow, emb, cfg)
 
-    def rhs(t, x, mods, signs=None):
+    def rhs(t, x, mods, signs=None, held=None):
         if on_step is not None:
             on_step()
-        return field_and_divergence(field, weights, mods, x, t, projected, signs)
+        return field_and_divergence(field, weights, mods, x, t, projected, signs, held)
 
     def tuple_rhs(t, state):
         return rhs(t, state[0], field.modulations(cond, gamma(t)))
 
-    def packed_rhs(t, state, mods, signs=None):
-        u, div = rhs(t, state[..., :3], mods, signs)
+    def packed_rhs(t, state, mods, signs=None, held=None):
+        u, div = rhs(t, state[..., :3], mods, signs, held)
         return torch.cat([u, div.unsqueeze(-1)], dim=-1)
-
-    def held_rhs(every: int):
-        """packed_rhs with the unguided field's parts evaluated at every `every`-th call and held in between;
-        one per solve, since each row worker's points hold their own."""
-        calls, held = 0, None
-
-        def evaluate(t, state, mods, signs=None):
-            nonlocal calls, held
-            if on_step is not None:
-                on_step()
-            at = _evaluation_frame(state[..., :3], projected, signs)
-            if calls % every == 0:
-                parts = field_parts(field, mods, at, 2)
-                held = parts[1]
-            else:
-                parts = [*field_parts(field, mods, at, 1), held]
-            calls += 1
-            u, div = _guided(weights, parts, at, t)
-            return torch.cat([u, div.unsqueeze(-1)], dim=-1)
-
-        return evaluate
 
     if method in _OWN_STEPPERS:
         plan = _fixed_grid(method, steps or 32, dtype, device)
@@ -312,8 +310,8 @@ def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk, 
             mods = iter(stage_mods)
             stage_signs = iter(signs.unbind(-2)) if signs is not None else itertools.repeat(None)
             state = torch.cat([x, torch.zeros_like(x[..., :1])], dim=-1)
-            step_rhs = held_rhs(hold) if hold else packed_rhs
-            logdet = _integrate(method, plan, lambda t, y: step_rhs(t, y, next(mods), next(stage_signs)),
+            held = []  # this solve's: each row worker's points hold their own unguided field
+            logdet = _integrate(method, plan, lambda t, y: packed_rhs(t, y, next(mods), next(stage_signs), held),
                                 state)[..., 3]
         else:  # a tuple, for the adaptive solvers' error norm (the largest of the two parts')
             state = (x, torch.zeros(x.shape[:-1], dtype=dtype, device=device))

@@ -30,11 +30,17 @@ def holds_unguided(cfg: float, steps: int) -> bool:
     return cfg != 0 and abs(cfg) <= HOLD_UNGUIDED_MAX_CFG and steps <= HOLD_UNGUIDED_MAX_STEPS
 
 
+def held_calls(solver: str, cfg: float, steps: int) -> int:
+    """Over how many calls sample() holds the unguided field by default: the solver's evaluations per step where
+    it holds it, else 1."""
+    return EVALUATIONS[solver] if holds_unguided(cfg, steps) else 1
+
+
 def unguided_field(cfg: float, steps: int, solver: str) -> str | None:
     """How sample()'s default treats the unguided field, for a result's record: None at w = 0 (there is none)."""
     if cfg == 0:
         return None
-    return "held over each step" if EVALUATIONS[solver] > 1 and holds_unguided(cfg, steps) else "every stage"
+    return "held over each step" if held_calls(solver, cfg, steps) > 1 else "every stage"
 
 
 def supported_precision(precision: str, device: str | torch.device) -> str:
@@ -126,7 +132,7 @@ def sample(
     emb = as_embeddings(emb, flow.config.cond_dim).to(device)
     x = initial_points(emb.shape[0], n, x0, generator, device)
     solve = get_solver(solver)
-    hold = EVALUATIONS[solver] if hold_unguided and holds_unguided(cfg, steps) else 1
+    hold = held_calls(solver, cfg, steps) if hold_unguided else 1
     velocity = guided_velocity(network_for(flow, precision), emb.unsqueeze(1), float(cfg), hold)
     x = solve(velocity, x, steps, on_step, **(solver_options or {}))
     return normalize(x.float())

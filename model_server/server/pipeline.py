@@ -37,8 +37,8 @@ Emit = Callable[..., None]
 # photo's own samples, with a nearest-neighbour density of all of them as control variate (the paper: the
 # exact log-density of 1024 samples, with dopri5). 4 rk4 steps come near 5 or 7, 3 do not (docs/samplers.md); 64
 # points split between the two row workers of a 2-core CPU (likelihood.MIN_POINTS_PER_WORKER), 48 would run on one.
-# The unguided field is held over each step where the draws' was (sampling.holds_unguided): as accurate on the
-# check's tiles, for five of each step's eight batches of rows (docs/samplers.md).
+# At the |w| where the sampler may hold the unguided field over each step (sampling.holds_unguided), the
+# likelihood holds it over each of its own steps too: its accuracy and time are in docs/samplers.md.
 LOCALIZABILITY_SAMPLES = 64
 LOCALIZABILITY_STEPS = 4
 LOCALIZABILITY_DIVERGENCE = "exact"
@@ -53,15 +53,15 @@ def localizability(model, emb: torch.Tensor, samples: torch.Tensor,
                    check: Callable[[], None] | None = None, cfg: float = 0.0) -> tuple[np.ndarray, str]:
     """The paper's localizability: mean log-density (nats/sr) of the model's own samples / (4 pi ln 2).
 
-    engine.likelihood.mean_log_density: the exact likelihood (probability-flow ODE with the exact
-    divergence; rk4, LOCALIZABILITY_STEPS steps, bf16 matmuls where the device has them) of about
-    LOCALIZABILITY_SAMPLES of the photo's samples, and the k-nearest-neighbour density of all of them as a
-    control variate, stratified: as close to the exact mean over all samples as 8 times as many exact
-    points alone (benchmarks/check_localizability.py). The density is that of the field the samples were drawn
-    from (guidance cfg), so that the score is the negative entropy of the map shown: the reference takes it
-    without guidance, the same at w = 0 (its checkpoints'), but at a negative w the unguided density of wider
-    draws adds their divergence from it, which grows with w and would rank a land view drawn at the land rule's
-    wider w below open ocean.
+    engine.likelihood.mean_log_density: the exact likelihood (probability-flow ODE with the exact divergence; rk4,
+    LOCALIZABILITY_STEPS steps, bf16 matmuls where the device has them, the unguided field held over each step at a
+    small |w|) of about LOCALIZABILITY_SAMPLES of the photo's samples, and the k-nearest-neighbour density of all of
+    them as a control variate, stratified: as close to the exact mean over all samples as 8 times as many exact
+    points alone (benchmarks/check_localizability.py). The density is that of the field the samples were drawn from
+    (guidance cfg), so that the score is the negative entropy of the map shown: the reference takes it without
+    guidance, the same at w = 0 (its checkpoints'), but at a negative w the unguided density of wider draws adds
+    their divergence from it, which grows with w and would rank a land view drawn at the land rule's wider w below
+    open ocean.
     Returns (values (E,), method).
 
     One photo at a time: the matmuls' blocking depends on the batch, and a photo's localizability must not

@@ -21,7 +21,7 @@ from model_server.engine.likelihood import (
     mean_log_density,
 )
 from model_server.engine.network import FlowConfig, GeoAdaLNMLP
-from model_server.engine.sampling import sample
+from model_server.engine.sampling import sample, supported_precision
 from model_server.engine.schedule import gamma, gamma_derivative
 from model_server.engine.sphere import degrees_to_xyz, normalize, project_tangent, uniform_sphere, xyz_to_degrees
 from model_server.server import pipeline
@@ -333,6 +333,10 @@ def test_the_likelihood_holds_the_unguided_field_over_each_step_as_the_sampler_d
     for kept in ({"method": "euler", "steps": 6}, {"w": -2 * HOLD_UNGUIDED_MAX_CFG},
                  {"steps": HOLD_UNGUIDED_MAX_STEPS + 1}):
         assert torch.equal(density(**kept), density(hold=False, **kept)), kept
+    for limit in ({"w": -HOLD_UNGUIDED_MAX_CFG}, {"steps": HOLD_UNGUIDED_MAX_STEPS}, {"method": "midpoint"}):
+        assert not torch.equal(density(**limit), density(hold=False, **limit)), limit
+    with pytest.raises(ValueError, match="holding the unguided field"):
+        density(method="dopri5")
 
     threads = torch.get_num_threads()
     try:
@@ -345,10 +349,17 @@ def test_the_likelihood_holds_the_unguided_field_over_each_step_as_the_sampler_d
         monkeypatch.setattr(likelihood.TangentField, "__call__",
                             lambda self, mods, x, dx: rows.append(x.shape[0]) or call(self, mods, x, dx))
         density(steps=3)
+        density(method="midpoint", steps=2)
+        hutchinson = log_density(net, emb, pts, cfg=-0.05, method="rk4", steps=3, divergence="hutchinson",
+                                 hold_unguided=True)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(split, alone) and torch.allclose(first, alone[:, :5], atol=1e-6)
-    assert rows == [4, 2, 2, 2] * 3  # 2 photos: both fields' rows, then the guided field's alone
+    # 2 photos: both fields' rows at each step's first stage, then the guided field's alone
+    assert rows == [4, 2, 2, 2] * 3 + [4, 2] * 2 + [4, 2, 2, 2] * 3
+    exact = density(steps=3)  # Hutchinson's noise averages out with the field held too
+    assert not torch.equal(hutchinson, exact)
+    assert abs((hutchinson - exact).mean().item()) < 0.1 * (hutchinson - exact).abs().max().item() + 1e-4
 
 
 def test_guided_density_by_an_adaptive_solver_and_by_fixed_steps_agree():
@@ -428,3 +439,11 @@ def test_server_localizability_names_its_method():
     assert "w = -0.8" in method and "held" not in method  # beyond the hold's |w|
     _, method = pipeline.localizability(model, emb, guided, cfg=-0.05)
     assert "w = -0.05" in method and "unguided field held over each step" in method
+
+    def mean_held(hold):
+        return localizability(mean_log_density(net, emb, guided, exact=pipeline.LOCALIZABILITY_SAMPLES, steps=steps,
+                                               precision=supported_precision("bf16", "cpu"), cfg=-0.05,
+                                               hold_unguided=hold)).item()
+
+    value = pipeline.localizability(model, emb, guided, cfg=-0.05)[0][0]
+    assert value == pytest.approx(mean_held(True), abs=1e-7) and value != pytest.approx(mean_held(False), abs=1e-7)

@@ -60,6 +60,6 @@ def test_each_photo_is_drawn_at_its_own_guidance_as_the_server_draws_it():
     precision = supported_precision("bf16", "cpu")
     for i, w in enumerate(cfgs):
         alone = sample(flow, emb[i : i + 1], 64, steps=4, cfg=w, x0=start_points(64, 3), precision=precision)
-        assert np.allclose(maps[i][1], alone[0].numpy(), atol=1e-5), i
+        assert np.allclose(maps[i][1], alone[0].numpy(), atol=1e-3), i  # bf16 rounds by batch
     assert not np.allclose(maps[1][1], draw_maps(flow, emb, cfg=-0.05, samples=64, resolution=5.0, steps=4,
                                                  seed=3)[1][1], atol=1e-3)

@@ -73,4 +73,5 @@ def test_each_photo_is_drawn_at_the_w_its_guess_draws_pick(rule_model):
         expected_share = land_share(guess_draws(model.flow, emb, x0=default_x0)[0].numpy())
         assert cfg_for_photo(model, emb) == (LAND_CFG if expected_share >= threshold else OTHERS_CFG)
     summary, tags = locate(model, {"cfg": 0.5})  # a request's own w wins, and says so
-    assert summary["options"]["cfg"] == 0.5 and summary["guidance"] == {"source": "request"}
+    assert summary["options"]["cfg"] == 0.5
+    assert summary["guidance"] == {"source": "request", "unguided_field": "every stage"}  # beyond the hold's |w|
