@@ -171,7 +171,11 @@ def field_and_divergence(field: TangentField, weights: tuple[float, ...], mods, 
         if held is not None:
             held[:] = parts[1:]
     return _guided(weights, parts, at, t)
+
+
 def _evaluation_frame(x: torch.Tensor, projected: bool, signs: torch.Tensor | None) -> EvaluationFrame:
+    """The projected field is evaluated at x / |x| along two tangent directions (or Hutchinson's one), the raw
+    one at x along the three axes."""
     if not projected:
         if signs is not None:
             raise ValueError("Hutchinson's divergence is written for the projected field")
