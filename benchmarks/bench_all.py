@@ -1,8 +1,8 @@
 """Every benchmark figure of issue 21 in one process, against the authors' code where it has one (`make bench`).
 
   .venv/server/bin/python benchmarks/bench_all.py             # full run, 13-25 min on 2 CPU cores: records
-                                                              # benchmarks/results/<YYYY-MM-DD>.json, regenerates
-                                                              # docs/benchmarks.md and README.md's table
+                                                              # benchmarks/results/<YYYY-MM-DD>[T<HHMM>].json,
+                                                              # regenerates docs/benchmarks.md and README's table
   .venv/server/bin/python benchmarks/bench_all.py --quick     # smoke run at tiny sizes (< 2 min); records nothing
   .venv/server/bin/python benchmarks/bench_all.py --dry-run   # measures nothing: made-up figures, checked and rendered
 
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when present)")
     parser.add_argument("--threads", type=int, help="torch threads in this process (default: torch's)")
     parser.add_argument("--record", metavar="PATH",
-                        help="write the record here (a .json file, or a folder: <YYYY-MM-DD>.json in it); default: "
-                             "benchmarks/results/<YYYY-MM-DD>.json for a full run of every part (a second run the "
-                             "same day replaces it), else nowhere")
+                        help="write the record here (a .json file, or a folder: <YYYY-MM-DD>.json in it, "
+                             "<YYYY-MM-DD>T<HHMM>.json for a second run the same day); default: benchmarks/results/ "
+                             "for a full run of every part, else nowhere")
     parser.add_argument("--no-doc", action="store_true", help="do not regenerate docs/benchmarks.md and README.md")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(target)
         if path.is_dir() or target.endswith(("/", os.sep)):
             path = path / f"{now.strftime('%Y-%m-%d')}.json"
+            if path.exists():  # an earlier run the same day keeps its record
+                path = path.with_name(f"{now.strftime('%Y-%m-%dT%H%M')}.json")
         in_results = path.resolve().parent == render_doc.RESULTS.resolve()
         if in_results and (args.quick or args.dry_run):
             log(f"a smoke run is not recorded in {render_doc.RESULTS}: the page and README.md would show it")

@@ -5,6 +5,7 @@ the committed records still render into the committed page."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,17 @@ def test_dry_run_record_validates_and_renders(tmp_path):
     assert table.count(render_doc.README_END) == 1 and "| the targets of issue 21 met" in table
     assert "7,280 / 2,730 / 2,430 sample-steps/s" in table
     assert render_doc.main(["--results", str(results), "--out", str(page), "--readme", str(readme), "--check"]) == 0
+
+
+def test_a_second_run_the_same_day_keeps_the_first_record(tmp_path):
+    """A folder given to --record gets <date>.json, then <date>T<HHMM>.json: a rerun never overwrites a record."""
+    for _ in range(2):
+        run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_all.py"), "--dry-run", "--no-doc",
+                              "--record", f"{tmp_path}{os.sep}"], capture_output=True, text=True, timeout=120,
+                             cwd=REPO)
+        assert run.returncode == 0, run.stdout + run.stderr
+    names = sorted(path.name for path in tmp_path.glob("*.json"))
+    assert len(names) == 2 and names[1].startswith(names[0][:-5] + "T"), names
 
 
 def test_a_broken_record_is_named():
