@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from geoplonk_service import protocol as P  # noqa: E402
 from model_server.engine.likelihood import localizability, log_density  # noqa: E402
-from model_server.engine.sampling import holds_unguided, sample, start_points, supported_precision  # noqa: E402
+from model_server.engine.sampling import sample, start_points, supported_precision  # noqa: E402
 from model_server.evaluation.metrics import spearman  # noqa: E402
 from model_server.photo_guidance import guess_draws  # noqa: E402
 from model_server.server import pipeline  # noqa: E402
@@ -149,8 +149,7 @@ def main() -> None:
     ws = np.array(saved_w)
     if len(set(saved_w)) > 1:  # the label names one photo's w; the photos here took several
         counts = ", ".join(f"{w:g} for {int((ws == w).sum())}" for w in sorted(set(saved_w)))
-        held = sum(pipeline.LOCALIZABILITY_HOLD_UNGUIDED and holds_unguided(w, pipeline.LOCALIZABILITY_STEPS)
-                   for w in saved_w)
+        held = sum(pipeline.localizability_holds(w) for w in saved_w)
         at = f"at each photo's w ({counts} photos)"
         if 0 < held < len(saved_w):
             at += f"; the unguided field held over each step for {held} of them"

@@ -40,7 +40,7 @@ TILES = ROOT / "build" / "earth-tiles"
 
 
 def tile_cfgs(model, emb: torch.Tensor, args: argparse.Namespace) -> np.ndarray:
-    """Each tile's w as the server would choose it for these samples and seed; the record counts them."""
+    """Each tile's w as the server would choose it for these samples and seed; prints how many took each."""
     cfgs = cfgs_for_photos(model, emb, samples=args.samples, seed=args.seed)
     print(json.dumps({"w": {f"{w:g}": int((cfgs == w).sum()) for w in np.unique(cfgs)}}), flush=True)
     return cfgs

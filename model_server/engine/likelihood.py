@@ -314,7 +314,7 @@ def _solve(flow, emb, points, cfg, method, atol, rtol, steps, projected, chunk, 
             mods = iter(stage_mods)
             stage_signs = iter(signs.unbind(-2)) if signs is not None else itertools.repeat(None)
             state = torch.cat([x, torch.zeros_like(x[..., :1])], dim=-1)
-            held = []  # this solve's: each row worker's points hold their own unguided field
+            held = [] if hold else None  # this solve's: each row worker's points hold their own unguided field
             logdet = _integrate(method, plan, lambda t, y: packed_rhs(t, y, next(mods), next(stage_signs), held),
                                 state)[..., 3]
         else:  # a tuple, for the adaptive solvers' error norm (the largest of the two parts')

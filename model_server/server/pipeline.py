@@ -21,7 +21,7 @@ import torch
 from geoplonk_service import protocol as P
 
 from .. import __version__
-from ..engine.sampling import start_points, unguided_field
+from ..engine.sampling import holds_unguided, start_points, unguided_field
 from ..images import ImageError, decode_image, exif_gps
 from ..photo_guidance import guess_draws, photo_cfgs
 from ..products.aoi import aoi_geometry
@@ -69,7 +69,7 @@ def localizability(model, emb: torch.Tensor, samples: torch.Tensor,
     may raise Cancelled).
     """
     from ..engine import likelihood
-    from ..engine.sampling import holds_unguided, supported_precision
+    from ..engine.sampling import supported_precision
 
     precision = supported_precision("bf16", model.device)
     values = []
@@ -81,8 +81,12 @@ def localizability(model, emb: torch.Tensor, samples: torch.Tensor,
                                            hold_unguided=LOCALIZABILITY_HOLD_UNGUIDED)
         values.append(likelihood.localizability(mean[:, None]).cpu().numpy())
     at = f"at the draws' w = {cfg:g}" if cfg else ""
-    held = LOCALIZABILITY_HOLD_UNGUIDED and holds_unguided(cfg, LOCALIZABILITY_STEPS)
-    return np.concatenate(values), localizability_method(samples.shape[1], precision, at, held)
+    return np.concatenate(values), localizability_method(samples.shape[1], precision, at, localizability_holds(cfg))
+
+
+def localizability_holds(cfg: float) -> bool:
+    """Whether the localizability at the draws' w holds the unguided field over each of its steps."""
+    return LOCALIZABILITY_HOLD_UNGUIDED and holds_unguided(cfg, LOCALIZABILITY_STEPS)
 
 
 def localizability_method(n: int, precision: str, at: str = "", held: bool = False) -> str:
