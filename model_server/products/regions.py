@@ -98,10 +98,18 @@ def region_masks(raster: DensityRaster, levels: list[float], samples: np.ndarray
 def polygonize(mask: np.ndarray, transform) -> MultiPolygon:
     """The cells where mask is True, as one valid MultiPolygon in the transform's coordinates."""
     from rasterio import features
+    from rasterio.transform import Affine
 
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return MultiPolygon()
+    # Only the mask's bounding box is traced: a region is usually a small part of the global grid.
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    box = mask[r0:r1, c0:c1]
     polys = [
         shape(geom)
-        for geom, value in features.shapes(mask.astype(np.uint8), mask=mask, transform=transform, connectivity=4)
+        for geom, value in features.shapes(box.astype(np.uint8), mask=box,
+                                           transform=transform * Affine.translation(c0, r0), connectivity=4)
         if value == 1
     ]
     if not polys:

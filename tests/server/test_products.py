@@ -5,11 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
+from scipy.special import logsumexp
 
 from model_server.geodesy import haversine_km, latlon_to_xyz, xyz_to_latlon
 from model_server.products.density import crop_window, kde_raster
 from model_server.products.grid import Grid
-from model_server.products.kde import kde_log_density, log_kernel_sums, select_kappa
+from model_server.products.kde import (
+    KAPPA_GRID,
+    kde_log_density,
+    log_kernel_sums,
+    loo_log_likelihood,
+    select_kappa,
+    vmf_log_norms,
+)
 from model_server.products.modes import best_guess, best_of_samples, find_modes
 from model_server.products.regions import credible_regions
 
@@ -55,6 +63,18 @@ def test_bandwidth_follows_the_spread(rng):
     narrow = select_kappa(cluster(rng, 0, 0, 1, 500))
     wide = select_kappa(cluster(rng, 0, 0, 10, 500))
     assert narrow > 10 * wide
+
+
+def test_the_leave_one_out_score_matches_a_float64_kernel_sum(rng):
+    """select_kappa's scores take their exp in float32: the same scores and the same choice as the plain sum."""
+    samples = np.concatenate([cluster(rng, 10, 20, 0.3, 300), cluster(rng, -30, 100, 8, 300)])
+    cos = np.clip(samples @ samples.T, -1.0, 1.0)
+    np.fill_diagonal(cos, -np.inf)
+    plain = np.array([np.mean(logsumexp(k * (cos - 1.0), axis=1)) - np.log(len(samples) - 1) + vmf_log_norms(k)
+                      for k in KAPPA_GRID])
+    scores = loo_log_likelihood(samples, KAPPA_GRID)
+    np.testing.assert_allclose(scores, plain, rtol=0, atol=1e-5)
+    assert np.argmax(scores) == np.argmax(plain)
 
 
 def test_ninety_percent_region_holds_ninety_percent_of_samples(rng):
