@@ -8,7 +8,8 @@ guidance, seed 0), then three estimates of the mean log-density of those draws /
 Prints |estimate - exact| (median, max), Spearman against exact, and seconds per photo (wall and process
 CPU) of each estimate and of the server's sampling (the distribution's draws and the best guess's 256).
 --validate N checks the exact solve against dopri5 (atol = rtol = 1e-6) on 32 draws of the first N photos;
---exact-from reuses the exact values of an earlier --save of the same rows (the draws are seeded, and checked),
+--exact-from reuses the exact values of an earlier --save of the same rows (the draws are seeded, and checked)
+and names the setting they were solved with (a file saved without it: name it with --exact),
 and --points/--steps/--divergence/--full-field try another setting than the server's (pipeline.LOCALIZABILITY_*).
 --save also keeps every draw and, without --exact-from, its exact log-density:
 benchmarks/compare_control_variates.py studies estimators on them.
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT / "build" / "earth-tiles" / "test.csv"))
     parser.add_argument("--cache", default=str(ROOT / "build" / "earth-tiles" / "emb-test-rot4.npz"))
     parser.add_argument("--tiles", default="0:100", help="START:STOP rows of --data")
-    parser.add_argument("--exact", default="rk4:32", help="rk4:STEPS or dopri5")
+    parser.add_argument("--exact", help="rk4:STEPS or dopri5 (default: rk4:32, or --exact-from's)")
     parser.add_argument("--validate", type=int, default=0, metavar="N")
     parser.add_argument("--exact-from", metavar="NPZ", help="exact values from an earlier --save of these rows")
     parser.add_argument("--points", type=int, help="exact draws per photo (default: the server's)")
@@ -90,7 +91,6 @@ def main() -> None:
     model = load_model(args.model, device="cpu")
     start, stop = (int(v) for v in args.tiles.split(":"))
     emb, _ = embed_rows(args.data, slice(start, stop), model.encoder, args.cache)
-    exact_kw = {"method": "dopri5"} if args.exact == "dopri5" else {"method": "rk4", "steps": int(args.exact[4:])}
     options = P.DEFAULT_OPTIONS
     precision = supported_precision(options["precision"], model.device)
     x0 = start_points(options["samples"], options["seed"])
@@ -101,6 +101,13 @@ def main() -> None:
             if "draws" not in saved:
                 raise SystemExit(f"{args.exact_from} holds no draws: make it with this script's --save")
             earlier, earlier_draws = saved["rows"][:, 0], saved["draws"]
+            saved_exact = str(saved["exact"]) if "exact" in saved else None
+        if args.exact and saved_exact and args.exact != saved_exact:
+            raise SystemExit(f"{args.exact_from} holds exact values of {saved_exact}, not {args.exact}")
+        args.exact = args.exact or saved_exact or f"as in {args.exact_from}"
+    else:
+        args.exact = args.exact or "rk4:32"
+        exact_kw = {"method": "dopri5"} if args.exact == "dopri5" else {"method": "rk4", "steps": int(args.exact[4:])}
     if earlier is not None and len(earlier) != len(emb):
         raise SystemExit(f"{args.exact_from} has {len(earlier)} photos, these rows {len(emb)}")
     print(f"{len(emb)} photos of {args.data} (rows {args.tiles}), model {model.name}, {model.guidance.describe()}, "
@@ -175,7 +182,7 @@ def main() -> None:
     figures.append({"what": f"sampling, {options['samples']} + {guess} draws", "value": round(float(timing[0]), 3),
                     "unit": "s", "compare": f"{timing[1]:.3f} s CPU"})
     if args.save:
-        per_draw = {"draws": np.stack(saved_draws), "cfg": np.array(saved_w)}
+        per_draw = {"draws": np.stack(saved_draws), "cfg": np.array(saved_w), "exact": np.array(args.exact)}
         if saved_lp:  # every draw's exact log-density, to study estimators offline
             per_draw["exact_log_density"] = np.stack(saved_lp)
         np.savez(args.save, rows=a, columns=np.array(["exact", "server", "former", "sample_wall", "sample_cpu",
