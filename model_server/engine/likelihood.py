@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - torchdiffeq is in the server extra
 
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
 KNN_NEIGHBOURS = 5
+KNN_BLOCK_TERMS = 2**24  # distances held at once by knn_log_density (64 MB)
 MIN_POINTS_PER_WORKER = 32  # per row worker: fewer leave its matmuls too thin to pay for a thread
 # mean_log_density's strata of the draws by kNN density (upper quantiles) and each one's share of the exact
 # draws: on the default model log p - c spreads 1.5 nats in the sparsest 5 % down to 0.5 in the densest
@@ -433,19 +434,28 @@ def localizability(draws_log_density):
     return draws_log_density.mean(-1) / (4 * math.pi * math.log(2))
 
 
-def knn_log_density(points: torch.Tensor, k: int = KNN_NEIGHBOURS) -> torch.Tensor:
+def knn_log_density(points: torch.Tensor, k: int = KNN_NEIGHBOURS,
+                    on_block: Callable[[], None] | None = None) -> torch.Tensor:
     """(E, n, 3) unit vectors -> (E, n) float32: each point's k-nearest-neighbour log-density among the others.
 
     psi(k) - log(n - 1) - log(area of the spherical cap out to the k-th neighbour), per steradian (the
     Kozachenko-Leonenko estimate). Chord lengths are taken from coordinate differences, not dot products,
-    so close neighbours keep their precision in float32.
+    so close neighbours keep their precision in float32. The distances are taken for blocks of points against
+    all (KNN_BLOCK_TERMS at most at once: the whole matrix is 16 GB at the 65,536 draws a request may ask for);
+    on_block is called before each block and may raise to stop (the server's cancel).
     """
     x = normalize(torch.as_tensor(points).float())
     n = x.shape[-2]
     if not 0 < k < n:
         raise ValueError(f"k must be between 1 and n - 1 = {n - 1}, got {k}")
-    chord = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
-    kth = chord.topk(k + 1, dim=-1, largest=False).values[..., k]  # [..., 0] is the point itself
+    rows = max(1, KNN_BLOCK_TERMS // (n * max(1, x.shape[:-2].numel())))
+    kth = []
+    for start in range(0, n, rows):
+        if on_block is not None:
+            on_block()
+        chord = torch.cdist(x[..., start : start + rows, :], x, compute_mode="donot_use_mm_for_euclid_dist")
+        kth.append(chord.topk(k + 1, dim=-1, largest=False).values[..., k])  # [..., 0] is the point itself
+    kth = torch.cat(kth, dim=-1)
     cap_area = (math.pi * kth.square()).clamp_min(1e-12)  # 2 pi (1 - cos theta) = pi chord^2
     digamma_k = sum(1 / j for j in range(1, k)) - 0.5772156649015329  # psi(k) for a whole k
     return (digamma_k - math.log(n - 1) - cap_area.log()).float()
@@ -490,7 +500,7 @@ def mean_log_density(
 
     if n <= exact or n <= k:
         return exact_log_density(draws).mean(-1)
-    c = knn_log_density(draws, k)
+    c = knn_log_density(draws, k, on_step)
     rank = torch.empty_like(c, dtype=torch.long).scatter_(
         -1, c.argsort(dim=-1, stable=True), torch.arange(n, device=device).expand(c.shape))
     upper = [round(n * q) for q in DENSITY_STRATA]

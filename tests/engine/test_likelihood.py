@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from model_server.engine import likelihood as likelihood_module
 from model_server.engine.likelihood import (
     TangentField,
     field_and_divergence,
@@ -390,6 +391,21 @@ def test_knn_density_of_uniform_points_is_uniform_on_average():
     assert knn_log_density(pts).mean().item() == pytest.approx(-math.log(4 * math.pi), abs=0.05)
     with pytest.raises(ValueError, match="k must be"):
         knn_log_density(pts[:, :5], k=5)
+
+
+def test_knn_density_in_blocks_is_the_whole_matrix_s_and_may_be_stopped(monkeypatch):
+    pts = uniform_sphere(1000, generator=torch.Generator().manual_seed(1))[None].expand(2, -1, -1)
+    whole = knn_log_density(pts)
+    monkeypatch.setattr(likelihood_module, "KNN_BLOCK_TERMS", 2 * 1000 * 64)  # 64 points a block, 2 photos
+    blocks = []
+    assert torch.equal(knn_log_density(pts, on_block=lambda: blocks.append(1)), whole)
+    assert len(blocks) == 16
+
+    def stop():
+        raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        knn_log_density(pts, on_block=stop)
 
 
 def test_mean_log_density_is_close_to_the_mean_over_every_draw():
