@@ -109,7 +109,7 @@ def polygonize(mask: np.ndarray, transform) -> MultiPolygon:
     polys = [
         shape(geom)
         for geom, value in features.shapes(box.astype(np.uint8), mask=box,
-                                           transform=transform * Affine.translation(c0, r0), connectivity=4)
+                                           transform=transform @ Affine.translation(c0, r0), connectivity=4)
         if value == 1
     ]
     if not polys:
