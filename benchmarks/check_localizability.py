@@ -104,9 +104,10 @@ def main() -> None:
             saved_exact = str(saved["exact"]) if "exact" in saved else None
         if args.exact and saved_exact and args.exact != saved_exact:
             raise SystemExit(f"{args.exact_from} holds exact values of {saved_exact}, not {args.exact}")
-        args.exact = args.exact or saved_exact or f"as in {args.exact_from}"
+        exact_known = args.exact or saved_exact
+        args.exact = exact_known or f"as in {args.exact_from}"
     else:
-        args.exact = args.exact or "rk4:32"
+        args.exact = exact_known = args.exact or "rk4:32"
         exact_kw = {"method": "dopri5"} if args.exact == "dopri5" else {"method": "rk4", "steps": int(args.exact[4:])}
     if earlier is not None and len(earlier) != len(emb):
         raise SystemExit(f"{args.exact_from} has {len(earlier)} photos, these rows {len(emb)}")
@@ -182,7 +183,9 @@ def main() -> None:
     figures.append({"what": f"sampling, {options['samples']} + {guess} draws", "value": round(float(timing[0]), 3),
                     "unit": "s", "compare": f"{timing[1]:.3f} s CPU"})
     if args.save:
-        per_draw = {"draws": np.stack(saved_draws), "cfg": np.array(saved_w), "exact": np.array(args.exact)}
+        per_draw = {"draws": np.stack(saved_draws), "cfg": np.array(saved_w)}
+        if exact_known:  # the setting the exact values were solved with, for a later --exact-from
+            per_draw["exact"] = np.array(exact_known)
         if saved_lp:  # every draw's exact log-density, to study estimators offline
             per_draw["exact_log_density"] = np.stack(saved_lp)
         np.savez(args.save, rows=a, columns=np.array(["exact", "server", "former", "sample_wall", "sample_cpu",

@@ -14,7 +14,6 @@ each photo asked for, prints in localizability units:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -27,8 +26,6 @@ sys.path.insert(0, str(ROOT))
 from model_server.engine import likelihood  # noqa: E402
 from model_server.engine.sampling import supported_precision  # noqa: E402
 from model_server.server import pipeline  # noqa: E402
-
-SCALE = 4 * math.pi * math.log(2)
 
 
 def main() -> None:
@@ -64,7 +61,7 @@ def main() -> None:
     for i in photos:
         one, w = emb[i : i + 1], float(cfgs[i])
         points = torch.from_numpy(draws[i])[None]
-        truth = exact[i].mean()
+        truth = likelihood.localizability(exact[i])
         server = pipeline.localizability(model, one, points, cfg=w)[0][0]
         index = {row.tobytes(): j for j, row in enumerate(draws[i])}
 
@@ -81,9 +78,8 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             steps = solve(model.flow, one, points[:, :n], cfg=w, method="rk4", steps=pipeline.LOCALIZABILITY_STEPS,
                           hold_unguided=pipeline.localizability_holds(w))[0].double().numpy()
-        bias = (steps - exact[i][:n]).mean() / SCALE
-        print(f"{i + start:5d} {w:6g}  {server - truth / SCALE:+.4f}  {choice - truth / SCALE:+.4f}  {bias:+.4f}",
-              flush=True)
+        bias = likelihood.localizability(steps - exact[i][:n])
+        print(f"{i + start:5d} {w:6g}  {server - truth:+.4f}  {choice - truth:+.4f}  {bias:+.4f}", flush=True)
 
 
 if __name__ == "__main__":

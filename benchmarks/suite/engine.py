@@ -291,9 +291,9 @@ def part_accuracy(sizes: Sizes, device, flow, emb, x0, reference, reference_seco
 # ------------------------------------------------------------------------------------------------ 4
 
 
-def part_density(sizes: Sizes, device, flow, emb, cfg: float = 0.0, beside: bool = False) -> dict:
+def part_density(sizes: Sizes, device, flow, emb, cfg: float = 0.0) -> dict:
     """log_density points per second: rk4 16 steps, and the server's localizability as the server calls it, at
-    the w the server would draw this photo at (cfg); with `beside`, also beside the photo's products."""
+    the w the server would draw this photo at (cfg)."""
     import torch
 
     from model_server.engine.likelihood import log_density
@@ -328,55 +328,6 @@ def part_density(sizes: Sizes, device, flow, emb, cfg: float = 0.0, beside: bool
                            sizes.repeats, device))
     out["server"] = {"points": k, "method": method[-1], "seconds": seconds}
     log(f"  the server's localizability ({method[-1]}, {k} points): {seconds:.3f} s = {k / seconds:.1f} points/s")
-    if beside:
-        out["beside"] = beside_products(sizes, device, flow, emb, cfg)
-    return out
-
-
-def beside_products(sizes: Sizes, device, flow, emb, cfg: float = 0.0) -> dict:
-    """The server's localizability beside one photo's products (pipeline.LocalizabilityBeside, numpy's BLAS on one
-    thread as in the server), against each alone, interleaved: what it adds to the products' seconds."""
-    import torch
-
-    from geoplonk_service import protocol as P
-    from model_server.engine.runtime import single_thread_blas
-    from model_server.engine.sampling import sample, start_points, supported_precision
-    from model_server.photo_guidance import guess_draws
-    from model_server.products.report import compute_products
-    from model_server.server import pipeline
-
-    single_thread_blas()
-    options = P.DEFAULT_OPTIONS
-    precision = supported_precision(options["precision"], device)
-    x0 = start_points(sizes.samples, options["seed"]).to(device)
-    guess = guess_draws(flow, emb, x0=x0[: P.GUESS_SAMPLES], precision=precision)[0].float().cpu().numpy()
-    samples = sample(flow, emb, sizes.samples, steps=options["steps"], solver=options["solver"], cfg=cfg, x0=x0,
-                     precision=precision)
-    draws = samples[0].float().cpu().numpy()
-    model = types.SimpleNamespace(flow=flow, device=torch.device(device))
-
-    def products():
-        compute_products(draws, guess, options["resolution"], options["levels"], options["top_k"], options["crop"])
-
-    def localizability():
-        pipeline.localizability(model, emb, samples, cfg=cfg)
-
-    def beside():
-        job = pipeline.LocalizabilityBeside(model, emb, samples, lambda: None, cfg)
-        with job:
-            products()
-        job.result()
-
-    runs = {"products": products, "localizability": localizability, "beside": beside}
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for func in runs.values():
-        func()  # warm-up
-    for _ in range(2 * sizes.repeats + 1):
-        for name, func in runs.items():
-            seconds[name] += timed(func, 1, device, warmup=False)
-    out = {name: median(values) for name, values in seconds.items()}
-    log(f"  products {out['products']:.3f} s, localizability {out['localizability']:.3f} s, one after the other "
-        f"{out['products'] + out['localizability']:.3f} s, beside {out['beside']:.3f} s")
     return out
 
 
@@ -448,6 +399,6 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
             raw.setdefault("accuracy", {})[name] = result
     for name, (flow, emb) in models.items():
         result = attempt("density", f", {name}", lambda flow=flow, emb=emb, name=name: part_density(
-            sizes, device, flow, emb, photo_cfg.get(name, 0.0), beside=name == DEFAULT))
+            sizes, device, flow, emb, photo_cfg.get(name, 0.0)))
         if result:
             raw.setdefault("density", {})[name] = result

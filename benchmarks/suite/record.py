@@ -187,14 +187,6 @@ def density(b: Builder, raw: dict) -> None:
             b.fig("density", f"density.{name}.server",
                   f"{label}: the server's localizability ({srv['method']}, {srv['points']} points)",
                   sig(srv["seconds"]), "s", f"{srv['points'] / srv['seconds']:.1f} points/s")
-        side = result.get("beside")
-        if side:
-            alone = side["products"] + side["localizability"]
-            b.fig("density", f"density.{name}.beside", f"{label}: the server's localizability beside the photo's "
-                  "products (each alone, then both at once, interleaved)", sig(side["beside"]), "s",
-                  f"{side['beside'] / alone:.2f}x one after the other ({alone:.3f} s)",
-                  note=f"products alone {side['products']:.3f} s, localizability alone {side['localizability']:.3f} s: "
-                       f"beside them it adds {side['beside'] - side['products']:.3f} s")
         if name == PLONK:
             b.target("density_rate", "exact log-density at the PLONK size (rk4, 16 steps), fp32", ">= 50 points/s",
                      sig(rate), "points/s", rate >= 50)
@@ -235,14 +227,10 @@ def one_photo(b: Builder, raw: dict) -> None:
         for stage, seconds in result["stages"].items():
             b.fig("one_photo", f"one_photo.{name}.{stage}", f"{label}: {stage}", sig(seconds), "s",
                   f"{100 * seconds / trip:.0f} % of the round trip" if trip else None)
-        loc, wait = result["stages"].get("localizability"), result["stages"].get("localizability_wait")
+        loc = result["stages"].get("localizability")
         if loc is not None and trip:
-            # its own seconds, though it runs beside the products (pipeline.LocalizabilityBeside): the cost it would
-            # have alone is not measured, so the share is an upper bound on what it adds
-            note = (f"its own seconds, beside the products; the round trip waited {wait:.3f} s for it after them"
-                    if wait is not None else None)
             b.target(f"localizability_share.{name}", f"{label}: localizability", "<= 10 % of the round trip",
-                     round(100 * loc / trip, 1), "%", loc <= 0.1 * trip, note=note)
+                     round(100 * loc / trip, 1), "%", loc <= 0.1 * trip)
         if name == DEFAULT:
             b.target("one_photo", "default model: one photo, all products, warm server", "< 1 s round trip",
                      sig(trip), "s", trip < 1.0)
@@ -374,7 +362,7 @@ def synthetic_raw() -> dict:
                 "converged": {"solver": "heun", "steps": 256, "precision": "fp32", "samples": 128,
                               "half_steps_median_km": 0.01, "half_steps_p99_km": 0.05}}
     stages = {"decode": 0.01, "embed": 0.03, "sample": 0.6, "localizability": 0.2, "density": 0.4, "regions": 0.05,
-              "places": 0.02, "localizability_wait": 0.02, "write": 0.05}
+              "places": 0.02, "write": 0.05}
     options = {"samples": 1024, "steps": 32, "solver": "euler", "precision": "bf16", "cfg": -0.05, "resolution": 0.25}
     return {
         "device": "cpu", "threads": 2, "server_device": "cpu",
@@ -383,9 +371,7 @@ def synthetic_raw() -> dict:
         "sampling": {"n": 1024, "steps": 32, "seconds": {"ours fp32": 12.0, "ours bf16": 4.5, "reference fp32": 13.5}},
         "accuracy": {PLONK: accuracy, DEFAULT: accuracy},
         "density": {name: {"rk4": {"points": 64, "steps": 16, "seconds": 2.0},
-                           "server": {"points": 64, "method": "exact-midpoint", "seconds": 0.5},
-                           **({"beside": {"products": 0.3, "localizability": 0.2, "beside": 0.4}}
-                              if name == DEFAULT else {})}
+                           "server": {"points": 64, "method": "exact-midpoint", "seconds": 0.5}}
                     for name in (PLONK, DEFAULT)},
         "one_photo": {DEFAULT: {"round_trip": 1.5, "stages": stages, "options": options, "repeats": 3},
                       PLONK: {"round_trip": 9.0, "stages": {**stages, "embed": 2.0, "sample": 5.0},

@@ -39,10 +39,7 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pyogrio").setLevel(logging.WARNING)
     from ..engine.checkpoint import ModelNotFoundError
-    from ..engine.runtime import single_thread_blas
     from ..server.app import Server, ServerConfig, install_signal_handlers
-
-    single_thread_blas()
 
     if args.lease is not None and args.lease <= 2 * max(0.05, args.heartbeat):
         print(f"geoplonk serve: --lease {args.lease:g} must be more than two heartbeats "

@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent import futures
 from typing import Any
 
 import numpy as np
@@ -23,7 +21,6 @@ import torch
 from geoplonk_service import protocol as P
 
 from .. import __version__
-from ..engine.runtime import side_thread
 from ..engine.sampling import holds_unguided, start_points, unguided_field
 from ..images import ImageError, decode_image, exif_gps
 from ..photo_guidance import guess_draws, photo_cfgs
@@ -85,50 +82,6 @@ def localizability(model, emb: torch.Tensor, samples: torch.Tensor,
         values.append(likelihood.localizability(mean[:, None]).cpu().numpy())
     at = f"at the draws' w = {cfg:g}" if cfg else ""
     return np.concatenate(values), localizability_method(samples.shape[1], precision, at, localizability_holds(cfg))
-
-
-class LocalizabilityBeside:
-    """The localizability on the side thread (runtime.side_thread) while the photo's products are made on the
-    last core: it keeps the network on one thread, where a second one gains little at 64 points, and the
-    products are numpy on one core. Use as a context manager around the products; then result().
-
-    If the products fail or are cancelled, the localizability is stopped at its next field evaluation and
-    waited for before the error goes on, so that it never runs into the next photo.
-    """
-
-    def __init__(self, model, emb: torch.Tensor, samples: torch.Tensor, check: Callable[[], None], cfg: float):
-        self._stop = threading.Event()
-        self.seconds = self.waited = 0.0
-
-        def stoppable() -> None:
-            if self._stop.is_set():
-                raise Cancelled
-            check()
-
-        def run() -> tuple[np.ndarray, str]:
-            start = time.perf_counter()
-            try:
-                return localizability(model, emb, samples, stoppable, cfg=cfg)
-            finally:
-                self.seconds = time.perf_counter() - start
-
-        self._future = side_thread().submit(run)
-
-    def __enter__(self) -> LocalizabilityBeside:
-        return self
-
-    def __exit__(self, kind, *_: Any) -> None:
-        if kind is not None:
-            self._stop.set()
-            futures.wait([self._future])
-
-    def result(self) -> tuple[np.ndarray, str]:
-        """(values, method), once it is done; `waited` is how long this call waited for it."""
-        start = time.perf_counter()
-        try:
-            return self._future.result()
-        finally:
-            self.waited = time.perf_counter() - start
 
 
 def localizability_holds(cfg: float) -> bool:
@@ -295,25 +248,23 @@ def run_photo(model, device, i: int, name: str, blob: bytes, options: dict[str, 
         if unguided:
             guidance["unguided_field"] = unguided
 
+    with stage("localizability"):
+        loc, loc_method = localizability(model, emb, samples, check, cfg=options["cfg"])
+
     def on_stage(label: str) -> None:
         check()
         emit("progress", label, i, name)
 
-    on_stage("localizability")
-    beside = LocalizabilityBeside(model, emb, samples, check, options["cfg"])
     claims, claim_notes = photo_claims(options, truth)
     warnings.extend(claim_notes)
     draws = samples[0].float().cpu().numpy()
-    with beside:
-        products = compute_products(
-            draws, guess[0].float().cpu().numpy(), options["resolution"],
-            options["levels"], options["top_k"], options["crop"], truth, on_stage, check,
-            aoi=area_of_interest(options), claims=claims,
-        )
-    loc, loc_method = beside.result()
+    products = compute_products(
+        draws, guess[0].float().cpu().numpy(), options["resolution"],
+        options["levels"], options["top_k"], options["crop"], truth, on_stage, check,
+        aoi=area_of_interest(options), claims=claims,
+    )
     warnings.extend(products.warnings)
     timings.update(products.timings)
-    timings["localizability"], timings["localizability_wait"] = beside.seconds, beside.waited
     with stage("write"):
         tags = {
             "model": model.name, "encoder": model.encoder_name, "solver": options["solver"],

@@ -3,13 +3,11 @@ the weights change, and a sample's rows independent of how they are split among 
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
 from model_server.engine.network import FlowConfig, GeoAdaLNMLP, fast_velocity
-from model_server.engine.runtime import row_workers, side_thread
+from model_server.engine.runtime import row_workers
 from model_server.engine.sampling import sample
 from model_server.engine.sphere import geodesic_distance, uniform_sphere
 
@@ -112,14 +110,3 @@ def test_row_workers_return_in_order_raise_and_keep_the_callers_threads():
     with pytest.raises(ZeroDivisionError):
         workers.map(lambda a: 1 / a, [(1,), (0,)])
     assert workers.map(lambda: "still serving", [()]) == ["still serving"]
-
-
-def test_the_side_thread_leaves_the_caller_one_core_and_hands_back_errors():
-    threads = torch.get_num_threads()
-    side = side_thread()
-    assert torch.get_num_threads() == threads
-    future = side.submit(lambda: (torch.get_num_threads(), threading.current_thread().name))
-    assert future.result(timeout=30) == (max(1, threads - 1), "geoplonk-side-0")
-    with pytest.raises(ZeroDivisionError):
-        side.submit(lambda: 1 / 0).result(timeout=30)
-    assert side_thread() is side and side.submit(lambda: "still serving").result(timeout=30) == "still serving"

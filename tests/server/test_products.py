@@ -77,6 +77,33 @@ def test_the_leave_one_out_score_matches_a_float64_kernel_sum(rng):
     assert np.argmax(scores) == np.argmax(plain)
 
 
+@pytest.mark.parametrize("resolution", [0.1, 0.3, 2.0])
+def test_a_region_traced_on_its_bounding_box_has_the_whole_grid_s_coordinates(resolution):
+    """polygonize traces a mask's bounding box only: its polygons are, bit for bit, the whole grid's, at the east
+    edge, the south pole and across the antimeridian too, at cell sizes that binary fractions do not hold."""
+    from rasterio import features
+    from shapely.geometry import MultiPolygon, Polygon, shape
+
+    from model_server.products.regions import polygonize
+
+    grid = Grid.global_grid(resolution)
+    h, w = grid.height, grid.width
+    mask = np.zeros((h, w), dtype=bool)
+    mask[h - 3 :, w - 5 :] = True  # the south pole's row, at the east edge
+    mask[h // 2 : h // 2 + 4, :3] = mask[h // 2 : h // 2 + 4, -2:] = True  # both sides of the antimeridian
+    mask[2:9, w // 3 : w // 3 + 9] = True
+    mask[4, w // 3 + 3] = False  # a hole
+    transform = grid.transform()
+    whole = [shape(g) for g, v in features.shapes(mask.astype(np.uint8), mask=mask, transform=transform,
+                                                    connectivity=4) if v == 1]
+    merged = shapely.make_valid(shapely.union_all(whole))
+    expected = MultiPolygon([g for g in getattr(merged, "geoms", [merged]) if isinstance(g, Polygon)])
+    got = polygonize(mask, transform)
+    assert got.wkb == expected.wkb
+    assert got.bounds == (-180.0, -90.0, 180.0, expected.bounds[3])
+    assert polygonize(np.zeros((h, w), dtype=bool), transform).is_empty
+
+
 def test_ninety_percent_region_holds_ninety_percent_of_samples(rng):
     samples = cluster(rng, -10, 120, 5, 2000)
     fresh = cluster(rng, -10, 120, 5, 2000)  # held-out draws of the same distribution
