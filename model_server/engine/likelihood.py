@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,7 +37,6 @@ except ImportError:  # pragma: no cover - torchdiffeq is in the server extra
 
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
 KNN_NEIGHBOURS = 5
-KNN_BLOCK_TERMS = 2**24  # distances held at once by knn_log_density (64 MB)
 MIN_POINTS_PER_WORKER = 32  # per row worker: fewer leave its matmuls too thin to pay for a thread
 # mean_log_density's strata of the draws by kNN density (upper quantiles) and each one's share of the exact
 # draws: on the default model log p - c spreads 1.5 nats in the sparsest 5 % down to 0.5 in the densest
@@ -439,23 +439,24 @@ def knn_log_density(points: torch.Tensor, k: int = KNN_NEIGHBOURS,
     """(E, n, 3) unit vectors -> (E, n) float32: each point's k-nearest-neighbour log-density among the others.
 
     psi(k) - log(n - 1) - log(area of the spherical cap out to the k-th neighbour), per steradian (the
-    Kozachenko-Leonenko estimate). Chord lengths are taken from coordinate differences, not dot products,
-    so close neighbours keep their precision in float32. The distances are taken for blocks of points against
-    all (KNN_BLOCK_TERMS at most at once: the whole matrix is 16 GB at the 65,536 draws a request may ask for);
-    on_block is called before each block and may raise to stop (the server's cancel).
+    Kozachenko-Leonenko estimate). The k-th neighbour's chord is the straight-line distance in 3-D, found with a
+    k-d tree (about n log n, where the whole distance matrix is n^2: 16 GiB at the 65,536 draws a request may ask
+    for) in float64 from coordinate differences, so close neighbours keep their precision. on_block is called
+    before each image's search and may raise to stop (the server's cancel).
     """
+    from scipy.spatial import cKDTree
+
     x = normalize(torch.as_tensor(points).float())
     n = x.shape[-2]
     if not 0 < k < n:
         raise ValueError(f"k must be between 1 and n - 1 = {n - 1}, got {k}")
-    rows = max(1, KNN_BLOCK_TERMS // (n * max(1, x.shape[:-2].numel())))
     kth = []
-    for start in range(0, n, rows):
+    for image in x.detach().reshape(-1, n, 3).cpu().double().numpy():
         if on_block is not None:
             on_block()
-        chord = torch.cdist(x[..., start : start + rows, :], x, compute_mode="donot_use_mm_for_euclid_dist")
-        kth.append(chord.topk(k + 1, dim=-1, largest=False).values[..., k])  # [..., 0] is the point itself
-    kth = torch.cat(kth, dim=-1)
+        distances, _ = cKDTree(image).query(image, k=k + 1)
+        kth.append(distances[:, k])  # [:, 0] is the point itself
+    kth = torch.from_numpy(np.stack(kth)).reshape(x.shape[:-1]).to(x.device)
     cap_area = (math.pi * kth.square()).clamp_min(1e-12)  # 2 pi (1 - cos theta) = pi chord^2
     digamma_k = sum(1 / j for j in range(1, k)) - 0.5772156649015329  # psi(k) for a whole k
     return (digamma_k - math.log(n - 1) - cap_area.log()).float()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from model_server.engine import likelihood as likelihood_module
 from model_server.engine.likelihood import (
+    KNN_NEIGHBOURS,
     TangentField,
     field_and_divergence,
     guided_conditions,
@@ -393,13 +393,17 @@ def test_knn_density_of_uniform_points_is_uniform_on_average():
         knn_log_density(pts[:, :5], k=5)
 
 
-def test_knn_density_in_blocks_is_the_whole_matrix_s_and_may_be_stopped(monkeypatch):
-    pts = uniform_sphere(1000, generator=torch.Generator().manual_seed(1))[None].expand(2, -1, -1)
-    whole = knn_log_density(pts)
-    monkeypatch.setattr(likelihood_module, "KNN_BLOCK_TERMS", 2 * 1000 * 64)  # 64 points a block, 2 photos
-    blocks = []
-    assert torch.equal(knn_log_density(pts, on_block=lambda: blocks.append(1)), whole)
-    assert len(blocks) == 16
+def test_knn_density_finds_the_neighbours_the_whole_distance_matrix_does_and_may_be_stopped():
+    pts = uniform_sphere(1000, generator=torch.Generator().manual_seed(1))[None].expand(2, -1, -1).double()
+    chord = torch.cdist(pts, pts, compute_mode="donot_use_mm_for_euclid_dist")
+    kth = chord.topk(KNN_NEIGHBOURS + 1, dim=-1, largest=False).values[..., KNN_NEIGHBOURS]
+    digamma = sum(1 / j for j in range(1, KNN_NEIGHBOURS)) - 0.5772156649015329
+    expected = digamma - math.log(999) - (math.pi * kth.square()).log()
+    searches = []
+    got = knn_log_density(pts, on_block=lambda: searches.append(1))
+    assert got.shape == (2, 1000) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+    assert len(searches) == 2
 
     def stop():
         raise RuntimeError("stopped")
