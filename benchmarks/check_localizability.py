@@ -105,15 +105,15 @@ def main() -> None:
         if args.exact and saved_exact and args.exact != saved_exact:
             raise SystemExit(f"{args.exact_from} holds exact values of {saved_exact}, not {args.exact}")
         exact_known = args.exact or saved_exact
-        args.exact = exact_known or f"as in {args.exact_from}"
     else:
-        args.exact = exact_known = args.exact or "rk4:32"
-        exact_kw = {"method": "dopri5"} if args.exact == "dopri5" else {"method": "rk4", "steps": int(args.exact[4:])}
+        exact_known = args.exact or "rk4:32"
+        exact_kw = {"method": "dopri5"} if exact_known == "dopri5" else {"method": "rk4", "steps": int(exact_known[4:])}
+    exact_label = exact_known or f"as in {args.exact_from}"
     if earlier is not None and len(earlier) != len(emb):
         raise SystemExit(f"{args.exact_from} has {len(earlier)} photos, these rows {len(emb)}")
     print(f"{len(emb)} photos of {args.data} (rows {args.tiles}), model {model.name}, {model.guidance.describe()}, "
           f"{options['samples']} draws, {options['steps']} {options['solver']} steps, {precision}; "
-          f"exact: {args.exact}; torch threads {torch.get_num_threads()}", flush=True)
+          f"exact: {exact_label}; torch threads {torch.get_num_threads()}", flush=True)
 
     rows, method, saved_draws, saved_lp, saved_w = [], "", [], [], []
     for i in range(len(emb)):
@@ -198,7 +198,7 @@ def main() -> None:
         write_record(args.record, "check_localizability",
                      f"Localizability as the server estimates it against the exact value, {len(emb)} tiles",
                      figures, device="cpu",
-                     conditions=f"{args.data} rows {args.tiles}, exact = {args.exact} on all "
+                     conditions=f"{args.data} rows {args.tiles}, exact = {exact_label} on all "
                                 f"{options['samples']} draws, {torch.get_num_threads()} torch threads",
                      notes=[f"server: {method}"])
 

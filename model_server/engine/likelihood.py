@@ -435,13 +435,13 @@ def localizability(draws_log_density):
 
 
 def knn_log_density(points: torch.Tensor, k: int = KNN_NEIGHBOURS,
-                    on_block: Callable[[], None] | None = None) -> torch.Tensor:
+                    on_search: Callable[[], None] | None = None) -> torch.Tensor:
     """(E, n, 3) unit vectors -> (E, n) float32: each point's k-nearest-neighbour log-density among the others.
 
     psi(k) - log(n - 1) - log(area of the spherical cap out to the k-th neighbour), per steradian (the
     Kozachenko-Leonenko estimate). The k-th neighbour's chord is the straight-line distance in 3-D, found with a
-    k-d tree (about n log n, where the whole distance matrix is n^2: 16 GiB at the 65,536 draws a request may ask
-    for) in float64 from coordinate differences, so close neighbours keep their precision. on_block is called
+    k-d tree (about n log n: a whole distance matrix would be n^2, 16 GiB at the 65,536 draws a request may ask
+    for) in float64 from coordinate differences, so close neighbours keep their precision. on_search is called
     before each image's search and may raise to stop (the server's cancel).
     """
     from scipy.spatial import cKDTree
@@ -452,8 +452,8 @@ def knn_log_density(points: torch.Tensor, k: int = KNN_NEIGHBOURS,
         raise ValueError(f"k must be between 1 and n - 1 = {n - 1}, got {k}")
     kth = []
     for image in x.detach().reshape(-1, n, 3).cpu().double().numpy():
-        if on_block is not None:
-            on_block()
+        if on_search is not None:
+            on_search()
         distances, _ = cKDTree(image).query(image, k=k + 1)
         kth.append(distances[:, k])  # [:, 0] is the point itself
     kth = torch.from_numpy(np.stack(kth)).reshape(x.shape[:-1]).to(x.device)

@@ -105,9 +105,9 @@ def loo_log_likelihood(samples: np.ndarray, kappas: np.ndarray,
     d = np.clip(x @ x.T, -1.0, 1.0) - 1.0  # (n, n), <= 0; computed once for every kappa
     np.fill_diagonal(d, -np.inf)
     # logsumexp by hand: each row's largest term is its nearest other sample for every kappa, so the
-    # shift is found once and each kappa costs one scaled exp over the matrix.
-    # The shifted matrix is taken to float32 for the exp (several times faster): each term is in (0, 1], the
-    # row sums add in float64, and the scores move by about 1e-7, far below the grid's gaps between kappas.
+    # shift is found once and each kappa costs one scaled exp over the matrix, in float32 (several times
+    # faster): each term is in (0, 1], the row sums add in float64, and the scores move by about 1e-7, far
+    # below the grid's gaps between kappas.
     nearest = d.max(axis=1)
     d -= nearest[:, None]
     shifted = d.astype(np.float32)

@@ -108,21 +108,19 @@ def polygonize(mask: np.ndarray, transform) -> MultiPolygon:
     # the last bit, as tracing the whole grid would.
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     box = mask[r0:r1, c0:c1]
-    polys = [
+    cells = [
         shape(geom)
         for geom, value in features.shapes(box.astype(np.uint8), mask=box, transform=Affine.translation(c0, r0),
                                            connectivity=4)
         if value == 1
     ]
-    if not polys:
-        return MultiPolygon()
-    t = transform
 
     def to_grid(xy: np.ndarray) -> np.ndarray:  # GDAL's sum, in GDAL's order
         x, y = xy[:, 0], xy[:, 1]
+        t = transform
         return np.column_stack([t.c + x * t.a + y * t.b, t.f + x * t.d + y * t.e])
 
-    polys = list(shapely.transform(np.array(polys, dtype=object), to_grid))
+    polys = shapely.transform(cells, to_grid)
     merged = shapely.make_valid(shapely.union_all(polys))
     parts = [g for g in getattr(merged, "geoms", [merged]) if isinstance(g, Polygon) and not g.is_empty]
     return MultiPolygon(parts)

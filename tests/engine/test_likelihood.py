@@ -400,7 +400,7 @@ def test_knn_density_finds_the_neighbours_the_whole_distance_matrix_does_and_may
     digamma = sum(1 / j for j in range(1, KNN_NEIGHBOURS)) - 0.5772156649015329
     expected = digamma - math.log(999) - (math.pi * kth.square()).log()
     searches = []
-    got = knn_log_density(pts, on_block=lambda: searches.append(1))
+    got = knn_log_density(pts, on_search=lambda: searches.append(1))
     assert got.shape == (2, 1000) and got.dtype == torch.float32
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
     assert len(searches) == 2
@@ -409,7 +409,7 @@ def test_knn_density_finds_the_neighbours_the_whole_distance_matrix_does_and_may
         raise RuntimeError("stopped")
 
     with pytest.raises(RuntimeError, match="stopped"):
-        knn_log_density(pts, on_block=stop)
+        knn_log_density(pts, on_search=stop)
 
 
 def test_mean_log_density_is_close_to_the_mean_over_every_draw():
