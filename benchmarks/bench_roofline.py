@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_solvers import authors_sampler, best_times, random_plonk  # noqa: E402
+from bench_solvers import best_times, random_plonk  # noqa: E402
+from suite.engine import reference_sampler  # noqa: E402
 
 from model_server.engine.network import FlowConfig  # noqa: E402
 from model_server.engine.runtime import configure_cpu_math, row_workers  # noqa: E402
@@ -109,7 +110,7 @@ def main() -> None:
         "fp32, FastVelocity": lambda: sample(flow, emb, args.n, steps=args.steps, x0=x0, cfg=args.cfg),
     }
     if args.reference:
-        run = authors_sampler(flow)
+        run = reference_sampler(flow, "cpu")
         if run is not None:
             variants["the authors' sampler, fp32"] = lambda: run(x0, emb, args.steps, args.cfg)
     dtypes = (("bf16", torch.bfloat16), ("fp32", torch.float32))
