@@ -157,8 +157,12 @@ def machine(device: str | None = None) -> dict:
         pass
     cpu = cpu or platform.processor() or platform.machine()
     cores = os.cpu_count()
-    described = f"{cores}-core {cpu}" + (" (AVX-512 bf16)" if "avx512_bf16" in flags else "")
+    # AMX tiles run bf16 matmuls several times faster than AVX-512's dot products: name the faster unit
+    bf16_units = "AMX" if "amx_bf16" in flags else "AVX-512" if "avx512_bf16" in flags else ""
+    described = f"{cores}-core {cpu}" + (f" ({bf16_units} bf16)" if bf16_units else "")
     info: dict = {"cpu": cpu, "cores": cores, "os": f"{platform.system()} {platform.release()}"}
+    if bf16_units:
+        info["bf16_units"] = bf16_units
     try:
         info["torch"] = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
