@@ -37,6 +37,8 @@ FOURIER_COST = 2.5
 # Elements of work per block (row chunk x kernels x terms, or tile cells x kernels): ~10 ms each, so
 # `check` runs often and the buffers stay a few MB.
 BLOCK_WORK = 1 << 19
+# Kernels planned at once (fewer, over fewer rows, when the map is sharp).
+PLAN_CHUNK = 128
 # (kernel, tile) pairs listed (and sorted, ~25 ms) at once by the direct way; more go in further runs.
 MAX_PAIRS = 1 << 18
 # Extra terms of the backward recurrence above the last one kept.
@@ -140,24 +142,32 @@ def _plan(layout: _Layout, k_lat, kappa, cut, check) -> _Plan:
     half_cols = np.full((n, layout.blocks), -1.0)
     rows_reached = np.zeros(n)
     max_cos_lat = np.zeros(n)
-    pad = layout.blocks * TILE_ROWS - height
-    lat_r = layout.lat[None, :]
-    chunk = max(1, BLOCK_WORK // height)
+    cos_lat = np.cos(layout.lat)
+    # Kernels in order of their first row, a chunk at a time over the row blocks its kernels reach: a sharp map's
+    # chunks span a few dozen rows of the hundreds (rows outside a kernel's row_lo..row_hi are never reached).
+    order = np.argsort(row_lo, kind="stable")
+    chunk = max(1, min(PLAN_CHUNK, BLOCK_WORK // height))
     for start in range(0, n, chunk):
         if check is not None:
             check()
-        s = slice(start, start + chunk)
+        s = order[start : start + chunk]
+        first, last = int(row_lo[s].min()), int(row_hi[s].max())
+        if last < first:
+            continue  # none of them reaches a row's centre
+        b0, b1 = first // TILE_ROWS, last // TILE_ROWS + 1
+        rows = slice(b0 * TILE_ROWS, min(b1 * TILE_ROWS, height))
+        lat_r = layout.lat[None, rows]
         a = -2.0 * kappa[s, None] * np.sin((lat_r - k_lat[s, None]) / 2) ** 2  # kappa (cos(dlat) - 1)
         reached = a >= -cut[s, None]
-        b = kappa[s, None] * np.cos(lat_r) * np.cos(k_lat[s, None])
+        b = kappa[s, None] * cos_lat[None, rows] * np.cos(k_lat[s, None])
         with np.errstate(divide="ignore", invalid="ignore"):
             q = (cut[s, None] + a) / b  # the window: b (1 - cos dlon) <= cut + a
         half = np.where(q >= 2.0, np.inf, 2.0 * np.arcsin(np.sqrt(np.clip(q, 0.0, 2.0) / 2.0)) / layout.dlon)
         half = np.where(reached, half, -1.0)
-        half = np.pad(half, ((0, 0), (0, pad)), constant_values=-1.0)
-        half_cols[s] = half.reshape(len(half), layout.blocks, TILE_ROWS).max(axis=2)
+        half = np.pad(half, ((0, 0), (0, (b1 - b0) * TILE_ROWS - half.shape[1])), constant_values=-1.0)
+        half_cols[s, b0:b1] = half.reshape(len(half), b1 - b0, TILE_ROWS).max(axis=2)
         rows_reached[s] = reached.sum(axis=1)
-        max_cos_lat[s] = np.where(reached, np.cos(lat_r), 0.0).max(axis=1)
+        max_cos_lat[s] = np.where(reached, cos_lat[None, rows], 0.0).max(axis=1)
     tiles_touched = np.minimum(layout.tiles, np.floor(2 * half_cols / TILE_COLS) + 2)
     direct_work = np.where(half_cols >= 0, tiles_touched, 0.0).sum(axis=1) * (TILE_ROWS * TILE_COLS)
     # half the tolerance for the terms left out, half for the normalisation they leave uncorrected

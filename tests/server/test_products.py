@@ -219,6 +219,26 @@ def test_crop_keeps_the_mass(rng):
     assert (r1 - r0) * (c1 - c0) < raster.prob.size / 4
 
 
+@pytest.mark.parametrize("mass", [0.99, 0.999])
+def test_crop_takes_the_densest_cells_a_full_sort_takes(rng, mass):
+    """crop_window sorts only the cells that can hold the mass: the window of a sort of every cell."""
+
+    def full_sort_window(prob):
+        flat = prob.ravel()
+        order = np.argsort(flat, kind="stable")[::-1]
+        keep = order[: int(np.searchsorted(np.cumsum(flat[order]), mass * flat.sum())) + 1]
+        rows, cols = np.unravel_index(keep, prob.shape)
+        return rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+
+    grid = Grid.global_grid(0.5)
+    for samples in (cluster(rng, 40, -100, 3, 500), cluster(rng, -20, 30, 25, 500), cluster(rng, 0, 0, 0.2, 50)):
+        prob = kde_raster(samples, grid).prob
+        assert crop_window(prob, mass) == full_sort_window(prob)
+    flat = np.full((grid.height, grid.width), 1.0 / (grid.height * grid.width))  # every cell a candidate
+    r0, r1, c0, c1 = crop_window(flat, mass)
+    assert flat[r0:r1, c0:c1].sum() >= mass - 1e-9
+
+
 def test_best_guess_prefers_the_larger_region_and_stays_sharp_inside_it(rng):
     tight = cluster(rng, -10, 20, 0.05, 40)  # a small, very tight cluster
     broad = cluster(rng, 45, -100, 3.0, 300)  # most of the mass, spread over ~300 km

@@ -150,3 +150,23 @@ def test_check_runs_throughout_and_stops_the_raster(kappa):
         calls.clear()
         with pytest.raises(Stop):
             kde_raster(samples, Grid.global_grid(0.25), kappa=kappa, adaptive=False, check=stop_at(k))
+
+
+@pytest.mark.parametrize("resolution", [0.25, 2.0])
+def test_the_plan_reads_every_row_a_kernel_reaches(resolution):
+    """_plan works over the rows between each kernel's row_lo and row_hi only: no row outside them passes the
+    reach test, and the rows it counts are all the rows that do."""
+    rng = np.random.default_rng(3)
+    layout = raster_sum._Layout(Grid.global_grid(resolution))
+    lat = np.concatenate([rng.uniform(-90, 90, 300), [90.0, -90.0, 89.99, -89.9, 0.0]])
+    kappa = np.concatenate([10 ** rng.uniform(0, 6, 300), [50.0, 3e5, 2.0, 1e4, 1e6]])
+    k_lat = np.deg2rad(lat)
+    cut = np.full(len(kappa), 20.0)
+    plan = raster_sum._plan(layout, k_lat, kappa, cut, None)
+    reach_test = -2.0 * kappa[:, None] * np.sin((layout.lat[None, :] - k_lat[:, None]) / 2) ** 2 >= -cut[:, None]
+    rows = np.arange(layout.height)
+    inside = (rows >= plan.row_lo[:, None]) & (rows <= plan.row_hi[:, None])
+    assert not (reach_test & ~inside).any()
+    rows_counted = plan.fourier_work / (plan.terms + raster_sum.RECURRENCE_MARGIN + 1)
+    np.testing.assert_array_equal(rows_counted, reach_test.sum(axis=1))
+    assert ((plan.half_cols >= 0).any(axis=1) == reach_test.any(axis=1)).all()
