@@ -73,12 +73,6 @@ BENCHMARKS = {
         "`benchmarks/bench_engine.py`: 1,024 samples x 32 Euler steps with random weights at the published "
         "PLONK size (dim 512, depth 12, cond 1024), ours against the authors' sampler in the same run.",
     ),
-    "bench_roofline": (
-        "Sampling against the matmul roofline",
-        "`benchmarks/bench_roofline.py`: 1,024 samples x 32 Euler steps at the PLONK size (random weights), "
-        "bf16 by autocast and by the engine's bf16 evaluator, and fp32, as FLOP/s (counted from the network's "
-        "matmuls) and as a share of the fastest matmul timed in the same rounds.",
-    ),
     "bench_solvers": (
         "Sampler accuracy against time",
         "`benchmarks/bench_solvers.py`: per solver and step count, the median and 99th percentile distance (km) "
