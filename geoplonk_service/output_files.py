@@ -48,6 +48,13 @@ def unique_stems(names: Iterable[str | os.PathLike]) -> list[str]:
     return stems
 
 
+def joint_stem(photo_stems: Iterable[str]) -> str:
+    """A batch's joint map stem: JOINT_NAME, or `joint_2`... when one of the batch's photos has that stem, as
+    same-named photos are told apart (case-insensitive)."""
+    taken = {stem.lower() for stem in photo_stems}
+    return first_free(JOINT_NAME, lambda s: s in taken)
+
+
 def unused_stem(folder: Path, stem: str, taken: set[str] | None = None) -> str:
     """`stem`, or `stem_2`... so a new result never overwrites files that open layers use (the plugin's rule;
     a Processing or `geoplonk locate` batch writes into the folder it is given, named by `unique_stems`)."""

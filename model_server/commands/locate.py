@@ -230,11 +230,11 @@ def complete_result(out: Path, stem: str, photo: Path, request: dict[str, Any]):
 
 
 def save_joint(joint, out: Path, stems: set[str], request: dict[str, Any], report: bool = False) -> str:
-    """Write the joint map beside the photos' files (joint.tif/.gpkg/.json, or joint-map.* when a photo is
+    """Write the joint map beside the photos' files (joint.tif/.gpkg/.json, or joint_2.* when a photo is
     named joint); the line that says where, or why there is none."""
-    from geoplonk_service.client import JOINT_NAME
+    from geoplonk_service.output_files import joint_stem
 
-    stem = JOINT_NAME if JOINT_NAME not in stems else f"{JOINT_NAME}-map"
+    stem = joint_stem(stems)
     paths = joint.save(out, stem, extra={"request": request})
     if report and joint.ok:
         paths["report"] = write_report(joint, "joint map", paths, out / f"{stem}.html")

@@ -414,11 +414,10 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
 
     @staticmethod
     def _save_joint(joint, out_dir: Path, stems: set[str], feedback) -> dict[str, str]:
-        """Write the joint map as joint.tif/.gpkg/.json (joint-map.* when a photo is named joint)."""
-        from geoplonk_service.output_files import JOINT_NAME
+        """Write the joint map as joint.tif/.gpkg/.json (joint_2.* when a photo is named joint)."""
+        from geoplonk_service.output_files import joint_stem
 
-        stem = JOINT_NAME if JOINT_NAME not in stems else f"{JOINT_NAME}-map"
-        files = {kind: str(path) for kind, path in joint.save(out_dir, stem).items()}
+        files = {kind: str(path) for kind, path in joint.save(out_dir, joint_stem(stems)).items()}
         if not joint.ok:
             feedback.reportError(f"No joint map: {(joint.error or {}).get('message') or joint.status}", False)
             return {}
