@@ -14,7 +14,9 @@ from collections.abc import Callable
 from .client import RETRIES, GeoPlonkClient, ServerUnavailable
 from .launcher import LocalServer, start_local_server
 
-# How long a probe waits for the server's `info` reply: a server that answers does so at once.
+# How long a probe waits for an endpoint's `info` reply: a server that answers does so at once. Our own local
+# server, its process alive, gets the caller's whole timeout: busy with another job on a loaded machine it may
+# answer late, and a restart would kill that job.
 PROBE_TIMEOUT_S = 2.0
 # A local server nobody asks for this long exits by itself (it also exits when this process does).
 IDLE_TIMEOUT_S = 3600.0
@@ -62,12 +64,13 @@ class LocalServerManager:
                 candidates = [local.endpoint] if first else [*candidates, local.endpoint]
             failure: ServerUnavailable | None = None
             for candidate in candidates:
+                ours = local is not None and candidate == local.endpoint
                 try:
-                    client = self._probe(candidate, timeout_s)
+                    client = self._probe(candidate, timeout_s, timeout_s if ours else PROBE_TIMEOUT_S)
                 except ServerUnavailable as exc:
                     failure = exc
                     continue
-                if local is not None and candidate == local.endpoint:
+                if ours:
                     self._stands_in_for = endpoint
                 return client
             if not start_command:
@@ -88,9 +91,10 @@ class LocalServerManager:
         self.close()
 
     @staticmethod
-    def _probe(endpoint: str, timeout_s: float) -> GeoPlonkClient:
-        """A client to `endpoint` once it answered `info` (which also tells the client the server's limits)."""
-        client = GeoPlonkClient(endpoint, timeout_s=min(timeout_s, PROBE_TIMEOUT_S), retries=0)
+    def _probe(endpoint: str, timeout_s: float, probe_timeout_s: float) -> GeoPlonkClient:
+        """A client to `endpoint` once it answered `info` within `probe_timeout_s` (which also tells the client the
+        server's limits)."""
+        client = GeoPlonkClient(endpoint, timeout_s=min(timeout_s, probe_timeout_s), retries=0)
         try:
             client.info()
         except BaseException:

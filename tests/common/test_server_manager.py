@@ -99,6 +99,27 @@ def test_starts_once_stands_in_for_the_endpoint_and_stops_on_close(manager):
         assert again.endpoint == manager.local_server.endpoint != server.endpoint
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
+def test_a_busy_local_server_is_waited_for_not_replaced(manager):
+    """Our local server, alive but slow to answer (here: stopped for 3 s, as a loaded machine can hold it), is kept:
+    replacing it after the 2 s probe would kill the job it is running."""
+    import signal
+
+    configured = dead_endpoint()
+    with manager.connect(configured, SERVE, timeout_s=30):
+        pass
+    server = manager.local_server
+    os.kill(server.process.pid, signal.SIGSTOP)
+    resume = threading.Timer(3.0, os.kill, (server.process.pid, signal.SIGCONT))
+    resume.start()
+    try:
+        with manager.connect(configured, SERVE, timeout_s=30) as client:
+            assert client.endpoint == server.endpoint and client.info()["default_model"] == "earth-tiles"
+    finally:
+        resume.join()
+    assert manager.local_server is server and server.running and len(manager.logged) == 2
+
+
 def test_files_are_read_per_request_and_bad_files_fail_alone(manager, tmp_path):
     good = [jpeg(tmp_path / f"good-{i}.jpg", i) for i in range(3)]
     big = jpeg(tmp_path / "big.jpg", 9, size=(256, 192))
