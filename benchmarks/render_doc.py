@@ -11,7 +11,8 @@ benchmarks/results/<YYYY-MM-DD>.json through `write_json`. A record is one JSON 
   benchmark   the script's name without .py (bench_stages, ...), or the name of a measurement made otherwise
   title       what the run measured, in one line
   date        when it ran: YYYY-MM-DD, or a UTC timestamp (YYYY-MM-DDTHH:MM:SSZ) when a script wrote it
-  machine     {"description": one line, and where known "cpu", "cores", "torch", "device"}
+  machine     {"description": one line, and where known "cpu", "cores", "bf16_units" (the faster of AMX and
+              AVX-512 the CPU has), "torch", "device"}
   command     the exact command line (text with `code` in it when no single command ran)
   command_note optional: how the command was run (environment, working folder)
   conditions  optional: what else ran on the machine ("machine otherwise idle")

@@ -9,14 +9,15 @@ until close() stops it.  Thread-safe: QGIS tasks and Processing runs ask from th
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from .client import RETRIES, GeoPlonkClient, ServerUnavailable
 from .launcher import LocalServer, start_local_server
 
 # How long a probe waits for an endpoint's `info` reply: a server that answers does so at once. Our own local
-# server, its process alive, gets the caller's whole timeout: busy with another job on a loaded machine it may
-# answer late, and a restart would kill that job.
+# server is probed again while its process lives, up to the caller's timeout: busy with another job on a loaded
+# machine it may answer late, and a restart would kill that job.
 PROBE_TIMEOUT_S = 2.0
 # A local server nobody asks for this long exits by itself (it also exits when this process does).
 IDLE_TIMEOUT_S = 3600.0
@@ -54,6 +55,8 @@ class LocalServerManager:
         `endpoint`: the server to use; our local server stands in for it once it failed to answer.  None: only
         a local server.  `start_command`: starts the local server when needed (`model` becomes its default
         model); None: never start one.  `log` overrides the manager's for this call.
+        Our local server, its process alive, may take all of `timeout_s` to answer (busy on a loaded machine) before
+        it is replaced; other callers wait meanwhile.
         Raises ServerUnavailable when nothing answers and nothing may start, ServerStartError when the start fails.
         """
         with self._lock:
@@ -63,10 +66,10 @@ class LocalServerManager:
                 first = endpoint in (None, self._stands_in_for)
                 candidates = [local.endpoint] if first else [*candidates, local.endpoint]
             failure: ServerUnavailable | None = None
-            for candidate in candidates:
+            for candidate in dict.fromkeys(candidates):  # the endpoint may be our local server's own
                 ours = local is not None and candidate == local.endpoint
                 try:
-                    client = self._probe(candidate, timeout_s, timeout_s if ours else PROBE_TIMEOUT_S)
+                    client = self._probe_local(local, timeout_s) if ours else self._probe(candidate, timeout_s)
                 except ServerUnavailable as exc:
                     failure = exc
                     continue
@@ -90,11 +93,21 @@ class LocalServerManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @classmethod
+    def _probe_local(cls, local: LocalServer, timeout_s: float) -> GeoPlonkClient:
+        """_probe of our local server, again while its process lives, for up to `timeout_s` in all."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return cls._probe(local.endpoint, timeout_s)
+            except ServerUnavailable:
+                if not local.running or time.monotonic() >= deadline:
+                    raise
+
     @staticmethod
-    def _probe(endpoint: str, timeout_s: float, probe_timeout_s: float) -> GeoPlonkClient:
-        """A client to `endpoint` once it answered `info` within `probe_timeout_s` (which also tells the client the
-        server's limits)."""
-        client = GeoPlonkClient(endpoint, timeout_s=min(timeout_s, probe_timeout_s), retries=0)
+    def _probe(endpoint: str, timeout_s: float) -> GeoPlonkClient:
+        """A client to `endpoint` once it answered `info` (which also tells the client the server's limits)."""
+        client = GeoPlonkClient(endpoint, timeout_s=min(timeout_s, PROBE_TIMEOUT_S), retries=0)
         try:
             client.info()
         except BaseException:

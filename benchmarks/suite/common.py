@@ -38,6 +38,7 @@ class Sizes:
     repeats: int = 3  # engine figures: runs after a warm-up (their median)
     roofline_size: int = 4096
     roofline_repeats: int = 5
+    roofline_sustained_s: float = 3.0  # the same products this long before the timed ones (part_roofline)
     samples: int = 1024  # samples per photo in the engine parts
     steps: int = 32
     accuracy_samples: int = 128  # start points whose endpoints are compared with the converged ones
@@ -59,9 +60,9 @@ class Sizes:
 
 
 QUICK = Sizes(
-    repeats=1, roofline_size=1024, roofline_repeats=3, samples=128, steps=4, accuracy_samples=16,
-    converged_steps=16, step_grid=(2, 4), euler_extra=(), reference_steps=(4, 8), density_points=4,
-    localizability_points=4,
+    repeats=1, roofline_size=1024, roofline_repeats=3, roofline_sustained_s=0.2, samples=128, steps=4,
+    accuracy_samples=16, converged_steps=16, step_grid=(2, 4), euler_extra=(), reference_steps=(4, 8),
+    density_points=4, localizability_points=4,
     server_options=(("samples", 128), ("steps", 4), ("resolution", 1.0)), server_repeats=1,
     batch_photos=3, batch_repeats=1, scaling_samples=(64, 128), scaling_photos=(1, 3),
     scaling_resolutions=(2.0, 1.0), scaling_repeats=1, vit_layers=1,
@@ -111,6 +112,16 @@ def timed(func, repeats: int, device, warmup=None) -> list[float]:
         sync(device)
         times.append(time.perf_counter() - start)
     return times
+
+
+def run_for(func, seconds: float, device) -> None:
+    """Call func again and again for about `seconds` (at least once)."""
+    end = time.perf_counter() + seconds
+    while True:
+        func()
+        sync(device)
+        if time.perf_counter() >= end:
+            return
 
 
 def median(values) -> float:

@@ -61,7 +61,10 @@ def roofline(b: Builder, raw: dict) -> None:
         return
     ways = "the faster of two ways, " if any(len(v) > 1 for v in (roof.get("ways") or {}).values()) else ""
     b.part("roofline", f"torch.mm of two {roof['size']} x {roof['size']} matrices on the device (2·n³ FLOPs), {ways}"
-                       f"median of {roof['repeats']} after a warm-up: what the matmul library reaches on this machine."
+                       f"median of {roof['repeats']} after " + (f"{roof['sustained_s']:g} s of the same products "
+                       "(the rate sustained over a sampler's seconds; AMX CPUs run their first second about twice as "
+                       "fast)" if roof.get("sustained_s") else "a warm-up") +
+                       ": what the matmul library reaches on this machine."
                        + (" The ways: all cores on one product (intra-op threads), and its rows split over one row "
                           "worker per core, as the samplers run." if ways else ""))
     for name in ("fp32", "bf16"):

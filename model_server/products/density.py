@@ -140,12 +140,14 @@ def crop_window(prob: np.ndarray, mass: float = 0.999) -> tuple[int, int, int, i
     """
     flat = prob.ravel()
     total = float(flat.sum())
-    # Cells under (1 - mass) total / N hold less than 1 - mass together, so the top-`mass` cells are among the
-    # others: a few thousand to sort of a million.
+    if not np.isfinite(total) or total <= 0:
+        return 0, prob.shape[0], 0, prob.shape[1]  # no mass to crop to
+    # Cells under (1 - mass) total / N hold less than (1 - mass) total together, so the top-`mass` cells are among
+    # the others: a few thousand to sort of a million.
     candidates = np.flatnonzero(flat >= (1.0 - mass) * total / flat.size)
     order = candidates[np.argsort(flat[candidates])[::-1]]
     csum = np.cumsum(flat[order])
-    keep = order[: int(np.searchsorted(csum, mass * total)) + 1]
+    keep = order[: int(np.searchsorted(csum, min(mass * total, csum[-1]))) + 1]
     rows, cols = np.unravel_index(keep, prob.shape)
     row0, row1 = int(rows.min()), int(rows.max()) + 1
     used = np.zeros(prob.shape[1], dtype=bool)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
+import rasterio
 from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 
@@ -12,6 +16,16 @@ NODATA = -1.0  # probabilities are >= 0, so -1 can never be a real value
 OVERVIEW_FACTORS = (2, 4, 8, 16)
 TILE = 256
 MIN_OVERVIEW_PIXELS = 8  # an overview is built while its longer side keeps at least this many pixels
+
+
+def compression_threads() -> str:
+    """GDAL's threads for compressing tiles: the process's OpenMP budget where one is set (a Ray actor's cores),
+    else every core; one before GDAL 3.7.3, whose threaded GTiff writer could corrupt tiles that it read back
+    while writing them, as building overviews does (OSGeo/gdal#8470)."""
+    if tuple(int(part) for part in re.findall(r"\d+", rasterio.__gdal_version__)[:3]) < (3, 7, 3):
+        return "1"
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    return budget if budget.isdigit() and int(budget) > 0 else "ALL_CPUS"
 
 
 def geotiff_bytes(prob: np.ndarray, grid: Grid, tags: dict[str, object] | None = None) -> bytes:
@@ -30,7 +44,7 @@ def geotiff_bytes(prob: np.ndarray, grid: Grid, tags: dict[str, object] | None =
         "nodata": NODATA,
         "compress": "deflate",
         "predictor": 3,
-        "num_threads": "ALL_CPUS",  # tiles compress independently: the same bytes, sooner
+        "num_threads": compression_threads(),  # tiles compress independently: the same bytes, sooner
     }
     # Always tiled (as the contract says), cropped and coarse rasters too: 256 x 256 tiles, or one tile (a
     # multiple of 16, as TIFF requires) when the whole raster is smaller.

@@ -106,9 +106,9 @@ def loo_log_likelihood(samples: np.ndarray, kappas: np.ndarray,
     np.fill_diagonal(d, -np.inf)
     # logsumexp by hand: each row's largest term is its nearest other sample for every kappa, so the
     # shift is found once and each kappa costs one scaled exp over the matrix, in float32 (several times
-    # faster), and its row sums one matrix-vector product: each term is in (0, 1] with a 1 in every row, so
-    # the sums lose nothing to cancellation and the scores move by about 1e-7, far below the grid's gaps
-    # between kappas.
+    # faster), and its row sums one matrix-vector product: the terms are in [0, 1] with a 1 in every row, so
+    # nothing cancels; terms under about 1e-7 of a row's sum fall away, which moves the scores by about 1e-7
+    # (tested), far below the grid's gaps between kappas.
     nearest = d.max(axis=1)
     d -= nearest[:, None]
     shifted = d.astype(np.float32)

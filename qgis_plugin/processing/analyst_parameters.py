@@ -45,7 +45,7 @@ HELP = (
     "Area of interest: polygons (a country, a coastline strip) the photos are known to come from; the maps "
     "are restricted to it, or with a weight above 0 only favour it (1: no effect).\n\n"
     "Joint map: the photos are of one place; their maps are multiplied into one map, written as joint.tif, "
-    f"joint.gpkg and joint.json (at most {P.MAX_JOINT_PHOTOS} photos).\n\n"
+    f"joint.gpkg and joint.json (joint_2.* when a photo is named joint; at most {P.MAX_JOINT_PHOTOS} photos).\n\n"
     "Case reports: one self-contained HTML file per result (<stem>.html, and joint.html), with the map as QGIS "
     "draws it, the top places, the claim verdicts and the record of the run."
 )

@@ -237,6 +237,10 @@ def test_crop_takes_the_densest_cells_a_full_sort_takes(rng, mass):
     flat = np.full((grid.height, grid.width), 1.0 / (grid.height * grid.width))  # every cell a candidate
     r0, r1, c0, c1 = crop_window(flat, mass)
     assert flat[r0:r1, c0:c1].sum() >= mass - 1e-9
+    block = np.zeros((grid.height, grid.width))
+    block[100:110, 200:230] = rng.random((10, 30))
+    assert crop_window(block, 1.0) == (100, 110, 200, 230)  # all the mass: the cells holding some
+    assert crop_window(np.zeros_like(block), mass) == (0, grid.height, 0, grid.width)  # none: nothing to crop to
 
 
 def test_best_guess_prefers_the_larger_region_and_stays_sharp_inside_it(rng):
@@ -368,6 +372,21 @@ def test_cropped_and_coarse_geotiffs_are_tiled_with_overviews():
             assert src.profile["tiled"], grid
             assert src.block_shapes[0][0] % 16 == 0
             assert src.overviews(1) == overviews
+
+
+def test_the_geotiff_compressed_on_several_threads_is_the_same_file(monkeypatch):
+    """Tiles (and overviews) compress independently: threads change when the bytes are ready, not the bytes. A
+    Ray actor's OpenMP budget bounds the threads."""
+    from model_server.products import geotiff
+
+    grid = Grid.global_grid(0.25)
+    data = kde_raster(cluster(np.random.default_rng(1), 30, 31, 2, 300), grid).prob
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert geotiff.compression_threads() == "1"
+    one = geotiff.geotiff_bytes(data, grid)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert geotiff.compression_threads() == "ALL_CPUS"  # rasterio's GDAL here is 3.7.3 or newer
+    assert geotiff.geotiff_bytes(data, grid) == one
 
 
 def test_geopackage_bytes_do_not_depend_on_the_clock():
