@@ -38,7 +38,6 @@ class Sizes:
     repeats: int = 3  # engine figures: runs after a warm-up (their median)
     roofline_size: int = 4096
     roofline_repeats: int = 5
-    roofline_sustained_s: float = 3.0  # the same products this long before the timed ones (part_roofline)
     samples: int = 1024  # samples per photo in the engine parts
     steps: int = 32
     accuracy_samples: int = 128  # start points whose endpoints are compared with the converged ones
@@ -60,7 +59,7 @@ class Sizes:
 
 
 QUICK = Sizes(
-    repeats=1, roofline_size=1024, roofline_repeats=3, roofline_sustained_s=0.2, samples=128, steps=4,
+    repeats=1, roofline_size=1024, roofline_repeats=3, samples=128, steps=4,
     accuracy_samples=16, converged_steps=16, step_grid=(2, 4), euler_extra=(), reference_steps=(4, 8),
     density_points=4, localizability_points=4,
     server_options=(("samples", 128), ("steps", 4), ("resolution", 1.0)), server_repeats=1,
@@ -112,16 +111,6 @@ def timed(func, repeats: int, device, warmup=None) -> list[float]:
         sync(device)
         times.append(time.perf_counter() - start)
     return times
-
-
-def run_for(func, seconds: float, device) -> None:
-    """Call func again and again for about `seconds` (at least once)."""
-    end = time.perf_counter() + seconds
-    while True:
-        func()
-        sync(device)
-        if time.perf_counter() >= end:
-            return
 
 
 def median(values) -> float:

@@ -19,7 +19,6 @@ from .common import (
     log,
     median,
     percentile,
-    run_for,
     timed,
 )
 
@@ -91,32 +90,33 @@ def reference_sampler(flow, device):
 # ------------------------------------------------------------------------------------------------ 1 and 2
 
 
-def part_roofline(sizes: Sizes, device) -> dict:
-    """The larger of two ways to run an n x n matmul: on all cores at once (intra-op threads), and on the CPU split
-    by rows over one row worker per core, as the fp32 and bf16 samplers run. A loaded machine slows the first
-    several times more than the second, which would put a sampler above 100 % of the roofline.
-    Timed after `roofline_sustained_s` of the same products: the rate a sampler's seconds of matmuls get. CPUs
-    with AMX run bf16 products about twice as fast for their first second or so, and a roofline timed in that
-    burst is one no sampler can reach."""
+def matmul_ways(n: int, device) -> dict:
+    """{precision: {way: run}}: an n x n product on all cores at once (intra-op threads) and, on a multi-core CPU,
+    split by rows over one row worker per core, as the fp32 and bf16 samplers run."""
     import torch
 
     from model_server.engine.runtime import row_workers
 
-    n, out = sizes.roofline_size, {"size": sizes.roofline_size, "repeats": sizes.roofline_repeats,
-                                   "sustained_s": sizes.roofline_sustained_s, "ways": {}}
     cores = torch.get_num_threads()
     workers = row_workers(cores) if torch.device(device).type == "cpu" and cores > 1 else None
     gen = torch.Generator().manual_seed(0)
+    out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(n, n, generator=gen).to(device, dtype)
         b = torch.randn(n, n, generator=gen).to(device, dtype)
-        ways = {"intra-op": lambda a=a, b=b: torch.mm(a, b)}
+        out[name] = {"intra-op": lambda a=a, b=b: torch.mm(a, b)}
         if workers is not None:
             parts = list(a.tensor_split(cores))
-            ways["row workers"] = lambda parts=parts, b=b: workers.map(torch.mm, [(p, b) for p in parts])
-        rates = {way: 2 * n**3 / median(timed(run, sizes.roofline_repeats, device,
-                                              warmup=lambda run=run: run_for(run, sizes.roofline_sustained_s, device)))
-                 / 1e9 for way, run in ways.items()}
+            out[name]["row workers"] = lambda parts=parts, b=b: workers.map(torch.mm, [(p, b) for p in parts])
+    return out
+
+
+def part_roofline(sizes: Sizes, device) -> dict:
+    """The larger of two ways to run an n x n matmul (matmul_ways). A loaded machine slows the intra-op way
+    several times more than the row workers, which would put a sampler above 100 % of the roofline."""
+    n, out = sizes.roofline_size, {"size": sizes.roofline_size, "repeats": sizes.roofline_repeats, "ways": {}}
+    for name, ways in matmul_ways(n, device).items():
+        rates = {way: 2 * n**3 / median(timed(run, sizes.roofline_repeats, device)) / 1e9 for way, run in ways.items()}
         out["ways"][name] = rates
         out[name] = max(rates.values())
         log(f"  {name} {n} x {n} matmul: " + ", ".join(f"{way} {r:,.0f}" for way, r in rates.items()) + " GFLOP/s")
@@ -124,22 +124,38 @@ def part_roofline(sizes: Sizes, device) -> dict:
 
 
 def part_sampling(sizes: Sizes, device, flow, emb, x0, reference) -> dict:
-    """One photo's samples by Euler, ours fp32 and bf16 and the reference's fp32 (warm-up: 2 steps each)."""
+    """One photo's samples by Euler, ours fp32 and bf16 and the reference's fp32 (warm-up: 2 steps each), timed in
+    round-robin rounds with part 1's matmuls: a shared machine's speed changes from minute to minute, so each
+    sampler's share of the roofline is taken against the matmuls of its own rounds."""
     from model_server.engine.sampling import sample
 
     n, steps = sizes.samples, sizes.steps
-    runs: dict[str, float] = {}
+    runs, warmups = {}, {}
     for precision in ("fp32", "bf16"):
         def run(precision=precision, k=steps):
             return sample(flow, emb, n, steps=k, solver="euler", x0=x0, precision=precision)
 
-        runs[f"ours {precision}"] = median(timed(run, sizes.repeats, device, warmup=lambda run=run: run(k=2)))
-        log(f"  ours {precision}: {runs[f'ours {precision}']:.3f} s")
+        runs[f"ours {precision}"], warmups[f"ours {precision}"] = run, lambda run=run: run(k=2)
     if reference is not None:
-        runs["reference fp32"] = median(timed(lambda: reference(x0, emb, steps), sizes.repeats, device,
-                                              warmup=lambda: reference(x0, emb, 2)))
-        log(f"  reference fp32: {runs['reference fp32']:.3f} s")
-    return {"n": n, "steps": steps, "seconds": runs}
+        runs["reference fp32"] = lambda: reference(x0, emb, steps)
+        warmups["reference fp32"] = lambda: reference(x0, emb, 2)
+    size = sizes.roofline_size
+    matmuls = {(name, way): run for name, ways in matmul_ways(size, device).items() for way, run in ways.items()}
+    funcs = {**runs, **matmuls}
+    for key, func in funcs.items():
+        warmups.get(key, func)()
+    times: dict = {key: [] for key in funcs}
+    for _ in range(sizes.repeats):
+        for key, func in funcs.items():
+            times[key].extend(timed(func, 1, device, warmup=False))
+    seconds = {name: median(times[name]) for name in runs}
+    for name, sec in seconds.items():
+        log(f"  {name}: {sec:.3f} s")
+    roofline = {"size": size}
+    for (name, _), values in ((key, times[key]) for key in matmuls):
+        roofline[name] = max(roofline.get(name, 0.0), 2 * size**3 / median(values) / 1e9)
+    log("  matmuls of the same rounds: " + ", ".join(f"{p} {roofline[p]:,.0f}" for p in ("fp32", "bf16")) + " GFLOP/s")
+    return {"n": n, "steps": steps, "seconds": seconds, "roofline": roofline}
 
 
 # ------------------------------------------------------------------------------------------------ 3

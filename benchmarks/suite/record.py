@@ -61,10 +61,7 @@ def roofline(b: Builder, raw: dict) -> None:
         return
     ways = "the faster of two ways, " if any(len(v) > 1 for v in (roof.get("ways") or {}).values()) else ""
     b.part("roofline", f"torch.mm of two {roof['size']} x {roof['size']} matrices on the device (2·n³ FLOPs), {ways}"
-                       f"median of {roof['repeats']} after " + (f"{roof['sustained_s']:g} s of the same products "
-                       "(the rate sustained over a sampler's seconds; AMX CPUs run their first second about twice as "
-                       "fast)" if roof.get("sustained_s") else "a warm-up") +
-                       ": what the matmul library reaches on this machine."
+                       f"median of {roof['repeats']} after a warm-up: what the matmul library reaches on this machine."
                        + (" The ways: all cores on one product (intra-op threads), and its rows split over one row "
                           "worker per core, as the samplers run." if ways else ""))
     for name in ("fp32", "bf16"):
@@ -75,13 +72,19 @@ def roofline(b: Builder, raw: dict) -> None:
 
 
 def sampling(b: Builder, raw: dict) -> None:
-    result, flops, roof = raw.get("sampling"), raw.get("flops"), raw.get("roofline") or {}
+    result, flops = raw.get("sampling"), raw.get("flops")
     if not result or not flops:
         return
+    own = result.get("roofline")  # part 1's matmuls timed in the samplers' rounds (older records: part 1's figure)
+    roof = own or raw.get("roofline") or {}
     n, steps, secs = result["n"], result["steps"], result["seconds"]
     b.part("sampling", f"{n:,} samples x {steps} Euler steps of one photo (guidance w = 0) by the PLONK-size flow with "
                        "random weights; sample-steps per second = samples x steps / seconds. "
-                       + flop_text(SimpleNamespace(**flops["config"]), flops))
+                       + flop_text(SimpleNamespace(**flops["config"]), flops)
+                       + (f" The roofline of the shares is part 1's {own['size']} x {own['size']} matmuls timed in the "
+                          "same round-robin rounds as the samplers, since a shared machine's speed changes from "
+                          f"minute to minute: fp32 {own['fp32']:,.0f}, bf16 {own['bf16']:,.0f} GFLOP/s in this run."
+                          if own else ""))
     ref = secs.get("reference fp32")
     for name, seconds in secs.items():
         is_ref, precision, key = name.startswith("reference"), name.split()[-1], name.replace(" ", "_")
