@@ -59,9 +59,9 @@ class Sizes:
 
 
 QUICK = Sizes(
-    repeats=1, roofline_size=1024, roofline_repeats=3, samples=128, steps=4,
-    accuracy_samples=16, converged_steps=16, step_grid=(2, 4), euler_extra=(), reference_steps=(4, 8),
-    density_points=4, localizability_points=4,
+    repeats=1, roofline_size=1024, roofline_repeats=3, samples=128, steps=4, accuracy_samples=16,
+    converged_steps=16, step_grid=(2, 4), euler_extra=(), reference_steps=(4, 8), density_points=4,
+    localizability_points=4,
     server_options=(("samples", 128), ("steps", 4), ("resolution", 1.0)), server_repeats=1,
     batch_photos=3, batch_repeats=1, scaling_samples=(64, 128), scaling_photos=(1, 3),
     scaling_resolutions=(2.0, 1.0), scaling_repeats=1, vit_layers=1,
