@@ -18,11 +18,15 @@ TILE = 256
 MIN_OVERVIEW_PIXELS = 8  # an overview is built while its longer side keeps at least this many pixels
 
 
+# Before GDAL 3.7.3 the threaded GTiff writer could corrupt tiles that it read back while writing them, as building
+# overviews does (OSGeo/gdal#8470).
+THREADED_WRITER_SAFE = tuple(int(part) for part in re.findall(r"\d+", rasterio.__gdal_version__)[:3]) >= (3, 7, 3)
+
+
 def compression_threads() -> str:
     """GDAL's threads for compressing tiles: the process's OpenMP budget where one is set (a Ray actor's cores),
-    else every core; one before GDAL 3.7.3, whose threaded GTiff writer could corrupt tiles that it read back
-    while writing them, as building overviews does (OSGeo/gdal#8470)."""
-    if tuple(int(part) for part in re.findall(r"\d+", rasterio.__gdal_version__)[:3]) < (3, 7, 3):
+    else every core; one where the threaded writer is not safe."""
+    if not THREADED_WRITER_SAFE:
         return "1"
     budget = os.environ.get("OMP_NUM_THREADS", "")
     return budget if budget.isdigit() and int(budget) > 0 else "ALL_CPUS"

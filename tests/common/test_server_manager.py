@@ -99,7 +99,6 @@ def test_starts_once_stands_in_for_the_endpoint_and_stops_on_close(manager):
         assert again.endpoint == manager.local_server.endpoint != server.endpoint
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
 def test_a_busy_local_server_is_waited_for_not_replaced(manager):
     """Our local server, alive but slow to answer (here: stopped for 3 s, as a loaded machine can hold it), is kept:
     replacing it after the 2 s probe would kill the job it is running."""
