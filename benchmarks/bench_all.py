@@ -10,6 +10,7 @@ Parts (each figure the median of several runs after a warm-up; each comparison a
   roofline    1  fp32 and bf16 GFLOP/s of a large square matmul on the device
   sampling    2  sample-steps per second at the published PLONK size (dim 512, depth 12, cond 1024, random weights),
                  ours fp32 and bf16 against the reference's fp32, and their share of the roofline
+bf16 is measured only where the device has bf16 units; elsewhere the server runs fp32, and so does every figure.
   accuracy    3  endpoint distance to a converged solution against time, per solver and step count, for the
                  PLONK-size flow and the default model (benchmarks/bench_solvers.py's measurement when it exists)
   density     4  exact log-density points per second (rk4, 16 steps; the server's localizability)

@@ -90,9 +90,18 @@ def reference_sampler(flow, device):
 # ------------------------------------------------------------------------------------------------ 1 and 2
 
 
+def precisions_run(device) -> tuple[str, ...]:
+    """The precisions the server can run here: bf16 only where the device has bf16 units. Elsewhere the server
+    runs a "bf16" request in fp32 (sampling.supported_precision): emulated bf16 is a path no request takes, and
+    timing it would cost minutes per figure."""
+    from model_server.engine.sampling import supported_precision
+
+    return ("fp32", "bf16") if supported_precision("bf16", device) == "bf16" else ("fp32",)
+
+
 def matmul_ways(n: int, device) -> dict:
-    """{precision: {way: run}}: an n x n product on all cores at once (intra-op threads) and, on a multi-core CPU,
-    split by rows over one row worker per core, as the fp32 and bf16 samplers run."""
+    """{precision: {way: run}} for precisions_run: an n x n product on all cores at once (intra-op threads) and,
+    on a multi-core CPU, split by rows over one row worker per core, as the samplers run."""
     import torch
 
     from model_server.engine.runtime import row_workers
@@ -101,7 +110,9 @@ def matmul_ways(n: int, device) -> dict:
     workers = row_workers(cores) if torch.device(device).type == "cpu" and cores > 1 else None
     gen = torch.Generator().manual_seed(0)
     out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    for name in precisions_run(device):
+        dtype = dtypes[name]
         a = torch.randn(n, n, generator=gen).to(device, dtype)
         b = torch.randn(n, n, generator=gen).to(device, dtype)
         out[name] = {"intra-op": lambda a=a, b=b: torch.mm(a, b)}
@@ -131,7 +142,7 @@ def part_sampling(sizes: Sizes, device, flow, emb, x0, reference) -> dict:
 
     n, steps = sizes.samples, sizes.steps
     runs, warmups = {}, {}
-    for precision in ("fp32", "bf16"):
+    for precision in precisions_run(device):
         def run(precision=precision, k=steps):
             return sample(flow, emb, n, steps=k, solver="euler", x0=x0, precision=precision)
 
@@ -154,7 +165,8 @@ def part_sampling(sizes: Sizes, device, flow, emb, x0, reference) -> dict:
     roofline = {"size": size}
     for name, way in matmuls:  # the faster way, as in part 1
         roofline[name] = max(roofline.get(name, 0.0), 2 * size**3 / median(times[name, way]) / 1e9)
-    log("  matmuls of the same rounds: " + ", ".join(f"{p} {roofline[p]:,.0f}" for p in ("fp32", "bf16")) + " GFLOP/s")
+    log("  matmuls of the same rounds: " + ", ".join(f"{p} {roofline[p]:,.0f}" for p in precisions_run(device))
+        + " GFLOP/s")
     return {"n": n, "steps": steps, "seconds": seconds, "roofline": roofline}
 
 
@@ -287,9 +299,10 @@ def part_accuracy(sizes: Sizes, device, flow, emb, x0, reference, reference_seco
     """`cfg`: the guidance every sampler draws at (the default model's calibrated w, the field the server
     integrates for it; 0 for the PLONK size); `rule`: the model's guidance by land share, which cfg is one w of."""
     from geoplonk_service import protocol as P
+    from model_server.engine.sampling import supported_precision
 
     default = (P.DEFAULT_OPTIONS["solver"], sizes.steps if quick else int(P.DEFAULT_OPTIONS["steps"]))
-    precision = P.DEFAULT_OPTIONS["precision"]
+    precision = supported_precision(P.DEFAULT_OPTIONS["precision"], device)  # what the server runs here
     kwargs = dict(flow=flow, emb=emb, x0=x0, n=sizes.samples, device=device, repeats=sizes.repeats,
                   accuracy_samples=sizes.accuracy_samples, converged_steps=sizes.converged_steps,
                   steps=tuple(sorted(set(sizes.step_grid))), precision=precision, cfg=cfg, reference=reference,
@@ -320,15 +333,14 @@ def part_density(sizes: Sizes, device, flow, emb, cfg: float = 0.0) -> dict:
     import torch
 
     from model_server.engine.likelihood import log_density
-    from model_server.engine.sampling import supported_precision
     from model_server.engine.sphere import uniform_sphere
     from model_server.server import pipeline
 
     gen = torch.Generator().manual_seed(1)
     points = uniform_sphere(sizes.density_points, generator=gen).to(device)
     out, values = {}, {}
-    for precision in ("fp32", "bf16"):
-        autocast = supported_precision(precision, device) == "bf16"
+    for precision in precisions_run(device):
+        autocast = precision == "bf16"
 
         def solve(p=points, steps=16, autocast=autocast):
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
@@ -339,9 +351,10 @@ def part_density(sizes: Sizes, device, flow, emb, cfg: float = 0.0) -> dict:
         key = "rk4" if precision == "fp32" else "rk4_bf16"
         out[key] = {"points": len(points), "steps": 16, "seconds": seconds, "precision": precision}
         log(f"  rk4, 16 steps, {precision}: {len(points) / seconds:.1f} points/s")
-    diff = (values["bf16"] - values["fp32"]).abs().flatten()
-    out["rk4_bf16"].update(median_abs_diff_nats=float(diff.median()), max_abs_diff_nats=float(diff.max()))
-    log(f"  bf16 against fp32: median |diff| {float(diff.median()):.2g} nats, max {float(diff.max()):.2g}")
+    if "bf16" in values:
+        diff = (values["bf16"] - values["fp32"]).abs().flatten()
+        out["rk4_bf16"].update(median_abs_diff_nats=float(diff.median()), max_abs_diff_nats=float(diff.max()))
+        log(f"  bf16 against fp32: median |diff| {float(diff.median()):.2g} nats, max {float(diff.max()):.2g}")
     k = int(getattr(pipeline, "LOCALIZABILITY_SAMPLES", 64))
     k = min(k, sizes.localizability_points or k)
     own = uniform_sphere(k, generator=gen).to(device)[None]
@@ -369,6 +382,7 @@ def run(sizes: Sizes, device, parts: set, quick: bool, raw: dict, failures: list
 
     config = FlowConfig()
     raw["flops"] = {"config": config.to_dict(), **flop_count(config)}
+    raw["precisions"] = list(precisions_run(device))
     # the guidance part 3 draws at and the one photo's w of part 4 (default 0)
     models, accuracy_emb, accuracy_cfg, accuracy_rule, photo_cfg = {}, {}, {}, {}, {}
     if parts & {"sampling", "accuracy", "density"}:

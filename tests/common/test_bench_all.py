@@ -73,3 +73,25 @@ def test_a_broken_record_is_named():
 
 def test_committed_records_render_into_the_committed_page():
     assert render_doc.main(["--check"]) == 0, "run /usr/bin/python3 benchmarks/render_doc.py"
+
+
+def test_a_cpu_without_bf16_units_is_judged_at_the_precision_the_server_runs():
+    """There the server runs a bf16 request in fp32: the sampling target, the notes and README's table are about
+    fp32, and say why bf16 is missing."""
+    from suite.common import Sizes
+    from suite.record import NO_BF16, build_record, synthetic_raw
+
+    raw = synthetic_raw()
+    raw["precisions"] = ["fp32"]
+    del raw["roofline"]["bf16"], raw["sampling"]["seconds"]["ours bf16"]
+    record = build_record(raw, sizes=Sizes(), quick=True, failures=[])
+    assert render_doc.validate(record) == []
+    share = next(t for t in record["targets"] if t["key"] == "sampling_share")
+    flops, sampling = raw["flops"], raw["sampling"]
+    work = sampling["steps"] * (sampling["n"] * flops["per_sample"] + flops["per_image"])
+    expected = 100 * work / sampling["seconds"]["ours fp32"] / 1e9 / raw["roofline"]["fp32"]
+    assert share["what"].startswith("sampling at the PLONK size, ours fp32") and share["value"] == round(expected, 1)
+    assert share["goal"] == ">= 70 % of the fp32 roofline" and NO_BF16 in record["notes"]
+    block = render_doc.readme_block([(Path("2099-01-01.json"), record)])
+    assert "sample-steps per second: fp32 (no bf16 units) / the reference's fp32" in block
+    assert "share of this machine's fp32 matmul roofline" in block and "bf16 /" not in block
