@@ -3,7 +3,8 @@
 The toolbar task, the Processing algorithm and `geoplonk locate` all get their client here.  The
 configured endpoint is tried first; when nothing answers there and a start command is given, a local
 `geoplonk serve` is started with it (launcher.py) and used from then on in place of that endpoint,
-until close() stops it.  Thread-safe: QGIS tasks and Processing runs ask from their own threads.
+until close() stops it.  Thread-safe: QGIS tasks and Processing runs ask from their own threads, and
+close() (QGIS quitting, on its UI thread) never waits for a connect() that is probing or starting.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ PROBE_TIMEOUT_S = 2.0
 IDLE_TIMEOUT_S = 3600.0
 
 
+class ManagerClosed(ServerUnavailable):
+    """close() ran while this connect() was under way (GeoPlonk is closing): no local server was kept or started."""
+
+    def __init__(self) -> None:
+        super().__init__("GeoPlonk is closing: its local server was stopped and no other was started")
+
+
 class LocalServerManager:
     """Hands out clients; owns at most one local server, stopped by close() (or leaving a `with` block)."""
 
@@ -40,7 +48,9 @@ class LocalServerManager:
         self.env = env
         self.local_server: LocalServer | None = None
         self._stands_in_for: str | None = None  # the endpoint that did not answer when the local server started
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one connect() at a time
+        self._state = threading.Lock()  # local_server and _closes, held only briefly
+        self._closes = 0  # close() calls so far: a connect() under way when close() ran starts nothing
 
     def connect(
         self,
@@ -57,10 +67,14 @@ class LocalServerManager:
         model); None: never start one.  `log` overrides the manager's for this call.
         Our local server, its process alive, may take all of `timeout_s` to answer (busy on a loaded machine) before
         it is replaced; other callers wait meanwhile.
-        Raises ServerUnavailable when nothing answers and nothing may start, ServerStartError when the start fails.
+        Raises ServerUnavailable when nothing answers and nothing may start, ManagerClosed (a ServerUnavailable)
+        when close() ran meanwhile, ServerStartError when the start fails.
         """
+        with self._state:
+            closes = self._closes  # before waiting for another connect(): a close() meanwhile counts too
         with self._lock:
-            local = self.local_server if self.local_server is not None and self.local_server.running else None
+            with self._state:
+                local = self.local_server if self.local_server is not None and self.local_server.running else None
             candidates = [endpoint] if endpoint else []
             if local is not None and start_command:  # ours first where it stands in for the endpoint, else after it
                 first = endpoint in (None, self._stands_in_for)
@@ -74,18 +88,27 @@ class LocalServerManager:
                     failure = exc
                     continue
                 if ours:
+                    if self._closed_since(closes):  # it answered while close() was stopping it
+                        client.close()
+                        raise ManagerClosed()
                     self._stands_in_for = endpoint
                 return client
             if not start_command:
                 raise failure or ServerUnavailable("no server endpoint given and no local server to start")
-            return self._start(endpoint, start_command, timeout_s, model, log or self.log)
+            return self._start(endpoint, start_command, timeout_s, model, log or self.log, closes)
+
+    def _closed_since(self, closes: int) -> bool:
+        with self._state:
+            return self._closes != closes
 
     def close(self) -> None:
-        """Stop the local server, if one runs; a later connect() may start another."""
-        with self._lock:
+        """Stop the local server, if one runs; a later connect() may start another. A connect() under way
+        fails instead of starting one."""
+        with self._state:
             server, self.local_server = self.local_server, None
-            if server is not None:
-                server.stop()
+            self._closes += 1
+        if server is not None:
+            server.stop()
 
     def __enter__(self) -> LocalServerManager:
         return self
@@ -118,17 +141,33 @@ class LocalServerManager:
         return client
 
     def _start(
-        self, endpoint: str | None, command: str, timeout_s: float, model: str | None, log: Callable[[str], None] | None
+        self,
+        endpoint: str | None,
+        command: str,
+        timeout_s: float,
+        model: str | None,
+        log: Callable[[str], None] | None,
+        closes: int,
     ) -> GeoPlonkClient:
-        if self.local_server is not None:
-            self.local_server.stop()  # it died or stopped answering
-            self.local_server = None
+        with self._state:
+            old, self.local_server = self.local_server, None
+        if old is not None:
+            old.stop()  # it died or stopped answering
+        if self._closed_since(closes):
+            raise ManagerClosed()
         if log is not None:
             log(f"Starting a local GeoPlonk server: {command}")
-        self.local_server = start_local_server(
+        server = start_local_server(
             command, idle_timeout=self.idle_timeout, ready_timeout=self.ready_timeout, model=model, env=self.env
         )
+        with self._state:
+            closed = self._closes != closes
+            if not closed:
+                self.local_server = server
+        if closed:
+            server.stop()
+            raise ManagerClosed()
         self._stands_in_for = endpoint
         if log is not None:
-            log(f"Local GeoPlonk server ready at {self.local_server.endpoint}")
-        return GeoPlonkClient(self.local_server.endpoint, timeout_s=timeout_s)
+            log(f"Local GeoPlonk server ready at {server.endpoint}")
+        return GeoPlonkClient(server.endpoint, timeout_s=timeout_s)

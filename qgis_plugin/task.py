@@ -155,10 +155,13 @@ class GeolocateTask(QgsTask):
     def _fail_job(self, exc: Exception) -> None:
         from geoplonk_service.client import ServerError, ServerUnavailable
         from geoplonk_service.launcher import ServerStartError
+        from geoplonk_service.server_manager import ManagerClosed
 
         details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         if isinstance(exc, ServerStartError):
             title, text, more = messages.server_start_failed(self.settings.start_command, exc.stderr or exc.summary)
+        elif isinstance(exc, ManagerClosed):  # the plugin is unloading or QGIS quitting
+            title, text, more = "GeoPlonk: stopped", str(exc), ""
         elif isinstance(exc, ServerUnavailable):
             title, text, more = messages.server_unreachable(self.settings.endpoint, self.settings.auto_start, str(exc))
         elif isinstance(exc, ServerError) and exc.code == E_MODEL:

@@ -19,7 +19,7 @@ from geoplonk_service import protocol as P
 from geoplonk_service.client import ServerUnavailable
 from geoplonk_service.launcher import ServerStartError, free_port
 from geoplonk_service.photos import E_UNREADABLE
-from geoplonk_service.server_manager import LocalServerManager
+from geoplonk_service.server_manager import LocalServerManager, ManagerClosed
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = f"{sys.executable} -m model_server.cli serve"
@@ -145,3 +145,43 @@ def test_files_are_read_per_request_and_bad_files_fail_alone(manager, tmp_path):
     assert by_name[tmp_path.name].error["code"] == E_UNREADABLE
     assert by_name["late.jpg"].error["code"] == E_UNREADABLE
     assert fractions and all(0 <= f <= 1 for f in fractions) and fractions == sorted(fractions)
+
+
+def test_close_does_not_wait_for_a_connect_that_waits_on_a_busy_server(manager):
+    """QGIS quitting calls close() on its UI thread: it must not wait out a task's connect() probing our busy local
+    server (here stopped, for all of its 60 s), and that connect() must fail rather than start another server."""
+    import signal
+    import time
+
+    configured = dead_endpoint()
+    with manager.connect(configured, SERVE, timeout_s=30):
+        pass
+    server = manager.local_server
+    os.kill(server.process.pid, signal.SIGSTOP)
+    outcome: list = []
+    probing = threading.Event()
+
+    def probe_local(local, timeout_s):
+        probing.set()
+        return LocalServerManager._probe_local(local, timeout_s)
+
+    manager._probe_local = probe_local
+
+    def ask() -> None:
+        try:
+            with manager.connect(configured, SERVE, timeout_s=60) as client:
+                outcome.append(client.endpoint)
+        except ServerUnavailable as exc:
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=ask)
+    waiting.start()
+    assert probing.wait(timeout=30)
+    started = time.monotonic()
+    manager.close()
+    closed_after = time.monotonic() - started
+    waiting.join(timeout=90)
+    assert not waiting.is_alive()
+    assert closed_after < 30, f"close() waited {closed_after:.1f} s for the connect"
+    assert not server.running and manager.local_server is None and len(manager.logged) == 2
+    assert len(outcome) == 1 and isinstance(outcome[0], ManagerClosed), outcome
