@@ -1,6 +1,7 @@
 """Every benchmark figure of issue 21 in one process, against the authors' code where it has one (`make bench`).
 
-  .venv/server/bin/python benchmarks/bench_all.py             # full run, 13-25 min on 2 CPU cores: records
+  .venv/server/bin/python benchmarks/bench_all.py             # full run, 13-25 min on 2 CPU cores with bf16
+                                                              # units, 52 min on 2 without (fp32): records
                                                               # benchmarks/results/<YYYY-MM-DD>[T<HHMM>].json,
                                                               # regenerates docs/benchmarks.md and README's table
   .venv/server/bin/python benchmarks/bench_all.py --quick     # smoke run at tiny sizes (< 2 min); records nothing
@@ -10,7 +11,6 @@ Parts (each figure the median of several runs after a warm-up; each comparison a
   roofline    1  fp32 and bf16 GFLOP/s of a large square matmul on the device
   sampling    2  sample-steps per second at the published PLONK size (dim 512, depth 12, cond 1024, random weights),
                  ours fp32 and bf16 against the reference's fp32, and their share of the roofline
-bf16 is measured only where the device has bf16 units; elsewhere the server runs fp32, and so does every figure.
   accuracy    3  endpoint distance to a converged solution against time, per solver and step count, for the
                  PLONK-size flow and the default model (benchmarks/bench_solvers.py's measurement when it exists)
   density     4  exact log-density points per second (rk4, 16 steps; the server's localizability)
@@ -18,6 +18,7 @@ bf16 is measured only where the device has bf16 units; elsewhere the server runs
                  flow behind a ViT-L/14 encoder of StreetCLIP's shape (random weights)
   batch       6  32 photos through the server: photos per second, time to the first result
   scaling     7  how the time grows with samples, photos and raster resolution
+bf16 is measured only where the device has bf16 units: elsewhere the server runs fp32, and so does every part.
 The device is chosen at run time (CUDA when present, or --device). The record (schema 1 of render_doc.py: every
 figure, the issue's targets met or not, the machine) is what benchmarks/render_doc.py renders.
 """

@@ -135,9 +135,9 @@ def part_roofline(sizes: Sizes, device) -> dict:
 
 
 def part_sampling(sizes: Sizes, device, flow, emb, x0, reference) -> dict:
-    """One photo's samples by Euler, ours fp32 and bf16 and the reference's fp32 (warm-up: 2 steps each), timed in
-    round-robin rounds with part 1's matmuls: a shared machine's speed changes from minute to minute, so each
-    sampler's share of the roofline is taken against the matmuls of its own rounds."""
+    """One photo's samples by Euler, ours at each of precisions_run and the reference's fp32 (warm-up: 2 steps
+    each), timed in round-robin rounds with part 1's matmuls: a shared machine's speed changes from minute to
+    minute, so each sampler's share of the roofline is taken against the matmuls of its own rounds."""
     from model_server.engine.sampling import sample
 
     n, steps = sizes.samples, sizes.steps

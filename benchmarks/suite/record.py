@@ -73,8 +73,7 @@ def roofline(b: Builder, raw: dict) -> None:
     b.part("roofline", f"torch.mm of two {roof['size']} x {roof['size']} matrices on the device (2·n³ FLOPs), {ways}"
                        f"median of {roof['repeats']} after a warm-up: what the matmul library reaches on this machine."
                        + (" The ways: all cores on one product (intra-op threads), and its rows split over one row "
-                          "worker per core, as the samplers run." if ways else "")
-                       + ("" if server_precision(raw) == "bf16" else " " + NO_BF16))
+                          "worker per core, as the samplers run." if ways else ""))
     for name in ("fp32", "bf16"):
         if name in roof:
             by_way = (roof.get("ways") or {}).get(name, {})

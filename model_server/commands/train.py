@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--land-weight", type=float, default=1.0,
                         help="draw photos taken on land (global-land-mask at their location) this many times as "
                              "often as photos at sea")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast for the matmuls")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="autocast for the matmuls; bf16 runs as fp32 on a CPU without bf16 units, where it would "
+                             "be emulated (the manifest records which ran)")
     parser.add_argument("--weights-dtype", choices=("fp32", "fp16"), default="fp32", help="saved weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", nargs="?", const="auto", default=None,
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from model_server.engine.datasets import embed_dataset, read_datasets, targets_xyz
     from model_server.engine.encoders import load_encoder
     from model_server.engine.network import FlowConfig
+    from model_server.engine.sampling import supported_precision
     from model_server.engine.training import Timer, TrainConfig, train_flow
 
     timer = Timer()
@@ -104,19 +107,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(dataset)} geotagged photos from {sources}, embeddings {tuple(emb.shape)} "
           f"({encode_s:.0f} s)", file=sys.stderr)
 
+    precision = supported_precision(args.precision, "cpu")
+    if precision != args.precision:
+        print(f"bf16 is not native on this CPU: training in {precision}, since emulated bf16 is slower",
+              file=sys.stderr)
     flow_config = FlowConfig(cond_dim=encoder.dim, dim=args.dim, depth=args.depth)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                                weight_decay=args.weight_decay, warmup=args.warmup, ema_decay=args.ema_decay,
                                embedding_noise=args.embedding_noise, cond_rank=args.cond_rank,
                                target_jitter_km=args.target_jitter_km,
-                               precision=args.precision, land_weight=args.land_weight, seed=args.seed)
+                               precision=precision, land_weight=args.land_weight, seed=args.seed)
     spath = state_path(args.out)
-    resume = None
+    resume, precision_note = None, None
     if args.resume is not None:
         rpath = spath if args.resume == "auto" else Path(args.resume)
         if rpath.is_file():
             resume = torch.load(rpath, weights_only=False)
             print(f"resuming from {rpath} at step {resume['step']}", file=sys.stderr)
+            earlier = resume.get("train_config", {}).get("precision", precision)
+            if earlier != precision:
+                precision_note = f"steps up to {resume['step']} trained in {earlier}"
         else:
             print(f"no training state at {rpath}; starting from scratch", file=sys.stderr)
 
@@ -171,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
             "training_seconds": round(earlier_s + train_timer.elapsed(), 1),
             **({"resumed_at_step": int(resume["step"])} if resume else {}),
             **({"training_seconds_note": f"the first {uncounted} steps not counted"} if uncounted else {}),
+            **({"precision_note": precision_note} if precision_note else {}),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "embeddings": "raw encoder output; the training input map (standardisation) folded into cond_mapper",
         },

@@ -93,5 +93,28 @@ def test_a_cpu_without_bf16_units_is_judged_at_the_precision_the_server_runs():
     assert share["what"].startswith("sampling at the PLONK size, ours fp32") and share["value"] == round(expected, 1)
     assert share["goal"] == ">= 70 % of the fp32 roofline" and NO_BF16 in record["notes"]
     block = render_doc.readme_block([(Path("2099-01-01.json"), record)])
-    assert "sample-steps per second: fp32 (no bf16 units) / the reference's fp32" in block
+    assert "sample-steps per second: fp32 (bf16 not native here) / the reference's fp32" in block
     assert "share of this machine's fp32 matmul roofline" in block and "bf16 /" not in block
+
+
+def test_on_a_cpu_without_bf16_units_the_engine_parts_time_fp32_only(monkeypatch):
+    """Emulated bf16 is a path no request takes there (and minutes per figure): parts 2 and 4 leave it out."""
+    import dataclasses
+
+    import torch
+    from suite import engine
+    from suite.common import QUICK
+
+    from model_server.engine import sampling
+    from model_server.engine.network import FlowConfig, GeoAdaLNMLP
+    from model_server.engine.sphere import uniform_sphere
+
+    monkeypatch.setattr(sampling, "native_cpu_bf16", lambda: False)
+    assert engine.precisions_run("cpu") == ("fp32",)
+    flow = GeoAdaLNMLP(FlowConfig(cond_dim=8, dim=16, depth=1)).eval()
+    emb = torch.randn(1, 8, generator=torch.Generator().manual_seed(0))
+    sizes = dataclasses.replace(QUICK, roofline_size=64)
+    timed = engine.part_sampling(sizes, "cpu", flow, emb, uniform_sphere(sizes.samples), None)
+    assert set(timed["seconds"]) == {"ours fp32"} and set(timed["roofline"]) == {"size", "fp32"}
+    density = engine.part_density(sizes, "cpu", flow, emb)
+    assert set(density) == {"rk4", "server"} and "fp32" in density["server"]["method"]

@@ -220,10 +220,22 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     assert main([str(legacy) if a == str(out) else a for a in common] + ["--steps", "6", "--resume"]) == 0
     assert json.loads((legacy / "geoplonk.json").read_text())["provenance"]["training_seconds_note"] == (
         "the first 3 steps not counted")
-    # and again after a second resume, whose state has the counter by then
-    assert main([str(legacy) if a == str(out) else a for a in common] + ["--steps", "9", "--resume"]) == 0
-    assert json.loads((legacy / "geoplonk.json").read_text())["provenance"]["training_seconds_note"] == (
-        "the first 3 steps not counted")
+    # and again after a second resume, whose state has the counter by then, as on a CPU without bf16 units: a bf16
+    # request trains in fp32 there, says so, and the manifest records what ran, and what the resumed steps ran
+    from model_server.engine import sampling
+
+    legacy_state = legacy.with_name("legacy.train-state.pt")
+    saved = torch.load(legacy_state, weights_only=False)
+    torch.save({**saved, "train_config": {**saved["train_config"], "precision": "bf16"}}, legacy_state)
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(sampling, "native_cpu_bf16", lambda: False)
+        assert main([str(legacy) if a == str(out) else a for a in common] + ["--steps", "9", "--resume"]) == 0
+    provenance = json.loads((legacy / "geoplonk.json").read_text())["provenance"]
+    assert provenance["training_seconds_note"] == "the first 3 steps not counted"
+    assert provenance["train_config"]["precision"] == "fp32"
+    assert provenance["precision_note"] == "steps up to 6 trained in bf16"
+    assert "bf16 is not native on this CPU: training in fp32" in capsys.readouterr().err
     assert model.manifest["provenance"]["n_images"] == 10 and model.flow.config.dim == 32
     # as the default model: trained on quarter-turn means, tiles to locate embedded as the mean of eight views
     assert model.manifest["encoder"] == {"name": "efficientnet-lite0+rot4", "views": "d8"}
