@@ -19,7 +19,7 @@ help:
 	@echo "make demo           install what is missing, geolocate the sample photos, render a map"
 	@echo "make test           install what is missing and run the whole test suite"
 	@echo "make fuzz           fuzz the protocol and image decoders longer (FUZZ_EXAMPLES=20000 per property)"
-	@echo "make bench          every benchmark in one run (13-25 min; BENCH_ARGS=--quick: < 2 min), recorded in benchmarks/results/"
+	@echo "make bench          every benchmark in one run (13-52 min; BENCH_ARGS=--quick: < 2 min), recorded in benchmarks/results/"
 	@echo "make plugin         build dist/geoplonk.zip for QGIS 'Install from ZIP'"
 	@echo "make default-model  rebuild the embedded default model from scratch"
 

@@ -118,9 +118,9 @@ HEADER = """\
 # Benchmarks
 
 This page is generated from the recorded runs in `benchmarks/results/` (one JSON file per run).
-`make bench` runs every figure in one process (13 to 25 minutes on two CPU cores, by machine), records
-`benchmarks/results/<YYYY-MM-DD>.json` (`<YYYY-MM-DD>T<HHMM>.json` for a second run that day) and
-regenerates this page and README.md's Performance table.
+`make bench` runs every figure in one process (13 to 25 minutes on two CPU cores with bf16 units, 52 on two
+without), records `benchmarks/results/<YYYY-MM-DD>.json` (`<YYYY-MM-DD>T<HHMM>.json` for a second run that day)
+and regenerates this page and README.md's Performance table.
 A single benchmark script records a run with `--record benchmarks/results/`; then regenerate this page:
 
 ```sh
