@@ -440,9 +440,14 @@ def test_server_localizability_names_its_method():
     emb = torch.randn(1, 8, generator=torch.Generator().manual_seed(5))
     draws = sample(net, emb, 512, steps=32, generator=torch.Generator().manual_seed(6))
     values, method = pipeline.localizability(model, emb, draws)
-    exact = localizability(log_density(net, emb, draws, method="rk4", steps=16))
-    assert values.shape == (1,) and abs(values[0] - exact.item()) < 0.01
+    exact = localizability(log_density(net, emb, draws, method="rk4", steps=16)).item()
+    assert values.shape == (1,) and abs(values[0] - exact) < 0.03
     assert f"{pipeline.LOCALIZABILITY_SAMPLES} of 512 samples" in method and "control variate" in method
+    # The exact draws are picked at random, seeded by the draws' bits, which differ from CPU to CPU in the last
+    # place (AVX2 or AVX-512 kernels): its accuracy is over those picks, here the draws moved by 1e-6 rad.
+    errors = torch.tensor([pipeline.localizability(model, emb, normalize(draws + 1e-6 * torch.randn(
+        draws.shape, generator=torch.Generator().manual_seed(seed))))[0][0] - exact for seed in range(32)])
+    assert errors.square().mean().sqrt() < 0.0125, errors
     _, method = pipeline.localizability(model, emb, draws[:, :10])
     assert "all 10 samples" in method
     # guided draws: their density under the same guided field (the map's own entropy), against both fields'
