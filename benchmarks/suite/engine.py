@@ -110,9 +110,8 @@ def matmul_ways(n: int, device) -> dict:
     workers = row_workers(cores) if torch.device(device).type == "cpu" and cores > 1 else None
     gen = torch.Generator().manual_seed(0)
     out = {}
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     for name in precisions_run(device):
-        dtype = dtypes[name]
+        dtype = torch.bfloat16 if name == "bf16" else torch.float32
         a = torch.randn(n, n, generator=gen).to(device, dtype)
         b = torch.randn(n, n, generator=gen).to(device, dtype)
         out[name] = {"intra-op": lambda a=a, b=b: torch.mm(a, b)}
@@ -165,7 +164,7 @@ def part_sampling(sizes: Sizes, device, flow, emb, x0, reference) -> dict:
     roofline = {"size": size}
     for name, way in matmuls:  # the faster way, as in part 1
         roofline[name] = max(roofline.get(name, 0.0), 2 * size**3 / median(times[name, way]) / 1e9)
-    log("  matmuls of the same rounds: " + ", ".join(f"{p} {roofline[p]:,.0f}" for p in precisions_run(device))
+    log("  matmuls of the same rounds: " + ", ".join(f"{p} {rate:,.0f}" for p, rate in roofline.items() if p != "size")
         + " GFLOP/s")
     return {"n": n, "steps": steps, "seconds": seconds, "roofline": roofline}
 
