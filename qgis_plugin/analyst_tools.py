@@ -32,6 +32,7 @@ class AnalystTools:
         self.plugin = plugin
         self.analysis = Analysis()
         self.claim_tool = None
+        self._click_hint = None  # the bar's 'click the claimed location' item
         self.menu_button: QToolButton | None = None
         self.choose_weight: Callable[[float], float | None] = self._dialog_weight
 
@@ -96,9 +97,12 @@ class AnalystTools:
             self.claim_tool = ClaimMapTool(self.plugin.iface.mapCanvas())
             self.claim_tool.claimed.connect(self.set_clicked_claim)
         self.claim_tool.start()
-        self._show("GeoPlonk", tr("Click the claimed location on the map."), "", Qgis.Info)
+        self.plugin.end_hint(self._click_hint)
+        self._click_hint = self.plugin.show_hint(tr("Click the claimed location on the map."))
 
     def set_clicked_claim(self, point, crs) -> None:
+        self.plugin.end_hint(self._click_hint)  # the click came: the message saying what it set replaces the hint
+        self._click_hint = None
         try:
             claim = claim_at(point, crs, "click", "")
         except ClaimError as exc:

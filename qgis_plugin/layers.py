@@ -58,6 +58,8 @@ BEST_NAME = "best guess"
 CLAIMS_NAME = "claims"
 BASEMAP_NAME = "World map (offline basemap)"
 BASEMAP_PROPERTY = "geoplonk/basemap"
+# The layers "Zoom to result" and the case report frame (not the samples, nor the global raster).
+EXTENT_ROLES = (REGIONS_NAME, BEST_NAME, PLACES_NAME, EXIF_NAME, CLAIMS_NAME)
 # Label priorities (0-10): the best guess wins over the top places, which win over region labels.
 PRIORITY = {BEST_NAME: 10, CLAIMS_NAME: 9, EXIF_NAME: 9, PLACES_NAME: 6, REGIONS_NAME: 2}
 RAMP_NAME = "Magma"
@@ -470,11 +472,12 @@ def add_result_group(
 
 
 def group_extent(group: QgsLayerTreeGroup, min_size_deg: float = 2.0) -> QgsRectangle:
-    """The extent of the group's credible regions (else all its layers), padded to at least `min_size_deg`."""
+    """What the analyst weighs, padded to at least `min_size_deg`: the credible regions with the best guess, the
+    top places, the EXIF position and the claims (a claim outside the map is the finding), else all its layers."""
     layers = [n.layer() for n in group.findLayers() if n.layer() is not None]
-    regions = [lyr for lyr in layers if layer_role(lyr) == REGIONS_NAME]
+    weighed = [lyr for lyr in layers if layer_role(lyr) in EXTENT_ROLES and lyr.featureCount() > 0]
     extent = QgsRectangle()
-    for layer in regions or layers:
+    for layer in weighed or layers:
         extent.combineExtentWith(layer.extent())
     if extent.isNull():
         return QgsRectangle(-180, -90, 180, 90)

@@ -53,10 +53,6 @@ def model_missing(message: str) -> tuple[str, str, str]:
     )
 
 
-def photo_failed(name: str, message: str) -> tuple[str, str, str]:
-    return ("GeoPlonk", f"{name}: could not geolocate this photo ({message}). The other photos go on.", message)
-
-
 def no_photos() -> tuple[str, str, str]:
     return (
         "GeoPlonk",
@@ -109,6 +105,58 @@ def summary(ok: int, failed: int, cancelled: int, seconds: float) -> str:
     return ", ".join(parts) + f" in {seconds:.1f} s"
 
 
+class JobNotes:
+    """What a job's photos had to say (failures, model warnings, claim verdicts, the joint map), told in the one
+    message its end puts on the bar: a batch must not stack a message per photo there.  Each note is also a line
+    for the log panel at once (`line`), so a long batch's troubles can be read while it runs."""
+
+    INLINE = 2  # notes of a kind named in the bar's text; more are counted there and listed under "more"
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.warnings: list[str] = []
+        self.verdicts: list[str] = []
+        self.joint: list[str] = []
+
+    def failed(self, name: str, message: str) -> str:
+        return self._add(self.failures, f"{name}: could not geolocate this photo ({message})")
+
+    def warned(self, name: str, warning: str) -> str:
+        return self._add(self.warnings, f"{name}: check the model: {warning}")
+
+    def judged(self, name: str, quotes: list[str]) -> str:
+        return self._add(self.verdicts, f"{name}: " + " | ".join(quotes))
+
+    def joint_made(self, title: str) -> str:
+        return self._add(self.joint, f"{title}: one map for the photos of one place is in the Layers panel")
+
+    def joint_failed(self, message: str) -> str:
+        return self._add(self.failures, f"no joint map: {message}")
+
+    @staticmethod
+    def _add(notes: list[str], line: str) -> str:
+        notes.append(line)
+        return line
+
+    @property
+    def troubled(self) -> bool:
+        """A failure or a model warning: the job's message is a warning, not a success."""
+        return bool(self.failures or self.warnings)
+
+    def message(self, title: str, head: str) -> tuple[str, str, str]:
+        """The job's one message: `head` (what ran, where it is saved), then each kind of note, named when there
+        are few, counted when there are many; every note in the details ("more" on the bar, and the log)."""
+        parts = [head.rstrip(".") + "."]
+        for notes, kind in ((self.failures, "failed"), (self.warnings, "model warnings"),
+                            (self.verdicts, "claim checks"), (self.joint, "joint map")):
+            if len(notes) <= self.INLINE:
+                parts.extend(f"{note}." for note in notes)
+            else:
+                parts.append(f"{len(notes)} {kind}: see \"more\".")
+        details = "\n".join(self.failures + self.warnings + self.verdicts + self.joint)
+        return (title, " ".join(parts), details)
+
+
 def describe_info(info: dict[str, Any], separator: str = "\n") -> str:
     """The server's `info` reply in a few short lines (version, device, models)."""
     names = [m.get("name", "?") if isinstance(m, dict) else str(m) for m in info.get("models") or []]
@@ -138,19 +186,6 @@ def joint_photo_count(count: int, most: int) -> tuple[str, str, str]:
         return ("GeoPlonk", f"A joint map needs at least two photos of one place; {count} selected. Select the "
                 "photos in the Browser panel or as features of a photo layer.", "")
     return ("GeoPlonk", f"A joint map combines at most {most} photos; {count} selected.", "")
-
-
-def claim_verdicts(photo: str, quotes: list[str]) -> tuple[str, str, str]:
-    """The claims' verdicts on one photo's map, ready to quote."""
-    return ("GeoPlonk: claim check", f"{photo}: " + " | ".join(quotes), "\n".join(quotes))
-
-
-def joint_done(title: str) -> tuple[str, str, str]:
-    return ("GeoPlonk", f"{title}: one map for the photos of one place is in the Layers panel.", "")
-
-
-def joint_failed(message: str) -> tuple[str, str, str]:
-    return ("GeoPlonk", f"No joint map: {message}.", message)
 
 
 def report_written(path: str) -> tuple[str, str, str]:

@@ -47,6 +47,7 @@ class GeoPlonkPlugin:
         # the settings dialog and Processing runs in this QGIS share it.
         self.servers = None
         self.last_report = None
+        self.job_notes = messages.JobNotes()
         self.last_groups: list = []
         self.last_joint_group = None
         self.last_out_dir: Path | None = None
@@ -246,6 +247,7 @@ class GeoPlonkPlugin:
         self.last_groups = []
         self.last_joint_group = None
         self.last_report = None
+        self.job_notes = messages.JobNotes()
         task = GeolocateTask(paths, settings, out_dir, lambda: self.connect(settings), self.analyst.analysis.options(),
                              joint)
         task.photoDone.connect(self._on_photo_done)
@@ -283,43 +285,48 @@ class GeoPlonkPlugin:
                 group = layers.add_result_group(Path(outcome.path).name, outcome.files, outcome.summary or {},
                                                 outcome.path)
             except Exception as exc:  # noqa: BLE001 - one bad result must not stop the others
-                self._show("GeoPlonk", f"{outcome.name}: the result could not be loaded ({exc})", repr(exc),
-                           level=Qgis.Warning)
+                self._note(self.job_notes.failed(outcome.name, f"its files could not be loaded: {exc}"),
+                           Qgis.Warning, repr(exc))
                 return
             self.last_groups.append(group)
             if len(self.last_groups) == 1:
                 layers.add_basemap()  # only when the project has none: QGIS's offline world map, under the results
             for warning in (outcome.summary or {}).get("warnings") or []:
-                self._show(tr("GeoPlonk: check the model"), f"{outcome.name}: {warning}", "", level=Qgis.Warning)
-            self._show_claims(outcome.name, outcome.summary or {})
+                self._note(self.job_notes.warned(outcome.name, warning), Qgis.Warning)
+            self._note_claims(outcome.name, outcome.summary or {})
             view = self._layer_tree_view()
             if view is not None and len(self.last_groups) == 1:
                 view.setCurrentIndex(view.layerTreeModel().node2index(group))  # "Zoom to result" acts on it
         elif outcome.status == "failed":
-            self._show(*messages.photo_failed(outcome.name, outcome.error), level=Qgis.Warning)
+            self._note(self.job_notes.failed(outcome.name, outcome.error), Qgis.Warning)
 
     def _on_joint_done(self, outcome) -> None:
         if outcome.status != "ok":
             if outcome.status == "failed":
-                self._show(*messages.joint_failed(outcome.error), level=Qgis.Warning)
+                self._note(self.job_notes.joint_failed(outcome.error), Qgis.Warning)
             return
         try:
             group = layers.add_result_group(outcome.name, outcome.files, outcome.summary or {})
         except Exception as exc:  # noqa: BLE001 - the photos' own groups stay
-            self._show(*messages.joint_failed(f"its files could not be loaded ({exc})"), level=Qgis.Warning)
+            self._note(self.job_notes.joint_failed(f"its files could not be loaded ({exc})"), Qgis.Warning, repr(exc))
             return
         self.last_groups.append(group)
         self.last_joint_group = group
-        self._show(*messages.joint_done(layers.photo_of_group(group)), level=Qgis.Info)
-        self._show_claims(layers.photo_of_group(group), outcome.summary or {})
+        self._note(self.job_notes.joint_made(layers.photo_of_group(group)), Qgis.Info)
+        self._note_claims(layers.photo_of_group(group), outcome.summary or {})
         view = self._layer_tree_view()
         if view is not None:
             view.setCurrentIndex(view.layerTreeModel().node2index(group))
 
-    def _show_claims(self, name: str, summary: dict) -> None:
+    def _note_claims(self, name: str, summary: dict) -> None:
         checks = summary.get("claims") or []
         if checks:
-            self._show(*messages.claim_verdicts(name, [quote(c) for c in checks]), level=Qgis.Info)
+            self._note(self.job_notes.judged(name, [quote(c) for c in checks]), Qgis.Info)
+
+    @staticmethod
+    def _note(line: str, level, details: str = "") -> None:
+        """One photo's note, in the log panel now; the job's end tells them all in one message (JobNotes)."""
+        QgsMessageLog.logMessage(line + (f"\n{details}" if details else ""), messages.LOG_TAG, level)
 
     def _on_job_done(self, report) -> None:
         self.last_report = report
@@ -327,23 +334,45 @@ class GeoPlonkPlugin:
             self._show(report.error_title, report.error_text, report.error_details, level=Qgis.Critical)
             return
         folder = messages.saved_to(str(self.last_out_dir)) if report.ok else ""
+        notes = self.job_notes
         if report.cancelled:
             text = messages.cancelled(report.ok, report.cancelled, report.failed)
-            self._show(tr("GeoPlonk: cancelled"), f"{text} {folder}".strip(), "", level=Qgis.Warning)
+            self._show(*notes.message(tr("GeoPlonk: cancelled"), f"{text} {folder}".strip()), level=Qgis.Warning,
+                       logged=True)
             return
         text = messages.summary(report.ok, report.failed, report.cancelled, report.seconds)
-        self._show("GeoPlonk", f"{text}. {folder}" if folder else text, "",
-                   level=Qgis.Success if report.failed == 0 else Qgis.Warning)
+        level = Qgis.Warning if report.failed or notes.troubled else Qgis.Success
+        self._show(*notes.message("GeoPlonk", f"{text}. {folder}" if folder else text), level=level, logged=True)
 
     def show_message(self, title: str, text: str, details: str = "", level=Qgis.Info) -> None:
         self._show(title, text, details, level)
 
-    def _show(self, title: str, text: str, details: str = "", level=Qgis.Info) -> None:
-        """Message bar text in plain language; details go to the log panel."""
+    def show_hint(self, text: str):
+        """A hint for the user's next act (a click on the map), which `end_hint` takes off the bar once it came."""
         bar = self.iface.messageBar()
+        return None if bar is None else bar.pushWidget(bar.createMessage("GeoPlonk", text), Qgis.Info, 10)
+
+    def end_hint(self, item) -> None:
+        bar = self.iface.messageBar()
+        if bar is None or item is None:
+            return
+        try:
+            bar.popWidget(item)
+        except RuntimeError:  # its time ran out: QGIS deleted it
+            pass
+
+    def _show(self, title: str, text: str, details: str = "", level=Qgis.Info, logged: bool = False) -> None:
+        """Message bar text in plain language, details behind its "more" button; both go to the log panel
+        (`logged`: the details are there already, as notes)."""
+        bar = self.iface.messageBar()
+        duration = 10 if level != Qgis.Critical else 0
         if bar is not None:
-            bar.pushMessage(title, text, level=level, duration=10 if level != Qgis.Critical else 0)
-        QgsMessageLog.logMessage(f"{title}: {text}" + (f"\n{details}" if details else ""), messages.LOG_TAG, level)
+            if details:
+                bar.pushMessage(title, text, details, level=level, duration=duration)
+            else:
+                bar.pushMessage(title, text, level=level, duration=duration)
+        QgsMessageLog.logMessage(f"{title}: {text}" + (f"\n{details}" if details and not logged else ""),
+                                 messages.LOG_TAG, level)
 
     # -- other actions -----------------------------------------------------------------------
 

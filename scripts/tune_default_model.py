@@ -30,7 +30,7 @@ from model_server.engine.encoders import load_encoder
 from model_server.engine.likelihood import log_density
 from model_server.engine.network import FlowConfig
 from model_server.engine.runtime import configure_cpu_math
-from model_server.engine.sampling import sample
+from model_server.engine.sampling import sample, supported_precision
 from model_server.engine.training import TrainConfig, train_flow
 from model_server.evaluation.flow_scores import best_guesses
 from model_server.evaluation.metrics import coverage, geoscore, spearman
@@ -54,15 +54,16 @@ def load_split(work: Path, split: str, views: str = "") -> tuple[np.ndarray, np.
 
 def score(net, emb: np.ndarray, truth_deg: np.ndarray, own_samples: int, guess_samples: int) -> dict:
     gen = torch.Generator().manual_seed(0)
+    precision = supported_precision("bf16", "cpu")  # as the server samples: fp32 where bf16 would be emulated
     truth = torch.tensor(degrees_to_xyz(truth_deg), dtype=torch.float32)
     guesses: dict[float, list[np.ndarray]] = {c: [] for c in GUESS_CFGS}
     logp_truth, logp_own = [], []
     for start in range(0, len(emb), 25):
         e = torch.from_numpy(emb[start : start + 25])
         for c in GUESS_CFGS:
-            x = sample(net, e, guess_samples, steps=32, cfg=c, generator=gen, precision="bf16").numpy()
+            x = sample(net, e, guess_samples, steps=32, cfg=c, generator=gen, precision=precision).numpy()
             guesses[c].append(best_guesses(x))
-        own = sample(net, e, own_samples, steps=32, generator=gen, precision="bf16")
+        own = sample(net, e, own_samples, steps=32, generator=gen, precision=precision)
         lp = log_density(net, e, torch.cat([truth[start : start + 25, None], own], 1), method="rk4", steps=16)
         logp_truth.append(lp[:, 0].numpy())
         logp_own.append(lp[:, 1:].numpy())
@@ -104,7 +105,8 @@ def main() -> None:
                      FlowConfig(cond_dim=train_emb.shape[1], dim=args.dim, depth=args.depth),
                      TrainConfig(steps=args.steps, batch_size=args.batch_size, warmup=300,
                                  embedding_noise=args.noise, target_jitter_km=args.jitter_km,
-                                 cond_rank=args.cond_rank), threads=1)
+                                 cond_rank=args.cond_rank, precision=supported_precision("bf16", "cpu")),
+                     threads=1)
     result = {"settings": jsonable_settings(args),
               "n_train": len(train_emb), "training_seconds": round(time.time() - t0)}
     result.update(score(net, test_emb[lo:hi], test_deg[lo:hi], args.own_samples, args.guess_samples))

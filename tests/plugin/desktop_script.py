@@ -48,6 +48,7 @@ class DesktopRun(QObject):
         self.clicked_at = None
         self.first_group_at = None
         self.render_started = None
+        self.zoomed_extent = None  # the canvas after "Zoom to result", in the canvas's CRS
         self.state = self.wait_for_plugin
         self.timer = QTimer(self)
         self.timer.timeout.connect(self.tick)
@@ -229,6 +230,8 @@ class DesktopRun(QObject):
         self.log(f"task done: {report.ok} ok, {report.failed} failed {report.error_title}")
         if self.result_groups():
             self.plugin.zoom_to_result()  # the analyst's button; then out to all the results, for the screenshot
+            zoomed = iface.mapCanvas().extent()
+            self.zoomed_extent = [zoomed.xMinimum(), zoomed.yMinimum(), zoomed.xMaximum(), zoomed.yMaximum()]
             layers = sys.modules[type(self.plugin).__module__.rsplit(".", 1)[0] + ".layers"]
             extent = None
             for group in self.result_groups():
@@ -339,6 +342,9 @@ class DesktopRun(QObject):
             rows.append({"text": model.data(index, Qt.DisplayRole), "shown": view.isVisible() and rect.isValid()})
         self.report["layers_panel"] = {"visible": view.isVisible(), "rows": rows}
         self.report["canvas_layers"] = [layer.name() for layer in canvas.layers()]
+        self.report["message_bar"] = [{"title": item.title(), "text": item.text(), "level": int(item.level())}
+                                      for item in iface.messageBar().items()]
+        self.report["zoomed_extent"] = self.zoomed_extent
         self.report["tree_order"] = [node.name() for node in QgsProject.instance().layerTreeRoot().children()]
         self.report["basemap"] = [
             {"name": layer.name(), "source": layer.source(), "valid": layer.isValid()}

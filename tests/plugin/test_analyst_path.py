@@ -19,7 +19,7 @@ import pytest
 from qgis.core import QgsFeature, QgsField, QgsProject, QgsVectorLayer
 from qgis.PyQt.QtCore import QElapsedTimer, Qt, QTimer, QVariant
 from qgis.PyQt.QtTest import QTest
-from test_plugin_headless import by_role, result_groups, run_action
+from test_plugin_headless import bar_messages, by_role, result_groups, run_action
 
 from geoplonk_service.launcher import free_port
 from geoplonk_service.protocol import job_units
@@ -61,6 +61,7 @@ def test_groups_and_map_tips_name_the_model_and_ground_photos_get_a_warning(plug
     exif.get_ifd(0x8769)[0x920A] = 35.0
     Image.open(photo_dir / "harbour.jpg").save(ground, "JPEG", exif=exif)
     plugin.choose_files = lambda: [str(ground)]
+    plugin.iface.messageBar().clear_messages()
 
     assert run_action(plugin, plugin.action_geolocate, wait_for_task).ok == 1
     (group,) = result_groups(QgsProject.instance()).values()
@@ -72,9 +73,9 @@ def test_groups_and_map_tips_name_the_model_and_ground_photos_get_a_warning(plug
     tip = places.mapTipTemplate()
     assert "within 100 km" in tip and "basin share" in tip
     assert "Model: earth-tiles" in tip and "expects overhead views" in tip
-    warnings = " ".join(messages_of(plugin, 1))
-    assert "street.jpg" in warnings and "expects overhead views" in warnings and "Canon" in warnings
-    assert "320 x 240" in warnings  # and not square
+    (warnings,) = messages_of(plugin, 1)  # the job's one message, a warning: its photo's model warnings in it
+    assert "street.jpg: check the model" in warnings and "expects overhead views" in warnings, warnings
+    assert "Canon" in warnings and "320 x 240" in warnings  # and not square
     import json
 
     summary = json.loads(Path(group.customProperty(layers.GROUP_PROPERTY)).read_text())
@@ -158,7 +159,7 @@ def test_unsaved_project_results_last_after_the_temp_folder_is_cleared(plugin, p
     assert report.ok == 1
     results = home / "GeoPlonk" / "results"
     assert (results / "harbour.tif").is_file()
-    done = " ".join(messages_of(plugin, 3))
+    done = " ".join(bar_messages(plugin))
     assert f'<a href="{results.as_uri()}">{results}</a>' in done, done  # where, as a link that opens it
 
     project = QgsProject.instance()

@@ -22,7 +22,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QPoint, Qt
 from qgis.PyQt.QtTest import QTest
-from test_plugin_headless import by_role, result_groups, run_action
+from test_plugin_headless import bar_messages, by_role, result_groups, run_action
 
 from qgis_plugin import layers
 
@@ -117,6 +117,7 @@ def test_claims_and_area_reach_the_layers_labels_and_map_tips(plugin, plugin_set
 
     areas.removeSelection()  # the area is set; the photo comes from the file dialog
     plugin.choose_files = lambda: [str(photo)]
+    plugin.iface.messageBar().clear_messages()
     assert run_action(plugin, plugin.action_geolocate, wait_for_task).ok == 1
     (group,) = result_groups(QgsProject.instance()).values()
     summary = json.loads(Path(group.customProperty(layers.GROUP_PROPERTY)).read_text())
@@ -140,9 +141,10 @@ def test_claims_and_area_reach_the_layers_labels_and_map_tips(plugin, plugin_set
     paris = next(c for c in summary["claims"] if c["label"] == "Paris witness")
     assert f"Claim: Paris witness: {paris['words']}" in best_tip
     assert "weighted towards (outside weight 0.05) the area of interest" in best_tip
-    said = messages_of(plugin, 0)
+    (said,) = bar_messages(plugin)  # the job's one message: what ran, and the verdicts ready to quote
     first = summary["claims"][0]
-    assert f"tower.jpg: {first['label']}: {first['words']}" in said and "| EXIF GPS: " in said  # ready to quote
+    assert "1 photo geolocated" in said and f"tower.jpg: {first['label']}: {first['words']}" in said, said
+    assert "| EXIF GPS: " in said
 
 
 def test_geolocate_as_one_place_adds_a_joint_group_named_for_the_photos(plugin, plugin_settings, photos,
@@ -180,7 +182,7 @@ def test_geolocate_as_one_place_adds_a_joint_group_named_for_the_photos(plugin, 
     tip = roles[layers.BEST_NAME].layer().mapTipTemplate()
     assert "<b>Joint map: harbour.jpg + desert road.png</b>" in tip
     assert all(c["words"] in tip for c in summary["joint"]["contributions"])
-    assert "one map for the photos of one place" in messages_of(plugin, 0)
+    assert "one map for the photos of one place" in " ".join(bar_messages(plugin))
     opened: list[Path] = []
     plugin.open_file = opened.append
     assert plugin.open_case_report() == out / "joint.html" and opened == [out / "joint.html"]

@@ -177,7 +177,8 @@ def test_screenshot_shows_the_raster_and_the_credible_regions(desktop):
     ramp = [c for c in density["ramp_samples"] + density["ramp_colours"] if max(c[1:3], c[3:5], c[5:7]) < "e0"]
     ramp = [over_white(c, density.get("opacity", 1.0)) for c in ramp]  # the layer is drawn translucent
     raster_px = count_near(canvas, ramp, tolerance=20)  # 64 ramp samples: rendered colours fall between them
-    assert raster_px > 0.02 * canvas.shape[0] * canvas.shape[1], f"only {raster_px} raster-coloured pixels"
+    # over 1 % of the canvas: the view frames the clicked claim (in Italy) too, so the maps fill less of it
+    assert raster_px > 0.01 * canvas.shape[0] * canvas.shape[1], f"only {raster_px} raster-coloured pixels"
     regions = next(layer for g in report["groups"] for layer in g["layers"] if layer["role"] == "credible regions")
     outline = [c for c in regions["outline_colours"] if c != "#ffffff"]
     assert outline, regions
@@ -216,6 +217,23 @@ def test_a_claim_clicked_on_the_real_canvas_is_checked(desktop):
         assert "likely under the model: " in claims["map_tip_text"] and "clicked point" in claims["map_tip_text"]
         # both groups label the same point, each with its own photo's verdict: the label says whose it is
         assert claims["label_text"].startswith(f"{Path(group['photo']).stem} · clicked point "), claims
+
+
+def test_the_job_tells_its_photos_verdicts_in_one_message_on_the_real_bar(desktop):
+    _, report, _ = desktop
+    ours = [item for item in report["message_bar"] if item["title"].startswith("GeoPlonk")]
+    (job,) = [item for item in ours if "geolocated" in item["text"]]  # not one message per photo
+    assert "2 photos geolocated" in job["text"], ours
+    for photo in PHOTOS:
+        assert f"{photo}: clicked point " in job["text"] and "likely under the model" in job["text"], job
+    assert not [item for item in ours if "Click the claimed location" in item["text"]], ours  # the click ended it
+
+
+def test_zoom_to_result_frames_the_clicked_claim_with_the_map(desktop):
+    _, report, _ = desktop
+    (clicked,) = report["claim"]["claims"]
+    west, south, east, north = report["zoomed_extent"]  # the Layers panel's current group, in lon/lat
+    assert west < clicked["lon"] < east and south < clicked["lat"] < north, (report["zoomed_extent"], clicked)
 
 
 def test_open_case_report_from_the_real_layers_panel_menu(desktop):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from qgis.core import (
+    Qgis,
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsField,
@@ -67,6 +68,12 @@ def render_canvas(qtbot, canvas, project: QgsProject, plugin):
 
 def distinct_colours(image, step: int = 4) -> int:
     return len({image.pixel(x, y) for x in range(0, image.width(), step) for y in range(0, image.height(), step)})
+
+
+def bar_messages(plugin) -> list[str]:
+    """Every message on the stand-in message bar, whatever its level."""
+    bar = plugin.iface.messageBar()
+    return [m for level in (Qgis.Info, Qgis.Warning, Qgis.Critical, Qgis.Success) for m in bar.get_messages(level)]
 
 
 def run_action(plugin, action, wait_for_task, timeout_s: float = 240):
@@ -217,12 +224,16 @@ def test_folder_source_and_unreadable_photo_fails_alone(plugin, plugin_settings,
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.txt").write_text("ignored")
     plugin.choose_folder = lambda: str(folder)
+    plugin.iface.messageBar().clear_messages()
 
     report = run_action(plugin, plugin.action_folder, wait_for_task)
     assert (report.ok, report.failed, report.error_title) == (1, 2, "")
     assert set(result_groups(QgsProject.instance())) == {"a.jpg"}
-    warnings = " ".join(plugin.iface.messageBar().get_messages(1))
-    assert "broken.jpg" in warnings and "empty.png" in warnings
+    # one message for the job, a warning naming each failed photo, not one message per photo
+    (warning,) = plugin.iface.messageBar().get_messages(Qgis.Warning)
+    assert bar_messages(plugin) == [warning]
+    assert "1 photo geolocated, 2 failed" in warning and "broken.jpg: could not geolocate" in warning, warning
+    assert "empty.png: could not geolocate" in warning, warning
 
 
 # --- running -----------------------------------------------------------------------------------

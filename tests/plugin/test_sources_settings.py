@@ -154,3 +154,21 @@ def test_saved_to_links_a_relative_or_odd_folder_without_raising(tmp_path, monke
     text = messages.saved_to("results & more")
     assert (tmp_path / "results & more").as_uri() in text.replace("&amp;", "&")
     assert "results &amp; more</a>" in text
+
+
+def test_a_batch_tells_its_photos_notes_in_one_message_naming_few_and_counting_many():
+    notes = messages.JobNotes()
+    lines = [notes.failed(f"p{i}.jpg", "not an image") for i in range(3)]
+    lines.append(notes.warned("street.jpg", "the model expects overhead views"))
+    lines.append(notes.judged("tower.jpg", ["Cairo witness: likely", "EXIF GPS: unlikely"]))
+    title, text, details = notes.message("GeoPlonk", "4 photos geolocated, 3 failed in 9.0 s. Saved")
+    assert notes.troubled and title == "GeoPlonk"
+    assert text.startswith("4 photos geolocated, 3 failed in 9.0 s. Saved. 3 failed: see \"more\".")
+    assert "street.jpg: check the model: the model expects overhead views." in text
+    assert "tower.jpg: Cairo witness: likely | EXIF GPS: unlikely." in text and "p0.jpg" not in text
+    assert details.splitlines() == lines  # every note behind "more", failures first
+    quiet = messages.JobNotes()
+    quiet.joint_made("Joint map: a.jpg + b.jpg")
+    assert not quiet.troubled
+    assert quiet.message("GeoPlonk", "2 photos geolocated.")[1] == (
+        "2 photos geolocated. Joint map: a.jpg + b.jpg: one map for the photos of one place is in the Layers panel.")
