@@ -25,7 +25,7 @@ import numpy as np
 from geoplonk_service import protocol as P
 
 from ..engine.guidance import LAND_SHARE_THRESHOLD
-from ..evaluation.criteria import COVERAGE_KINDS, CRITERIA, DEFAULT_GRID, MAP_CRITERIA, MIN_CFG
+from ..evaluation.criteria import COVERAGE_KINDS, CRITERIA, DEFAULT_GRID, MAP_CRITERIA, MIN_CFG, TRUTH_TOLERANCE
 from .common import CommandError, run_guarded
 
 
@@ -74,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--likelihood-method", default="rk4", help="fixed-step ODE method of the likelihood")
     parser.add_argument("--likelihood-steps", type=int, default=16)
+    parser.add_argument("--truth-tolerance", type=float, default=TRUTH_TOLERANCE,
+                        help="the truths' log-density by dopri5 at this atol = rtol (0: by the fixed-step method; "
+                             "it overstates the density at a truth the model misses)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dry-run", action="store_true", help="print the scores, leave the manifest alone")
     parser.add_argument("--quiet", action="store_true")
@@ -83,6 +86,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad settings before the model and the photos are loaded."""
     from model_server.products.grid import Grid
 
+    if not 0 <= args.truth_tolerance < 1:
+        raise CommandError(f"--truth-tolerance must be 0 (off) or a small positive tolerance, got "
+                           f"{args.truth_tolerance}")
     if args.samples < 2 or args.likelihood_steps < 1 or args.steps < 1:
         raise CommandError(f"--samples must be at least 2, --likelihood-steps and --steps at least 1, got "
                            f"{args.samples}, {args.likelihood_steps} and {args.steps}")
@@ -164,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = {"criterion": args.criterion, "samples": args.samples, "map_samples": args.map_samples,
                 "map_resolution": args.map_resolution, "seed": args.seed,
                 "likelihood_method": args.likelihood_method, "likelihood_steps": args.likelihood_steps,
+                "truth_tolerance": args.truth_tolerance or None,
                 "solver": args.solver, "steps": args.steps}
     record_settings = {**{k: v for k, v in settings.items() if k not in ("solver", "steps")},
                        "data": args.data, "skip": args.skip, "sampler": f"{args.solver}, {args.steps} steps"}

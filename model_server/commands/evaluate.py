@@ -18,6 +18,7 @@ from pathlib import Path
 
 from geoplonk_service import protocol as P
 
+from ..evaluation.criteria import TRUTH_TOLERANCE
 from .common import jsonable_settings
 
 MIN_MAP_SAMPLES = 16
@@ -44,8 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sampler ODE solver (default: the server's, %(default)s)")
     parser.add_argument("--precision", choices=P.PRECISIONS, default=P.DEFAULT_OPTIONS["precision"],
                         help="sampler matmul precision")
-    parser.add_argument("--likelihood-method", default="midpoint", help="dopri5 (adaptive) | rk4 | midpoint | euler")
-    parser.add_argument("--likelihood-steps", type=int, default=8, help="steps of fixed-step likelihood methods")
+    parser.add_argument("--likelihood-method", default="rk4",
+                        help="the draws' log-density: dopri5 (adaptive) | rk4 | midpoint | euler")
+    parser.add_argument("--likelihood-steps", type=int, default=16, help="steps of fixed-step likelihood methods")
+    parser.add_argument("--truth-tolerance", type=float, default=TRUTH_TOLERANCE,
+                        help="the truths' log-density by dopri5 at this atol = rtol (0: by the draws' method, in "
+                             "one solve with them; a fixed-step solve overstates the density at a truth the "
+                             "model misses)")
     parser.add_argument("--map-samples", type=int, default=0,
                         help="also score the map the server draws: N samples, KDE raster, its NLL and regions' "
                              f"coverage (0: off; the server draws {P.SAMPLES.default})")
@@ -68,6 +74,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     low, high = P.CFG.minimum, P.CFG.maximum
     if args.distribution_cfg is not None and not low <= args.distribution_cfg <= high:
         raise ValueError(f"--distribution-cfg must lie in [{low:g}, {high:g}], got {args.distribution_cfg}")
+    if not 0 <= args.truth_tolerance < 1:
+        raise ValueError(f"--truth-tolerance must be 0 (off) or a small positive tolerance, got {args.truth_tolerance}")
     if args.map_samples:
         if args.map_samples < MIN_MAP_SAMPLES:
             raise ValueError(f"--map-samples must be 0 (off) or at least {MIN_MAP_SAMPLES}, got {args.map_samples}")
@@ -111,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     scoring = FlowScoring(
         guidance=guidance, cfg=args.cfg, guess_samples=args.guess_samples, samples=args.samples,
         steps=args.steps, solver=args.solver, precision=args.precision, likelihood_method=args.likelihood_method,
-        likelihood_steps=args.likelihood_steps, seed=args.seed, chunk=args.chunk)
+        likelihood_steps=args.likelihood_steps, truth_tolerance=args.truth_tolerance or None, seed=args.seed,
+        chunk=args.chunk)
     result = evaluate_model(
         model, args.data, scoring, map_samples=args.map_samples, map_resolution=args.map_resolution,
         limit=args.limit, cache=args.cache, train_data=args.train_data, train_cache=args.train_cache,

@@ -50,17 +50,21 @@ def truth_nll_by_cfg(
     *,
     method: str = "rk4",
     steps: int = 16,
+    truth_tolerance: float | None = None,
     chunk: int = 64,
     on_step: Progress | None = None,
 ) -> dict[float, float]:
-    """Mean NLL (nats per steradian) of each photo's true location (E, 3) under guidance w, per w."""
+    """Mean NLL (nats per steradian) of each photo's true location (E, 3) under guidance w, per w: by `method` in
+    `steps`, or by dopri5 at atol = rtol = `truth_tolerance` (see likelihood.truth_and_draws_log_density)."""
+    solve = ({"atol": truth_tolerance, "rtol": truth_tolerance} if truth_tolerance
+             else {"method": method, "steps": steps})
     truth_xyz = checked_inputs(emb, truth_xyz, grid)
     out, done, total = {}, 0, len(grid) * len(emb)
     for w in grid:
         nll = []
         for start in range(0, len(emb), chunk):
             e, x = emb[start : start + chunk], truth_xyz[start : start + chunk, None]
-            nll.append(-log_density(flow, e, x, cfg=w, method=method, steps=steps)[:, 0].numpy())
+            nll.append(-log_density(flow, e, x, cfg=w, **solve)[:, 0].numpy())
             done += len(e)
             if on_step is not None:
                 on_step(done, total)
@@ -79,6 +83,7 @@ def calibration_scores(
     solver: str = P.DEFAULT_OPTIONS["solver"],
     method: str = "rk4",
     likelihood_steps: int = 16,
+    truth_tolerance: float | None = None,
     levels: Sequence[float] = COVERAGE_LEVELS,
     seed: int = 0,
     chunk: int = 20,
@@ -101,7 +106,8 @@ def calibration_scores(
             e = emb[start : start + chunk]
             at_truth, at_draws = truth_and_draws_log_density(
                 flow, e, truth_xyz[start : start + chunk], samples, cfg=w, steps=steps, solver=solver,
-                precision=precision, generator=gen, method=method, likelihood_steps=likelihood_steps)
+                precision=precision, generator=gen, method=method, likelihood_steps=likelihood_steps,
+                truth_tolerance=truth_tolerance)
             truth_lp.append(at_truth.numpy())
             sample_lp.append(at_draws.numpy())
             done += len(e)
@@ -158,6 +164,7 @@ def score_guidance(
     seed: int = 0,
     likelihood_method: str = "rk4",
     likelihood_steps: int = 16,
+    truth_tolerance: float | None = None,
     land: np.ndarray | None = None,
     solver: str = P.DEFAULT_SOLVER,
     steps: int = P.STEPS.default,
@@ -173,7 +180,7 @@ def score_guidance(
     """
     if criterion == "nll":
         nll = truth_nll_by_cfg(flow, emb, truth_xyz, grid, method=likelihood_method, steps=likelihood_steps,
-                               on_step=on_step)
+                               truth_tolerance=truth_tolerance, on_step=on_step)
         return {w: {"nll": v} for w, v in nll.items()}, best_cfg(nll)
     if criterion not in COVERAGE_KINDS:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
@@ -193,8 +200,8 @@ def score_guidance(
             on_step(len(grid) * len(emb) + done, total)
 
     scores = calibration_scores(flow, emb, truth_xyz, grid, samples=samples, seed=seed, method=likelihood_method,
-                                likelihood_steps=likelihood_steps, land=land, solver=solver, steps=steps,
-                                on_step=exact_part)
+                                likelihood_steps=likelihood_steps, truth_tolerance=truth_tolerance, land=land,
+                                solver=solver, steps=steps, on_step=exact_part)
     if criterion in MAP_CRITERIA:
         drawn = map_scores(flow, emb, truth_xyz, grid, samples=map_samples, resolution=map_resolution, seed=seed,
                            land=land, solver=solver, steps=steps, on_step=map_part)
@@ -275,6 +282,7 @@ def calibration_record(
     likelihood_method: str,
     likelihood_steps: int,
     samples: int,
+    truth_tolerance: float | None = None,
     seed: int,
     map_samples: int,
     map_resolution: float,
@@ -288,7 +296,8 @@ def calibration_record(
         "criterion": CRITERIA[criterion],
         "nll_by_cfg": {f"{w + 0.0:g}": round(v["nll"], 6) for w, v in scores.items()},  # + 0.0: no "-0" key
         "data": str(data), "skip": skip, "n": n,
-        "likelihood": f"{likelihood_method}, {likelihood_steps} steps",
+        "likelihood": f"{likelihood_method}, {likelihood_steps} steps"
+                      + (f"; the truths by dopri5 at {truth_tolerance:g}" if truth_tolerance else ""),
         # the draws' sampler (the server's default unless told), whose endpoint errors widen or sharpen the map
         "sampler": sampler,
     }

@@ -18,6 +18,7 @@ from ..engine.sampling import sample, supported_precision
 from ..geodesy import degrees_to_xyz, latlon_distance_km, xyz_to_degrees
 from ..photo_guidance import photo_cfgs, rows_by_cfg
 from ..products.modes import best_guess
+from .criteria import TRUTH_TOLERANCE
 from .metrics import inside_regions
 from .report import MethodScores
 
@@ -37,8 +38,9 @@ class FlowScoring:
     steps: int = P.STEPS.default
     solver: str = P.DEFAULT_OPTIONS["solver"]
     precision: str = P.DEFAULT_OPTIONS["precision"]
-    likelihood_method: str = "midpoint"
-    likelihood_steps: int = 8
+    likelihood_method: str = "rk4"
+    likelihood_steps: int = 16
+    truth_tolerance: float | None = TRUTH_TOLERANCE  # the truths by dopri5 (None: by the draws' method)
     seed: int = 0
     chunk: int = 20
 
@@ -61,8 +63,8 @@ def evaluate_flow(
 
     Per chunk of photos: `guess_samples` draws at guidance `cfg` (the first is the single sample, the best
     guess is picked among all; they set each photo's w when the guidance has a land rule), then `samples`
-    draws at the photo's w whose exact log-densities, solved together with the truth's, give its NLL, the
-    coverage of its credible regions and the photo's localizability. on_step(done) after each chunk.
+    draws at the photo's w whose exact log-densities, with the truth's (by dopri5 at `truth_tolerance`), give its
+    NLL, the coverage of its credible regions and the photo's localizability. on_step(done) after each chunk.
     """
     cfg, guess_samples, guidance = scoring.cfg, scoring.guess_samples, scoring.guidance
     steps, chunk = scoring.steps, scoring.chunk
@@ -85,7 +87,8 @@ def evaluate_flow(
             at_truth, at_draws = truth_and_draws_log_density(
                 flow, emb[rows], torch.tensor(truth_xyz[rows]), scoring.samples, cfg=w,
                 steps=steps, solver=scoring.solver, precision=precision, generator=gen, method=likelihood_method,
-                likelihood_steps=None if likelihood_method == "dopri5" else scoring.likelihood_steps)
+                likelihood_steps=None if likelihood_method == "dopri5" else scoring.likelihood_steps,
+                truth_tolerance=scoring.truth_tolerance)
             logp_truth[rows], logp_samples[rows] = at_truth.numpy(), at_draws.numpy()
         if on_step is not None:
             on_step(start + len(e))

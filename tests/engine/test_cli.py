@@ -108,11 +108,15 @@ def test_clear_errors(tmp_path, model_dir):
     assert r.returncode == 2 and "--map-samples" in r.stderr
     r = geoplonk("eval", "--model", model_dir, "--data", tmp_path / "none.csv", "--distribution-cfg", "-2")
     assert r.returncode == 2 and "--distribution-cfg" in r.stderr
+    r = geoplonk("eval", "--model", model_dir, "--data", tmp_path / "none.csv", "--truth-tolerance", "-1")
+    assert r.returncode == 2 and "--truth-tolerance must be 0 (off) or a small positive tolerance" in r.stderr
     # calibrate writes into a model folder: it names a missing one, and refuses guidance outside [-1, 0]
     r = geoplonk("calibrate", "--model", tmp_path / "no-model", "--data", tmp_path / "none.csv")
     assert r.returncode == 2 and "model folder not found" in r.stderr
     r = geoplonk("calibrate", "--model", model_dir, "--data", tmp_path / "none.csv", "--grid", "0,0.5")
     assert r.returncode == 2 and "[-1, 0]" in r.stderr
+    r = geoplonk("calibrate", "--model", model_dir, "--data", tmp_path / "none.csv", "--truth-tolerance", "2")
+    assert r.returncode == 2 and "--truth-tolerance must be 0 (off)" in r.stderr
     r = geoplonk("calibrate", "--model", model_dir, "--data", tmp_path / "none.csv", "--samples", "1")
     assert r.returncode == 2 and "--samples" in r.stderr
     r = geoplonk("calibrate", "--model", model_dir, "--data", tmp_path / "none.csv", "--criterion", "map",

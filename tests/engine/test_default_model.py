@@ -17,11 +17,11 @@ from geoplonk_service import protocol as P
 from geoplonk_service.protocol import RESOLUTION
 from model_server.data.earth_tiles import SAMPLE_SITES
 from model_server.engine.checkpoint import verify_files
-from model_server.engine.likelihood import localizability, log_density
+from model_server.engine.likelihood import localizability, log_density, truth_and_draws_log_density
 from model_server.engine.model import find_model_dir, load_model
 from model_server.engine.sampling import sample
-from model_server.engine.sphere import xyz_to_degrees
-from model_server.evaluation.criteria import COVERAGE_KINDS, CRITERIA, best_cfg_by_coverage
+from model_server.engine.sphere import uniform_sphere, xyz_to_degrees
+from model_server.evaluation.criteria import COVERAGE_KINDS, CRITERIA, TRUTH_TOLERANCE, best_cfg_by_coverage
 from model_server.geodesy import haversine_km
 from model_server.images import read_exif_gps
 from model_server.photo_guidance import cfg_for_photo
@@ -141,3 +141,28 @@ def test_default_model_ignores_which_way_up_a_tile_is(model):
     tile = Image.open(SAMPLES / "nile_delta.jpg").convert("RGB")
     emb = model.encoder.embed([tile, tile.transpose(Image.ROTATE_90), tile.transpose(Image.ROTATE_270)])
     assert torch.allclose(emb[0], emb[1], atol=1e-4) and torch.allclose(emb[0], emb[2], atol=1e-4)
+
+
+def test_truths_the_model_misses_are_scored_by_an_adaptive_solve_the_draws_by_fixed_steps(model):
+    """A fixed-step solve overstates the density where the model puts little, as at a truth it misses, so the
+    evaluation's truths are solved by dopri5 (TRUTH_TOLERANCE); its draws, where the density is high, keep
+    their fixed steps."""
+    emb = model.encoder.embed([Image.open(SAMPLES / "nile_delta.jpg").convert("RGB")])
+    candidates = uniform_sphere(64, generator=torch.Generator().manual_seed(0))
+    converged = log_density(model.flow, emb, candidates, method="rk4", steps=256)[0]
+    far = candidates[converged.argsort()[:8]]  # the 8 places it puts least on, as truths of 8 copies of the photo
+    reference = converged.sort().values[:8]
+    copies = emb.expand(8, -1)
+
+    def scored(tolerance):
+        return truth_and_draws_log_density(model.flow, copies, far, 16, steps=6, solver="rk3",
+                                           generator=torch.Generator().manual_seed(1), method="rk4",
+                                           likelihood_steps=16, truth_tolerance=tolerance)
+
+    fixed_truth, fixed_draws = scored(None)
+    truth, draws = scored(TRUTH_TOLERANCE)
+    print("reference", reference, "rk4 16 error", fixed_truth - reference, "dopri5 error", truth - reference)
+    assert reference.max() < -15  # a miss
+    assert (fixed_truth - reference).mean() > 0.5  # rk4 16 overstates it
+    assert (truth - reference).abs().max() < 0.1
+    assert torch.allclose(draws, fixed_draws, atol=1e-4) and draws.mean() > reference.max() + 10

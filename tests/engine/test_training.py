@@ -313,6 +313,7 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
     assert main([*by_share, "--land-share-threshold", str(shares.mean())]) == 0
     calibration = json.loads((out / "geoplonk.json").read_text())["calibration"]
     assert calibration["land_share_threshold"] == shares.mean() and calibration["n"] == 2
+    assert calibration["likelihood"] == "rk4, 2 steps; the truths by dopri5 at 1e-05"  # the truths: the default
     assert {name: g["n"] for name, g in calibration["groups"].items()} == {"land-looking": 1, "others": 1}
     for name, key in (("land-looking", "land_cfg"), ("others", "distribution_cfg")):
         assert calibration[key] == calibration["groups"][name]["distribution_cfg"]
@@ -331,6 +332,7 @@ def test_train_and_eval_commands_end_to_end(tmp_path, monkeypatch, capsys):
                  "--likelihood-steps", "2", "--map-samples", "32", "--map-resolution", "2",
                  "--out", str(report_path), "--quiet", "--threads", "1"]) == 0
     report = json.loads(report_path.read_text())
+    assert report["settings"]["truth_tolerance"] == 1e-5  # the truths by dopri5, the draws by rk4 in 2 steps
     assert report["model_sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     # the retrieval gallery is embedded as the tiles to locate are (d8), not as the flow was trained (rot4)
     caches = sorted(p.name for p in (tmp_path / "cache" / "geoplonk" / "embeddings").glob("*.npz"))
