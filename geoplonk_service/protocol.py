@@ -58,6 +58,11 @@ E_INTERNAL = "internal"
 E_CANCELLED = "cancelled"
 E_BUSY = "busy"  # the queue is full: nothing was accepted, retry later (the error carries `retry_after_s`)
 
+# A photo's stages, in the order the server runs them (`progress` stage; its `share` says how far the photo is at
+# a stage's start and end), and every stage a request's progress may name (`info.stages`).
+PHOTO_STAGES = ("decode", "embed", "sample", "localizability", "density", "regions", "places", "write")
+STAGES = ("queued", "load", *PHOTO_STAGES, "joint")
+
 # Liveness: the server repeats progress every HEARTBEAT_S; a client renews each open request's lease at least
 # as often, and a request not renewed for LEASE_HEARTBEATS heartbeats is cancelled (its client is gone).
 HEARTBEAT_S = 1.0
@@ -440,9 +445,11 @@ def renew_request(request_id: str) -> Message:
 
 
 def progress_message(
-    request_id: str, stage: str, done: int, total: int, index: int | None = None, name: str | None = None
+    request_id: str, stage: str, done: int, total: int, index: int | None = None, name: str | None = None,
+    share: list[float] | None = None,
 ) -> Message:
-    return Message(PROGRESS, request_id, {"stage": stage, "done": done, "total": total, "index": index, "name": name})
+    return Message(PROGRESS, request_id, {"stage": stage, "done": done, "total": total, "index": index, "name": name,
+                                          "share": share})
 
 
 def result_message(

@@ -4,13 +4,14 @@ Pure (no Qt), so it is tested on synthetic messages.  A job is counted in units:
 job one more, the combined map made after the last photo (`protocol.job_units`).  The client gives every message a
 `fraction` (the share of the job's units finished) when it knows the job's size; the server's stage says how far
 the next unit is, and the heartbeats that repeat a stage creep the bar towards the next one, so a long stage such
-as sampling never leaves the bar still.
+as sampling never leaves the bar still.  How far a photo is at each stage is the server's `share` (its own last
+photo's stage times) when it sends one, else STAGE_SHARE.
 """
 
 from __future__ import annotations
 
-# How far one photo is when the server reports a stage (its share of the photo's work, measured roughly on the
-# default model: sampling dominates).
+# How far one photo is when the server reports a stage, until it has timed a photo of the job's settings (its
+# share of the photo's work, measured roughly on the default model on a CPU with bf16 units: sampling dominates).
 STAGE_SHARE = {
     "queued": 0.0, "load": 0.02, "decode": 0.05, "embed": 0.15, "sample": 0.25, "localizability": 0.65,
     "density": 0.7, "regions": 0.8, "places": 0.88, "write": 0.95,
@@ -27,9 +28,15 @@ def stage_progress(progress: dict, units: int, creep: float = 0.0) -> float:
     `creep` (0-1): how far into the stage the job is, from the heartbeats that repeat it.  A message without a
     `fraction` counts as the first unit, so the client must be given the job's size."""
     stage = str(progress.get("stage") or "")
-    share = STAGE_SHARE.get(stage, 0.0)
-    if stage in STAGE_SHARE and stage != STAGE_ORDER[-1]:
-        share += min(max(creep, 0.0), 1.0) * (STAGE_SHARE[STAGE_ORDER[STAGE_ORDER.index(stage) + 1]] - share)
+    creep = min(max(creep, 0.0), 1.0)
+    timed = progress.get("share")
+    if isinstance(timed, list) and len(timed) == 2 and all(isinstance(v, (int, float)) for v in timed):
+        start, end = (min(max(float(v), 0.0), 1.0) for v in timed)
+        share = start + creep * max(end - start, 0.0)
+    else:
+        share = STAGE_SHARE.get(stage, 0.0)
+        if stage in STAGE_SHARE and stage != STAGE_ORDER[-1]:
+            share += creep * (STAGE_SHARE[STAGE_ORDER[STAGE_ORDER.index(stage) + 1]] - share)
     fraction = progress.get("fraction")
     fraction = float(fraction) if isinstance(fraction, (int, float)) else 0.0
     return 100.0 * min(max(fraction, 0.0) + share / max(units, 1), 1.0)

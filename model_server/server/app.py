@@ -31,6 +31,7 @@ from .joint import JointState, run_joint
 from .models import ModelRegistry, available_models, model_cards
 from .pipeline import run_unit
 from .scheduler import FairQueue, Request, Unit
+from .stage_clock import StageClock, cost_key
 
 log = logging.getLogger("geoplonk.server")
 
@@ -40,8 +41,6 @@ POLL_MS = 200
 STOP_JOIN_S = 10.0
 # How long the answers of a shutdown (cancelled results, done) may take to leave the socket.
 STOP_LINGER_MS = 2000
-STAGES = ("queued", "load", "decode", "embed", "sample", "localizability", "density", "regions", "places", "write",
-          "joint")
 
 
 @dataclass
@@ -86,6 +85,7 @@ class Server:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.models = ModelRegistry(config.model, config.device)
+        self.stage_clock = StageClock()  # the worker's: the progress messages' `share`
         self.queue = FairQueue()
         self.events: queue.Queue = queue.Queue()
         self.requests: dict[tuple[bytes, str], Request] = {}
@@ -166,18 +166,25 @@ class Server:
 
     def _run_unit(self, unit: Unit, post) -> None:
         req = unit.request
+        key = None  # the stage clock's, once the model is known
 
         def emit(kind: str, *args: Any) -> None:
             if kind == "progress":
                 stage, index, name = args
-                req.stage = {"stage": stage, "index": index, "name": name}
+                share = self.stage_clock.share(key, stage) if key is not None and index is not None else None
+                req.stage = {"stage": stage, "index": index, "name": name, "share": share}
+                args = (*args, share)
             elif kind == "result":  # set before the result leaves: a heartbeat never repeats an answered photo's stage
                 req.stage = {"stage": "queued", "index": None, "name": None}
+                status, summary = args[1], args[2]
+                if key is not None and status == P.STATUS_OK and isinstance(summary, dict):
+                    self.stage_clock.record(key, summary.get("timings") or {})
             post((kind, req, *args))
 
         try:
             emit("progress", "load", None, None)
             model = self.models.get(self.models.resolve(req.options["model"]))
+            key = cost_key(model.name, req.options)
         except Exception as exc:  # noqa: BLE001
             log.error("model load failed:\n%s", traceback.format_exc())
             for i in unit.indices:
@@ -204,7 +211,7 @@ class Server:
         """Send `stage` (the event's own, so fast stages are not lost) or the latest one (heartbeats)."""
         st = stage or req.stage
         self.send(req.envelope, P.progress_message(req.id, st["stage"], len(req.answered), req.total,
-                                                   st.get("index"), st.get("name")))
+                                                   st.get("index"), st.get("name"), st.get("share")))
         req.last_sent = time.monotonic()
 
     def _result(self, req: Request, index: int, status: str, summary, error, blobs) -> None:
@@ -245,8 +252,8 @@ class Server:
         if req.key not in self.requests:
             return
         if kind == "progress":
-            stage, index, name = args
-            self._progress(req, {"stage": stage, "index": index, "name": name})
+            stage, index, name, share = args
+            self._progress(req, {"stage": stage, "index": index, "name": name, "share": share})
         elif kind == "result":
             self._result(req, *args)
         elif kind == "joint":
@@ -393,7 +400,7 @@ class Server:
             "default_model": self.models.default_name,
             "loaded_models": self.models.loaded(),
             "device": self.models.device,
-            "stages": list(STAGES),
+            "stages": list(P.STAGES),
             "heartbeat_s": self.config.heartbeat_s,
             "lease_s": self.config.lease,
             "limits": {

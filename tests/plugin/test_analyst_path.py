@@ -6,6 +6,7 @@ and the label settings are checked in real desktop QGIS by test_desktop.py.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import shutil
 import stat
@@ -21,10 +22,11 @@ from qgis.PyQt.QtCore import QElapsedTimer, Qt, QTimer, QVariant
 from qgis.PyQt.QtTest import QTest
 from test_plugin_headless import bar_messages, by_role, result_groups, run_action
 
+from geoplonk_service import protocol as P
 from geoplonk_service.launcher import free_port
 from geoplonk_service.protocol import job_units
 from qgis_plugin import layers
-from qgis_plugin.progress import STAGE_ORDER, JobProgress
+from qgis_plugin.progress import STAGE_ORDER, STAGE_SHARE, JobProgress
 from qgis_plugin.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +78,6 @@ def test_groups_and_map_tips_name_the_model_and_ground_photos_get_a_warning(plug
     (warnings,) = messages_of(plugin, 1)  # the job's one message, a warning: its photo's model warnings in it
     assert "street.jpg: check the model" in warnings and "expects overhead views" in warnings, warnings
     assert "Canon" in warnings and "320 x 240" in warnings  # and not square
-    import json
 
     summary = json.loads(Path(group.customProperty(layers.GROUP_PROPERTY)).read_text())
     assert len(summary["warnings"]) == 2  # recorded in the summary
@@ -218,12 +219,20 @@ def test_progress_moves_with_the_servers_stages(plugin, plugin_settings, photo_d
     assert len({round(p) for p in before if p > 0}) >= 5, log  # steps before the first photo is done
     assert seen == sorted(seen) and seen[-1] == 100
     assert max(b - a for a, b in zip([0.0, *seen], seen, strict=False)) <= 40, log
+    # from the second photo on, the server's shares, timed on the first: its sample stage starts after the first
+    # photo's decode and embed took their share of its time
+    first = json.loads(Path(plugin.last_groups[0].customProperty(layers.GROUP_PROPERTY)).read_text())["timings"]
+    start = (first["decode"] + first["embed"]) / sum(first[stage] for stage in P.PHOTO_STAGES)
+    second = next(p for _, stage, p in log[stages.index("result"):] if stage == "sample")
+    assert second == pytest.approx(100 / 3 * (1 + start), abs=0.05), (start, log)
     # no still stretch (the issue saw 49 s at 0 %): every stage of every photo, and every heartbeat repeating a
     # stage that has a next one, moves the bar (each heartbeat's step: test_job_progress_moves_...)
     # (a photo's last stage, `write`, has nothing to creep towards; `queued`, between a result and the next
-    # photo, starts where the result left the bar)
+    # photo, starts where the result left the bar, and so does the next photo's `decode` once the server has
+    # timed a photo: its share starts at 0)
     still = [(a, b) for a, b in zip(log, log[1:], strict=False)
-             if b[2] <= a[2] < 100 and not a[1] == b[1] == "write" and b[1] != "queued"]
+             if b[2] <= a[2] < 100 and not a[1] == b[1] == "write" and b[1] != "queued"
+             and not (a[1] == "result" and b[1] == "decode")]
     assert not still, (still, log)
 
 
@@ -245,6 +254,22 @@ def test_job_progress_moves_through_every_photo_and_heartbeat():
     assert bar.update({"stage": "queued", "done": 0, "total": 3, "fraction": 0.0}) == 100.0  # never back
     results = JobProgress(4)
     assert [results.finished(n) for n in (1, 3, 2, 4)] == [25.0, 75.0, 75.0, 100.0]
+
+
+def test_the_bar_follows_the_servers_timed_shares_of_a_photo():
+    """On a CPU without bf16 units sampling takes 70 % of a photo: with the server's shares the bar stands at
+    the sample stage's start and creeps towards its end, not towards the client's guess for the next stage."""
+    bar = JobProgress(1)
+    at_sample = bar.update({"stage": "sample", "done": 0, "total": 1, "index": 0, "fraction": 0.0,
+                            "share": [0.1, 0.8]})
+    assert at_sample == pytest.approx(10.0)
+    creeping = [bar.update({"stage": "sample", "done": 0, "total": 1, "index": 0, "fraction": 0.0,
+                            "share": [0.1, 0.8]}) for _ in range(20)]
+    assert creeping == sorted(creeping) and 70 < creeping[-1] < 80  # 0.9 of the way to the stage's end
+    assert bar.update({"stage": "write", "done": 0, "total": 1, "index": 0, "fraction": 0.0,
+                       "share": [0.95, 1.0]}) == pytest.approx(95.0)
+    # no share (the server's first photo of these settings, or an older server): the client's own guess
+    assert JobProgress(1).update({"stage": "sample", "fraction": 0.0, "share": None}) == 100 * STAGE_SHARE["sample"]
 
 
 def test_a_joint_jobs_bar_counts_the_combined_map_as_one_more_unit():

@@ -47,6 +47,26 @@ def test_info(client):
     assert info["limits"]["max_image_bytes"] == P.MAX_IMAGE_BYTES
 
 
+def test_progress_says_how_far_a_photo_is_by_the_last_photo_timed_with_the_same_settings(client):
+    options = {**FAST, "top_k": 7}  # settings no other test uses: the server has timed no photo of them yet
+    heard: list[dict] = []
+    photos = [(f"p{i}.jpg", jpeg_bytes(i)) for i in range(3)]
+    results = client.geolocate(photos, options, on_progress=heard.append)
+    assert [r.status for r in results] == ["ok"] * 3
+    first = [p for p in heard if p.get("index") == 0 and p["stage"] in P.PHOTO_STAGES]
+    assert first and all(p["share"] is None for p in first)  # nothing timed yet: the client's own shares
+    for index in (1, 2):  # [start, end] of each stage, from the photo before (photo by photo, in order)
+        shares = {p["stage"]: p["share"] for p in heard if p.get("index") == index and p["stage"] in P.PHOTO_STAGES}
+        assert list(shares) == list(P.PHOTO_STAGES), shares
+        timings = results[index - 1].summary["timings"]
+        total = sum(timings[stage] for stage in P.PHOTO_STAGES)
+        bounds = [shares[stage] for stage in P.PHOTO_STAGES]
+        assert bounds[0][0] == 0 and bounds[-1][1] == pytest.approx(1, abs=1e-3)
+        assert all(a[1] == pytest.approx(b[0], abs=1e-3) for a, b in zip(bounds, bounds[1:], strict=False))
+        for stage, (start, end) in shares.items():
+            assert end - start == pytest.approx(timings[stage] / total, abs=2e-4), (stage, shares, timings)
+
+
 def test_two_photos_give_two_valid_rasters_and_points(client, tmp_path):
     photos = [("paris.jpg", jpeg_bytes(1, gps=(48.85, 2.35))), ("plain.jpg", jpeg_bytes(2))]
     stages, heard = [], [time.monotonic()]
