@@ -96,13 +96,17 @@ class AnalystTools:
         if self.claim_tool is None:
             self.claim_tool = ClaimMapTool(self.plugin.iface.mapCanvas())
             self.claim_tool.claimed.connect(self.set_clicked_claim)
+            self.claim_tool.deactivated.connect(self._end_click_hint)  # another tool chosen: no click to wait for
         self.claim_tool.start()
-        self.plugin.end_hint(self._click_hint)
+        self._end_click_hint()
         self._click_hint = self.plugin.show_hint(tr("Click the claimed location on the map."))
 
-    def set_clicked_claim(self, point, crs) -> None:
-        self.plugin.end_hint(self._click_hint)  # the click came: the message saying what it set replaces the hint
+    def _end_click_hint(self) -> None:
+        self.plugin.end_hint(self._click_hint)
         self._click_hint = None
+
+    def set_clicked_claim(self, point, crs) -> None:
+        self._end_click_hint()  # the click came: the message saying what it set replaces the hint
         try:
             claim = claim_at(point, crs, "click", "")
         except ClaimError as exc:

@@ -6,6 +6,7 @@ Pure functions returning (title, text, details) so they can be tested without QG
 from __future__ import annotations
 
 import sys
+from html import escape
 from typing import Any
 
 LOG_TAG = "GeoPlonk"
@@ -82,7 +83,6 @@ def no_photos_in_features(layer_name: str, field: str, skipped: dict[str, int]) 
 
 def saved_to(folder: str) -> str:
     """Where the results are, as a link the message bar opens."""
-    from html import escape
     from pathlib import Path
 
     path = Path(folder).expanduser().resolve()
@@ -121,6 +121,9 @@ class JobNotes:
     def failed(self, name: str, message: str) -> str:
         return self._add(self.failures, f"{name}: could not geolocate this photo ({message})")
 
+    def not_loaded(self, name: str, message: str) -> str:
+        return self._add(self.failures, f"{name}: geolocated, but its layers could not be loaded ({message})")
+
     def warned(self, name: str, warning: str) -> str:
         return self._add(self.warnings, f"{name}: check the model: {warning}")
 
@@ -149,8 +152,8 @@ class JobNotes:
         parts = [head.rstrip(".") + "."]
         for notes, kind in ((self.failures, "failed"), (self.warnings, "model warnings"),
                             (self.verdicts, "claim checks"), (self.joint, "joint map")):
-            if len(notes) <= self.INLINE:
-                parts.extend(f"{note}." for note in notes)
+            if len(notes) <= self.INLINE:  # the bar shows rich text: a claim's label is the user's own
+                parts.extend(f"{escape(note, quote=False)}." for note in notes)
             else:
                 parts.append(f"{len(notes)} {kind}: see \"more\".")
         details = "\n".join(self.failures + self.warnings + self.verdicts + self.joint)
@@ -190,7 +193,6 @@ def joint_photo_count(count: int, most: int) -> tuple[str, str, str]:
 
 def report_written(path: str) -> tuple[str, str, str]:
     """Where the case report is, as a link the message bar opens."""
-    from html import escape
     from pathlib import Path
 
     uri = Path(path).resolve().as_uri()

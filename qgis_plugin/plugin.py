@@ -6,11 +6,13 @@ ZeroMQ (started on demand with the configured command, stopped when QGIS closes)
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsMessageLog, QgsProject
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QDesktopServices, QIcon
 from qgis.PyQt.QtWidgets import QAction, QFileDialog, QInputDialog
@@ -47,7 +49,6 @@ class GeoPlonkPlugin:
         # the settings dialog and Processing runs in this QGIS share it.
         self.servers = None
         self.last_report = None
-        self.job_notes = messages.JobNotes()
         self.last_groups: list = []
         self.last_joint_group = None
         self.last_out_dir: Path | None = None
@@ -247,12 +248,12 @@ class GeoPlonkPlugin:
         self.last_groups = []
         self.last_joint_group = None
         self.last_report = None
-        self.job_notes = messages.JobNotes()
+        notes = messages.JobNotes()  # this job's: a late signal of an earlier job never mixes its notes in
         task = GeolocateTask(paths, settings, out_dir, lambda: self.connect(settings), self.analyst.analysis.options(),
                              joint)
-        task.photoDone.connect(self._on_photo_done)
-        task.jointDone.connect(self._on_joint_done)
-        task.jobDone.connect(self._on_job_done)
+        task.photoDone.connect(functools.partial(self._on_photo_done, notes=notes))
+        task.jointDone.connect(functools.partial(self._on_joint_done, notes=notes))
+        task.jobDone.connect(functools.partial(self._on_job_done, notes=notes))
         self.task = task
         QgsApplication.taskManager().addTask(task)
         return task
@@ -279,62 +280,61 @@ class GeoPlonkPlugin:
 
     # -- main-thread slots ------------------------------------------------------------------
 
-    def _on_photo_done(self, outcome) -> None:
+    def _on_photo_done(self, outcome, notes: messages.JobNotes) -> None:
         if outcome.status == "ok":
             try:
                 group = layers.add_result_group(Path(outcome.path).name, outcome.files, outcome.summary or {},
                                                 outcome.path)
             except Exception as exc:  # noqa: BLE001 - one bad result must not stop the others
-                self._note(self.job_notes.failed(outcome.name, f"its files could not be loaded: {exc}"),
-                           Qgis.Warning, repr(exc))
+                self._note(notes.not_loaded(outcome.name, str(exc)), Qgis.Warning, repr(exc))
                 return
             self.last_groups.append(group)
             if len(self.last_groups) == 1:
                 layers.add_basemap()  # only when the project has none: QGIS's offline world map, under the results
             for warning in (outcome.summary or {}).get("warnings") or []:
-                self._note(self.job_notes.warned(outcome.name, warning), Qgis.Warning)
-            self._note_claims(outcome.name, outcome.summary or {})
+                self._note(notes.warned(outcome.name, warning), Qgis.Warning)
+            self._note_claims(notes, outcome.name, outcome.summary or {})
             view = self._layer_tree_view()
             if view is not None and len(self.last_groups) == 1:
                 view.setCurrentIndex(view.layerTreeModel().node2index(group))  # "Zoom to result" acts on it
         elif outcome.status == "failed":
-            self._note(self.job_notes.failed(outcome.name, outcome.error), Qgis.Warning)
+            self._note(notes.failed(outcome.name, outcome.error), Qgis.Warning)
 
-    def _on_joint_done(self, outcome) -> None:
+    def _on_joint_done(self, outcome, notes: messages.JobNotes) -> None:
         if outcome.status != "ok":
             if outcome.status == "failed":
-                self._note(self.job_notes.joint_failed(outcome.error), Qgis.Warning)
+                self._note(notes.joint_failed(outcome.error), Qgis.Warning)
             return
         try:
             group = layers.add_result_group(outcome.name, outcome.files, outcome.summary or {})
         except Exception as exc:  # noqa: BLE001 - the photos' own groups stay
-            self._note(self.job_notes.joint_failed(f"its files could not be loaded ({exc})"), Qgis.Warning, repr(exc))
+            self._note(notes.joint_failed(f"its files could not be loaded ({exc})"), Qgis.Warning, repr(exc))
             return
         self.last_groups.append(group)
         self.last_joint_group = group
-        self._note(self.job_notes.joint_made(layers.photo_of_group(group)), Qgis.Info)
-        self._note_claims(layers.photo_of_group(group), outcome.summary or {})
+        self._note(notes.joint_made(layers.photo_of_group(group)), Qgis.Info)
+        self._note_claims(notes, layers.photo_of_group(group), outcome.summary or {})
         view = self._layer_tree_view()
         if view is not None:
             view.setCurrentIndex(view.layerTreeModel().node2index(group))
 
-    def _note_claims(self, name: str, summary: dict) -> None:
+    def _note_claims(self, notes: messages.JobNotes, name: str, summary: dict) -> None:
         checks = summary.get("claims") or []
         if checks:
-            self._note(self.job_notes.judged(name, [quote(c) for c in checks]), Qgis.Info)
+            self._note(notes.judged(name, [quote(c) for c in checks]), Qgis.Info)
 
     @staticmethod
     def _note(line: str, level, details: str = "") -> None:
         """One photo's note, in the log panel now; the job's end tells them all in one message (JobNotes)."""
         QgsMessageLog.logMessage(line + (f"\n{details}" if details else ""), messages.LOG_TAG, level)
 
-    def _on_job_done(self, report) -> None:
+    def _on_job_done(self, report, notes: messages.JobNotes) -> None:
         self.last_report = report
-        if report.error_title:
-            self._show(report.error_title, report.error_text, report.error_details, level=Qgis.Critical)
+        if report.error_title:  # the photos that ended before it keep their notes, behind "more"
+            title, text, noted = notes.message(report.error_title, report.error_text)
+            self._show(title, text, "\n".join(d for d in (report.error_details, noted) if d), level=Qgis.Critical)
             return
         folder = messages.saved_to(str(self.last_out_dir)) if report.ok else ""
-        notes = self.job_notes
         if report.cancelled:
             text = messages.cancelled(report.ok, report.cancelled, report.failed)
             self._show(*notes.message(tr("GeoPlonk: cancelled"), f"{text} {folder}".strip()), level=Qgis.Warning,
@@ -348,18 +348,21 @@ class GeoPlonkPlugin:
         self._show(title, text, details, level)
 
     def show_hint(self, text: str):
-        """A hint for the user's next act (a click on the map), which `end_hint` takes off the bar once it came."""
+        """A hint for the user's next act (a click on the map), which `end_hint` takes off the bar once it came.
+        Made here, not by QGIS's factory, so that Python learns when QGIS deletes it (its time ran out)."""
+        from qgis.gui import QgsMessageBarItem
+
         bar = self.iface.messageBar()
-        return None if bar is None else bar.pushWidget(bar.createMessage("GeoPlonk", text), Qgis.Info, 10)
+        if bar is None:
+            return None
+        item = QgsMessageBarItem("GeoPlonk", text, Qgis.Info, 10)
+        bar.pushItem(item)
+        return item
 
     def end_hint(self, item) -> None:
         bar = self.iface.messageBar()
-        if bar is None or item is None:
-            return
-        try:
+        if bar is not None and item is not None and not sip.isdeleted(item):
             bar.popWidget(item)
-        except RuntimeError:  # its time ran out: QGIS deleted it
-            pass
 
     def _show(self, title: str, text: str, details: str = "", level=Qgis.Info, logged: bool = False) -> None:
         """Message bar text in plain language, details behind its "more" button; both go to the log panel

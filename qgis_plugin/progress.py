@@ -10,8 +10,10 @@ photo's stage times) when it sends one, else STAGE_SHARE.
 
 from __future__ import annotations
 
-# How far one photo is when the server reports a stage, until it has timed a photo of the job's settings (its
-# share of the photo's work, measured roughly on the default model on a CPU with bf16 units: sampling dominates).
+from geoplonk_service import protocol as P
+
+# How far one photo is when the server reports a stage, until it has timed a photo of the job's settings: a
+# rough guess of each stage's share of a photo's work (sampling dominates).
 STAGE_SHARE = {
     "queued": 0.0, "load": 0.02, "decode": 0.05, "embed": 0.15, "sample": 0.25, "localizability": 0.65,
     "density": 0.7, "regions": 0.8, "places": 0.88, "write": 0.95,
@@ -30,7 +32,7 @@ def stage_progress(progress: dict, units: int, creep: float = 0.0) -> float:
     stage = str(progress.get("stage") or "")
     creep = min(max(creep, 0.0), 1.0)
     timed = progress.get("share")
-    if isinstance(timed, list) and len(timed) == 2 and all(isinstance(v, (int, float)) for v in timed):
+    if isinstance(timed, list) and len(timed) == 2 and all(P.is_number(v) for v in timed):
         start, end = (min(max(float(v), 0.0), 1.0) for v in timed)
         share = start + creep * max(end - start, 0.0)
     else:

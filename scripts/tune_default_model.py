@@ -107,7 +107,7 @@ def main() -> None:
                                  embedding_noise=args.noise, target_jitter_km=args.jitter_km,
                                  cond_rank=args.cond_rank, precision=supported_precision("bf16", "cpu")),
                      threads=1)
-    result = {"settings": jsonable_settings(args),
+    result = {"settings": jsonable_settings(args), "precision": supported_precision("bf16", "cpu"),
               "n_train": len(train_emb), "training_seconds": round(time.time() - t0)}
     result.update(score(net, test_emb[lo:hi], test_deg[lo:hi], args.own_samples, args.guess_samples))
     line = json.dumps(result)

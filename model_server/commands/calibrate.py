@@ -76,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--likelihood-steps", type=int, default=16)
     parser.add_argument("--truth-tolerance", type=float, default=TRUTH_TOLERANCE,
                         help="the truths' log-density by dopri5 at this atol = rtol (0: by the fixed-step method; "
-                             "it overstates the density at a truth the model misses)")
+                             "it overstates the density at a truth the model misses). --criterion nll solves the "
+                             "truths alone, so this sets its whole cost")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dry-run", action="store_true", help="print the scores, leave the manifest alone")
     parser.add_argument("--quiet", action="store_true")

@@ -424,7 +424,8 @@ def truth_and_draws_log_density(
     drawn = sample(flow, emb, n, steps=steps, solver=solver, cfg=cfg, generator=generator, precision=precision)
     truth = torch.as_tensor(truth_xyz, dtype=torch.float32)[:, None]
     if truth_tolerance:
-        at_truth = log_density(flow, emb, truth, cfg=cfg, atol=truth_tolerance, rtol=truth_tolerance)[:, 0]
+        at_truth = log_density(flow, emb, truth, cfg=cfg, method="dopri5", atol=truth_tolerance,
+                               rtol=truth_tolerance)[:, 0]
         return at_truth, log_density(flow, emb, drawn, cfg=cfg, method=method, steps=likelihood_steps)
     lp = log_density(flow, emb, torch.cat([truth, drawn], dim=1), cfg=cfg, method=method, steps=likelihood_steps)
     return lp[:, 0], lp[:, 1:]

@@ -24,7 +24,7 @@ from ..engine.likelihood import log_density, truth_and_draws_log_density
 from ..engine.network import GeoAdaLNMLP
 from ..geodesy import xyz_to_latlon
 from ..photo_guidance import guess_draws, land_shares
-from .criteria import COVERAGE_KINDS, CRITERIA, MAP_CRITERIA, MIN_CFG, best_cfg, best_cfg_by_coverage
+from .criteria import COVERAGE_KINDS, CRITERIA, MAP_CRITERIA, MIN_CFG, TRUTH_TOLERANCE, best_cfg, best_cfg_by_coverage
 from .map_scores import score_maps
 from .metrics import COVERAGE_LEVELS, coverage
 
@@ -50,13 +50,13 @@ def truth_nll_by_cfg(
     *,
     method: str = "rk4",
     steps: int = 16,
-    truth_tolerance: float | None = None,
+    truth_tolerance: float | None = TRUTH_TOLERANCE,
     chunk: int = 64,
     on_step: Progress | None = None,
 ) -> dict[float, float]:
     """Mean NLL (nats per steradian) of each photo's true location (E, 3) under guidance w, per w: by `method` in
     `steps`, or by dopri5 at atol = rtol = `truth_tolerance` (see likelihood.truth_and_draws_log_density)."""
-    solve = ({"atol": truth_tolerance, "rtol": truth_tolerance} if truth_tolerance
+    solve = ({"method": "dopri5", "atol": truth_tolerance, "rtol": truth_tolerance} if truth_tolerance
              else {"method": method, "steps": steps})
     truth_xyz = checked_inputs(emb, truth_xyz, grid)
     out, done, total = {}, 0, len(grid) * len(emb)
@@ -83,7 +83,7 @@ def calibration_scores(
     solver: str = P.DEFAULT_OPTIONS["solver"],
     method: str = "rk4",
     likelihood_steps: int = 16,
-    truth_tolerance: float | None = None,
+    truth_tolerance: float | None = TRUTH_TOLERANCE,
     levels: Sequence[float] = COVERAGE_LEVELS,
     seed: int = 0,
     chunk: int = 20,
@@ -164,7 +164,7 @@ def score_guidance(
     seed: int = 0,
     likelihood_method: str = "rk4",
     likelihood_steps: int = 16,
-    truth_tolerance: float | None = None,
+    truth_tolerance: float | None = TRUTH_TOLERANCE,
     land: np.ndarray | None = None,
     solver: str = P.DEFAULT_SOLVER,
     steps: int = P.STEPS.default,
@@ -271,6 +271,14 @@ def score_guidance_by_land_share(
     return groups, Guidance(groups[1].chosen, groups[0].chosen, threshold)
 
 
+def likelihood_text(criterion: str, method: str, steps: int, truth_tolerance: float | None) -> str:
+    """How the scored densities were solved: "nll" solves the truths alone, the other criteria the draws too."""
+    truths = f"the truths by dopri5 at {truth_tolerance:g}" if truth_tolerance else ""
+    if criterion == "nll":
+        return truths or f"{method}, {steps} steps"
+    return f"{method}, {steps} steps" + (f"; {truths}" if truths else "")
+
+
 def calibration_record(
     scores: dict[float, dict],
     chosen: float,
@@ -296,8 +304,7 @@ def calibration_record(
         "criterion": CRITERIA[criterion],
         "nll_by_cfg": {f"{w + 0.0:g}": round(v["nll"], 6) for w, v in scores.items()},  # + 0.0: no "-0" key
         "data": str(data), "skip": skip, "n": n,
-        "likelihood": f"{likelihood_method}, {likelihood_steps} steps"
-                      + (f"; the truths by dopri5 at {truth_tolerance:g}" if truth_tolerance else ""),
+        "likelihood": likelihood_text(criterion, likelihood_method, likelihood_steps, truth_tolerance),
         # the draws' sampler (the server's default unless told), whose endpoint errors widen or sharpen the map
         "sampler": sampler,
     }

@@ -164,5 +164,5 @@ def test_truths_the_model_misses_are_scored_by_an_adaptive_solve_the_draws_by_fi
     print("reference", reference, "rk4 16 error", fixed_truth - reference, "dopri5 error", truth - reference)
     assert reference.max() < -15  # a miss
     assert (fixed_truth - reference).mean() > 0.5  # rk4 16 overstates it
-    assert (truth - reference).abs().max() < 0.1
+    assert (truth - reference).abs().max() < 0.2  # 0.03 here, 0.12 at most in check_log_density_error.py
     assert torch.allclose(draws, fixed_draws, atol=1e-4) and draws.mean() > reference.max() + 10

@@ -11,7 +11,7 @@ from model_server.engine.likelihood import log_density
 from model_server.engine.sampling import sample
 from model_server.engine.sphere import uniform_sphere
 from model_server.evaluation.calibration import calibration_scores, map_scores, score_guidance, truth_nll_by_cfg
-from model_server.evaluation.criteria import COVERAGE_KINDS, best_cfg, best_cfg_by_coverage
+from model_server.evaluation.criteria import COVERAGE_KINDS, TRUTH_TOLERANCE, best_cfg, best_cfg_by_coverage
 from model_server.evaluation.map_scores import MapScores
 
 
@@ -19,9 +19,12 @@ def test_calibration_scores_the_guided_density_and_picks_the_least_nll():
     net = field(gain=0.6)
     emb = torch.randn(5, 8)
     truth = uniform_sphere(5, generator=torch.Generator().manual_seed(1))
-    nll = truth_nll_by_cfg(net, emb, truth, [-1.0, -0.1, 0.0], method="rk4", steps=8, chunk=2)
+    nll = truth_nll_by_cfg(net, emb, truth, [-1.0, -0.1, 0.0], method="rk4", steps=8, truth_tolerance=None, chunk=2)
     own = -log_density(net, emb, truth[:, None], method="rk4", steps=8)[:, 0]
     assert nll[0.0] == pytest.approx(float(own.mean()), abs=1e-5)
+    # by default the truths are solved by dopri5 (a fixed-step solve overstates a missed truth's density)
+    adaptive = -log_density(net, emb, truth[:, None], atol=TRUTH_TOLERANCE, rtol=TRUTH_TOLERANCE)[:, 0]
+    assert truth_nll_by_cfg(net, emb, truth, [0.0])[0.0] == pytest.approx(float(adaptive.mean()), abs=1e-6)
     # w = -1 is the unconditional flow: the photo's embedding no longer matters
     blind = -log_density(net, torch.zeros_like(emb), truth[:, None], method="rk4", steps=8)[:, 0]
     assert nll[-1.0] == pytest.approx(float(blind.mean()), abs=1e-5)
@@ -39,10 +42,14 @@ def test_calibration_by_coverage_scores_credible_regions_of_the_guided_distribut
     emb = torch.randn(4, 8)
     truth = uniform_sphere(4, generator=torch.Generator().manual_seed(2))
     scores = calibration_scores(net, emb, truth, [-0.5, 0.0], samples=16, steps=8, likelihood_steps=8, chunk=3)
-    # the truths' NLL is the one the cheap criterion computes, whatever draws share its likelihood solve
-    nll = truth_nll_by_cfg(net, emb, truth, [-0.5, 0.0], steps=8)
-    for w, score in scores.items():
+    # the truths' NLL is the one the cheap criterion computes, whatever draws share its likelihood solve (both by
+    # the fixed steps: dopri5 steps a batch together, so its values move with the batching)
+    fixed = calibration_scores(net, emb, truth, [-0.5, 0.0], samples=16, steps=8, likelihood_steps=8, chunk=3,
+                               truth_tolerance=None)
+    nll = truth_nll_by_cfg(net, emb, truth, [-0.5, 0.0], steps=8, truth_tolerance=None)
+    for w, score in fixed.items():
         assert score["nll"] == pytest.approx(nll[w], abs=1e-4)
+    for score in scores.values():
         assert 0 <= score["coverage_50"] <= score["coverage_90"] <= score["coverage_99"] <= 1
     # truths drawn from the model itself are exchangeable with its own draws: the levels hold
     emb = torch.randn(150, 8)

@@ -228,6 +228,9 @@ class DesktopRun(QObject):
             "click_to_all_layers_s": time.monotonic() - self.clicked_at,
         }
         self.log(f"task done: {report.ok} ok, {report.failed} failed {report.error_title}")
+        # the bar as the job left it (its messages last 10 s; the render below may take a while)
+        self.report["message_bar"] = [{"title": item.title(), "text": item.text(), "level": int(item.level())}
+                                      for item in iface.messageBar().items()]
         if self.result_groups():
             self.plugin.zoom_to_result()  # the analyst's button; then out to all the results, for the screenshot
             zoomed = iface.mapCanvas().extent()
@@ -342,8 +345,6 @@ class DesktopRun(QObject):
             rows.append({"text": model.data(index, Qt.DisplayRole), "shown": view.isVisible() and rect.isValid()})
         self.report["layers_panel"] = {"visible": view.isVisible(), "rows": rows}
         self.report["canvas_layers"] = [layer.name() for layer in canvas.layers()]
-        self.report["message_bar"] = [{"title": item.title(), "text": item.text(), "level": int(item.level())}
-                                      for item in iface.messageBar().items()]
         self.report["zoomed_extent"] = self.zoomed_extent
         self.report["tree_order"] = [node.name() for node in QgsProject.instance().layerTreeRoot().children()]
         self.report["basemap"] = [

@@ -270,6 +270,14 @@ def test_the_bar_follows_the_servers_timed_shares_of_a_photo():
                        "share": [0.95, 1.0]}) == pytest.approx(95.0)
     # no share (the server's first photo of these settings, or an older server): the client's own guess
     assert JobProgress(1).update({"stage": "sample", "fraction": 0.0, "share": None}) == 100 * STAGE_SHARE["sample"]
+    # a share of another shape is ignored, one out of range is clamped, one backwards creeps nowhere
+    for odd in ("0.1,0.8", [0.1], [0.1, 0.5, 0.8], [True, False], ["0.1", "0.8"], {"start": 0.1}):
+        assert JobProgress(1).update({"stage": "sample", "fraction": 0.0, "share": odd}) == \
+            100 * STAGE_SHARE["sample"], odd
+    assert JobProgress(1).update({"stage": "write", "fraction": 0.0, "share": [-3, 7]}) == 0.0
+    backwards = JobProgress(1)
+    assert [backwards.update({"stage": "sample", "fraction": 0.0, "share": [0.6, 0.2]}) for _ in range(3)] == \
+        [60.0] * 3
 
 
 def test_a_joint_jobs_bar_counts_the_combined_map_as_one_more_unit():

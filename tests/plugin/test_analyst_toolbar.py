@@ -20,7 +20,7 @@ from qgis.core import (
     QgsProject,
     QgsRectangle,
 )
-from qgis.PyQt.QtCore import QPoint, Qt
+from qgis.PyQt.QtCore import QCoreApplication, QEvent, QPoint, Qt
 from qgis.PyQt.QtTest import QTest
 from test_plugin_headless import bar_messages, by_role, result_groups, run_action
 
@@ -71,6 +71,27 @@ def test_clicking_the_canvas_sets_the_claim_then_gives_the_canvas_back(plugin, q
     assert qgis_canvas.mapTool() is pan
     assert "Claim set at the clicked point" in messages_of(plugin, 0) and "1 claim (clicked point" in \
         messages_of(plugin, 0)
+
+
+def test_the_click_hint_leaves_the_bar_with_the_click_or_another_tool(plugin, qgis_canvas, qgis_app):
+    from qgis.gui import QgsMapToolPan
+    from qgis.PyQt import sip
+
+    bar = plugin.iface.messageBar()
+    plugin.analyst.action_claim_click.trigger()
+    hint = plugin.analyst._click_hint
+    assert hint in bar.items() and "Click the claimed location" in hint.text()
+    qgis_canvas.setMapTool(QgsMapToolPan(qgis_canvas))  # the analyst picks another tool instead
+    qgis_app.processEvents()
+    assert plugin.analyst._click_hint is None and hint not in bar.items()
+    plugin.analyst.action_claim_click.trigger()
+    hint = plugin.analyst._click_hint
+    bar.popWidget(hint)  # its time ran out: QGIS deletes it
+    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    assert sip.isdeleted(hint)
+    click_on_canvas(qgis_canvas, PARIS)  # the click still sets the claim, and ending the gone hint is harmless
+    qgis_app.processEvents()
+    assert plugin.analyst._click_hint is None and plugin.analyst.analysis.claims[0]["source"] == "click"
 
 
 def test_bad_inputs_are_named_in_the_message_bar(plugin, qgis_iface):
