@@ -107,8 +107,8 @@ def summary(ok: int, failed: int, cancelled: int, seconds: float) -> str:
 
 class JobNotes:
     """What a job's photos had to say (failures, model warnings, claim verdicts, the joint map), told in the one
-    message its end puts on the bar: a batch must not stack a message per photo there.  Each note is also a line
-    for the log panel at once (`line`), so a long batch's troubles can be read while it runs."""
+    message its end puts on the bar: a batch must not stack a message per photo there.  Each method returns its
+    note's line for the log panel, written at once, so a long batch's troubles can be read while it runs."""
 
     INLINE = 2  # notes of a kind named in the bar's text; more are counted there and listed under "more"
 

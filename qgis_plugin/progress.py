@@ -40,7 +40,7 @@ def stage_progress(progress: dict, units: int, creep: float = 0.0) -> float:
         if stage in STAGE_SHARE and stage != STAGE_ORDER[-1]:
             share += creep * (STAGE_SHARE[STAGE_ORDER[STAGE_ORDER.index(stage) + 1]] - share)
     fraction = progress.get("fraction")
-    fraction = float(fraction) if isinstance(fraction, (int, float)) else 0.0
+    fraction = float(fraction) if P.is_number(fraction) else 0.0
     return 100.0 * min(max(fraction, 0.0) + share / max(units, 1), 1.0)
 
 
