@@ -26,7 +26,7 @@ from geoplonk_service import protocol as P
 
 from ..engine.guidance import LAND_SHARE_THRESHOLD
 from ..evaluation.criteria import COVERAGE_KINDS, CRITERIA, DEFAULT_GRID, MAP_CRITERIA, MIN_CFG, TRUTH_TOLERANCE
-from .common import CommandError, run_guarded
+from .common import CommandError, run_guarded, truth_tolerance_problem
 
 
 def _grid(text: str) -> list[float]:
@@ -87,9 +87,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad settings before the model and the photos are loaded."""
     from model_server.products.grid import Grid
 
-    if not 0 <= args.truth_tolerance < 1:
-        raise CommandError(f"--truth-tolerance must be 0 (off) or a small positive tolerance, got "
-                           f"{args.truth_tolerance}")
+    if problem := truth_tolerance_problem(args.truth_tolerance):
+        raise CommandError(problem)
     if args.samples < 2 or args.likelihood_steps < 1 or args.steps < 1:
         raise CommandError(f"--samples must be at least 2, --likelihood-steps and --steps at least 1, got "
                            f"{args.samples}, {args.likelihood_steps} and {args.steps}")

@@ -47,6 +47,11 @@ def jsonable_settings(args: argparse.Namespace) -> dict:
     return {k: jsonable(v) for k, v in vars(args).items() if not k.startswith("_")}
 
 
+def truth_tolerance_problem(value: float) -> str | None:
+    """Why a --truth-tolerance (eval and calibrate) cannot be used, or None."""
+    return None if 0 <= value < 1 else f"--truth-tolerance must be 0 (off) or a small positive tolerance, got {value}"
+
+
 def load_npy(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise CommandError(f"{what} file not found: {path}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from geoplonk_service import protocol as P
 
 from ..evaluation.criteria import TRUTH_TOLERANCE
-from .common import jsonable_settings
+from .common import jsonable_settings, truth_tolerance_problem
 
 MIN_MAP_SAMPLES = 16
 
@@ -74,8 +74,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     low, high = P.CFG.minimum, P.CFG.maximum
     if args.distribution_cfg is not None and not low <= args.distribution_cfg <= high:
         raise ValueError(f"--distribution-cfg must lie in [{low:g}, {high:g}], got {args.distribution_cfg}")
-    if not 0 <= args.truth_tolerance < 1:
-        raise ValueError(f"--truth-tolerance must be 0 (off) or a small positive tolerance, got {args.truth_tolerance}")
+    if problem := truth_tolerance_problem(args.truth_tolerance):
+        raise ValueError(problem)
     if args.map_samples:
         if args.map_samples < MIN_MAP_SAMPLES:
             raise ValueError(f"--map-samples must be 0 (off) or at least {MIN_MAP_SAMPLES}, got {args.map_samples}")

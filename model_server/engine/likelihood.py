@@ -422,13 +422,22 @@ def truth_and_draws_log_density(
     while its error at the draws, where the density is high, stays near 0.001 nats."""
     precision = supported_precision(precision, next(flow.parameters()).device)
     drawn = sample(flow, emb, n, steps=steps, solver=solver, cfg=cfg, generator=generator, precision=precision)
-    truth = torch.as_tensor(truth_xyz, dtype=torch.float32)[:, None]
+    truth = torch.as_tensor(truth_xyz, dtype=torch.float32)
     if truth_tolerance:
-        at_truth = log_density(flow, emb, truth, cfg=cfg, method="dopri5", atol=truth_tolerance,
-                               rtol=truth_tolerance)[:, 0]
-        return at_truth, log_density(flow, emb, drawn, cfg=cfg, method=method, steps=likelihood_steps)
-    lp = log_density(flow, emb, torch.cat([truth, drawn], dim=1), cfg=cfg, method=method, steps=likelihood_steps)
+        return (truth_log_density(flow, emb, truth, cfg=cfg, truth_tolerance=truth_tolerance),
+                log_density(flow, emb, drawn, cfg=cfg, method=method, steps=likelihood_steps))
+    lp = log_density(flow, emb, torch.cat([truth[:, None], drawn], dim=1), cfg=cfg, method=method,
+                     steps=likelihood_steps)
     return lp[:, 0], lp[:, 1:]
+
+
+def truth_log_density(flow: GeoAdaLNMLP, emb: torch.Tensor, truth_xyz: torch.Tensor, *, cfg: float = 0.0,
+                      truth_tolerance: float | None, method: str = "rk4", steps: int | None = 16) -> torch.Tensor:
+    """(E,) log-density of each photo's one true location (E, 3): by dopri5 at atol = rtol = `truth_tolerance`,
+    or without it by `method` in `steps` (see truth_and_draws_log_density for why)."""
+    solve = ({"method": "dopri5", "atol": truth_tolerance, "rtol": truth_tolerance} if truth_tolerance
+             else {"method": method, "steps": steps})
+    return log_density(flow, emb, torch.as_tensor(truth_xyz, dtype=torch.float32)[:, None], cfg=cfg, **solve)[:, 0]
 
 
 def localizability(draws_log_density):

@@ -20,7 +20,7 @@ import torch
 from geoplonk_service import protocol as P
 
 from ..engine.guidance import LAND_SHARE_THRESHOLD, Guidance
-from ..engine.likelihood import log_density, truth_and_draws_log_density
+from ..engine.likelihood import truth_and_draws_log_density, truth_log_density
 from ..engine.network import GeoAdaLNMLP
 from ..geodesy import xyz_to_latlon
 from ..photo_guidance import guess_draws, land_shares
@@ -55,16 +55,15 @@ def truth_nll_by_cfg(
     on_step: Progress | None = None,
 ) -> dict[float, float]:
     """Mean NLL (nats per steradian) of each photo's true location (E, 3) under guidance w, per w: by `method` in
-    `steps`, or by dopri5 at atol = rtol = `truth_tolerance` (see likelihood.truth_and_draws_log_density)."""
-    solve = ({"method": "dopri5", "atol": truth_tolerance, "rtol": truth_tolerance} if truth_tolerance
-             else {"method": method, "steps": steps})
+    `steps`, or by dopri5 at atol = rtol = `truth_tolerance` (likelihood.truth_log_density)."""
     truth_xyz = checked_inputs(emb, truth_xyz, grid)
     out, done, total = {}, 0, len(grid) * len(emb)
     for w in grid:
         nll = []
         for start in range(0, len(emb), chunk):
-            e, x = emb[start : start + chunk], truth_xyz[start : start + chunk, None]
-            nll.append(-log_density(flow, e, x, cfg=w, **solve)[:, 0].numpy())
+            e, x = emb[start : start + chunk], truth_xyz[start : start + chunk]
+            nll.append(-truth_log_density(flow, e, x, cfg=w, truth_tolerance=truth_tolerance, method=method,
+                                          steps=steps).numpy())
             done += len(e)
             if on_step is not None:
                 on_step(done, total)
