@@ -5,7 +5,8 @@
 # the server watches its parent process).
 #
 # Environment: GEOPLONK_MODEL (a model name or folder, default: the server's default model),
-# DEMO_OUT (default demo-output), DEMO_SAMPLES / DEMO_STEPS (sampling effort).
+# DEMO_OUT (default demo-output), DEMO_SAMPLES / DEMO_STEPS (sampling effort; default: the server's own, what the
+# plugin uses).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -30,11 +31,12 @@ fi
 echo "demo: ${#photos[@]} photo(s): ${photos[*]##*/}"
 
 model_args=()
-[[ -n ${GEOPLONK_MODEL:-} ]] && model_args=(--model "$GEOPLONK_MODEL")
+[[ -n ${GEOPLONK_MODEL:-} ]] && model_args+=(--model "$GEOPLONK_MODEL")
+[[ -n ${DEMO_SAMPLES:-} ]] && model_args+=(--samples "$DEMO_SAMPLES")
+[[ -n ${DEMO_STEPS:-} ]] && model_args+=(--steps "$DEMO_STEPS")
 t0=$(date +%s)
 "$SERVER_PY" -m model_server.cli locate "${photos[@]}" --out "$OUT" --start-server \
-  --server-command "$SERVER_PY -m model_server.cli serve" \
-  --samples "${DEMO_SAMPLES:-1024}" --steps "${DEMO_STEPS:-32}" "${model_args[@]}"
+  --server-command "$SERVER_PY -m model_server.cli serve" "${model_args[@]}"
 t1=$(date +%s)
 
 # QGIS writes into $HOME: keep its profile out of the user's.
