@@ -148,16 +148,23 @@ class JobNotes:
 
     def message(self, title: str, head: str) -> tuple[str, str, str]:
         """The job's one message: `head` (what ran, where it is saved), then each kind of note, named when there
-        are few, counted when there are many; every note in the details ("more" on the bar, and the log)."""
-        parts = [head.rstrip(".") + "."]
+        are few, counted when there are many; the counted notes are the details ("more" on the bar), each note
+        once (the log panel has every note already)."""
+        parts, counted = [head.rstrip(".") + "."], []
         for notes, kind in ((self.failures, "failed"), (self.warnings, "model warnings"),
                             (self.verdicts, "claim checks"), (self.joint, "joint map")):
             if len(notes) <= self.INLINE:  # the bar shows rich text: a claim's label is the user's own
                 parts.extend(f"{escape(note, quote=False)}." for note in notes)
             else:
                 parts.append(f"{len(notes)} {kind}: see \"more\".")
-        details = "\n".join(self.failures + self.warnings + self.verdicts + self.joint)
-        return (title, " ".join(parts), details)
+                counted.extend(notes)
+        return (title, " ".join(parts), "\n".join(counted))
+
+
+def details_html(text: str, details: str) -> str:
+    """What the bar's "more" opens: the message as the bar shows it (rich text: its links work), then the details
+    as plain lines.  QGIS's own "more" shows both as plain text, the links' markup and all."""
+    return f"<p>{text}</p><p style=\"white-space: pre-wrap\">{escape(details, quote=False)}</p>"
 
 
 def describe_info(info: dict[str, Any], separator: str = "\n") -> str:

@@ -15,7 +15,7 @@ from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsMessageLog, QgsP
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QDesktopServices, QIcon
-from qgis.PyQt.QtWidgets import QAction, QFileDialog, QInputDialog
+from qgis.PyQt.QtWidgets import QAction, QFileDialog, QInputDialog, QToolButton
 
 from geoplonk_service import protocol as P
 from geoplonk_service.photos import photos_in_folder, unique_paths
@@ -370,12 +370,28 @@ class GeoPlonkPlugin:
         bar = self.iface.messageBar()
         duration = 10 if level != Qgis.Critical else 0
         if bar is not None:
-            if details:
-                bar.pushMessage(title, text, details, level=level, duration=duration)
-            else:
-                bar.pushMessage(title, text, level=level, duration=duration)
+            shown = bar.currentItem()
+            bar.pushMessage(title, text, level=level, duration=duration)
+            item = bar.currentItem()
+            if details and item is not None and item is not shown and item.text() == text:
+                more = QToolButton(item)  # owned by the item: Python must not free it
+                more.setText(tr("More"))
+                more.setToolTip(tr("Show the details of this message"))
+                html = messages.details_html(text, details)
+                more.clicked.connect(lambda _checked=False: self.show_details(title, html))
+                item.setWidget(more)
         QgsMessageLog.logMessage(f"{title}: {text}" + (f"\n{details}" if details and not logged else ""),
                                  messages.LOG_TAG, level)
+
+    def show_details(self, title: str, html: str):
+        """A message's details in QGIS's message viewer, not modal: the map stays usable beside it."""
+        from qgis.gui import QgsMessageViewer
+
+        viewer = QgsMessageViewer(self.iface.mainWindow())
+        viewer.setTitle(title)
+        viewer.setMessageAsHtml(html)
+        viewer.showMessage(False)
+        return viewer
 
     # -- other actions -----------------------------------------------------------------------
 

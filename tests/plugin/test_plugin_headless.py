@@ -236,6 +236,40 @@ def test_folder_source_and_unreadable_photo_fails_alone(plugin, plugin_settings,
     assert "empty.png: could not geolocate" in warning, warning
 
 
+def test_more_on_the_bar_shows_the_counted_failures_with_a_working_folder_link(
+        plugin, plugin_settings, photo_dir, wait_for_task, tmp_path, qtbot, monkeypatch):  # noqa: ARG001
+    """On QGIS's own message bar (not pytest-qgis's recorder): three failures are counted on the bar and listed
+    once behind its "More" button, whose viewer shows the folder as a link, not as markup."""
+    from qgis.gui import QgsMessageBar, QgsMessageViewer
+    from qgis.PyQt.QtWidgets import QApplication, QTextBrowser, QToolButton
+
+    folder = tmp_path / "three broken"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes((photo_dir / "harbour.jpg").read_bytes())
+    for name in ("b1.jpg", "b2.jpg", "b3.png"):
+        (folder / name).write_bytes(b"not an image")
+    bar = QgsMessageBar()
+    monkeypatch.setattr(plugin.iface, "messageBar", lambda: bar)
+    plugin.choose_folder = lambda: str(folder)
+
+    report = run_action(plugin, plugin.action_folder, wait_for_task)
+    assert (report.ok, report.failed) == (1, 3)
+    (item,) = [i for i in bar.items() if i.title() == "GeoPlonk"]
+    assert "1 photo geolocated, 3 failed" in item.text() and '3 failed: see "more"' in item.text()
+    assert "b1.jpg" not in item.text()
+    (more,) = item.findChildren(QToolButton)
+    more.click()
+    viewers = [w for w in QApplication.topLevelWidgets() if isinstance(w, QgsMessageViewer) and w.isVisible()]
+    assert len(viewers) == 1
+    shown = viewers[0].findChild(QTextBrowser)
+    text = shown.toPlainText()
+    assert "<a href" not in text and f"Results saved in {plugin.last_out_dir}" in text, text
+    for name in ("b1.jpg", "b2.jpg", "b3.png"):
+        assert text.count(f"{name}: could not geolocate this photo") == 1, text
+    assert f'href="{Path(plugin.last_out_dir).as_uri()}"' in shown.toHtml()
+    viewers[0].close()
+
+
 # --- running -----------------------------------------------------------------------------------
 
 

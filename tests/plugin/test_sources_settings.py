@@ -166,7 +166,9 @@ def test_a_batch_tells_its_photos_notes_in_one_message_naming_few_and_counting_m
     assert text.startswith("4 photos geolocated, 3 failed in 9.0 s. Saved. 3 failed: see \"more\".")
     assert "street.jpg: check the model: the model expects overhead views." in text
     assert "tower.jpg: Cairo witness: likely | EXIF GPS: unlikely." in text and "p0.jpg" not in text
-    assert details.splitlines() == lines  # every note behind "more", failures first
+    assert details.splitlines() == lines[:3]  # the counted notes behind "more", once: the named ones are in the text
+    html = messages.details_html(text, details)
+    assert html.count("p0.jpg") == 1 and html.count("street.jpg") == 1
     quiet = messages.JobNotes()
     quiet.joint_made("Joint map: a.jpg + b.jpg")
     assert not quiet.troubled
