@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..geodesy import haversine_km, latlon_to_xyz, xyz_to_latlon
+from . import land_mask
 
 OPEN_OCEAN = "open ocean"
 # Beyond this distance from the nearest GeoNames town the place is described as "near <town>".
@@ -49,8 +50,9 @@ def _towns():
 
 
 def warm_up() -> None:
-    """Load the towns' tree and the land mask (about 6 s in all, mostly the mask) before the first photo
-    needs them: a server calls this while it preloads its model, so its first answer is not 6 s late."""
+    """Load the towns' tree (about 1 s) and map the land mask (4 s to build its cache the first time on a machine,
+    land_mask.py) before the first photo needs them: a server calls this while it preloads its model, so its
+    first answer is not late."""
     _towns()
     is_land(np.zeros(1), np.zeros(1))
 
@@ -73,12 +75,10 @@ def country_name(code: str) -> str:
 
 
 def is_land(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    from global_land_mask import globe
-
     lat = np.clip(np.asarray(lat, dtype=np.float64), -90.0, 90.0)
     lon = np.asarray(lon, dtype=np.float64)
     lon = np.where(lon >= 180.0, lon - 360.0, lon)
-    return np.asarray(globe.is_land(lat, lon), dtype=bool)
+    return np.asarray(land_mask.is_land(lat, lon), dtype=bool)
 
 
 def land_share(xyz: np.ndarray) -> np.ndarray:

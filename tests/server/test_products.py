@@ -305,20 +305,64 @@ def test_nearest_town_is_nearest_on_the_sphere():
 
 
 def test_warm_up_loads_every_table_the_first_place_name_needs():
-    """The server warms place names up while it preloads its model: the land mask alone takes about 6 s to
-    load, which the first photo's answer would otherwise wait for.  In a fresh process, so that no earlier
-    test has loaded them."""
+    """The server warms place names up while it preloads its model, so its first photo's answer does not wait for
+    them.  In a fresh process, so that no earlier test has loaded them."""
     import subprocess
     import sys
 
     script = (
-        "import sys\n"
-        "from model_server.products import place_names as p\n"
-        "assert 'global_land_mask.globe' not in sys.modules and p._towns.cache_info().currsize == 0\n"
+        "from model_server.products import land_mask as m, place_names as p\n"
+        "assert p._towns.cache_info().currsize == 0 and m._packed_mask.cache_info().currsize == 0\n"
         "p.warm_up()\n"
-        "assert 'global_land_mask.globe' in sys.modules and p._towns.cache_info().currsize == 1\n"
+        "assert p._towns.cache_info().currsize == 1 and m._packed_mask.cache_info().currsize == 1\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+
+
+def test_the_land_mask_answers_as_global_land_mask_from_a_mapped_bit_cache(tmp_path, monkeypatch):
+    """The same answer as the package, cell for cell (2 million random points, every row's and many columns'
+    edges, the poles and the antimeridian), from a cache built once, in another process, without the package's
+    933 MB array; a damaged cache is built again."""
+    import os
+    import subprocess
+    import sys
+
+    from global_land_mask import globe
+
+    from model_server.products import land_mask
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    land_mask._packed_mask.cache_clear()
+    rng = np.random.default_rng(0)
+    lat = np.concatenate([rng.uniform(-90, 90, 2_000_000), globe._lat, np.full(len(globe._lon[::7]) + 4, 51.5),
+                          [90.0, -90.0, 0.0, 89.9999]])
+    lon = np.concatenate([rng.uniform(-180, 180, 2_000_000), rng.uniform(-180, 180, len(globe._lat)), globe._lon[::7],
+                          [180.0, -180.0, 179.9999999, -179.9999999], [0.0, 0.0, 180.0, -180.0]])
+    ours = land_mask.is_land(lat, lon)
+    assert np.array_equal(ours, globe.is_land(lat.copy(), lon.copy()))
+    assert 0.25 < ours.mean() < 0.4  # about 29 % of the Earth is land
+    (cached,) = (tmp_path / "geoplonk").glob("land-mask-*.npy")
+    assert cached.stat().st_size < 120e6
+
+    script = (  # VmHWM: the peak resident memory of this program (ru_maxrss would count the forking parent's)
+        "import re, sys, numpy as np\n"
+        "from model_server.products import land_mask\n"
+        "land = int(land_mask.is_land(np.array([46.5, 0.0]), np.array([10.0, -140.0])).sum())\n"
+        "peak = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+        "print(land, 'global_land_mask.globe' in sys.modules, int(peak) // 1024)\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    before = cached.stat().st_mtime_ns
+    land, imported, rss_mb = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                            check=True, timeout=120).stdout.split()
+    assert (land, imported) == ("1", "False") and int(rss_mb) < 300, (land, imported, rss_mb)
+    assert cached.stat().st_mtime_ns == before  # mapped, not built again
+
+    cached.write_bytes(cached.read_bytes()[:1000])  # a cache cut short: built again, right again
+    land_mask._packed_mask.cache_clear()
+    assert np.array_equal(land_mask.is_land(lat[:1000], lon[:1000]), ours[:1000])
+    assert cached.stat().st_size > 100e6
+    land_mask._packed_mask.cache_clear()  # later tests map the usual cache
 
 
 def test_ascent_climbs_to_the_peak_a_step_by_step_climb_reaches():
