@@ -29,6 +29,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputFile,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingOutputMultipleLayers,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
@@ -41,6 +42,7 @@ from qgis.core import (
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
+    QgsProperty,
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
@@ -164,7 +166,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             "top places, credible regions, best guess, EXIF truth) are written to the output folder. "
             "The output layer holds one best guess per photo with its localizability, country, place, "
             "the first top place with the probabilities of lying within 100 and 500 km of it, its basin share "
-            "and, when the photo has GPS EXIF, the error in km.\n\n"
+            "and, when the photo has GPS EXIF, the error in km. It is kept as best_guesses.gpkg in the output "
+            "folder unless another file is chosen (a temporary layer too, so that it outlives the project).\n\n"
             "The server endpoint and the local start command come from the GeoPlonk settings; a photo "
             "that cannot be read fails alone.\n\n"
         ) + self.tr(analyst_parameters.HELP)
@@ -224,7 +227,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(
             QgsProcessingParameterFeatureSink(
                 self.OUTPUT,
-                self.tr("Best guesses (empty: best_guesses.gpkg in the output folder)"),
+                self.tr("Best guesses (default: best_guesses.gpkg in the output folder)"),
                 QgsProcessing.TypeVectorPoint,
                 optional=True,
                 createByDefault=True,
@@ -245,6 +248,23 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         return super().checkParameterValues(parameters, context)
 
     # -- inputs ---------------------------------------------------------------------------------
+
+    def _best_guess_destination(self, value, out_dir: Path):
+        """The best-guess layer goes where the user put it, else to best_guesses.gpkg beside the rasters: also
+        when the destination is a temporary layer, Processing's dialog's default, which would vanish with the
+        project while every other result is on disk. The dialog still loads it, as "Best guesses"."""
+        default = str(out_dir / DEFAULT_OUTPUT_NAME)
+        if value in (None, "", QgsProcessing.TEMPORARY_OUTPUT):  # qgis_process, scripts
+            return default
+        if not isinstance(value, QgsProcessingOutputLayerDefinition):
+            return value
+        kept = QgsProcessingOutputLayerDefinition(value)
+        if value.sink.propertyType() == QgsProperty.StaticProperty and value.sink.staticValue() in (
+                "", QgsProcessing.TEMPORARY_OUTPUT):
+            kept.sink = QgsProperty.fromValue(default)
+        if kept.destinationName in ("", self.parameterDefinition(self.OUTPUT).description()):
+            kept.destinationName = self.tr("Best guesses")
+        return kept
 
     def _settings(self, parameters, context) -> Settings:
         """The saved settings, overridden by the parameters: what the toolbar would run with."""
@@ -323,8 +343,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         fields = QgsFields()
         for name, kind in LAYER_FIELDS:
             fields.append(QgsField(name, FIELD_TYPES[kind]))
-        if parameters.get(self.OUTPUT) in (None, ""):  # qgis_process / scripts: keep it with the rasters
-            parameters = {**parameters, self.OUTPUT: str(out_dir / DEFAULT_OUTPUT_NAME)}
+        parameters = {**parameters, self.OUTPUT: self._best_guess_destination(parameters.get(self.OUTPUT), out_dir)}
         sink, dest_id = self.parameterAsSink(
             parameters, self.OUTPUT, context, fields, QgsWkbTypes.Point, QgsCoordinateReferenceSystem("EPSG:4326")
         )

@@ -11,12 +11,14 @@ GEOPLONK_DESKTOP_OUT (folder for report.json, desktop.png, canvas.png),
 GEOPLONK_DESKTOP_TIMEOUT (seconds to wait for the results), GEOPLONK_DESKTOP_BROWSER_DIR (the folder
 to add to Favorites) and GEOPLONK_DESKTOP_BROWSER_FILES (comma-separated names to select in it).
 Before pressing the button it sets a claim by clicking the canvas with the claim tool; after the screenshot it
-right-clicks the first result group in the Layers panel and clicks "Open case report" in the menu.
+right-clicks the first result group in the Layers panel and clicks "Open case report" in the menu, then opens
+Processing's dialog for the algorithm on a folder of the same two photos and clicks its Run button.
 Everything is driven by a QTimer: QGIS's event loop must keep running.
 """
 
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -257,7 +259,64 @@ class DesktopRun(QObject):
         self.report["screenshot_saved"] = iface.mainWindow().grab().save(str(OUT / "desktop.png"))
         self.report["canvas_saved"] = canvas.grab().save(str(OUT / "canvas.png"))
         self.open_case_report()
-        self.finish()
+        self.run_processing_dialog()
+
+    def run_processing_dialog(self):
+        """Processing's own dialog for the algorithm (the one the Toolbox opens), a folder of two photos set in it,
+        then its real Run button: the dialog runs the algorithm as a background task and loads its layers itself,
+        which processing.run and qgis_process do not."""
+        import processing
+
+        folder = OUT / "processing-photos"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in BROWSER_FILES:
+            shutil.copy(Path(BROWSER_DIR) / name, folder / name)
+        parameters = {"FOLDER": str(folder), "OUTPUT_FOLDER": str(OUT / "processing-results"), "SAMPLES": 256,
+                      "RESOLUTION": 1.0}
+        dialog = processing.createAlgorithmDialog("geoplonk:geolocatephotos", parameters)
+        self.processing = {"layers_before": set(QgsProject.instance().mapLayers()), "dialog": dialog}
+        dialog.algorithmFinished.connect(self.processing_finished)
+        dialog.show()
+        QTest.mouseClick(dialog.runButton(), Qt.LeftButton)
+        self.processing_started = time.monotonic()
+        self.log("clicked Run in the Processing dialog")
+        self.state = self.wait_for_processing
+
+    def processing_finished(self, successful, results):
+        """The dialog's algorithmFinished: it has loaded the layers, and is still open."""
+        from qgis.PyQt.QtWidgets import QProgressBar, QTextEdit
+
+        dialog = self.processing["dialog"]
+        logs = [w.toPlainText() for w in dialog.findChildren(QTextEdit) if w.objectName() == "txtLog"]
+        bars = [b.value() for b in dialog.findChildren(QProgressBar)]
+        added = [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers())
+                 - self.processing["layers_before"]]
+        dialog.grab().save(str(OUT / "processing-dialog.png"))
+        self.report["processing_dialog"] = {
+            "successful": bool(successful),
+            "results": {k: v for k, v in results.items() if isinstance(v, (int, float, str, list))},
+            "log": logs[0] if logs else None,
+            "progress": bars,
+            "layers_added": sorted((layer.name(), layer.isValid(), layer.source(),
+                                    layer.featureCount() if hasattr(layer, "featureCount") else None)
+                                   for layer in added),
+            "files": sorted(p.name for p in (OUT / "processing-results").glob("*")),
+            "seconds": time.monotonic() - self.processing_started,
+        }
+        self.log(f"Processing dialog finished: {successful}")
+
+    def wait_for_processing(self):
+        if "processing_dialog" in self.report:
+            dialog = self.processing.pop("dialog")
+            dialog.close()
+            dialog.deleteLater()  # before QGIS quits: a dialog outliving the application aborts its exit
+            self.finish()
+        elif time.monotonic() - self.processing_started > TIMEOUT_S / 2:
+            dialog = self.processing["dialog"]
+            from qgis.PyQt.QtWidgets import QTextEdit
+
+            logs = [w.toPlainText() for w in dialog.findChildren(QTextEdit) if w.objectName() == "txtLog"]
+            raise RuntimeError(f"the Processing dialog did not finish; its log: {logs}")
 
     def open_case_report(self):
         """Right-click the first result group in the real Layers panel, then click "Open case report"."""

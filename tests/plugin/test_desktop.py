@@ -245,3 +245,23 @@ def test_open_case_report_from_the_real_layers_panel_menu(desktop):
     assert Path(opened).name == case["group"].split(" · ")[0].rsplit(".", 1)[0] + ".html"
     assert "src='data:image/png;base64," in page and "Rendered by QGIS 3.22" in page
     assert "clicked point" in page  # the claim's verdict is in the report
+
+
+def test_the_processing_dialog_runs_a_folder_and_loads_its_layers(desktop):
+    """Processing's own dialog, its Run button clicked: the algorithm ran as the dialog's background task, wrote
+    each photo's files, and the dialog loaded the rasters and the best-guess layer into the project."""
+    _, report, _ = desktop
+    run = report["processing_dialog"]
+    assert run["successful"], run["log"]
+    assert (run["results"]["SUCCEEDED"], run["results"]["FAILED"]) == (2, 0), run["results"]
+    stems = [name.rsplit(".", 1)[0] for name in PHOTOS]
+    for stem in stems:
+        assert {f"{stem}.tif", f"{stem}.gpkg", f"{stem}.json"} <= set(run["files"]), run["files"]
+    added = {name: (valid, source, features) for name, valid, source, features in run["layers_added"]}
+    assert all(valid for valid, _, _ in added.values()), added
+    rasters = [source for _, source, _ in added.values() if source.endswith(".tif")]
+    assert sorted(Path(s).stem for s in rasters) == sorted(stems), added
+    # the dialog's default destination, a temporary layer, is kept on disk beside the rasters, and loaded
+    _, source, features = added["Best guesses"]
+    assert Path(source.split("|")[0]).name == "best_guesses.gpkg" and features == 2, added
+    assert "2 photo(s) geolocated, 0 failed" in run["log"], run["log"]
