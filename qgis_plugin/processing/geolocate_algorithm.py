@@ -220,7 +220,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         )
         command.setFlags(command.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(command)
-        load = QgsProcessingParameterBoolean(self.LOAD_RASTERS, self.tr("Add the rasters to the project"), True)
+        load = QgsProcessingParameterBoolean(
+            self.LOAD_RASTERS, self.tr("Add the rasters to the project (when the dialog loads its layers)"), True)
         load.setFlags(load.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(load)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
@@ -351,7 +352,11 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
 
         sinks = [sink]  # on_result writes through this list, emptied once the photos are done
-        load = self.parameterAsBoolean(parameters, self.LOAD_RASTERS, context)
+        # the rasters load with the run's other outputs: when a dialog loads its layers (the batch dialog's "Load
+        # layers on completion" is off by default) and "Add the rasters to the project" is on
+        destination = parameters[self.OUTPUT]
+        load = self.parameterAsBoolean(parameters, self.LOAD_RASTERS, context) and getattr(
+            destination, "destinationProject", None) is not None
         report = self.parameterAsBoolean(parameters, analyst_parameters.REPORT, context)
         stems = unique_stems(photos)
         rasters: list[str] = []

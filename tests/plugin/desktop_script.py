@@ -12,7 +12,8 @@ GEOPLONK_DESKTOP_TIMEOUT (seconds to wait for the results), GEOPLONK_DESKTOP_BRO
 to add to Favorites) and GEOPLONK_DESKTOP_BROWSER_FILES (comma-separated names to select in it).
 Before pressing the button it sets a claim by clicking the canvas with the claim tool; after the screenshot it
 right-clicks the first result group in the Layers panel and clicks "Open case report" in the menu, then opens
-Processing's dialog for the algorithm on a folder of the same two photos and clicks its Run button.
+Processing's dialog for the algorithm on a folder of the same two photos and clicks its Run button, then does the
+same in its batch dialog, one row per photo, with "Load layers on completion" off (its default), then on.
 Everything is driven by a QTimer: QGIS's event loop must keep running.
 """
 
@@ -282,6 +283,57 @@ class DesktopRun(QObject):
         self.log("clicked Run in the Processing dialog")
         self.state = self.wait_for_processing
 
+    def run_processing_batch(self):
+        """Processing's batch dialog, one row per photo folder typed into its real table, then its Run button: the
+        batch runs the algorithm row after row on QGIS's main thread, which a single run never does."""
+        from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+        from qgis.core import QgsApplication, QgsProcessingContext
+        from qgis.PyQt.QtWidgets import QStyle, QStyleOptionButton, QTabBar, QTextEdit
+
+        alg = QgsApplication.processingRegistry().createAlgorithmById("geoplonk:geolocatephotos")
+        dialog = BatchAlgorithmDialog(alg, iface.mainWindow())
+        dialog.show()
+        panel = dialog.mainWidget()
+        panel.addRow(len(BROWSER_FILES) - panel.batchRowCount())
+        context = QgsProcessingContext()
+        for row, name in enumerate(BROWSER_FILES):
+            folder = OUT / "batch-photos" / f"row{row}"
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(BROWSER_DIR) / name, folder / name)
+            for parameter, value in (("FOLDER", str(folder)), ("SAMPLES", 256), ("RESOLUTION", 1.0)):
+                panel.wrappers[row][panel.parameter_to_column[parameter]].setParameterValue(value, context)
+            panel.tblParameters.cellWidget(row + 1, panel.parameter_to_column["OUTPUT_FOLDER"]).setValue(
+                str(OUT / "batch-results" / f"row{row}"))
+        runs = []
+        for load in (False, True):  # the dialog's "Load layers on completion": off by default, then clicked on
+            box = panel.checkLoadLayersOnCompletion
+            if not box.isVisible():  # a run leaves the Log tab in front: back to the Parameters tab, by its tab
+                (tabs,) = dialog.findChildren(QTabBar)
+                QTest.mouseClick(tabs, Qt.LeftButton, Qt.NoModifier, tabs.tabRect(0).center())
+            if box.isChecked() != load:  # on its tick box: a wide check box's middle is past its text
+                option = QStyleOptionButton()
+                option.initFrom(box)
+                tick = box.style().subElementRect(QStyle.SE_CheckBoxIndicator, option, box)
+                QTest.mouseClick(box, Qt.LeftButton, Qt.NoModifier, tick.center())
+            before = set(QgsProject.instance().mapLayers())
+            (log,) = [w for w in dialog.findChildren(QTextEdit) if w.objectName() == "txtLog"]
+            logged = len(log.toPlainText())  # the dialog's log goes on from run to run
+            started = time.monotonic()
+            QTest.mouseClick(dialog.runButton(), Qt.LeftButton)  # returns when the batch is done
+            added = [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers()) - before]
+            runs.append({
+                "load_layers": box.isChecked(),
+                "log": log.toPlainText()[logged:],
+                "files": {f"row{row}": sorted(p.name for p in (OUT / "batch-results" / f"row{row}").glob("*"))
+                          for row in range(len(BROWSER_FILES))},
+                "layers_added": sorted((layer.name(), layer.isValid(), layer.source()) for layer in added),
+                "seconds": time.monotonic() - started,
+            })
+        self.report["processing_batch"] = {"rows": panel.batchRowCount(), "runs": runs}
+        self.log("Processing batch finished")
+        dialog.close()
+        dialog.deleteLater()
+
     def processing_finished(self, successful, results):
         """The dialog's algorithmFinished: it has loaded the layers, and is still open."""
         from qgis.PyQt.QtWidgets import QProgressBar, QTextEdit
@@ -310,6 +362,7 @@ class DesktopRun(QObject):
             dialog = self.processing.pop("dialog")
             dialog.close()
             dialog.deleteLater()  # before QGIS quits: a dialog outliving the application aborts its exit
+            self.run_processing_batch()
             self.finish()
         elif time.monotonic() - self.processing_started > TIMEOUT_S / 2:
             dialog = self.processing["dialog"]

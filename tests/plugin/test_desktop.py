@@ -265,3 +265,24 @@ def test_the_processing_dialog_runs_a_folder_and_loads_its_layers(desktop):
     _, source, features = added["Best guesses"]
     assert Path(source.split("|")[0]).name == "best_guesses.gpkg" and features == 2, added
     assert "2 photo(s) geolocated, 0 failed" in run["log"], run["log"]
+
+
+def test_the_processing_batch_dialog_runs_each_row_and_loads_layers_only_when_asked(desktop):
+    """Processing's batch dialog, two rows typed into its table and Run clicked: each row's folder was geolocated
+    into its own output folder (the batch runs on QGIS's main thread); no layer was loaded with the dialog's "Load
+    layers on completion" off, its default, and each row's raster and best guesses were with it on."""
+    _, report, _ = desktop
+    batch = report["processing_batch"]
+    assert batch["rows"] == 2
+    stems = sorted(p.rsplit(".", 1)[0] for p in PHOTOS)
+    quiet, loading = batch["runs"]
+    for run in (quiet, loading):
+        assert "executions failed" not in run["log"], run["log"]
+        assert run["log"].count("1 photo(s) geolocated, 0 failed") == 2, run["log"]
+        for row, photo in enumerate(PHOTOS):
+            stem = photo.rsplit(".", 1)[0]
+            assert {f"{stem}.tif", f"{stem}.gpkg", "best_guesses.gpkg"} <= set(run["files"][f"row{row}"]), run
+    assert (quiet["load_layers"], quiet["layers_added"]) == (False, []), quiet
+    assert loading["load_layers"] and all(valid for _, valid, _ in loading["layers_added"]), loading
+    loaded = sorted(Path(source.split("|")[0]).stem for _, _, source in loading["layers_added"])
+    assert loaded == sorted(["best_guesses"] * 2 + stems), loading["layers_added"]
