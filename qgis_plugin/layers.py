@@ -7,9 +7,11 @@ labels) hold the styling math; the rest only builds QGIS objects.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import math
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +408,16 @@ def _vector(gpkg: str, layer_name: str, title: str) -> QgsVectorLayer:
     return QgsVectorLayer(f"{gpkg}|layername={layer_name}", title, "ogr")
 
 
+def gpkg_layer_names(gpkg: str) -> set[str]:
+    """The layers a GeoPackage holds (its gpkg_contents): an optional layer that is not there is not asked for,
+    which would put an OGR warning ("Cannot find layer") in the log panel for every photo without claims."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{Path(gpkg).resolve().as_uri()}?mode=ro", uri=True)) as db:
+            return {row[0] for row in db.execute("SELECT table_name FROM gpkg_contents")}
+    except sqlite3.Error:
+        return set()
+
+
 def add_result_group(
     name: str,
     files: dict[str, str | os.PathLike],
@@ -439,6 +451,7 @@ def add_result_group(
     style_density(density, max_probability=(summary.get("raster") or {}).get("max_probability"))
 
     vectors = []
+    present = gpkg_layer_names(gpkg)
     for layer_name, role, styler, required in (
         ("claims", CLAIMS_NAME, lambda layer: style_claims(layer, stem), False),
         ("best_guess", BEST_NAME, style_best_guess, False),
@@ -447,8 +460,8 @@ def add_result_group(
         ("credible_regions", REGIONS_NAME, style_regions, True),
         ("samples", SAMPLES_NAME, style_samples, False),
     ):
-        layer = _vector(gpkg, layer_name, f"{stem}: {role}")
-        if not layer.isValid():
+        layer = _vector(gpkg, layer_name, f"{stem}: {role}") if layer_name in present else None
+        if layer is None or not layer.isValid():
             if required:
                 raise ValueError(f"layer {layer_name!r} is missing from {gpkg}")
             continue

@@ -143,9 +143,11 @@ class GeoPlonkPlugin:
                 self.task.cancel()
             except RuntimeError:  # already deleted by the task manager
                 pass
-        for action in self.actions:
+        for action in self.actions:  # deleted too: Install from ZIP over an installed plugin unloads and loads it
             self.iface.removePluginMenu(MENU, action)
             self.iface.removeToolBarIcon(action)
+            action.deleteLater()
+        self.actions = []
         if self.toolbar is not None:
             self.toolbar.deleteLater()
             self.toolbar = None

@@ -89,7 +89,11 @@ def run_action(plugin, action, wait_for_task, timeout_s: float = 240):
 
 
 def test_file_dialog_source_end_to_end(plugin, plugin_settings, photos, wait_for_task, qtbot, qgis_canvas):
+    from qgis.core import QgsApplication
+
     plugin.choose_files = lambda: photos
+    logged = []  # QGIS's log panel: loading results without claims must not warn of a missing "claims" layer
+    QgsApplication.messageLog().messageReceived.connect(lambda text, tag, level: logged.append((tag, text)))
     t0 = time.monotonic()
     report = run_action(plugin, plugin.action_geolocate, wait_for_task)
     print(f"click-to-layers for 2 photos (tiny test model, fast options): {time.monotonic() - t0:.1f} s")
@@ -104,6 +108,7 @@ def test_file_dialog_source_end_to_end(plugin, plugin_settings, photos, wait_for
     assert groups["desert road.png"].name().split(layers.GROUP_SEPARATOR)[0] == "desert road.png"
     assert by_role(groups["desert road.png"])[layers.DENSITY_NAME].layer().name() == "desert road: probability"
     assert Path(plugin_settings.output_folder, "harbour.tif").is_file()
+    assert [(tag, text) for tag, text in logged if tag == "OGR"] == [], logged
 
     image = render_canvas(qtbot, qgis_canvas, project, plugin)
     assert image.width() > 200 and image.height() > 150
@@ -340,6 +345,31 @@ def test_auto_start_uses_and_stops_a_local_server(plugin, plugin_settings, photo
     plugin.unload()  # QGIS closing or the plugin unloaded: the server goes with it
     assert not server.running
     plugin.initGui()  # the fixture unloads again
+
+
+def test_unloading_leaves_nothing_behind_and_loading_again_makes_one_of_each(plugin):
+    """QGIS's Install from ZIP over an installed plugin unloads it and loads it again: its actions, toolbar and
+    Processing provider must go with the unload and come back once, not pile up in the main window."""
+    from qgis.core import QgsApplication
+    from qgis.PyQt.QtCore import QCoreApplication, QEvent
+    from qgis.PyQt.QtWidgets import QAction, QToolBar
+
+    main = plugin.iface.mainWindow()
+
+    def ours():
+        QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)  # what deleteLater() let go
+        actions = sorted(a.objectName() for a in main.findChildren(QAction) if a.objectName().startswith("geoplonk"))
+        toolbars = [t for t in main.findChildren(QToolBar) if t.objectName() == "GeoPlonkToolbar"]
+        providers = [p for p in QgsApplication.processingRegistry().providers() if p.id() == "geoplonk"]
+        return actions, len(toolbars), len(providers)
+
+    loaded = ours()
+    actions, toolbars, providers = loaded
+    assert len(actions) == len(set(actions)) >= 10 and (toolbars, providers) == (1, 1), loaded
+    plugin.unload()
+    assert ours() == ([], 0, 0)
+    plugin.initGui()  # the fixture unloads again
+    assert ours() == loaded
 
 
 # --- what lands in the project ------------------------------------------------------------------
