@@ -13,7 +13,8 @@ to add to Favorites) and GEOPLONK_DESKTOP_BROWSER_FILES (comma-separated names t
 Before pressing the button it sets a claim by clicking the canvas with the claim tool; after the screenshot it
 right-clicks the first result group in the Layers panel and clicks "Open case report" in the menu, then opens
 Processing's dialog for the algorithm on a folder of the same two photos and clicks its Run button, then does the
-same in its batch dialog, one row per photo, with "Load layers on completion" off (its default), then on.
+same in its batch dialog, one row per photo, with "Load layers on completion" off (its default), then on. Last, it
+installs the plugin's zip again with QGIS's own installer, over the plugin in use.
 Everything is driven by a QTimer: QGIS's event loop must keep running.
 """
 
@@ -363,13 +364,45 @@ class DesktopRun(QObject):
             dialog.close()
             dialog.deleteLater()  # before QGIS quits: a dialog outliving the application aborts its exit
             self.run_processing_batch()
-            self.finish()
+            self.reinstall()
+            self.state = self.after_reinstall
         elif time.monotonic() - self.processing_started > TIMEOUT_S / 2:
             dialog = self.processing["dialog"]
             from qgis.PyQt.QtWidgets import QTextEdit
 
             logs = [w.toPlainText() for w in dialog.findChildren(QTextEdit) if w.objectName() == "txtLog"]
             raise RuntimeError(f"the Processing dialog did not finish; its log: {logs}")
+
+    def census(self):
+        """What of the plugin is in QGIS: its actions by name, its toolbars, its Processing provider."""
+        from qgis.core import QgsApplication
+        from qgis.PyQt.QtCore import QCoreApplication, QEvent
+        from qgis.PyQt.QtWidgets import QAction, QToolBar
+
+        QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+        main = iface.mainWindow()
+        return {
+            "actions": sorted(a.objectName() for a in main.findChildren(QAction)
+                              if a.objectName().startswith("geoplonk")),
+            "toolbars": len([t for t in main.findChildren(QToolBar) if t.objectName() == "GeoPlonkToolbar"]),
+            "providers": [p.id() for p in QgsApplication.processingRegistry().providers() if p.id() == "geoplonk"],
+        }
+
+    def reinstall(self):
+        """Plugins > Manage and Install Plugins > Install from ZIP, as its button does, over the plugin in use."""
+        import pyplugin_installer
+
+        self.report["reinstall"] = {"before": self.census(), "instance_before": id(plugins.get(PLUGIN))}
+        pyplugin_installer.instance().installFromZipFile(os.environ["GEOPLONK_DESKTOP_ZIP"])
+        self.log("installed the zip again")
+
+    def after_reinstall(self):
+        from qgis.utils import active_plugins
+
+        reinstall = self.report["reinstall"]
+        reinstall["after"] = self.census()
+        reinstall["reloaded"] = PLUGIN in active_plugins and id(plugins.get(PLUGIN)) != reinstall["instance_before"]
+        self.finish()
 
     def open_case_report(self):
         """Right-click the first result group in the real Layers panel, then click "Open case report"."""

@@ -52,9 +52,10 @@ def desktop(geoplonk_server, photo_dir, tmp_path_factory):
         pytest.fail("the desktop test needs `qgis`, `xvfb` and `xauth` (apt-get install qgis xvfb xauth)")
     tmp = tmp_path_factory.mktemp("desktop")
     profiles = tmp / "profiles"
+    plugin_zip = build_plugin_zip(tmp / "geoplonk.zip")
     make_profile(
         profiles,
-        build_plugin_zip(tmp / "geoplonk.zip"),
+        plugin_zip,
         {"endpoint": geoplonk_server.endpoint, "auto_start": "false", "output_folder": str(tmp / "results")},
     )
     out = tmp / "out"
@@ -66,6 +67,7 @@ def desktop(geoplonk_server, photo_dir, tmp_path_factory):
         GEOPLONK_DESKTOP_BROWSER_FILES=",".join(PHOTOS),
         GEOPLONK_DESKTOP_OUT=str(out),
         GEOPLONK_DESKTOP_HELPERS=str(SCRIPT.parent),
+        GEOPLONK_DESKTOP_ZIP=str(plugin_zip),
         GEOPLONK_DESKTOP_TIMEOUT=str(TIMEOUT_S),
     )
     command = [
@@ -286,3 +288,14 @@ def test_the_processing_batch_dialog_runs_each_row_and_loads_layers_only_when_as
     assert loading["load_layers"] and all(valid for _, valid, _ in loading["layers_added"]), loading
     loaded = sorted(Path(source.split("|")[0]).stem for _, _, source in loading["layers_added"])
     assert loaded == sorted(["best_guesses"] * 2 + stems), loading["layers_added"]
+
+
+def test_installing_the_zip_over_the_running_plugin_leaves_one_of_everything(desktop):
+    """QGIS's own Install from ZIP (pyplugin_installer), over the plugin in use: QGIS unloads and reloads it, and
+    one toolbar, one of each action and one Processing provider remain."""
+    _, report, _ = desktop
+    before, after = report["reinstall"]["before"], report["reinstall"]["after"]
+    assert report["reinstall"]["reloaded"], report["reinstall"]  # a new instance of the plugin is active
+    assert after == before, (before, after)
+    assert before["toolbars"] == 1 and before["providers"] == ["geoplonk"]
+    assert len(before["actions"]) == len(set(before["actions"])) >= 10, before
