@@ -408,14 +408,15 @@ def _vector(gpkg: str, layer_name: str, title: str) -> QgsVectorLayer:
     return QgsVectorLayer(f"{gpkg}|layername={layer_name}", title, "ogr")
 
 
-def gpkg_layer_names(gpkg: str) -> set[str]:
-    """The layers a GeoPackage holds (its gpkg_contents): an optional layer that is not there is not asked for,
-    which would put an OGR warning ("Cannot find layer") in the log panel for every photo without claims."""
+def gpkg_layer_names(gpkg: str) -> set[str] | None:
+    """The layers a GeoPackage holds (its gpkg_contents), None where SQLite cannot tell (a Windows share's path is
+    no SQLite URI): an optional layer that is not there is not asked for, which would put an OGR warning ("Cannot
+    find layer") in the log panel for every photo without claims."""
     try:
         with contextlib.closing(sqlite3.connect(f"{Path(gpkg).resolve().as_uri()}?mode=ro", uri=True)) as db:
             return {row[0] for row in db.execute("SELECT table_name FROM gpkg_contents")}
-    except sqlite3.Error:
-        return set()
+    except (sqlite3.Error, ValueError):
+        return None
 
 
 def add_result_group(
@@ -460,7 +461,7 @@ def add_result_group(
         ("credible_regions", REGIONS_NAME, style_regions, True),
         ("samples", SAMPLES_NAME, style_samples, False),
     ):
-        layer = _vector(gpkg, layer_name, f"{stem}: {role}") if layer_name in present else None
+        layer = _vector(gpkg, layer_name, f"{stem}: {role}") if present is None or layer_name in present else None
         if layer is None or not layer.isValid():
             if required:
                 raise ValueError(f"layer {layer_name!r} is missing from {gpkg}")

@@ -148,7 +148,7 @@ class JobNotes:
 
     def message(self, title: str, head: str) -> tuple[str, str, str]:
         """The job's one message: `head` (what ran, where it is saved), then each kind of note, named when there
-        are few, counted when there are many; the counted notes are the details ("more" on the bar), each note
+        are few, counted when there are many; the counted notes are the details ("More" on the bar), each note
         once (the log panel has every note already)."""
         parts, counted = [head.rstrip(".") + "."], []
         for notes, kind in ((self.failures, "failed"), (self.warnings, "model warnings"),
@@ -156,7 +156,7 @@ class JobNotes:
             if len(notes) <= self.INLINE:  # the bar shows rich text: a claim's label is the user's own
                 parts.extend(f"{escape(note, quote=False)}." for note in notes)
             else:
-                parts.append(f"{len(notes)} {kind}: see \"more\".")
+                parts.append(f"{len(notes)} {kind}: see \"More\".")
                 counted.extend(notes)
         return (title, " ".join(parts), "\n".join(counted))
 

@@ -367,33 +367,22 @@ class GeoPlonkPlugin:
             bar.popWidget(item)
 
     def _show(self, title: str, text: str, details: str = "", level=Qgis.Info, logged: bool = False) -> None:
-        """Message bar text in plain language, details behind its "more" button; both go to the log panel
+        """Message bar text in plain language, details behind its "More" button; both go to the log panel
         (`logged`: the details are there already, as notes)."""
         bar = self.iface.messageBar()
         duration = 10 if level != Qgis.Critical else 0
         if bar is not None:
-            shown = bar.currentItem()
             bar.pushMessage(title, text, level=level, duration=duration)
-            item = bar.currentItem()
-            if details and item is not None and item is not shown and item.text() == text:
+            item = bar.currentItem()  # the item QGIS made, or the same message already there (it drops repeats)
+            if details and item is not None and (item.title(), item.text()) == (title, text):
                 more = QToolButton(item)  # owned by the item: Python must not free it
                 more.setText(tr("More"))
                 more.setToolTip(tr("Show the details of this message"))
-                html = messages.details_html(text, details)
-                more.clicked.connect(lambda _checked=False: self.show_details(title, html))
+                more.clicked.connect(functools.partial(show_details, self.iface.mainWindow(), title,
+                                                       messages.details_html(text, details)))
                 item.setWidget(more)
         QgsMessageLog.logMessage(f"{title}: {text}" + (f"\n{details}" if details and not logged else ""),
                                  messages.LOG_TAG, level)
-
-    def show_details(self, title: str, html: str):
-        """A message's details in QGIS's message viewer, not modal: the map stays usable beside it."""
-        from qgis.gui import QgsMessageViewer
-
-        viewer = QgsMessageViewer(self.iface.mainWindow())
-        viewer.setTitle(title)
-        viewer.setMessageAsHtml(html)
-        viewer.showMessage(False)
-        return viewer
 
     # -- other actions -----------------------------------------------------------------------
 
@@ -455,3 +444,14 @@ class GeoPlonkPlugin:
         dialog = SettingsDialog(Settings.load(), self.iface.mainWindow(), connect=self.connect)
         if dialog.exec_():
             dialog.settings().save()
+
+
+def show_details(parent, title: str, html: str, _checked: bool = False) -> None:
+    """A message's details in QGIS's message viewer, not modal: the map stays usable beside it. A function, not a
+    method: a message's button must not keep an unloaded plugin alive."""
+    from qgis.gui import QgsMessageViewer
+
+    viewer = QgsMessageViewer(parent)
+    viewer.setTitle(title)
+    viewer.setMessageAsHtml(html)
+    viewer.showMessage(False)

@@ -13,15 +13,17 @@ from geoplonk_service import protocol as P
 from . import common
 from .common import CommandError
 
+REFERENCE_STEPS = 32  # the authors' demo samples with Euler in 32 steps
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_model_arguments(parser)
     parser.add_argument("--n", type=int, default=1024, help="number of samples")
     server = f"{P.DEFAULT_SOLVER} in {P.DEFAULT_STEPS}"
-    parser.add_argument("--steps", type=int, default=32,
+    parser.add_argument("--steps", type=int, default=REFERENCE_STEPS,
                         help=f"solver steps (default %(default)s; the server: {server})")
     parser.add_argument("--solver", default="euler", choices=P.SOLVERS,
-                        help="ODE solver (default %(default)s in 32 steps: the reference's sampler)")
+                        help=f"ODE solver (default %(default)s in {REFERENCE_STEPS} steps: the reference's sampler)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--seed", type=int, default=None, help="seed for the uniform starting points")

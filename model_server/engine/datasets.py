@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..user_cache import cache_dir
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif", ".avif", ".bmp"}
 LAT_KEYS = ("latitude", "lat")
 LON_KEYS = ("longitude", "lon", "lng")
@@ -130,7 +132,7 @@ def file_key(path: Path, encoder_name: str) -> str:
 
 
 def default_cache_path(source: str, encoder_name: str) -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "geoplonk" / "embeddings"
+    root = cache_dir() / "embeddings"
     tag = hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:12]
     return root / f"{Path(source).stem}-{tag}-{encoder_name}.npz"
 

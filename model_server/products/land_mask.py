@@ -1,31 +1,36 @@
 """Land or sea at a point: global-land-mask's 30-arc-second GLOBE mask, answered from one bit per cell.
 
 global-land-mask loads its mask as a (21600, 43200) bool array on import: 933 MB held by every process that names a
-place, and 4 s of decompression at each start. Here the same mask is packed to bits once, streamed from the
-package's file a band of rows at a time (never whole in memory), and cached as a .npy file (117 MB) that later
-processes memory-map: a lookup touches a few pages, a start costs nothing. Answers are the package's own, bit for
-bit (the same cells, by its own index arithmetic).
+place, and 4 s of decompression at each start. Here the same mask is packed to bits once per user (the cache folder,
+user_cache.py), streamed from the package's file a band of rows at a time (never whole in memory), and kept as a
+.npy file (117 MB) that later processes memory-map: a lookup touches a few pages, a start costs nothing. Answers
+are the package's own, bit for bit (the same cells, by its own index arithmetic).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..user_cache import cache_dir
+
 ROWS_PER_BAND = 1024  # rows unpacked at a time while building: 44 MB of bools
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "geoplonk"
+FORMAT = "v1"  # in the cache's name: a change to the packing must not read an older cache
+STALE_BUILD_S = 3600  # a build's temporary file older than this was left by a killed process
 
 
 def source_file() -> Path:
+    """The package's compressed mask (mask, lat, lon), found without importing the package (that loads it)."""
     import importlib.util
 
     spec = importlib.util.find_spec("global_land_mask")
@@ -65,7 +70,7 @@ def _packed_mask() -> _PackedMask:
         lat, lon = npz["lat"], npz["lon"]
     tag = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     shape = (len(lat), -(-len(lon) // 8))
-    cached = cache_dir() / f"land-mask-{tag}.npy"
+    cached = cache_dir() / f"land-mask-{FORMAT}-{tag}.npy"
     try:
         bits = np.load(cached, mmap_mode="r")
         if bits.shape == shape and bits.dtype == np.uint8:
@@ -82,12 +87,18 @@ def _packed_mask() -> _PackedMask:
 
 
 def _save(bits: np.ndarray, path: Path) -> None:
-    """Atomic: another process never maps a half-written file."""
+    """Atomic and on disk before it is named: another process never maps a half-written or zeroed file."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(".land-mask-*.npy"):
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > STALE_BUILD_S:
+                stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".land-mask-", suffix=".npy")
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, bits)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -99,8 +110,10 @@ def _pack(source: Path, shape: tuple[int, int]) -> np.ndarray:
     bits = np.empty(shape, dtype=np.uint8)
     with zipfile.ZipFile(source) as archive, archive.open("mask.npy") as stream:
         version = np.lib.format.read_magic(stream)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        mask_shape, fortran, dtype = read_header(stream)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise RuntimeError(f"unexpected .npy version {version} of the land mask in {source}")
+        mask_shape, fortran, dtype = readers[version](stream)
         if dtype != np.bool_ or fortran or mask_shape[0] != shape[0] or -(-mask_shape[1] // 8) != shape[1]:
             raise RuntimeError(f"unexpected land mask layout in {source}: {mask_shape}, {dtype}, fortran={fortran}")
         width = mask_shape[1]

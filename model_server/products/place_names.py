@@ -50,7 +50,7 @@ def _towns():
 
 
 def warm_up() -> None:
-    """Load the towns' tree (about 1 s) and map the land mask (4 s to build its cache the first time on a machine,
+    """Load the towns' tree (about 1 s) and map the land mask (4 s to build its cache the first time for a user,
     land_mask.py) before the first photo needs them: a server calls this while it preloads its model, so its
     first answer is not late."""
     _towns()
@@ -77,7 +77,7 @@ def country_name(code: str) -> str:
 def is_land(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     lat = np.clip(np.asarray(lat, dtype=np.float64), -90.0, 90.0)
     lon = np.asarray(lon, dtype=np.float64)
-    lon = np.where(lon >= 180.0, lon - 360.0, lon)
+    lon = np.where((lon >= -180.0) & (lon < 180.0), lon, (lon + 180.0) % 360.0 - 180.0)
     return np.asarray(land_mask.is_land(lat, lon), dtype=bool)
 
 

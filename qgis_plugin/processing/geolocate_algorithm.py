@@ -221,7 +221,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
         command.setFlags(command.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(command)
         load = QgsProcessingParameterBoolean(
-            self.LOAD_RASTERS, self.tr("Add the rasters to the project (when the dialog loads its layers)"), True)
+            self.LOAD_RASTERS, self.tr("Add the rasters to the project when the best guesses are opened"), True)
         load.setFlags(load.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(load)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
@@ -261,7 +261,7 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             return value
         kept = QgsProcessingOutputLayerDefinition(value)
         if value.sink.propertyType() == QgsProperty.StaticProperty and value.sink.staticValue() in (
-                "", QgsProcessing.TEMPORARY_OUTPUT):
+                None, "", QgsProcessing.TEMPORARY_OUTPUT):
             kept.sink = QgsProperty.fromValue(default)
         if kept.destinationName in ("", self.parameterDefinition(self.OUTPUT).description()):
             kept.destinationName = self.tr("Best guesses")
@@ -352,11 +352,10 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
 
         sinks = [sink]  # on_result writes through this list, emptied once the photos are done
-        # the rasters load with the run's other outputs: when a dialog loads its layers (the batch dialog's "Load
-        # layers on completion" is off by default) and "Add the rasters to the project" is on
-        destination = parameters[self.OUTPUT]
-        load = self.parameterAsBoolean(parameters, self.LOAD_RASTERS, context) and getattr(
-            destination, "destinationProject", None) is not None
+        # the rasters load with the best guesses, into their project: when the dialog opens its outputs (the batch
+        # dialog's "Load layers on completion", off by default) and "Add the rasters to the project" is on
+        project = getattr(parameters[self.OUTPUT], "destinationProject", None)
+        load = self.parameterAsBoolean(parameters, self.LOAD_RASTERS, context) and project is not None
         report = self.parameterAsBoolean(parameters, analyst_parameters.REPORT, context)
         stems = unique_stems(photos)
         rasters: list[str] = []
@@ -389,7 +388,8 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
             sinks[0].addFeature(feature, QgsFeatureSink.FastInsert)
             if load:
                 raster = (result.summary or {}).get("raster") or {}
-                self._load_on_completion(context, row["geotiff"], stems[result.index], raster.get("max_probability"))
+                self._load_on_completion(context, project, row["geotiff"], stems[result.index],
+                                         raster.get("max_probability"))
             feedback.pushInfo(describe_row(row))
             for check in (result.summary or {}).get("claims") or []:
                 feedback.pushInfo(f"{row['photo']}, claim {claims_quote(check)}")
@@ -495,9 +495,9 @@ class GeolocatePhotosAlgorithm(QgsProcessingAlgorithm):
                     raise QgsProcessingException(str(exc)) from None
 
     def _load_on_completion(
-        self, context: QgsProcessingContext, path: str, name: str, max_probability: float | None
+        self, context: QgsProcessingContext, project, path: str, name: str, max_probability: float | None
     ) -> None:
-        details = QgsProcessingContext.LayerDetails(name, context.project(), self.RASTERS)
+        details = QgsProcessingContext.LayerDetails(name, project, self.RASTERS)
         post = _StyleDensityRaster(max_probability)
         _postprocessors.append(post)
         details.setPostProcessor(post)

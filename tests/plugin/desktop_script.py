@@ -18,12 +18,14 @@ installs the plugin's zip again with QGIS's own installer, over the plugin in us
 Everything is driven by a QTimer: QGIS's event loop must keep running.
 """
 
+import gc
 import json
 import os
 import shutil
 import sys
 import time
 import traceback
+import weakref
 from pathlib import Path
 
 from qgis.core import QgsLayerTreeGroup, QgsProject, QgsRasterLayer, QgsRenderContext
@@ -289,7 +291,7 @@ class DesktopRun(QObject):
         batch runs the algorithm row after row on QGIS's main thread, which a single run never does."""
         from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
         from qgis.core import QgsApplication, QgsProcessingContext
-        from qgis.PyQt.QtWidgets import QStyle, QStyleOptionButton, QTabBar, QTextEdit
+        from qgis.PyQt.QtWidgets import QStyle, QStyleOptionButton, QTabBar
 
         alg = QgsApplication.processingRegistry().createAlgorithmById("geoplonk:geolocatephotos")
         dialog = BatchAlgorithmDialog(alg, iface.mainWindow())
@@ -316,8 +318,9 @@ class DesktopRun(QObject):
                 option.initFrom(box)
                 tick = box.style().subElementRect(QStyle.SE_CheckBoxIndicator, option, box)
                 QTest.mouseClick(box, Qt.LeftButton, Qt.NoModifier, tick.center())
+            shutil.rmtree(OUT / "batch-results", ignore_errors=True)  # each run's files are its own
             before = set(QgsProject.instance().mapLayers())
-            (log,) = [w for w in dialog.findChildren(QTextEdit) if w.objectName() == "txtLog"]
+            log = dialog_log(dialog)
             logged = len(log.toPlainText())  # the dialog's log goes on from run to run
             started = time.monotonic()
             QTest.mouseClick(dialog.runButton(), Qt.LeftButton)  # returns when the batch is done
@@ -337,10 +340,9 @@ class DesktopRun(QObject):
 
     def processing_finished(self, successful, results):
         """The dialog's algorithmFinished: it has loaded the layers, and is still open."""
-        from qgis.PyQt.QtWidgets import QProgressBar, QTextEdit
+        from qgis.PyQt.QtWidgets import QProgressBar
 
         dialog = self.processing["dialog"]
-        logs = [w.toPlainText() for w in dialog.findChildren(QTextEdit) if w.objectName() == "txtLog"]
         bars = [b.value() for b in dialog.findChildren(QProgressBar)]
         added = [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers())
                  - self.processing["layers_before"]]
@@ -348,7 +350,7 @@ class DesktopRun(QObject):
         self.report["processing_dialog"] = {
             "successful": bool(successful),
             "results": {k: v for k, v in results.items() if isinstance(v, (int, float, str, list))},
-            "log": logs[0] if logs else None,
+            "log": dialog_log(dialog).toPlainText(),
             "progress": bars,
             "layers_added": sorted((layer.name(), layer.isValid(), layer.source(),
                                     layer.featureCount() if hasattr(layer, "featureCount") else None)
@@ -367,41 +369,29 @@ class DesktopRun(QObject):
             self.reinstall()
             self.state = self.after_reinstall
         elif time.monotonic() - self.processing_started > TIMEOUT_S / 2:
-            dialog = self.processing["dialog"]
-            from qgis.PyQt.QtWidgets import QTextEdit
-
-            logs = [w.toPlainText() for w in dialog.findChildren(QTextEdit) if w.objectName() == "txtLog"]
-            raise RuntimeError(f"the Processing dialog did not finish; its log: {logs}")
-
-    def census(self):
-        """What of the plugin is in QGIS: its actions by name, its toolbars, its Processing provider."""
-        from qgis.core import QgsApplication
-        from qgis.PyQt.QtCore import QCoreApplication, QEvent
-        from qgis.PyQt.QtWidgets import QAction, QToolBar
-
-        QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
-        main = iface.mainWindow()
-        return {
-            "actions": sorted(a.objectName() for a in main.findChildren(QAction)
-                              if a.objectName().startswith("geoplonk")),
-            "toolbars": len([t for t in main.findChildren(QToolBar) if t.objectName() == "GeoPlonkToolbar"]),
-            "providers": [p.id() for p in QgsApplication.processingRegistry().providers() if p.id() == "geoplonk"],
-        }
+            log = dialog_log(self.processing["dialog"]).toPlainText()
+            raise RuntimeError(f"the Processing dialog did not finish; its log: {log}")
 
     def reinstall(self):
         """Plugins > Manage and Install Plugins > Install from ZIP, as its button does, over the plugin in use."""
         import pyplugin_installer
+        from plugin_census import plugin_census
 
-        self.report["reinstall"] = {"before": self.census(), "instance_before": id(plugins.get(PLUGIN))}
+        self.report["reinstall"] = {"before": plugin_census(iface.mainWindow())}
+        self.plugin_before = weakref.ref(plugins[PLUGIN])
         pyplugin_installer.instance().installFromZipFile(os.environ["GEOPLONK_DESKTOP_ZIP"])
         self.log("installed the zip again")
 
     def after_reinstall(self):
+        from plugin_census import plugin_census
         from qgis.utils import active_plugins
 
         reinstall = self.report["reinstall"]
-        reinstall["after"] = self.census()
-        reinstall["reloaded"] = PLUGIN in active_plugins and id(plugins.get(PLUGIN)) != reinstall["instance_before"]
+        reinstall["after"] = plugin_census(iface.mainWindow())
+        reinstall["reloaded"] = PLUGIN in active_plugins and plugins.get(PLUGIN) is not self.plugin_before()
+        self.plugin = None
+        gc.collect()
+        reinstall["old_instance_freed"] = self.plugin_before() is None
         self.finish()
 
     def open_case_report(self):
@@ -507,6 +497,14 @@ class DesktopRun(QObject):
         project.layerTreeRoot().removeAllChildren()
         project.setDirty(False)
         QTimer.singleShot(200, iface.actionExit().trigger)
+
+
+def dialog_log(dialog):
+    """A Processing dialog's Log tab."""
+    from qgis.PyQt.QtWidgets import QTextEdit
+
+    (log,) = [w for w in dialog.findChildren(QTextEdit) if w.objectName() == "txtLog"]
+    return log
 
 
 sys.geoplonk_desktop_run = DesktopRun()  # keep it alive: this script's namespace may be dropped

@@ -296,6 +296,7 @@ def test_installing_the_zip_over_the_running_plugin_leaves_one_of_everything(des
     _, report, _ = desktop
     before, after = report["reinstall"]["before"], report["reinstall"]["after"]
     assert report["reinstall"]["reloaded"], report["reinstall"]  # a new instance of the plugin is active
+    assert report["reinstall"]["old_instance_freed"], report["reinstall"]  # nothing of QGIS keeps the old one
     assert after == before, (before, after)
     assert before["toolbars"] == 1 and before["providers"] == ["geoplonk"]
     assert len(before["actions"]) == len(set(before["actions"])) >= 10, before

@@ -260,7 +260,7 @@ def test_more_on_the_bar_shows_the_counted_failures_with_a_working_folder_link(
     report = run_action(plugin, plugin.action_folder, wait_for_task)
     assert (report.ok, report.failed) == (1, 3)
     (item,) = [i for i in bar.items() if i.title() == "GeoPlonk"]
-    assert "1 photo geolocated, 3 failed" in item.text() and '3 failed: see "more"' in item.text()
+    assert "1 photo geolocated, 3 failed" in item.text() and '3 failed: see "More"' in item.text()
     assert "b1.jpg" not in item.text()
     (more,) = item.findChildren(QToolButton)
     more.click()
@@ -350,26 +350,16 @@ def test_auto_start_uses_and_stops_a_local_server(plugin, plugin_settings, photo
 def test_unloading_leaves_nothing_behind_and_loading_again_makes_one_of_each(plugin):
     """QGIS's Install from ZIP over an installed plugin unloads it and loads it again: its actions, toolbar and
     Processing provider must go with the unload and come back once, not pile up in the main window."""
-    from qgis.core import QgsApplication
-    from qgis.PyQt.QtCore import QCoreApplication, QEvent
-    from qgis.PyQt.QtWidgets import QAction, QToolBar
+    from plugin_census import plugin_census
 
     main = plugin.iface.mainWindow()
-
-    def ours():
-        QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)  # what deleteLater() let go
-        actions = sorted(a.objectName() for a in main.findChildren(QAction) if a.objectName().startswith("geoplonk"))
-        toolbars = [t for t in main.findChildren(QToolBar) if t.objectName() == "GeoPlonkToolbar"]
-        providers = [p for p in QgsApplication.processingRegistry().providers() if p.id() == "geoplonk"]
-        return actions, len(toolbars), len(providers)
-
-    loaded = ours()
-    actions, toolbars, providers = loaded
-    assert len(actions) == len(set(actions)) >= 10 and (toolbars, providers) == (1, 1), loaded
+    loaded = plugin_census(main)
+    assert len(loaded["actions"]) == len(set(loaded["actions"])) >= 10, loaded
+    assert (loaded["toolbars"], loaded["providers"]) == (1, ["geoplonk"]), loaded
     plugin.unload()
-    assert ours() == ([], 0, 0)
+    assert plugin_census(main) == {"actions": [], "toolbars": 0, "providers": []}
     plugin.initGui()  # the fixture unloads again
-    assert ours() == loaded
+    assert plugin_census(main) == loaded
 
 
 # --- what lands in the project ------------------------------------------------------------------

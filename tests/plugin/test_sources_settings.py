@@ -163,7 +163,7 @@ def test_a_batch_tells_its_photos_notes_in_one_message_naming_few_and_counting_m
     lines.append(notes.judged("tower.jpg", ["Cairo witness: likely", "EXIF GPS: unlikely"]))
     title, text, details = notes.message("GeoPlonk", "4 photos geolocated, 3 failed in 9.0 s. Saved")
     assert notes.troubled and title == "GeoPlonk"
-    assert text.startswith("4 photos geolocated, 3 failed in 9.0 s. Saved. 3 failed: see \"more\".")
+    assert text.startswith("4 photos geolocated, 3 failed in 9.0 s. Saved. 3 failed: see \"More\".")
     assert "street.jpg: check the model: the model expects overhead views." in text
     assert "tower.jpg: Cairo witness: likely | EXIF GPS: unlikely." in text and "p0.jpg" not in text
     assert details.splitlines() == lines[:3]  # the counted notes behind "more", once: the named ones are in the text

@@ -333,36 +333,43 @@ def test_the_land_mask_answers_as_global_land_mask_from_a_mapped_bit_cache(tmp_p
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     land_mask._packed_mask.cache_clear()
-    rng = np.random.default_rng(0)
-    lat = np.concatenate([rng.uniform(-90, 90, 2_000_000), globe._lat, np.full(len(globe._lon[::7]) + 4, 51.5),
-                          [90.0, -90.0, 0.0, 89.9999]])
-    lon = np.concatenate([rng.uniform(-180, 180, 2_000_000), rng.uniform(-180, 180, len(globe._lat)), globe._lon[::7],
-                          [180.0, -180.0, 179.9999999, -179.9999999], [0.0, 0.0, 180.0, -180.0]])
-    ours = land_mask.is_land(lat, lon)
-    assert np.array_equal(ours, globe.is_land(lat.copy(), lon.copy()))
-    assert 0.25 < ours.mean() < 0.4  # about 29 % of the Earth is land
-    (cached,) = (tmp_path / "geoplonk").glob("land-mask-*.npy")
-    assert cached.stat().st_size < 120e6
+    try:
+        rng = np.random.default_rng(0)
+        lat = np.concatenate([rng.uniform(-90, 90, 2_000_000), globe._lat,
+                              np.full(len(globe._lon[::7]) + 4, 51.5), [90.0, -90.0, 0.0, 89.9999]])
+        lon = np.concatenate([rng.uniform(-180, 180, 2_000_000), rng.uniform(-180, 180, len(globe._lat)),
+                              globe._lon[::7], [180.0, -180.0, 179.9999999, -179.9999999], [0.0, 0.0, 180.0, -180.0]])
+        ours = land_mask.is_land(lat, lon)
+        assert np.array_equal(ours, globe.is_land(lat.copy(), lon.copy()))
+        assert 0.25 < ours.mean() < 0.4  # about 29 % of the Earth is land
+        (cached,) = (tmp_path / "geoplonk").glob("land-mask-*.npy")
+        assert cached.stat().st_size < 120e6
 
-    script = (  # VmHWM: the peak resident memory of this program (ru_maxrss would count the forking parent's)
-        "import re, sys, numpy as np\n"
-        "from model_server.products import land_mask\n"
-        "land = int(land_mask.is_land(np.array([46.5, 0.0]), np.array([10.0, -140.0])).sum())\n"
-        "peak = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
-        "print(land, 'global_land_mask.globe' in sys.modules, int(peak) // 1024)\n"
-    )
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
-    before = cached.stat().st_mtime_ns
-    land, imported, rss_mb = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                                            check=True, timeout=120).stdout.split()
-    assert (land, imported) == ("1", "False") and int(rss_mb) < 300, (land, imported, rss_mb)
-    assert cached.stat().st_mtime_ns == before  # mapped, not built again
+        script = (  # VmHWM: the peak resident memory of this program (ru_maxrss would count the forking parent's)
+            "import re, sys, numpy as np\n"
+            "from model_server.products import land_mask\n"
+            "land = int(land_mask.is_land(np.array([46.5, 0.0]), np.array([10.0, -140.0])).sum())\n"
+            "peak = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+            "print(land, 'global_land_mask.globe' in sys.modules, int(peak) // 1024)\n"
+        )
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+        before = cached.stat().st_mtime_ns
+        land, imported, rss_mb = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                                                text=True, check=True, timeout=120).stdout.split()
+        assert (land, imported) == ("1", "False") and int(rss_mb) < 300, (land, imported, rss_mb)
+        assert cached.stat().st_mtime_ns == before  # mapped, not built again
 
-    cached.write_bytes(cached.read_bytes()[:1000])  # a cache cut short: built again, right again
-    land_mask._packed_mask.cache_clear()
-    assert np.array_equal(land_mask.is_land(lat[:1000], lon[:1000]), ours[:1000])
-    assert cached.stat().st_size > 100e6
-    land_mask._packed_mask.cache_clear()  # later tests map the usual cache
+        cached.write_bytes(cached.read_bytes()[:1000])  # a cache cut short: built again, right again
+        land_mask._packed_mask.cache_clear()
+        assert np.array_equal(land_mask.is_land(lat[:1000], lon[:1000]), ours[:1000])
+        assert cached.stat().st_size > 100e6
+        # longitudes beyond +-180 (a sampler's raw angle) wrap round the globe, as place names ask for them
+        from model_server.products.place_names import is_land
+
+        assert list(is_land(np.full(4, 46.5), np.array([10.0, 370.0, -350.0, 730.0]))) == [True] * 4
+        assert list(is_land(np.full(3, 0.0), np.array([-140.0, 220.0, -500.0]))) == [False] * 3
+    finally:
+        land_mask._packed_mask.cache_clear()  # later tests map the usual cache
 
 
 def test_ascent_climbs_to_the_peak_a_step_by_step_climb_reaches():
