@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsMessageLog, QgsProject
+from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsMessageLog, QgsProject, QgsSettings
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QDesktopServices, QIcon
@@ -193,12 +193,18 @@ class GeoPlonkPlugin:
 
     def _dialog_files(self) -> list[str]:
         files, _ = QFileDialog.getOpenFileNames(
-            self.iface.mainWindow(), tr("Geolocate photos"), "", sources.FILE_DIALOG_FILTER
+            self.iface.mainWindow(), tr("Geolocate photos"), _last_photo_folder(), sources.FILE_DIALOG_FILTER
         )
+        if files:
+            _remember_photo_folder(os.path.dirname(files[0]))
         return list(files)
 
     def _dialog_folder(self) -> str:
-        return QFileDialog.getExistingDirectory(self.iface.mainWindow(), tr("Geolocate all photos in a folder"))
+        folder = QFileDialog.getExistingDirectory(self.iface.mainWindow(), tr("Geolocate all photos in a folder"),
+                                                  _last_photo_folder())
+        if folder:
+            _remember_photo_folder(folder)
+        return folder
 
     def _dialog_field(self, names: list[str]) -> str | None:
         name, ok = QInputDialog.getItem(
@@ -455,3 +461,16 @@ def show_details(parent, title: str, html: str, _checked: bool = False) -> None:
     viewer.setTitle(title)
     viewer.setMessageAsHtml(html)
     viewer.showMessage(False)
+
+
+LAST_PHOTO_FOLDER = "geoplonk/last_photo_folder"  # a QgsSettings key, beside the Settings' own
+
+
+def _last_photo_folder() -> str:
+    """Where the photo dialogs open: the folder photos were last chosen in, else the home folder."""
+    folder = str(QgsSettings().value(LAST_PHOTO_FOLDER, "") or "")
+    return folder if folder and os.path.isdir(folder) else os.path.expanduser("~")
+
+
+def _remember_photo_folder(folder: str) -> None:
+    QgsSettings().setValue(LAST_PHOTO_FOLDER, folder)

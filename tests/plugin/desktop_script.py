@@ -13,8 +13,9 @@ to add to Favorites) and GEOPLONK_DESKTOP_BROWSER_FILES (comma-separated names t
 Before pressing the button it sets a claim by clicking the canvas with the claim tool; after the screenshot it
 right-clicks the first result group in the Layers panel and clicks "Open case report" in the menu, then opens
 Processing's dialog for the algorithm on a folder of the same two photos and clicks its Run button, then does the
-same in its batch dialog, one row per photo, with "Load layers on completion" off (its default), then on. Last, it
-installs the plugin's zip again with QGIS's own installer, over the plugin in use.
+same in its batch dialog, one row per photo, with "Load layers on completion" off (its default), then on. Then it
+installs the plugin's zip again with QGIS's own installer, over the plugin in use, and last, with nothing selected,
+presses the toolbar button and chooses two photos in the file dialog that opens.
 Everything is driven by a QTimer: QGIS's event loop must keep running.
 """
 
@@ -88,6 +89,7 @@ class DesktopRun(QObject):
             raise RuntimeError(f"cannot open the photo layer {LAYER}")
         iface.setActiveLayer(layer)
         layer.selectAll()
+        self.photo_layer = layer
         self.report["photo_layer"] = {"name": layer.name(), "selected": layer.selectedFeatureCount()}
         if BROWSER_DIR:
             iface.browserModel().addFavoriteDirectory(BROWSER_DIR)
@@ -392,6 +394,64 @@ class DesktopRun(QObject):
         self.plugin = None
         gc.collect()
         reinstall["old_instance_freed"] = self.plugin_before() is None
+        self.open_file_dialog()
+
+    def open_file_dialog(self):
+        """Nothing selected (no Browser selection, no features): the toolbar button opens the file dialog, QGIS's
+        real one, in which two photos are chosen by typing, as a user does."""
+        folder = OUT / "dialog-photos"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in BROWSER_FILES:
+            shutil.copy(Path(BROWSER_DIR) / name, folder / name)
+        (folder / "notes.txt").write_text("not a photo")
+        self.browser_view().selectionModel().clearSelection()
+        self.photo_layer.removeSelection()
+        self.plugin = plugins[PLUGIN]  # the instance the reinstall made
+        self.plugin.last_report = None
+        self.dialog_folder = folder
+        self.report["file_dialog"] = {}
+        self.state = self.in_file_dialog
+        QTimer.singleShot(0, self.plugin.action_geolocate.trigger)  # the dialog is modal: the timer goes on in it
+
+    def in_file_dialog(self):
+        from qgis.PyQt.QtWidgets import QApplication, QFileDialog, QLineEdit, QListView
+
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, QFileDialog):
+            return
+        record = self.report["file_dialog"]
+        name_box = dialog.findChild(QLineEdit, "fileNameEdit")
+        if "listed" not in record:  # first into the folder (as the dialog's folder tree would take it there)
+            record["title"], record["filters"] = dialog.windowTitle(), dialog.nameFilters()
+            record["opened_in"], record["home"] = dialog.directory().absolutePath(), os.path.expanduser("~")
+            dialog.setDirectory(str(self.dialog_folder))
+            record["listed"] = None
+            self.dialog_entered = time.monotonic()
+            return
+        view = dialog.findChild(QListView, "listView")
+        model, root = view.model(), view.rootIndex()
+        listed = sorted(model.index(r, 0, root).data() for r in range(model.rowCount(root)))
+        record["directory"] = dialog.directory().absolutePath()
+        arrived = record["directory"] == str(self.dialog_folder) and set(BROWSER_FILES) <= set(listed)
+        if not arrived and time.monotonic() - self.dialog_entered < 15:
+            return  # the dialog is still going into the folder, or reading it
+        record["listed"] = listed
+        name_box.clear()
+        QTest.keyClicks(name_box, " ".join(f'"{name}"' for name in BROWSER_FILES))
+        QTest.keyClick(name_box, Qt.Key_Return)
+        self.log("chose two photos in the file dialog")
+        self.state = self.wait_for_file_dialog_job
+
+    def wait_for_file_dialog_job(self):
+        report = self.plugin.last_report
+        if report is None:
+            return
+        from qgis.core import QgsSettings
+
+        self.report["file_dialog"]["job"] = {"ok": report.ok, "failed": report.failed, "error": report.error_title,
+                                             "paths": list(getattr(self.plugin.task, "paths", []))}
+        self.report["file_dialog"]["remembered"] = QgsSettings().value("geoplonk/last_photo_folder", "")
+        self.plugin = None
         self.finish()
 
     def open_case_report(self):

@@ -300,3 +300,16 @@ def test_installing_the_zip_over_the_running_plugin_leaves_one_of_everything(des
     assert after == before, (before, after)
     assert before["toolbars"] == 1 and before["providers"] == ["geoplonk"]
     assert len(before["actions"]) == len(set(before["actions"])) >= 10, before
+
+
+def test_with_nothing_selected_the_button_opens_the_file_dialog_and_geolocates_what_is_chosen(desktop):
+    """QGIS's real file dialog: it opens in the home folder the first time, lists the photos and not the text file
+    beside them (its filter), the two photos typed into it are geolocated, and their folder is where it opens next."""
+    _, report, _ = desktop
+    dialog = report["file_dialog"]
+    assert dialog["opened_in"] == dialog["home"] and dialog["remembered"] == dialog["directory"], dialog
+    assert dialog["title"] == "Geolocate photos" and dialog["filters"][0].startswith("Photos (*.jpg"), dialog
+    assert dialog["listed"] == sorted(PHOTOS), dialog
+    job = dialog["job"]
+    assert (job["ok"], job["failed"], job["error"]) == (2, 0, ""), job
+    assert sorted(Path(p).name for p in job["paths"]) == sorted(PHOTOS), job
