@@ -15,7 +15,8 @@ right-clicks the first result group in the Layers panel and clicks "Open case re
 Processing's dialog for the algorithm on a folder of the same two photos and clicks its Run button, then does the
 same in its batch dialog, one row per photo, with "Load layers on completion" off (its default), then on. Then it
 installs the plugin's zip again with QGIS's own installer, over the plugin in use, and last, with nothing selected,
-presses the toolbar button and chooses two photos in the file dialog that opens.
+presses the toolbar button and chooses two photos in the file dialog that opens, and sets a model and the samples
+in the settings dialog.
 Everything is driven by a QTimer: QGIS's event loop must keep running.
 """
 
@@ -451,6 +452,48 @@ class DesktopRun(QObject):
         self.report["file_dialog"]["job"] = {"ok": report.ok, "failed": report.failed, "error": report.error_title,
                                              "paths": list(getattr(self.plugin.task, "paths", []))}
         self.report["file_dialog"]["remembered"] = QgsSettings().value("geoplonk/last_photo_folder", "")
+        self.open_settings()
+
+    def open_settings(self):
+        """Plugins > GeoPlonk > GeoPlonk settings…: Test connection, pick the model it lists, change the samples,
+        OK; the settings are saved as the dialog showed them."""
+        self.report["settings_dialog"] = {}
+        self.state = self.in_settings
+        self.settings_opened = time.monotonic()
+        QTimer.singleShot(0, self.plugin.action_settings.trigger)  # modal: the timer goes on in it
+
+    def in_settings(self):
+        from qgis.PyQt.QtWidgets import QApplication, QComboBox, QDialogButtonBox, QPushButton, QSpinBox
+
+        dialog = QApplication.activeModalWidget()
+        record = self.report["settings_dialog"]
+        if dialog is None or dialog.objectName() != "GeoPlonkSettingsDialog":
+            return
+        models = dialog.findChild(QComboBox, "geoplonkModel")
+        if "tested" not in record:
+            QTest.mouseClick(dialog.findChild(QPushButton, "geoplonkTestConnection"), Qt.LeftButton)
+            record["tested"] = True
+            return
+        listed = [models.itemText(i) for i in range(models.count())]
+        if "earth-tiles" not in listed and time.monotonic() - self.settings_opened < 60:
+            return  # the test runs in the background
+        record["models"], record["info"] = listed, dialog.info_label.text()
+        models.setCurrentIndex(models.findText("earth-tiles"))
+        record["card"] = dialog.model_card.text()
+        samples = [box for box in dialog.findChildren(QSpinBox) if box is dialog.samples][0]
+        samples.selectAll()
+        QTest.keyClicks(samples, "512")
+        buttons = dialog.findChild(QDialogButtonBox)
+        QTest.mouseClick(buttons.button(QDialogButtonBox.Ok), Qt.LeftButton)
+        self.state = self.after_settings
+
+    def after_settings(self):
+        from qgis.PyQt.QtWidgets import QApplication
+
+        if QApplication.activeModalWidget() is not None:
+            return
+        settings = sys.modules[type(self.plugin).__module__.rsplit(".", 1)[0] + ".settings"].Settings.load()
+        self.report["settings_dialog"]["saved"] = {"model": settings.model, "samples": settings.samples}
         self.plugin = None
         self.finish()
 

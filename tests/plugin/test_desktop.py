@@ -313,3 +313,13 @@ def test_with_nothing_selected_the_button_opens_the_file_dialog_and_geolocates_w
     job = dialog["job"]
     assert (job["ok"], job["failed"], job["error"]) == (2, 0, ""), job
     assert sorted(Path(p).name for p in job["paths"]) == sorted(PHOTOS), job
+
+
+def test_the_settings_dialog_lists_the_servers_models_and_saves_what_is_chosen(desktop):
+    """GeoPlonk settings from the menu's action: Test connection (in the background) fills the model list with the
+    server's models and the picked one's card; the samples typed in and the model are saved by OK."""
+    _, report, _ = desktop
+    dialog = report["settings_dialog"]
+    assert dialog["models"][0].startswith("server default") and "earth-tiles" in dialog["models"], dialog
+    assert "GeoPlonk server" in dialog["info"] and "earth-tiles" in dialog["card"], dialog
+    assert dialog["saved"] == {"model": "earth-tiles", "samples": 512}, dialog
