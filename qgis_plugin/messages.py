@@ -162,8 +162,8 @@ class JobNotes:
 
 
 def details_html(text: str, details: str) -> str:
-    """What the bar's "more" opens: the message as the bar shows it (rich text: its links work), then the details
-    as plain lines.  QGIS's own "more" shows both as plain text, the links' markup and all."""
+    """What the bar's "More" opens: the message as the bar shows it (rich text: its links work), then the details
+    as plain lines.  QGIS's own "Show more" shows both as plain text, the links' markup and all."""
     return f"<p>{text}</p><p style=\"white-space: pre-wrap\">{escape(details, quote=False)}</p>"
 
 

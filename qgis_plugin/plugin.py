@@ -30,6 +30,7 @@ MENU = "&GeoPlonk"
 ICON_PATH = os.path.join(os.path.dirname(__file__), "icon.svg")
 ZOOM_ICON = "/mActionZoomToLayer.svg"  # QGIS's own theme icon
 HELP_URL = "https://github.com/geoplonk/geoplonk#analysts-guide-qgis"
+LAST_PHOTO_FOLDER = "geoplonk/last_photo_folder"  # a QgsSettings key, beside the Settings' own
 
 
 class GeoPlonkPlugin:
@@ -462,8 +463,6 @@ def show_details(parent, title: str, html: str, _checked: bool = False) -> None:
     viewer.setMessageAsHtml(html)
     viewer.showMessage(False)
 
-
-LAST_PHOTO_FOLDER = "geoplonk/last_photo_folder"  # a QgsSettings key, beside the Settings' own
 
 
 def _last_photo_folder() -> str:

@@ -30,13 +30,13 @@ if (( ${#photos[@]} == 0 )); then
 fi
 echo "demo: ${#photos[@]} photo(s): ${photos[*]##*/}"
 
-model_args=()
-[[ -n ${GEOPLONK_MODEL:-} ]] && model_args+=(--model "$GEOPLONK_MODEL")
-[[ -n ${DEMO_SAMPLES:-} ]] && model_args+=(--samples "$DEMO_SAMPLES")
-[[ -n ${DEMO_STEPS:-} ]] && model_args+=(--steps "$DEMO_STEPS")
+locate_args=()
+[[ -n ${GEOPLONK_MODEL:-} ]] && locate_args+=(--model "$GEOPLONK_MODEL")
+[[ -n ${DEMO_SAMPLES:-} ]] && locate_args+=(--samples "$DEMO_SAMPLES")
+[[ -n ${DEMO_STEPS:-} ]] && locate_args+=(--steps "$DEMO_STEPS")
 t0=$(date +%s)
 "$SERVER_PY" -m model_server.cli locate "${photos[@]}" --out "$OUT" --start-server \
-  --server-command "$SERVER_PY -m model_server.cli serve" "${model_args[@]}"
+  --server-command "$SERVER_PY -m model_server.cli serve" "${locate_args[@]}"
 t1=$(date +%s)
 
 # QGIS writes into $HOME: keep its profile out of the user's.

@@ -93,9 +93,16 @@ def test_file_dialog_source_end_to_end(plugin, plugin_settings, photos, wait_for
 
     plugin.choose_files = lambda: photos
     logged = []  # QGIS's log panel: loading results without claims must not warn of a missing "claims" layer
-    QgsApplication.messageLog().messageReceived.connect(lambda text, tag, level: logged.append((tag, text)))
+
+    def listen(text, tag, level):  # noqa: ARG001
+        logged.append((tag, text))
+
+    QgsApplication.messageLog().messageReceived.connect(listen)
     t0 = time.monotonic()
-    report = run_action(plugin, plugin.action_geolocate, wait_for_task)
+    try:
+        report = run_action(plugin, plugin.action_geolocate, wait_for_task)
+    finally:
+        QgsApplication.messageLog().messageReceived.disconnect(listen)
     print(f"click-to-layers for 2 photos (tiny test model, fast options): {time.monotonic() - t0:.1f} s")
     assert (report.ok, report.failed, report.error_title) == (2, 0, "")
     project = QgsProject.instance()
