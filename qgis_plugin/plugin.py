@@ -23,14 +23,14 @@ from geoplonk_service.photos import photos_in_folder, unique_paths
 from . import layers, messages, sources
 from .analyst_tools import AnalystTools
 from .claims import quote
-from .settings import Settings
+from .settings import PREFIX, Settings
 from .translation import install_translator, tr
 
 MENU = "&GeoPlonk"
 ICON_PATH = os.path.join(os.path.dirname(__file__), "icon.svg")
 ZOOM_ICON = "/mActionZoomToLayer.svg"  # QGIS's own theme icon
 HELP_URL = "https://github.com/geoplonk/geoplonk#analysts-guide-qgis"
-LAST_PHOTO_FOLDER = "geoplonk/last_photo_folder"  # a QgsSettings key, beside the Settings' own
+LAST_PHOTO_FOLDER = PREFIX + "last_photo_folder"  # a QgsSettings key, beside the Settings' own
 
 
 class GeoPlonkPlugin:
@@ -462,7 +462,6 @@ def show_details(parent, title: str, html: str, _checked: bool = False) -> None:
     viewer.setTitle(title)
     viewer.setMessageAsHtml(html)
     viewer.showMessage(False)
-
 
 
 def _last_photo_folder() -> str:

@@ -47,7 +47,8 @@ TICK_MS = 200
 
 
 class DesktopRun(QObject):
-    """A small state machine stepped by a timer: start -> wait for results -> wait for render -> finish."""
+    """A small state machine stepped by a timer: each step (a method in self.state) checks whether QGIS got where it
+    waits for, then acts and names the next step; the module's docstring lists them in order."""
 
     def __init__(self):
         super().__init__(iface.mainWindow())
@@ -68,7 +69,11 @@ class DesktopRun(QObject):
     def tick(self):
         try:
             if time.monotonic() - self.t0 > TIMEOUT_S:
-                self.report["errors"].append(f"timed out in step {self.state.__name__}")
+                from qgis.PyQt.QtWidgets import QApplication
+
+                modal = QApplication.activeModalWidget()
+                shown = f"{modal.metaObject().className()} {modal.windowTitle()!r}" if modal else "none"
+                self.report["errors"].append(f"timed out in step {self.state.__name__} (modal window: {shown})")
                 self.finish()
                 return
             self.state()
@@ -398,8 +403,8 @@ class DesktopRun(QObject):
         self.open_file_dialog()
 
     def open_file_dialog(self):
-        """Nothing selected (no Browser selection, no features): the toolbar button opens the file dialog, QGIS's
-        real one, in which two photos are chosen by typing, as a user does."""
+        """Nothing selected (no Browser selection, no features): GeoPlonk's toolbar button, clicked, opens QGIS's
+        real file dialog, in which two photos are chosen by typing their names, as a user does."""
         folder = OUT / "dialog-photos"
         folder.mkdir(parents=True, exist_ok=True)
         for name in BROWSER_FILES:
@@ -407,41 +412,50 @@ class DesktopRun(QObject):
         (folder / "notes.txt").write_text("not a photo")
         self.browser_view().selectionModel().clearSelection()
         self.photo_layer.removeSelection()
-        self.plugin = plugins[PLUGIN]  # the instance the reinstall made
+        self.plugin = plugins[PLUGIN]  # the instance the reinstall made, with its own toolbar
         self.plugin.last_report = None
         self.dialog_folder = folder
         self.report["file_dialog"] = {}
+        button = self.toolbar_button(self.plugin.action_geolocate)
+        if button is None:
+            raise RuntimeError("no visible toolbar button for GeoPlonk's action after the reinstall")
         self.state = self.in_file_dialog
-        QTimer.singleShot(0, self.plugin.action_geolocate.trigger)  # the dialog is modal: the timer goes on in it
+        QTimer.singleShot(0, lambda: QTest.mouseClick(button, Qt.LeftButton))  # modal: the timer goes on in it
 
     def in_file_dialog(self):
-        from qgis.PyQt.QtWidgets import QApplication, QFileDialog, QLineEdit, QListView
+        from qgis.PyQt.QtWidgets import QApplication, QFileDialog, QFileSystemModel, QLineEdit, QListView
 
         dialog = QApplication.activeModalWidget()
         if not isinstance(dialog, QFileDialog):
             return
         record = self.report["file_dialog"]
         name_box = dialog.findChild(QLineEdit, "fileNameEdit")
+        view = dialog.findChild(QListView, "listView")
+        if name_box is None or view is None:
+            raise RuntimeError(f"not Qt's own file dialog (a platform theme's?): {dialog.metaObject().className()}")
         if "listed" not in record:  # first into the folder (as the dialog's folder tree would take it there)
             record["title"], record["filters"] = dialog.windowTitle(), dialog.nameFilters()
             record["opened_in"], record["home"] = dialog.directory().absolutePath(), os.path.expanduser("~")
+            self.folder_loaded = False
+            dialog.findChild(QFileSystemModel).directoryLoaded.connect(self.dialog_folder_loaded)
             dialog.setDirectory(str(self.dialog_folder))
             record["listed"] = None
             self.dialog_entered = time.monotonic()
             return
-        view = dialog.findChild(QListView, "listView")
+        if not self.folder_loaded and time.monotonic() - self.dialog_entered < 15:
+            return  # the dialog is still reading the folder: every file of it, filtered, before it is listed
         model, root = view.model(), view.rootIndex()
-        listed = sorted(model.index(r, 0, root).data() for r in range(model.rowCount(root)))
+        record["listed"] = sorted(model.index(r, 0, root).data() for r in range(model.rowCount(root)))
         record["directory"] = dialog.directory().absolutePath()
-        arrived = record["directory"] == str(self.dialog_folder) and set(BROWSER_FILES) <= set(listed)
-        if not arrived and time.monotonic() - self.dialog_entered < 15:
-            return  # the dialog is still going into the folder, or reading it
-        record["listed"] = listed
         name_box.clear()
         QTest.keyClicks(name_box, " ".join(f'"{name}"' for name in BROWSER_FILES))
         QTest.keyClick(name_box, Qt.Key_Return)
         self.log("chose two photos in the file dialog")
         self.state = self.wait_for_file_dialog_job
+
+    def dialog_folder_loaded(self, path):
+        if os.path.exists(path) and os.path.samefile(path, self.dialog_folder):
+            self.folder_loaded = True
 
     def wait_for_file_dialog_job(self):
         report = self.plugin.last_report
@@ -451,46 +465,51 @@ class DesktopRun(QObject):
 
         self.report["file_dialog"]["job"] = {"ok": report.ok, "failed": report.failed, "error": report.error_title,
                                              "paths": list(getattr(self.plugin.task, "paths", []))}
-        self.report["file_dialog"]["remembered"] = QgsSettings().value("geoplonk/last_photo_folder", "")
+        key = sys.modules[type(self.plugin).__module__].LAST_PHOTO_FOLDER
+        self.report["file_dialog"]["remembered"] = QgsSettings().value(key, "")
         self.open_settings()
 
     def open_settings(self):
-        """Plugins > GeoPlonk > GeoPlonk settings…: Test connection, pick the model it lists, change the samples,
-        OK; the settings are saved as the dialog showed them."""
+        """GeoPlonk's settings action (Plugins > GeoPlonk): Test connection, pick the model it lists, change the
+        samples, OK; the settings are saved as the dialog showed them."""
         self.report["settings_dialog"] = {}
+        self.settings_closed = False
         self.state = self.in_settings
         self.settings_opened = time.monotonic()
-        QTimer.singleShot(0, self.plugin.action_settings.trigger)  # modal: the timer goes on in it
+
+        def open_and_wait():
+            self.plugin.action_settings.trigger()  # returns once the modal dialog is closed and the settings saved
+            self.settings_closed = True
+
+        QTimer.singleShot(0, open_and_wait)
 
     def in_settings(self):
-        from qgis.PyQt.QtWidgets import QApplication, QComboBox, QDialogButtonBox, QPushButton, QSpinBox
+        from qgis.PyQt.QtWidgets import QApplication, QDialogButtonBox
 
         dialog = QApplication.activeModalWidget()
         record = self.report["settings_dialog"]
         if dialog is None or dialog.objectName() != "GeoPlonkSettingsDialog":
             return
-        models = dialog.findChild(QComboBox, "geoplonkModel")
+        models = dialog.model
         if "tested" not in record:
-            QTest.mouseClick(dialog.findChild(QPushButton, "geoplonkTestConnection"), Qt.LeftButton)
+            QTest.mouseClick(dialog.test_button, Qt.LeftButton)
             record["tested"] = True
             return
         listed = [models.itemText(i) for i in range(models.count())]
         if "earth-tiles" not in listed and time.monotonic() - self.settings_opened < 60:
             return  # the test runs in the background
         record["models"], record["info"] = listed, dialog.info_label.text()
+        record["picked_before"] = models.currentIndex()
         models.setCurrentIndex(models.findText("earth-tiles"))
+        record["picked"] = [models.currentIndex(), models.currentText()]
         record["card"] = dialog.model_card.text()
-        samples = [box for box in dialog.findChildren(QSpinBox) if box is dialog.samples][0]
-        samples.selectAll()
-        QTest.keyClicks(samples, "512")
-        buttons = dialog.findChild(QDialogButtonBox)
-        QTest.mouseClick(buttons.button(QDialogButtonBox.Ok), Qt.LeftButton)
+        dialog.samples.selectAll()
+        QTest.keyClicks(dialog.samples, "512")
+        QTest.mouseClick(dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.Ok), Qt.LeftButton)
         self.state = self.after_settings
 
     def after_settings(self):
-        from qgis.PyQt.QtWidgets import QApplication
-
-        if QApplication.activeModalWidget() is not None:
+        if not self.settings_closed:
             return
         settings = sys.modules[type(self.plugin).__module__.rsplit(".", 1)[0] + ".settings"].Settings.load()
         self.report["settings_dialog"]["saved"] = {"model": settings.model, "samples": settings.samples}

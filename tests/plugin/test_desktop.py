@@ -1,8 +1,8 @@
 """Full desktop QGIS under a virtual screen (xvfb-run), with the plugin installed from the built zip.
 
-desktop_script.py runs inside QGIS: it loads a photo point layer, selects its features,
-clicks GeoPlonk's toolbar button, waits for the result groups, zooms to the result, saves
-a screenshot and a JSON report, then quits.  The tests read the report and the screenshot.
+desktop_script.py runs inside QGIS and does what an analyst does, from the Browser dock and the toolbar button to
+Processing's dialogs, Install from ZIP, the file dialog and the settings dialog (its docstring lists the steps); it
+saves a screenshot and a JSON report, then quits.  The tests read the report and the screenshot.
 With GEOPLONK_UPDATE_DOCS=1 the screenshot is also copied to docs/img/desktop.png.
 """
 
@@ -61,6 +61,7 @@ def desktop(geoplonk_server, photo_dir, tmp_path_factory):
     out = tmp / "out"
     env = qgis_env(tmp / "home")
     env.pop("QT_QPA_PLATFORM", None)  # a real (virtual) X screen this time
+    env.pop("QT_QPA_PLATFORMTHEME", None)  # Qt's own dialogs, not a desktop's native ones
     env.update(
         GEOPLONK_DESKTOP_LAYER=str(make_photo_layer(tmp / "photos.gpkg", [photo_dir / p for p in LAYER_PHOTOS])),
         GEOPLONK_DESKTOP_BROWSER_DIR=str(SAMPLES),
@@ -303,8 +304,9 @@ def test_installing_the_zip_over_the_running_plugin_leaves_one_of_everything(des
 
 
 def test_with_nothing_selected_the_button_opens_the_file_dialog_and_geolocates_what_is_chosen(desktop):
-    """QGIS's real file dialog: it opens in the home folder the first time, lists the photos and not the text file
-    beside them (its filter), the two photos typed into it are geolocated, and their folder is where it opens next."""
+    """QGIS's real file dialog, opened by the toolbar button of the reinstalled plugin: it opens in the home folder,
+    lists the photos and not the text file beside them once it has read the folder (its filter), the two photos
+    typed into it are geolocated, and their folder is stored as where the dialog opens next."""
     _, report, _ = desktop
     dialog = report["file_dialog"]
     assert dialog["opened_in"] == dialog["home"] and dialog["remembered"] == dialog["directory"], dialog
@@ -313,13 +315,16 @@ def test_with_nothing_selected_the_button_opens_the_file_dialog_and_geolocates_w
     job = dialog["job"]
     assert (job["ok"], job["failed"], job["error"]) == (2, 0, ""), job
     assert sorted(Path(p).name for p in job["paths"]) == sorted(PHOTOS), job
+    assert {str(Path(p).parent) for p in job["paths"]} == {dialog["directory"]}, job
 
 
 def test_the_settings_dialog_lists_the_servers_models_and_saves_what_is_chosen(desktop):
-    """GeoPlonk settings from the menu's action: Test connection (in the background) fills the model list with the
-    server's models and the picked one's card; the samples typed in and the model are saved by OK."""
+    """GeoPlonk settings from its action: Test connection (in the background) fills the model list with the server's
+    models and the picked one's card; the model picked and the samples typed in are saved by OK."""
     _, report, _ = desktop
     dialog = report["settings_dialog"]
     assert dialog["models"][0].startswith("server default") and "earth-tiles" in dialog["models"], dialog
-    assert "GeoPlonk server" in dialog["info"] and "earth-tiles" in dialog["card"], dialog
+    assert dialog["info"].startswith("Connected: GeoPlonk server"), dialog
+    assert dialog["picked_before"] == 0 and dialog["picked"] == [dialog["models"].index("earth-tiles"), "earth-tiles"]
+    assert dialog["card"].startswith("earth-tiles: for overhead views"), dialog
     assert dialog["saved"] == {"model": "earth-tiles", "samples": 512}, dialog

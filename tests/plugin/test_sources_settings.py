@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -174,3 +175,37 @@ def test_a_batch_tells_its_photos_notes_in_one_message_naming_few_and_counting_m
     assert not quiet.troubled
     assert quiet.message("GeoPlonk", "2 photos geolocated.")[1] == (
         "2 photos geolocated. Joint map: a.jpg + b.jpg: one map for the photos of one place is in the Layers panel.")
+
+
+def test_the_photo_dialogs_open_where_photos_were_last_chosen_else_home(plugin, tmp_path, monkeypatch):
+    """The start folder the plugin gives QGIS's file and folder dialogs (the desktop test drives the real file
+    dialog once; here each case, with the dialogs' static calls recording what they are given)."""
+    from qgis.core import QgsSettings
+
+    from qgis_plugin import plugin as plugin_module
+
+    QgsSettings().remove(plugin_module.LAST_PHOTO_FOLDER)
+    opened_in = []
+    chosen = tmp_path / "site photos"
+    chosen.mkdir()
+
+    def files_dialog(parent, title, folder, filters):  # noqa: ARG001
+        opened_in.append(folder)
+        return [str(chosen / "a.jpg")], ""
+
+    def folder_dialog(parent, title, folder):  # noqa: ARG001
+        opened_in.append(folder)
+        return str(tmp_path)
+
+    monkeypatch.setattr(plugin_module.QFileDialog, "getOpenFileNames", files_dialog)
+    monkeypatch.setattr(plugin_module.QFileDialog, "getExistingDirectory", folder_dialog)
+    home = os.path.expanduser("~")
+    try:
+        assert plugin._dialog_files() == [str(chosen / "a.jpg")]  # first use: home
+        assert plugin._dialog_folder() == str(tmp_path)  # after a choice of files: their folder
+        assert plugin._dialog_files()  # after a choice of folder: that folder
+        chosen.rmdir()
+        plugin._dialog_folder()  # the remembered folder is gone: home
+        assert opened_in == [home, str(chosen), str(tmp_path), home], opened_in
+    finally:
+        QgsSettings().remove(plugin_module.LAST_PHOTO_FOLDER)
