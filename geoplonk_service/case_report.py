@@ -99,7 +99,7 @@ def case_report_html(name: str, summary: dict[str, Any], picture_png: bytes | No
     parts.append("<h2>Claim check</h2>")
     if claims:
         parts.append(_table(
-            ["claim", "source", "lat", "lon", "credible level", "verdict"],
+            ["claim", "source", "lat", "lon", "smallest credible region holding it", "verdict"],
             [[_e(c.get("label")), _e(c.get("source")), f"{c.get('lat', 0):.4f}", f"{c.get('lon', 0):.4f}",
               _pct(c.get("credible_level")), f"<span class='verdict'>{_e(c.get('words'))}</span>"]
              for c in claims], {2, 3, 4}))
