@@ -339,7 +339,7 @@ class GeoPlonkPlugin:
 
     def _on_job_done(self, report, notes: messages.JobNotes) -> None:
         self.last_report = report
-        if report.error_title:  # the photos that ended before it keep their notes, behind "more"
+        if report.error_title:  # the photos that ended before it keep their notes, behind "More"
             title, text, noted = notes.message(report.error_title, report.error_text)
             self._show(title, text, "\n".join(d for d in (report.error_details, noted) if d), level=Qgis.Critical)
             return

@@ -1,6 +1,6 @@
 """How far a photo is when each of its stages starts and ends, from the stage times of the server's last photo
-with the same settings: a progress bar then moves with the machine's own time (sampling took 44 % of a photo
-on a CPU with AMX bf16 units, 70 % on one with AVX2 alone: docs/benchmarks.md)."""
+with the same settings: a progress bar then moves with the machine's own time (sampling's share of a photo differs
+widely between CPUs with and without bf16 units: docs/benchmarks.md)."""
 
 from __future__ import annotations
 
